@@ -1,0 +1,38 @@
+# cellbench developer entry points. `make demo` and `make test` are the README's quick start:
+# each sets up .venv on a fresh machine (torch pinned by constraints.txt) and then runs.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.cellbench-installed
+DATA   ?= data
+OUT    ?= out
+# torch is installed first, on its own, so nothing later can pull a different (CUDA) build.
+TORCH  ?= torch==2.13.0
+
+.PHONY: setup demo test lint bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check "$(TORCH)"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	$(BIN)/python -c "import torch, cellbench; print('cellbench', cellbench.__version__, 'torch', torch.__version__)"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	@test -f $(DATA)/bbbc021-sim/metadata/bbbc021_df_all.csv || \
+	    $(BIN)/cellbench data sim --out $(DATA)/bbbc021-sim --scale small --seed 0
+	$(BIN)/cellbench data inspect $(DATA)/bbbc021-sim --sample 200
+	$(BIN)/cellbench protocol --dataset bbbc021-sim --data-dir $(DATA) --split test --seed 0 --out $(OUT)/protocol.csv
+
+test: setup
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) $(OUT) .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The ``cellbench`` command line."""

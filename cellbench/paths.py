@@ -1,0 +1,34 @@
+"""Where cellbench keeps data and caches.
+
+Data: ``--data-dir``, else ``$CELLBENCH_DATA_DIR``, else the platform's user data folder.
+Caches (reference features and the like): ``$CELLBENCH_CACHE_DIR``, else the user cache folder.
+Nothing is ever written inside the installed package.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import platformdirs
+
+DATA_ENV = "CELLBENCH_DATA_DIR"
+CACHE_ENV = "CELLBENCH_CACHE_DIR"
+
+
+def data_dir(explicit: str | Path | None = None) -> Path:
+    """The folder that holds datasets (one sub-folder per dataset name)."""
+    if explicit:
+        return Path(explicit).expanduser()
+    env = os.environ.get(DATA_ENV)
+    if env:
+        return Path(env).expanduser()
+    return Path(platformdirs.user_data_dir("cellbench", appauthor=False))
+
+
+def cache_dir() -> Path:
+    """The folder for content-keyed caches."""
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    return Path(platformdirs.user_cache_dir("cellbench", appauthor=False))

@@ -1,0 +1,62 @@
+"""Terminal output: progress bars and messages on stderr, results on stdout.
+
+Progress bars show only when stderr is a terminal (or ``CELLBENCH_PROGRESS=1``); set
+``CELLBENCH_PROGRESS=0`` to silence them everywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Callable, Iterator
+
+from rich.console import Console
+
+err_console = Console(stderr=True, highlight=False)
+out_console = Console(highlight=False, soft_wrap=True)
+
+
+def progress_enabled() -> bool:
+    """Whether progress bars should be drawn."""
+    env = os.environ.get("CELLBENCH_PROGRESS")
+    if env is not None:
+        return env not in ("0", "false", "no", "")
+    return sys.stderr.isatty()
+
+
+@contextlib.contextmanager
+def progress(description: str, total: int | None = None) -> Iterator[Callable[[int, int], None]]:
+    """A progress bar on stderr; yields ``update(done, total)``."""
+    if not progress_enabled():
+        yield lambda done, total: None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=False,
+    ) as bar:
+        task = bar.add_task(description, total=total)
+
+        def update(done: int, total_: int) -> None:
+            bar.update(task, completed=done, total=total_)
+
+        yield update
+
+
+def info(message: str) -> None:
+    """A status line on stderr."""
+    err_console.print(message)
