@@ -103,7 +103,7 @@ def run_cli(
     """Run the real ``cellbench`` command in a subprocess."""
     full_env = {**os.environ, "CELLBENCH_PROGRESS": "0", "COLUMNS": "200", **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "cellbench.cli.main", *args],
+        [sys.executable, "-m", "cellbench", *args],
         capture_output=True,
         text=True,
         env=full_env,

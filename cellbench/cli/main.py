@@ -25,7 +25,7 @@ app = typer.Typer(
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-ls_app = typer.Typer(help="List registered datasets.", no_args_is_help=True)
+ls_app = typer.Typer(help="List registered datasets, metrics and segmenters.", no_args_is_help=True)
 data_app = typer.Typer(help="Get, simulate and inspect datasets.", no_args_is_help=True)
 images_app = typer.Typer(
     help="Check a generator's image folder against a protocol.", no_args_is_help=True
@@ -331,8 +331,18 @@ def images_check(
         raise typer.Exit(1)
 
 
+# the scoring commands live in their own module and register themselves on `app`
+from cellbench.cli import scoring as _scoring  # noqa: E402, F401
+
+
 def main() -> None:
     """Console-script entry point: one-line errors, no traceback unless --debug."""
+    args = sys.argv[1:]
+    for i, a in enumerate(args):  # `cellbench eval merge ...` is the hidden `eval-merge` command
+        if not a.startswith("-"):
+            if a == "eval" and args[i + 1 : i + 2] == ["merge"]:
+                sys.argv[1:] = [*args[:i], "eval-merge", *args[i + 2 :]]
+            break
     try:
         app()
     except CellbenchError as exc:
@@ -349,7 +359,3 @@ def main() -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,112 @@
+"""Training and evaluating the MoA classifier on a dataset's real crops (``cellbench classifier``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from cellbench.classifier import (
+    classification_report,
+    load_classifier,
+    predict_proba,
+    save_classifier,
+    train_head,
+)
+from cellbench.data.bbbc021 import BBBC021Dataset
+from cellbench.data.layout import MOAS
+
+Progress = Callable[[str, int, int], None]
+
+
+def _treated(ds: BBBC021Dataset, split: str):
+    rows = ds.split(split)
+    return rows[~rows["is_control"]].sort_values("SAMPLE_KEY")
+
+
+def inception_of_keys(
+    ds: BBBC021Dataset, keys: list[str], extractor, progress: Progress, phase: str
+) -> np.ndarray:
+    out = np.zeros((len(keys), 2048), np.float32)
+    for start in range(0, len(keys), 128):
+        crops = ds.load_crops(keys[start : start + 128])
+        out[start : start + len(crops)] = extractor(crops)
+        progress(phase, start + len(crops), len(keys))
+    return out
+
+
+def train_and_save(
+    ds: BBBC021Dataset,
+    *,
+    out: str | Path | None = None,
+    epochs: int = 10,
+    seed: int = 0,
+    device: str = "cpu",
+    progress: Progress = lambda *a: None,
+) -> tuple[Path, dict]:
+    """Train on the train split's treated crops, test on the test split, save the artifact."""
+    from cellbench.features.inception import InceptionFeatures
+    from cellbench.reference import ARTIFACT_DIR
+
+    extractor = InceptionFeatures(device=device)
+    train, test = _treated(ds, "train"), _treated(ds, "test")
+    x_tr = inception_of_keys(
+        ds, train["SAMPLE_KEY"].tolist(), extractor, progress, "Inception (train)"
+    )
+    x_te = inception_of_keys(
+        ds, test["SAMPLE_KEY"].tolist(), extractor, progress, "Inception (test)"
+    )
+    y_tr = np.array([MOAS.index(m) for m in train["ANNOT"]])
+    y_te = np.array([MOAS.index(m) for m in test["ANNOT"]])
+    head = train_head(
+        x_tr,
+        y_tr,
+        epochs=epochs,
+        seed=seed,
+        on_epoch=lambda e, loss: progress("training", e, epochs),
+    )
+    report = classification_report(predict_proba(head, x_te), y_te)
+    train_report = classification_report(predict_proba(head, x_tr), y_tr)
+    card = {
+        "model": "MLP head 2048-512-12 (ReLU, dropout 0.5) on frozen FID Inception pool3 features",
+        "training": {
+            "optimizer": "Adam",
+            "lr": 1e-3,
+            "epochs": epochs,
+            "batch_size": 64,
+            "seed": seed,
+        },
+        "dataset": ds.name,
+        "dataset_index_sha256": ds.index_sha256,
+        "train_split": "train (treated crops)",
+        "n_train": len(y_tr),
+        "inception_sha256": extractor.sha256,
+        "feature_network": extractor.identity(),
+        "train_accuracy": round(train_report["accuracy"], 4),
+        "test_metrics": report,
+        "intended_use": "the moa reward of cellbench's metric suite on this dataset only",
+    }
+    folder = Path(out) if out is not None else ds.root / ARTIFACT_DIR / "classifier"
+    save_classifier(head, folder, card)
+    return folder, load_classifier(folder)[1]
+
+
+def evaluate_classifier(
+    ds: BBBC021Dataset,
+    *,
+    split: str = "test",
+    device: str = "cpu",
+    progress: Progress = lambda *a: None,
+) -> dict:
+    """Accuracy, macro-F1, per-class scores and confusion matrix on the real crops of ``split``."""
+    from cellbench.features.inception import InceptionFeatures
+    from cellbench.reference import find_artifact
+
+    head, _card = load_classifier(find_artifact(ds, "classifier"))
+    rows = _treated(ds, split)
+    x = inception_of_keys(
+        ds, rows["SAMPLE_KEY"].tolist(), InceptionFeatures(device=device), progress, "Inception"
+    )
+    y = np.array([MOAS.index(m) for m in rows["ANNOT"]])
+    return classification_report(predict_proba(head, x), y)

@@ -1,0 +1,339 @@
+"""Scoring commands: eval, eval merge, segment, reference build, classifier train|eval, ls metrics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cellbench.cli.main import DataDirOpt, JsonOpt, app, ls_app
+
+reference_app = typer.Typer(
+    help="Reference statistics for the z-scored rewards.", no_args_is_help=True
+)
+classifier_app = typer.Typer(help="The MoA classifier behind the moa reward.", no_args_is_help=True)
+app.add_typer(reference_app, name="reference")
+app.add_typer(classifier_app, name="classifier")
+
+DatasetOpt = Annotated[str, typer.Option(help="Dataset name (see `cellbench ls datasets`).")]
+BackendOpt = Annotated[
+    str, typer.Option(help="Segmentation backend (see `cellbench ls segmenters`).")
+]
+DeviceOpt = Annotated[str, typer.Option(help="Torch device for the feature network (cpu or cuda).")]
+
+
+def _progress_fn():
+    """A phase-aware progress callback drawing one bar per phase on stderr."""
+    from cellbench.ui import progress_enabled
+
+    if not progress_enabled():
+        return lambda phase, done, total: None, lambda: None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from cellbench.ui import err_console
+
+    bar = Progress(
+        TextColumn("[bold]{task.description:<24}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+    )
+    bar.start()
+    tasks: dict[str, int] = {}
+
+    def update(phase: str, done: int, total: int) -> None:
+        if phase not in tasks:
+            tasks[phase] = bar.add_task(phase, total=total)
+        bar.update(tasks[phase], completed=done, total=total)
+
+    return update, bar.stop
+
+
+ARROWS = {"fid_o": "↓", "fid_c": "↓", "kid_o": "↓", "kid_c": "↓"}
+
+
+def _fmt(est: dict | None, digits: int = 3) -> str:
+    if not est or est.get("value") is None:
+        return "-"
+    v = f"{est['value']:.{digits}f}"
+    ci = est.get("ci")
+    if ci and ci[0] is not None:
+        v += f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+    return v
+
+
+def print_results_table(doc: dict) -> None:
+    """The model's numbers beside the real reference row."""
+    from rich.table import Table
+
+    from cellbench.evaluation import FID_ORDER, METRIC_ORDER
+    from cellbench.ui import out_console
+
+    ds = doc["dataset"]
+    title = f"cellbench eval: {ds['name']}" + (" (simulated)" if ds["simulated"] else "")
+    t = Table(
+        title=title,
+        caption=f"metric suite v{doc['metric_suite_version']}, segmenter "
+        f"{doc['segmenter']['name']} v{doc['segmenter']['version']}, 95% bootstrap CI",
+    )
+    t.add_column("metric")
+    t.add_column("", justify="center")
+    t.add_column("model", justify="right")
+    t.add_column("real reference", justify="right")
+    ref = doc["reference"]["metrics"]
+    for m in METRIC_ORDER:
+        t.add_row(m, ARROWS.get(m, "↑"), _fmt(doc["metrics"].get(m)), _fmt(ref.get(m)))
+    if doc.get("fid_computed"):
+        for m in FID_ORDER:
+            digits = 4 if m.startswith("kid") else 2
+            t.add_row(
+                m,
+                "↓",
+                _fmt(doc["metrics"].get(m), digits),
+                _fmt(ref.get(m), digits) + " (split half)",
+            )
+    out_console.print(t)
+    im = doc["images"]
+    out_console.print(
+        f"{im['n_images']} images, {im['n_tasks_covered']}/{im['n_tasks_expected']} tasks, "
+        f"{im['missing_tasks']} missing, {im['n_problems']} problem(s); "
+        f"{'complete' if doc['complete'] else 'NOT complete'}"
+    )
+
+
+@app.command("eval")
+def eval_cmd(
+    images: Annotated[
+        Path, typer.Argument(help="Folder of generated images (see README: formats).")
+    ],
+    dataset: DatasetOpt = "bbbc021-sim",
+    data_dir: DataDirOpt = None,
+    protocol: Annotated[
+        Path | None, typer.Option(help="Protocol CSV (default: built from --split and --seed).")
+    ] = None,
+    split: Annotated[str, typer.Option(help="Split of the built protocol.")] = "test",
+    seed: Annotated[int, typer.Option(help="Seed of the protocol, bootstrap and KID subsets.")] = 0,
+    out: Annotated[
+        Path, typer.Option("--out", help="Result JSON (per-image CSV written beside it).")
+    ] = Path("results.json"),
+    as_json: JsonOpt = False,
+    backend: BackendOpt = "classical",
+    strict: Annotated[bool, typer.Option(help="Fail on any bad or missing image.")] = False,
+    no_fid: Annotated[
+        bool, typer.Option("--no-fid", help="Skip Inception: no FID/KID and no moa reward.")
+    ] = False,
+    shard: Annotated[
+        str | None,
+        typer.Option(help="Score only shard K/N of the tasks (merge with `cellbench eval merge`)."),
+    ] = None,
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Score a generator's images: seven rewards, overall, MoA accuracy, FID/KID, real reference row."""
+    from cellbench.evaluation import evaluate
+
+    update, stop = _progress_fn()
+    try:
+        doc = evaluate(
+            images,
+            dataset,
+            data_dir=data_dir,
+            protocol=protocol,
+            split=split,
+            seed=seed,
+            backend=backend,
+            fid=not no_fid,
+            strict=strict,
+            shard=shard,
+            device=device,
+            out=out,
+            progress=update,
+        )
+    finally:
+        stop()
+    if as_json:
+        typer.echo(json.dumps(doc, indent=2))
+    elif doc.get("partial"):
+        from cellbench.ui import info
+
+        info(
+            f"shard {doc['partial']['shard']}: {doc['images']['n_images']} images scored; "
+            f"merge all shards with `cellbench eval merge`"
+        )
+    else:
+        print_results_table(doc)
+    from cellbench.ui import info
+
+    info(f"[green]wrote[/green] {out}")
+
+
+@app.command("eval-merge", hidden=True)
+def eval_merge_cmd(
+    shards: Annotated[
+        list[Path], typer.Argument(help="Result JSON files written with --shard K/N.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Merged result JSON.")] = Path("results.json"),
+    data_dir: DataDirOpt = None,
+    device: DeviceOpt = "cpu",
+    as_json: JsonOpt = False,
+) -> None:
+    """Merge `cellbench eval --shard K/N` results into the unsharded result (`cellbench eval merge`)."""
+    from cellbench.evaluation import merge_shards
+
+    update, stop = _progress_fn()
+    try:
+        doc = merge_shards(shards, data_dir=data_dir, device=device, out=out, progress=update)
+    finally:
+        stop()
+    if as_json:
+        typer.echo(json.dumps(doc, indent=2))
+    else:
+        print_results_table(doc)
+
+
+@app.command("segment")
+def segment_cmd(
+    input: Annotated[
+        Path,
+        typer.Argument(help="A folder of images (PNG/TIFF/NPY, 1 or 3 channels) or one image."),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Folder for label images and features.csv.")],
+    backend: BackendOpt = "classical",
+    dna_channel: Annotated[
+        int, typer.Option(help="Index of the DNA stain in 3-channel images.")
+    ] = 2,
+) -> None:
+    """Segment nuclei and cells; write 16-bit label TIFFs and features.csv (one row per image)."""
+    from cellbench.segment.io import segment_folder
+    from cellbench.ui import info, progress
+
+    with progress("segmenting", None) as update:
+        n = segment_folder(input, out, backend=backend, dna_channel=dna_channel, on_progress=update)
+    info(f"[green]wrote[/green] labels and features.csv for {n} image(s) to {out}")
+
+
+@reference_app.command("build")
+def reference_build(
+    dataset: DatasetOpt = "bbbc021-sim",
+    data_dir: DataDirOpt = None,
+    backend: BackendOpt = "classical",
+    split: Annotated[str, typer.Option(help="Real split the statistics come from.")] = "train",
+    out: Annotated[
+        Path | None, typer.Option(help="Output file (default: <dataset>/cellbench_artifacts/).")
+    ] = None,
+) -> None:
+    """Per-MoA mean and std of each feature over the real training split (versioned, hashed)."""
+    from cellbench.data.bbbc021 import open_dataset
+    from cellbench.reference import (
+        ARTIFACT_DIR,
+        build_reference,
+        reference_filename,
+        save_reference,
+    )
+    from cellbench.segment.backends import get_backend
+    from cellbench.ui import info, progress
+
+    ds = open_dataset(dataset, data_dir, create_sim=True)
+    be = get_backend(backend)
+    with progress("segmenting real crops", None) as update:
+        doc = build_reference(ds, be, split=split, on_progress=update)
+    path = out or ds.root / ARTIFACT_DIR / reference_filename(be.name)
+    digest = save_reference(doc, path)
+    info(f"[green]wrote[/green] {path} (sha256 {digest})")
+
+
+@classifier_app.command("train")
+def classifier_train(
+    dataset: DatasetOpt = "bbbc021-sim",
+    data_dir: DataDirOpt = None,
+    epochs: Annotated[int, typer.Option(help="Training epochs (SPEC: 10).")] = 10,
+    seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Artifact folder (default: <dataset>/cellbench_artifacts/classifier)."),
+    ] = None,
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Train the MoA head on real training-split treated crops; evaluate on the test split."""
+    from cellbench.classifier_train import train_and_save
+    from cellbench.data.bbbc021 import open_dataset
+    from cellbench.ui import info
+
+    ds = open_dataset(dataset, data_dir, create_sim=True)
+    update, stop = _progress_fn()
+    try:
+        path, card = train_and_save(
+            ds, out=out, epochs=epochs, seed=seed, device=device, progress=update
+        )
+    finally:
+        stop()
+    m = card["test_metrics"]
+    info(
+        f"[green]wrote[/green] {path}: test accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f} (n={m['n']})"
+    )
+
+
+@classifier_app.command("eval")
+def classifier_eval(
+    dataset: DatasetOpt = "bbbc021-sim",
+    data_dir: DataDirOpt = None,
+    split: Annotated[str, typer.Option(help="Real split to evaluate on.")] = "test",
+    device: DeviceOpt = "cpu",
+    as_json: JsonOpt = False,
+) -> None:
+    """Accuracy, macro-F1 and confusion matrix of the dataset's classifier on real crops."""
+    from cellbench.classifier_train import evaluate_classifier
+    from cellbench.data.bbbc021 import open_dataset
+
+    ds = open_dataset(dataset, data_dir, create_sim=True)
+    update, stop = _progress_fn()
+    try:
+        report = evaluate_classifier(ds, split=split, device=device, progress=update)
+    finally:
+        stop()
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    from rich.table import Table
+
+    from cellbench.ui import out_console
+
+    out_console.print(
+        f"accuracy {report['accuracy']:.3f}, macro-F1 {report['macro_f1']:.3f}, n={report['n']}"
+    )
+    t = Table(title="per MoA")
+    for col in ("MoA", "n", "recall", "precision", "F1"):
+        t.add_column(col)
+    for k, v in report["per_class"].items():
+        t.add_row(k, str(v["n"]), str(v["recall"]), str(v["precision"]), str(v["f1"]))
+    out_console.print(t)
+
+
+@ls_app.command("metrics")
+def ls_metrics(as_json: JsonOpt = False) -> None:
+    """List the metrics of the suite with version and direction."""
+    from cellbench.metrics.registry import METRICS
+
+    rows = [{"name": e.name, "summary": e.summary, **e.meta} for e in METRICS.entries()]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    from cellbench.ui import out_console
+
+    for r in rows:
+        arrow = "↑" if r["higher_is_better"] else "↓"
+        out_console.print(
+            f"[bold]{r['name']:<13}[/bold] {arrow} v{r['version']} needs {r['needs']}: {r['summary']}"
+        )
+
+
+@ls_app.command("segmenters")
+def ls_segmenters() -> None:
+    """List segmentation backends."""
+    from cellbench.segment.backends import SEGMENTERS
+    from cellbench.ui import out_console
+
+    for e in SEGMENTERS.entries():
+        out_console.print(f"[bold]{e.name:<10}[/bold] {e.summary}")

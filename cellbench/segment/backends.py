@@ -1,0 +1,200 @@
+"""Segmentation backends behind one registry (``cellbench ls segmenters``).
+
+A backend turns uint8 crops into the six per-image features of SPEC 4.2. Its name and version are
+part of the metric identity and are recorded in every result and reference-statistics file.
+
+* ``classical`` (default): scikit-image, no weights (:mod:`cellbench.segment.classical`).
+* ``cellpose``: Cellpose 3.1.x ``nuclei`` + ``cyto3`` models, used only when the package is
+  installed (``pip install 'cellbench[cellpose]'``) and its weight files are on disk.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cellbench.errors import CellbenchError
+from cellbench.registry import Registry
+
+CHUNK = 256
+
+
+class SegmentationBackend(abc.ABC):
+    """Base class: subclasses implement :meth:`segment` and set ``name`` / ``version``."""
+
+    name = "base"
+    version = "0"
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        from cellbench.segment.classical import FEATURE_NAMES
+
+        return FEATURE_NAMES
+
+    def identity(self) -> dict[str, Any]:
+        """What defines this backend's outputs (recorded in results)."""
+        return {"name": self.name, "version": self.version}
+
+    def weights(self) -> dict[str, str]:
+        """sha256 of every weight file used (empty for weight-free backends)."""
+        return {}
+
+    @abc.abstractmethod
+    def segment(self, image: np.ndarray, *, dna_channel: int):
+        """One crop -> a ``SegmentationResult``."""
+
+    def features(
+        self,
+        images: np.ndarray,
+        *,
+        dna_channel: int,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> np.ndarray:
+        """(N, H, W, 3) uint8 -> (N, 6) float64 features in :attr:`feature_names` order."""
+        from cellbench.segment.classical import features_from_masks
+
+        out = np.zeros((len(images), len(self.feature_names)))
+        for i, img in enumerate(images):
+            f = features_from_masks(self.segment(img, dna_channel=dna_channel))
+            out[i] = [f[k] for k in self.feature_names]
+            if on_progress is not None and (i + 1) % 64 == 0:
+                on_progress(i + 1, len(images))
+        if on_progress is not None:
+            on_progress(len(images), len(images))
+        return out
+
+    def features_of_keys(
+        self, ds, keys: list[str], *, on_progress: Callable[[int, int], None] | None = None
+    ) -> np.ndarray:
+        """Features of dataset crops by SAMPLE_KEY, read in chunks."""
+        out = np.zeros((len(keys), len(self.feature_names)))
+        for start in range(0, len(keys), CHUNK):
+            crops = ds.load_crops(keys[start : start + CHUNK])
+            out[start : start + len(crops)] = self.features(crops, dna_channel=ds.card.dna_channel)
+            if on_progress is not None:
+                on_progress(start + len(crops), len(keys))
+        return out
+
+
+class ClassicalBackend(SegmentationBackend):
+    """Smoothing, automatic threshold, seeded watershed (scikit-image); no weights."""
+
+    name = "classical"
+
+    @property
+    def version(self) -> str:  # type: ignore[override]
+        from cellbench.segment.classical import BACKEND_VERSION
+
+        return BACKEND_VERSION
+
+    def segment(self, image: np.ndarray, *, dna_channel: int):
+        from cellbench.segment.classical import segment_crop
+
+        return segment_crop(image, dna_channel=dna_channel)
+
+    def features(self, images, *, dna_channel, on_progress=None):
+        from cellbench.segment.classical import segment_batch
+
+        out = np.zeros((len(images), len(self.feature_names)))
+        for start in range(0, len(images), CHUNK):
+            chunk = images[start : start + CHUNK]
+            out[start : start + len(chunk)] = segment_batch(chunk, dna_channel=dna_channel)
+            if on_progress is not None:
+                on_progress(start + len(chunk), len(images))
+        return out
+
+
+CELLPOSE_WEIGHTS = ("nucleitorch_0", "cyto3")
+
+
+def cellpose_models_dir() -> Path:
+    """Where Cellpose looks for weights: ``$CELLPOSE_LOCAL_MODELS_PATH`` or ``~/.cellpose/models``."""
+    env = os.environ.get("CELLPOSE_LOCAL_MODELS_PATH")
+    return Path(env).expanduser() if env else Path.home() / ".cellpose" / "models"
+
+
+class CellposeBackend(SegmentationBackend):
+    """Cellpose 3.1.x: ``nuclei`` on the DNA channel, ``cyto3`` on (cytoplasm, DNA).
+
+    Weights are never downloaded by cellbench: the two files must already be in
+    :func:`cellpose_models_dir` (Cellpose's own download host is not reachable everywhere).
+    """
+
+    name = "cellpose"
+    nucleus_diameter = 17.0
+    cell_diameter = 40.0
+
+    def __init__(self) -> None:
+        try:
+            import cellpose  # noqa: F401
+            from cellpose import models
+        except ImportError:
+            raise CellbenchError(
+                "the cellpose backend needs the cellpose package",
+                fix="pip install 'cellbench[cellpose]' (cellpose 3.1.x), or use --backend classical",
+            ) from None
+        folder = cellpose_models_dir()
+        missing = [w for w in CELLPOSE_WEIGHTS if not (folder / w).is_file()]
+        if missing:
+            raise CellbenchError(
+                f"Cellpose weight file(s) {', '.join(missing)} not found",
+                path=folder,
+                fix="copy them there (or set CELLPOSE_LOCAL_MODELS_PATH), or use --backend classical",
+            )
+        from importlib.metadata import version
+
+        from cellbench._io import sha256_file
+
+        self._version = f"cellpose-{version('cellpose')}"
+        self._weights = {w: sha256_file(folder / w) for w in CELLPOSE_WEIGHTS}
+        self._nuc = models.CellposeModel(gpu=False, pretrained_model=str(folder / "nucleitorch_0"))
+        self._cyto = models.CellposeModel(gpu=False, pretrained_model=str(folder / "cyto3"))
+
+    @property
+    def version(self) -> str:  # type: ignore[override]
+        return self._version
+
+    def weights(self) -> dict[str, str]:
+        return dict(self._weights)
+
+    def segment(self, image: np.ndarray, *, dna_channel: int):
+        from cellbench.segment.classical import SegmentationResult
+
+        dna = image[..., dna_channel].astype(np.float32)
+        cyto_channels = [k for k in range(image.shape[-1]) if k != dna_channel]
+        cyto = image[..., cyto_channels].astype(np.float32).mean(-1)
+        nuclei = self._nuc.eval(dna, diameter=self.nucleus_diameter, channels=[0, 0])[0]
+        stack = np.stack([cyto, dna], axis=-1)
+        cells = self._cyto.eval(stack, diameter=self.cell_diameter, channels=[1, 2])[0]
+        return SegmentationResult(
+            nuclei=np.asarray(nuclei, np.int32),
+            cells=np.asarray(cells, np.int32),
+            cyto_mask=np.asarray(cells) > 0,
+        )
+
+
+SEGMENTERS: Registry[type[SegmentationBackend]] = Registry("segmentation backend")
+SEGMENTERS.register(
+    "classical",
+    "cellbench.segment.backends:ClassicalBackend",
+    summary="scikit-image threshold + seeded watershed; no weights (default)",
+)
+SEGMENTERS.register(
+    "cellpose",
+    "cellbench.segment.backends:CellposeBackend",
+    summary="Cellpose 3.1.x nuclei + cyto3; needs the cellpose extra and local weight files",
+)
+
+_instances: dict[str, SegmentationBackend] = {}
+
+
+def get_backend(name: str = "classical") -> SegmentationBackend:
+    """A (cached) instance of backend ``name``."""
+    if name not in _instances:
+        _instances[name] = SEGMENTERS.get(name)()
+    return _instances[name]

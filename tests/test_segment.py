@@ -1,0 +1,175 @@
+"""The classical segmenter and its features: synthetic ground truth, real nuclei, real BBBC021 crops."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cellbench.segment.classical import (
+    FEATURE_NAMES,
+    SegmentationResult,
+    features_from_masks,
+    segment_batch,
+    segment_crop,
+    segment_nuclei,
+)
+from cellbench.segment.evaluate import f1_at_iou, match_instances
+from tests.conftest import shared_data_or_skip
+
+YY, XX = np.mgrid[:96, :96]
+
+
+def _disk(cy: float, cx: float, r: float) -> np.ndarray:
+    return (YY - cy) ** 2 + (XX - cx) ** 2 <= r * r
+
+
+def synthetic_crop(
+    nuclei: list[tuple[int, int, int]], cells: list[tuple[int, int, int]]
+) -> np.ndarray:
+    """uint8 crop (actin, tubulin, DNA) with bright disks as nuclei and dimmer disks as cells."""
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 12, size=(96, 96, 3)).astype(np.uint8)
+    for cy, cx, r in cells:
+        m = _disk(cy, cx, r)
+        img[..., 0][m] = 110
+        img[..., 1][m] = 140
+    for cy, cx, r in nuclei:
+        img[..., 2][_disk(cy, cx, r)] = 230
+    return img
+
+
+def test_counts_and_areas_recovered() -> None:
+    img = synthetic_crop([(25, 25, 7), (70, 65, 9)], [(25, 25, 16), (70, 65, 20)])
+    seg = segment_crop(img, dna_channel=2)
+    f = features_from_masks(seg)
+    assert f["nuc_count"] == 2 and f["cell_count"] == 2
+    # smoothing + the low global threshold put the border about one pixel outside the step edge
+    true_nuc = _disk(70, 65, 9 + 1).sum()
+    assert abs(f["nuc_max_area"] - true_nuc) <= 0.05 * true_nuc
+    true_cell = _disk(70, 65, 20 + 1).sum()
+    assert abs(f["cell_max_area"] - true_cell) <= 0.05 * true_cell
+    assert f["roundness"] > 0.85
+    assert f["nuc_in_cyto"] == 1.0
+
+
+def test_touching_nuclei_are_split() -> None:
+    img = synthetic_crop([(48, 38, 9), (48, 56, 9)], [(48, 47, 30)])
+    assert segment_nuclei(img[..., 2]).max() == 2
+
+
+def test_nucleus_outside_its_cell_lowers_nuc_in_cyto() -> None:
+    inside = features_from_masks(segment_crop(synthetic_crop([(48, 48, 8)], [(48, 48, 22)])))
+    half_out = features_from_masks(segment_crop(synthetic_crop([(48, 70, 8)], [(48, 48, 22)])))
+    fully_out = features_from_masks(segment_crop(synthetic_crop([(15, 80, 8)], [(60, 35, 18)])))
+    assert inside["nuc_in_cyto"] == 1.0
+    assert 0.2 < half_out["nuc_in_cyto"] < 0.8
+    assert fully_out["nuc_in_cyto"] < 0.05
+
+
+def test_elongated_nucleus_is_less_round() -> None:
+    img = synthetic_crop([], [(48, 48, 30)])
+    ellipse = ((YY - 48) / 4.0) ** 2 + ((XX - 48) / 16.0) ** 2 <= 1
+    img[..., 2][ellipse] = 230
+    f = features_from_masks(segment_crop(img))
+    assert f["nuc_count"] == 1 and f["roundness"] < 0.75
+
+
+def test_empty_image_has_no_nucleus() -> None:
+    f = features_from_masks(segment_crop(np.zeros((96, 96, 3), np.uint8)))
+    assert f == dict.fromkeys(FEATURE_NAMES, 0.0)
+
+
+def test_dna_channel_is_honoured() -> None:
+    img = synthetic_crop([(30, 30, 8), (65, 65, 8)], [(30, 30, 16), (65, 65, 16)])
+    moved = img[..., [2, 1, 0]].copy()  # DNA now first
+    a = segment_batch(img[None], dna_channel=2)
+    b = segment_batch(moved[None], dna_channel=0)
+    np.testing.assert_allclose(a, b)
+
+
+def test_features_empty_segmentation_result() -> None:
+    z = np.zeros((8, 8), np.int32)
+    assert features_from_masks(SegmentationResult(z, z, z.astype(bool)))["nuc_count"] == 0.0
+
+
+def test_matching_counts() -> None:
+    gt = np.zeros((20, 20), int)
+    gt[2:8, 2:8] = 1  # matched exactly
+    gt[10:18, 10:18] = 2  # predicted too small (IoU 0.25): a miss and a false positive
+    gt[2:6, 12:16] = 3  # not predicted
+    pred = np.zeros_like(gt)
+    pred[2:8, 2:8] = 5
+    pred[10:14, 10:14] = 7
+    pred[15:19, 0:4] = 9  # spurious
+    assert match_instances(pred, gt, 0.5) == (1, 2, 2)  # tp; fp: 7 and 9; fn: 2 and 3
+    assert f1_at_iou(pred, gt, 0.5) == pytest.approx(2 * 1 / (2 * 1 + 2 + 2))
+    assert f1_at_iou(gt, gt, 0.75) == 1.0
+
+
+#: mean nucleus F1 at IoU 0.5 on the 66 DSB2018 images, measured with BACKEND_VERSION 1
+#: (bench/segment_f1.py): 0.7731. The test fails if a change loses more than 0.01 of it.
+CLASSICAL_F1_AT_05 = 0.7731
+
+
+@pytest.mark.slow
+def test_f1_on_real_nuclei_ground_truth() -> None:
+    from cellbench.segment.evaluate import dsb_f1
+
+    root = shared_data_or_skip("real_seg", "dsb2018_stage1_train_subset")
+    scores = dsb_f1(root)
+    assert len(scores) == 66
+    assert float(np.mean(scores["f1_50"])) >= CLASSICAL_F1_AT_05 - 0.01
+
+
+def _real_crops() -> tuple[np.ndarray, pd.Series]:
+    from cellbench.segment.convert import to_uint8_crop
+
+    root = shared_data_or_skip("bbbc021_real", "singh_crops_68x68")
+    labels = pd.read_csv(root / "crop_labels.csv")
+    crops = np.stack(
+        [
+            to_uint8_crop(np.load(root / r.class_folder / r.file_name), order=(2, 1, 0))
+            for r in labels.itertuples()
+        ]
+    )
+    return crops, labels["moa"]
+
+
+def test_real_bbbc021_crops() -> None:
+    crops, moa = _real_crops()
+    assert crops.shape == (579, 96, 96, 3) and crops.dtype == np.uint8
+    feats = pd.DataFrame(segment_batch(crops, dna_channel=2), columns=FEATURE_NAMES)
+    assert (feats["nuc_count"] >= 1).all()
+    assert (feats["nuc_in_cyto"] > 0).all()
+    dmso, chx = feats[moa.to_numpy() == "DMSO"], feats[moa.to_numpy() == "Protein synthesis"]
+
+    def cohen_d(col: str) -> float:
+        pooled = np.sqrt((dmso[col].var() + chx[col].var()) / 2)
+        return float((chx[col].mean() - dmso[col].mean()) / pooled)
+
+    # cycloheximide (protein synthesis inhibitor) shrinks cells: measured d = -0.73 (cell area)
+    # and -0.34 (nucleus area) with BACKEND_VERSION 1.
+    assert cohen_d("cell_max_area") < -0.5
+    assert cohen_d("nuc_max_area") < -0.2
+
+
+def test_segment_cli_writes_labels_and_features(tmp_path: Path) -> None:
+    import tifffile
+
+    from tests.conftest import run_cli
+
+    src = tmp_path / "in"
+    src.mkdir()
+    np.save(src / "a.npy", synthetic_crop([(25, 25, 7), (70, 65, 9)], [(25, 25, 16), (70, 65, 20)]))
+    np.save(src / "b.npy", synthetic_crop([(48, 48, 8)], [(48, 48, 22)])[..., 2])  # one channel
+    res = run_cli("segment", str(src), "--out", str(tmp_path / "out"))
+    assert res.returncode == 0, res.stderr
+    table = pd.read_csv(tmp_path / "out" / "features.csv")
+    assert list(table.columns) == ["image", "backend", *FEATURE_NAMES]
+    assert table["nuc_count"].tolist() == [2, 1]
+    labels = tifffile.imread(tmp_path / "out" / "a_nuclei.tif")
+    assert labels.dtype == np.uint16 and labels.max() == 2
+    assert tifffile.imread(tmp_path / "out" / "a_cells.tif").max() == 2
