@@ -75,7 +75,7 @@ def train_head(
             loss = loss_fn(head(x[idx]), y[idx])
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
         if on_epoch is not None:
             on_epoch(epoch + 1, total / len(x))
     head.eval()

@@ -214,8 +214,9 @@ def _concat(parts: list[ImageArrays], order: dict[str, int]) -> ImageArrays:
         if has_inc
         else None,
         problems=sorted(
-            (p for a in parts for p in a.problems), key=lambda p: (p["path"], p["problem"])
-        ),
+            {(p["path"], p["problem"]): p for a in parts for p in a.problems}.values(),
+            key=lambda p: (p["path"], p["problem"]),
+        ),  # files no shard could place are reported by every shard: keep one report each
     )
 
 
@@ -418,12 +419,22 @@ def score_images(
     *,
     strict: bool,
     use_inception: bool,
+    full_protocol: pd.DataFrame | None = None,
     progress: Progress = _noop,
 ) -> tuple[ImageArrays, dict]:
-    """Match, check and featurise the images of ``protocol``'s tasks."""
+    """Match, check and featurise the images of ``protocol``'s tasks.
+
+    For a shard, ``protocol`` holds the shard's tasks and ``full_protocol`` all of them, so files
+    of other shards' tasks are not reported as strangers.
+    """
     from cellbench.images import discover_images, load_images
 
-    found = discover_images(images_dir, protocol)
+    found = discover_images(images_dir, full_protocol if full_protocol is not None else protocol)
+    if full_protocol is not None:  # a shard: keep its own tasks, leave the rest to other shards
+        mine = set(protocol["task_id"])
+        found.files = {t: v for t, v in found.files.items() if t in mine}
+        found.missing = [t for t in found.missing if t in mine]
+        found.problems = [p for p in found.problems if p.task_id is None or p.task_id in mine]
     loaded = load_images(
         found, strict=strict, on_progress=lambda d, t: progress("reading images", d, t)
     )
@@ -591,7 +602,13 @@ def evaluate(
     scorer = Scorer(ds, backend=backend, device=device, use_inception=fid)
     part = shard_tasks(table, shard_t)
     arrays, img_info = score_images(
-        scorer, images, part, strict=strict, use_inception=fid, progress=progress
+        scorer,
+        images,
+        part,
+        strict=strict,
+        use_inception=fid,
+        full_protocol=table if shard_t is not None else None,
+        progress=progress,
     )
     if not arrays.task_ids:
         raise CellbenchError(

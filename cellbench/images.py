@@ -10,7 +10,8 @@ Three folder layouts are accepted, tried in this order:
 
 Every image is checked: readable, 96x96x3, uint8 or convertible to uint8 without loss, finite, not
 one constant value. Each problem is reported with its file; good images stay usable unless the
-caller asks for strict mode.
+caller asks for strict mode. A constant image is reported but still scored (a blank output earns
+its low score), so a result with one is never marked complete.
 """
 
 from __future__ import annotations
@@ -79,8 +80,11 @@ def _norm(name: str) -> str:
     return re.sub(r"[\s_/\\-]+", "", name).lower()
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Read one generated image as uint8 (96, 96, 3); raise :class:`ImageError` if unusable."""
+def read_image(path: str | Path, *, allow_constant: bool = False) -> np.ndarray:
+    """Read one generated image as uint8 (96, 96, 3); raise :class:`ImageError` if unusable.
+
+    ``allow_constant`` accepts an image of one value (it is still reported by :func:`load_images`).
+    """
     path = Path(path)
     suffix = path.suffix.lower()
     try:
@@ -116,10 +120,12 @@ def read_image(path: str | Path) -> np.ndarray:
             path=path,
             fix="re-export the file",
         ) from None
-    return check_image_array(arr, path)
+    return check_image_array(arr, path, allow_constant=allow_constant)
 
 
-def check_image_array(arr: np.ndarray, path: str | Path = "<array>") -> np.ndarray:
+def check_image_array(
+    arr: np.ndarray, path: str | Path = "<array>", *, allow_constant: bool = False
+) -> np.ndarray:
     """Check shape, dtype and values of one image; return it as uint8 (96, 96, 3)."""
     if not isinstance(arr, np.ndarray) or arr.dtype == object:
         raise ImageError("not a numeric array", path=path)
@@ -150,7 +156,7 @@ def check_image_array(arr: np.ndarray, path: str | Path = "<array>") -> np.ndarr
                 fix="scale to integers 0..255 and save as uint8",
             )
         arr = arr.astype(np.uint8)
-    if arr.min() == arr.max():
+    if arr.min() == arr.max() and not allow_constant:
         raise ImageError(
             f"image is one constant value ({int(arr.flat[0])})",
             path=path,
@@ -338,11 +344,21 @@ def load_images(
             )
         for p in task_paths:
             try:
-                arrays.append(read_image(p))
-                task_ids.append(task)
-                paths.append(p)
+                img = read_image(p, allow_constant=True)
             except ImageError as exc:
                 problems.append(ImageProblem(str(p), exc.message, task))
+            else:
+                # a constant image is reported, and still scored: a generator that outputs blank
+                # images must get the low score it earns, not an empty evaluation
+                if img.min() == img.max():
+                    problems.append(
+                        ImageProblem(
+                            str(p), f"image is one constant value ({int(img.flat[0])})", task
+                        )
+                    )
+                arrays.append(img)
+                task_ids.append(task)
+                paths.append(p)
             done += 1
             if on_progress is not None:
                 on_progress(done, total)

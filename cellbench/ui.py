@@ -59,4 +59,4 @@ def progress(description: str, total: int | None = None) -> Iterator[Callable[[i
 
 def info(message: str) -> None:
     """A status line on stderr."""
-    err_console.print(message)
+    err_console.print(message, soft_wrap=True)

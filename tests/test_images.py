@@ -113,7 +113,7 @@ def test_bad_files_reported_and_good_ones_kept(tmp_path: Path, protocol: pd.Data
     np.save(tmp_path / f"{t[7]}.npy", _img().astype(np.float32) / 255)  # lossy float
     (tmp_path / "notes.txt").write_text("hi")
     loaded = load_images(discover_images(tmp_path, protocol))
-    assert loaded.task_ids == [t[0]]
+    assert loaded.task_ids == [t[0], t[4]]  # the constant image is reported but kept
     by_file = {Path(p.path).name: p.problem for p in loaded.problems}
     assert "unreadable or truncated" in by_file[f"{t[1]}.png"]
     assert "unreadable or truncated" in by_file[f"{t[2]}.npy"]

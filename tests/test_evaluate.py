@@ -1,0 +1,217 @@
+"""``cellbench eval`` end to end on bbbc021-sim (tiny): sanity checks, determinism, shard merge."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cellbench.data.bbbc021 import BBBC021Dataset
+from cellbench.data.catalog import get_card
+from cellbench.data.sim import write_sim_dataset
+from cellbench.evaluation import evaluate, merge_shards
+from cellbench.metrics.bootstrap import bootstrap_mean
+from cellbench.protocol import build_protocol, write_protocol
+from tests.conftest import run_cli
+
+REWARDS = ("moa", "nuc_in_cyto", "roundness", "nuc_size", "cyto_size", "nuc_count", "cyto_count")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny simulated dataset, its protocol and the image folders of a few fake generators."""
+    mp = pytest.MonkeyPatch()
+    root = tmp_path_factory.mktemp("eval")
+    mp.setenv("CELLBENCH_CACHE_DIR", str(root / "cache"))
+    mp.setenv("CELLBENCH_PROGRESS", "0")
+    data = root / "data"
+    write_sim_dataset(data / "bbbc021-sim", seed=0, scale="tiny")
+    ds = BBBC021Dataset(data / "bbbc021-sim", get_card("bbbc021-sim"))
+    table = build_protocol(ds, "test", 0)
+    write_protocol(table, root / "protocol.csv")
+    rng = np.random.default_rng(0)
+    # "wrong compounds": each task gets the real target of a task with another MoA
+    by_moa = table.sort_values(["moa", "task_id"]).reset_index(drop=True)
+    shift = len(by_moa) // 2
+    wrong_target = dict(
+        zip(by_moa["task_id"], np.roll(by_moa["target_key"].to_numpy(), shift), strict=True)
+    )
+    makers = {
+        "real": lambda r: ds.load_crop(r.target_key),
+        "identity": lambda r: ds.load_crop(r.control_key),
+        "noise": lambda r: rng.integers(0, 256, (96, 96, 3), dtype=np.uint8),
+        "black": lambda r: np.zeros((96, 96, 3), np.uint8),
+        "wrong": lambda r: ds.load_crop(wrong_target[r.task_id]),
+    }
+    for name, make in makers.items():
+        folder = root / name
+        folder.mkdir()
+        for r in table.itertuples():
+            np.save(folder / f"{r.task_id}.npy", make(r))
+    results = {
+        name: evaluate(root / name, "bbbc021-sim", data_dir=data, seed=0, out=root / f"{name}.json")
+        for name in makers
+    }
+    yield {"root": root, "data": data, "ds": ds, "table": table, "results": results}
+    mp.undo()
+
+
+def _v(doc: dict, metric: str) -> float:
+    return doc["metrics"][metric]["value"]
+
+
+def _per_task(world, name: str, metric: str) -> pd.Series:
+    table = pd.read_csv(world["root"] / f"{name}.per_image.csv").set_index("task_id")
+    return table.loc[world["table"]["task_id"], metric]
+
+
+def test_real_targets_score_the_reference(world) -> None:
+    doc = world["results"]["real"]
+    for m in (*REWARDS, "overall", "moa_accuracy"):
+        assert doc["metrics"][m] == doc["reference"]["metrics"][m]
+    for m in ("nuc_size", "cyto_size", "nuc_count", "cyto_count", "roundness"):
+        assert -2.5 < _v(doc, m) < 0  # about -1 each by construction (z ~ N(0, 1) on real data)
+    assert abs(_v(doc, "fid_o")) < 1e-6 and abs(_v(doc, "fid_c")) < 1e-6
+    assert doc["complete"] is True
+
+
+def test_bad_generators_score_clearly_worse(world) -> None:
+    res = world["results"]
+    real = _v(res["real"], "overall")
+    for name in ("noise", "black", "identity"):
+        # measured (tiny, seed 0): real 0.42, identity -1.48, noise and black far lower
+        assert _v(res[name], "overall") < real - 1.0, name
+        # paired over tasks: the 95% bootstrap interval of (generator - real) lies below zero
+        diff = _per_task(world, name, "overall") - _per_task(world, "real", "overall")
+        assert bootstrap_mean(diff.to_numpy(), seed=0).ci_high < 0, name
+        assert _v(res[name], "fid_o") > 20.0, name
+    assert _v(res["wrong"], "moa") < _v(res["real"], "moa") - 0.2
+    assert res["black"]["complete"] is False  # constant images are reported ...
+    assert res["black"]["images"]["n_problems"] == len(world["table"])  # ... but still scored
+    assert res["black"]["metrics"]["overall"]["n"] == len(world["table"])
+
+
+def test_same_inputs_same_metrics(world) -> None:
+    again = evaluate(world["root"] / "identity", "bbbc021-sim", data_dir=world["data"], seed=0)
+    first = world["results"]["identity"]
+    for key in ("metrics", "per_moa", "per_compound", "reference", "fid_detail"):
+        assert again[key] == first[key], key
+
+
+def test_result_has_provenance(world) -> None:
+    doc = json.loads((world["root"] / "identity.json").read_text())
+    for key in (
+        "schema",
+        "cellbench_version",
+        "git_commit",
+        "command",
+        "seed",
+        "dataset",
+        "protocol",
+        "images",
+        "metric_suite_version",
+        "segmenter",
+        "weights",
+        "reference_stats_sha256",
+        "environment",
+        "wall_time_s",
+        "feature_network",
+    ):
+        assert key in doc, key
+    assert doc["dataset"]["name"] == "bbbc021-sim" and doc["dataset"]["simulated"] is True
+    assert len(doc["weights"]["inception"]) == 64 and len(doc["weights"]["classifier"]) == 64
+    assert doc["segmenter"] == {"name": "classical", "version": "1"}
+    per_image = pd.read_csv(world["root"] / "identity.per_image.csv")
+    assert len(per_image) == len(world["table"])
+    assert per_image["overall"].mean() == pytest.approx(_v(doc, "overall"), abs=1e-5)
+
+
+def test_shards_merge_to_the_unsharded_result(world) -> None:
+    root, data = world["root"], world["data"]
+    parts = []
+    for k in (1, 2, 3):
+        out = root / f"shard{k}.json"
+        evaluate(root / "identity", "bbbc021-sim", data_dir=data, seed=0, shard=f"{k}/3", out=out)
+        assert json.loads(out.read_text())["partial"] == {"shard": f"{k}/3"}
+        parts.append(out)
+    merged = merge_shards(parts, data_dir=data, out=root / "merged.json")
+    whole = world["results"]["identity"]
+    for key in ("metrics", "per_moa", "per_compound", "reference", "fid_detail"):
+        assert merged[key] == whole[key], key
+    assert merged["images"]["sha256"] == whole["images"]["sha256"]
+    assert merged["complete"] is True
+    with pytest.raises(Exception, match="do not cover"):
+        merge_shards(parts[:2], data_dir=data)
+
+
+def test_missing_tasks_make_an_incomplete_result(world, tmp_path: Path) -> None:
+    half = tmp_path / "half"
+    half.mkdir()
+    tasks = world["table"]["task_id"].tolist()
+    for t in tasks[::2]:
+        np.save(half / f"{t}.npy", np.load(world["root"] / "real" / f"{t}.npy"))
+    doc = evaluate(half, "bbbc021-sim", data_dir=world["data"], seed=0, fid=False)
+    assert doc["complete"] is False
+    assert doc["images"]["missing_tasks"] == len(tasks) - len(tasks[::2])
+    assert np.isnan(doc["metrics"]["moa"]["value"] or np.nan)  # no Inception pass: no moa
+
+
+def test_cli_eval_json_and_errors(world, tmp_path: Path) -> None:
+    env = {"CELLBENCH_CACHE_DIR": str(world["root"] / "cache")}
+    out = tmp_path / "r.json"
+    res = run_cli(
+        "eval",
+        str(world["root"] / "identity"),
+        "--dataset",
+        "bbbc021-sim",
+        "--data-dir",
+        str(world["data"]),
+        "--protocol",
+        str(world["root"] / "protocol.csv"),
+        "--out",
+        str(out),
+        "--json",
+        "--no-fid",
+        env=env,
+    )
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc == json.loads(out.read_text())
+    assert doc["fid_computed"] is False and "fid_o" not in doc["metrics"]
+    assert doc["protocol"]["built"] is False
+    assert (tmp_path / "r.per_image.csv").is_file()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    bad = run_cli(
+        "eval",
+        str(empty),
+        "--data-dir",
+        str(world["data"]),
+        "--out",
+        str(tmp_path / "bad.json"),
+        "--no-fid",
+        env=env,
+    )
+    assert bad.returncode == 2 and "no usable image" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "bad.json").exists()
+
+
+def test_reward_model_matches_eval(world) -> None:
+    import torch
+
+    from cellbench.data.torch_dataset import to_model_range
+    from cellbench.rewards import RewardModel
+
+    model = RewardModel("bbbc021-sim", data_dir=world["data"])
+    table = world["table"].iloc[:8]
+    crops = np.stack([world["ds"].load_crop(k) for k in table["target_key"]])
+    out = model(to_model_range(crops), table["moa"].tolist())
+    per_image = pd.read_csv(world["root"] / "real.per_image.csv").set_index("task_id")
+    for m in (*REWARDS, "overall"):
+        assert isinstance(out[m], torch.Tensor) and out[m].shape == (8,)
+        np.testing.assert_allclose(
+            out[m].numpy(), per_image.loc[table["task_id"], m].to_numpy(), rtol=1e-5, atol=1e-5
+        )
