@@ -21,11 +21,16 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP)
 
+# The main job on the embedded default: simulate bbbc021-sim, write the protocol, answer it with
+# the `identity` anchor, and score it (results table on stdout, results.json in $(OUT)).
 demo: setup
 	@test -f $(DATA)/bbbc021-sim/metadata/bbbc021_df_all.csv || \
 	    $(BIN)/cellbench data sim --out $(DATA)/bbbc021-sim --scale small --seed 0
-	$(BIN)/cellbench data inspect $(DATA)/bbbc021-sim --sample 200
+	mkdir -p $(OUT)
+	$(BIN)/cellbench data inspect $(DATA)/bbbc021-sim --sample 200 > $(OUT)/inspect.txt || (cat $(OUT)/inspect.txt; exit 1)
 	$(BIN)/cellbench protocol --dataset bbbc021-sim --data-dir $(DATA) --split test --seed 0 --out $(OUT)/protocol.csv
+	$(BIN)/cellbench generate identity --protocol $(OUT)/protocol.csv --dataset bbbc021-sim --data-dir $(DATA) --out $(OUT)/identity
+	$(BIN)/cellbench eval $(OUT)/identity --dataset bbbc021-sim --data-dir $(DATA) --protocol $(OUT)/protocol.csv --out $(OUT)/identity.results.json
 
 test: setup
 	$(BIN)/python -m pytest

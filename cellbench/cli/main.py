@@ -331,7 +331,8 @@ def images_check(
         raise typer.Exit(1)
 
 
-# the scoring commands live in their own module and register themselves on `app`
+# the scoring and generator commands live in their own modules and register on `app`
+from cellbench.cli import models as _models  # noqa: E402, F401
 from cellbench.cli import scoring as _scoring  # noqa: E402, F401
 
 

@@ -1,0 +1,1 @@
+"""Reference generators for cellbench (registered in ``cellbench.generators``)."""

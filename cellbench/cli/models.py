@@ -1,0 +1,64 @@
+"""Generator commands: ls models, generate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cellbench.cli.main import DataDirOpt, JsonOpt, app, ls_app
+
+
+@ls_app.command("models")
+def ls_models(as_json: JsonOpt = False) -> None:
+    """List registered generators."""
+    import json
+
+    from cellbench.generators import GENERATORS
+    from cellbench.ui import out_console
+
+    rows = [{"name": e.name, "summary": e.summary} for e in GENERATORS.entries()]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        out_console.print(f"[bold]{r['name']:<13}[/bold] {r['summary']}")
+
+
+@app.command("generate")
+def generate_cmd(
+    model: Annotated[str, typer.Argument(help="Generator name (see `cellbench ls models`).")],
+    protocol: Annotated[Path, typer.Option(help="Protocol CSV whose tasks to answer.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder to write <task_id>.npy images to.")],
+    dataset: Annotated[str, typer.Option(help="Dataset the protocol belongs to.")] = "bbbc021-sim",
+    data_dir: DataDirOpt = None,
+    checkpoint: Annotated[Path | None, typer.Option(help="Weights of a trained generator.")] = None,
+    n_per_task: Annotated[int, typer.Option(help="Images per task (named <task_id>_<k>).")] = 1,
+    batch_size: Annotated[int, typer.Option(help="Tasks per generator call.")] = 64,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+) -> None:
+    """Generate one image (or N) per protocol task, in the format `cellbench eval` reads."""
+    from cellbench.data.bbbc021 import open_dataset
+    from cellbench.errors import CellbenchError
+    from cellbench.generators import get_generator_class, write_generated
+    from cellbench.protocol import read_protocol
+    from cellbench.ui import info, progress
+
+    if n_per_task < 1 or batch_size < 1:
+        raise CellbenchError("--n-per-task and --batch-size must be at least 1")
+    ds = open_dataset(dataset, data_dir, create_sim=True)
+    table = read_protocol(protocol)
+    gen = get_generator_class(model).load(ds, checkpoint)
+    with progress(f"generating ({model})", len(table) * n_per_task) as update:
+        n = write_generated(
+            gen,
+            ds,
+            table,
+            out,
+            n_per_task=n_per_task,
+            seed=seed,
+            batch_size=batch_size,
+            on_progress=update,
+        )
+    info(f"[green]wrote[/green] {n} images to {out}")
