@@ -173,3 +173,16 @@ def test_segment_cli_writes_labels_and_features(tmp_path: Path) -> None:
     labels = tifffile.imread(tmp_path / "out" / "a_nuclei.tif")
     assert labels.dtype == np.uint16 and labels.max() == 2
     assert tifffile.imread(tmp_path / "out" / "a_cells.tif").max() == 2
+
+
+def test_worker_pool_gives_the_same_features() -> None:
+    from cellbench.segment.backends import POOL_MIN_IMAGES, get_backend
+
+    rng = np.random.default_rng(0)
+    crops = []
+    for i in range(POOL_MIN_IMAGES + 10):
+        cy, cx = rng.integers(20, 76, size=2)
+        crops.append(synthetic_crop([(cy, cx, 5 + i % 6)], [(cy, cx, 14 + i % 8)]))
+    crops = np.stack(crops)
+    pooled = get_backend("classical").features(crops, dna_channel=2)
+    np.testing.assert_array_equal(pooled, segment_batch(crops, dna_channel=2))

@@ -22,6 +22,35 @@ from cellbench.errors import CellbenchError
 from cellbench.registry import Registry
 
 CHUNK = 256
+#: batches at least this large are segmented by a pool of worker processes (one per CPU, at most
+#: $CELLBENCH_WORKERS); each image's features are the same either way
+POOL_MIN_IMAGES = 256
+POOL_CHUNK = 64
+_POOL: list = []
+
+
+def _workers() -> int:
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        n = os.cpu_count() or 1
+    env = os.environ.get("CELLBENCH_WORKERS")
+    return max(1, min(n, int(env))) if env and env.isdigit() else n
+
+
+def _pool():
+    """A process pool kept for the life of the process (None with one CPU)."""
+    if _workers() < 2:
+        return None
+    if not _POOL:
+        import atexit
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        pool = ProcessPoolExecutor(_workers(), mp_context=multiprocessing.get_context("spawn"))
+        atexit.register(pool.shutdown, cancel_futures=True)
+        _POOL.append(pool)
+    return _POOL[0]
 
 
 class SegmentationBackend(abc.ABC):
@@ -73,8 +102,9 @@ class SegmentationBackend(abc.ABC):
     ) -> np.ndarray:
         """Features of dataset crops by SAMPLE_KEY, read in chunks."""
         out = np.zeros((len(keys), len(self.feature_names)))
-        for start in range(0, len(keys), CHUNK):
-            crops = ds.load_crops(keys[start : start + CHUNK])
+        step = 4 * CHUNK  # large enough to keep a worker pool busy
+        for start in range(0, len(keys), step):
+            crops = ds.load_crops(keys[start : start + step])
             out[start : start + len(crops)] = self.features(crops, dna_channel=ds.card.dna_channel)
             if on_progress is not None:
                 on_progress(start + len(crops), len(keys))
@@ -101,11 +131,24 @@ class ClassicalBackend(SegmentationBackend):
         from cellbench.segment.classical import segment_batch
 
         out = np.zeros((len(images), len(self.feature_names)))
-        for start in range(0, len(images), CHUNK):
-            chunk = images[start : start + CHUNK]
-            out[start : start + len(chunk)] = segment_batch(chunk, dna_channel=dna_channel)
+        pool = _pool() if len(images) >= POOL_MIN_IMAGES else None
+        if pool is None:
+            for start in range(0, len(images), CHUNK):
+                chunk = images[start : start + CHUNK]
+                out[start : start + len(chunk)] = segment_batch(chunk, dna_channel=dna_channel)
+                if on_progress is not None:
+                    on_progress(start + len(chunk), len(images))
+            return out
+        starts = list(range(0, len(images), POOL_CHUNK))
+        jobs = [
+            pool.submit(segment_batch, images[s : s + POOL_CHUNK], dna_channel=dna_channel)
+            for s in starts
+        ]
+        for s, job in zip(starts, jobs, strict=True):  # results land in input order
+            block = job.result()
+            out[s : s + len(block)] = block
             if on_progress is not None:
-                on_progress(start + len(chunk), len(images))
+                on_progress(s + len(block), len(images))
         return out
 
 

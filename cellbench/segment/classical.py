@@ -105,8 +105,17 @@ def segment_nuclei(dna: np.ndarray) -> np.ndarray:
     r = max(float(np.median(radii[sizes >= 4])) if np.any(sizes >= 4) else 2.0, 2.0)
     typical = np.pi * r * r
     dist = ndi.gaussian_filter(dist, sigma=max(0.15 * r, 0.5))
-    markers, _ = ndi.label(h_maxima(dist, max(H_FRACTION * r, 1.0)))
-    labels = watershed(-dist, markers, mask=fg)
+    # markers and watershed on the foreground's bounding box only (with a margin wider than the
+    # smoothing): outside it the distance map is flat zero, so the labels are the same, faster
+    margin = int(np.ceil(4 * max(0.15 * r, 0.5))) + 2
+    rows, cols = np.flatnonzero(fg.any(1)), np.flatnonzero(fg.any(0))
+    box = (
+        slice(max(rows[0] - margin, 0), rows[-1] + margin + 1),
+        slice(max(cols[0] - margin, 0), cols[-1] + margin + 1),
+    )
+    markers, _ = ndi.label(h_maxima(dist[box], max(H_FRACTION * r, 1.0)))
+    labels = np.zeros(fg.shape, np.int32)
+    labels[box] = watershed(-dist[box], markers, mask=fg[box])
     return _drop_small(labels, min_size=max(0.15 * typical, 4.0))
 
 
