@@ -61,6 +61,11 @@ Protein degradation         granular cytoplasm (aggregates in tubulin and actin)
 Protein synthesis           smaller cells (x0.68), dimmer tubulin and actin, slightly smaller nuclei
 =========================== ==========================================================================
 
+Known limitation of SIM_VERSION 1: every nucleus is capped at 0.62x its cell's narrowest radius,
+so the nucleus enlargements listed above show much less than stated (Aurora: about x1.1-1.3 in
+area of the largest nucleus, DNA damage about x1.5). Fixing it changes the output bytes, so it needs a
+SIM_VERSION bump and a rebuild of the shipped ``bbbc021-sim`` reference statistics and classifier.
+
 Dose -> strength: the rank of the dose among that compound's doses maps linearly to 0.35 .. 1.0 (a
 single-dose compound gets 1.0), times a compound potency in [0.85, 1.0] derived from a hash of its
 name, clipped to [0, 1]. DMSO has strength 0.
@@ -82,8 +87,8 @@ import hashlib
 import json
 import multiprocessing
 import os
+import secrets
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -526,7 +531,7 @@ def render_crop(
             f"unknown MoA {moa!r} for the simulator", fix=f"use one of {sorted(_TARGETS)}"
         )
     strength = float(np.clip(strength, 0.0, 1.0))
-    kind = _MITOSIS_KIND.get(moa, "bipolar")
+    kind = _MITOSIS_KIND.get(moa, "bipolar") if strength > 0 else "bipolar"
     cells = _place_cells(rng, moa, strength, style)
     n = len(cells)
 
@@ -889,7 +894,8 @@ def write_sim_dataset(
     _check_out(out)
     cfg = SCALES[scale]
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    tmp = out.parent / f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.partial"
+    tmp.mkdir()  # a plain mkdir, so the folder gets the user's usual permissions
     try:
         plan = _plan(seed, cfg)
         styles = [
