@@ -3,7 +3,7 @@
 Prints per-image and mean F1 at IoU 0.5 and 0.75 and the runtime.
 
 Usage: python bench/segment_f1.py [--root ../shared/data/real_seg/dsb2018_stage1_train_subset]
-       [--backend classical | --candidate bench/candidates/classical_v2.py]
+       [--backend classical | --candidate cellbench/segment/classical_v2.py]
 """
 
 from __future__ import annotations

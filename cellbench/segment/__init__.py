@@ -1,0 +1,38 @@
+"""Segmentation backends and per-image features (SPEC 4.1-4.2).
+
+* :mod:`cellbench.segment.classical`: the default ``classical`` backend (version 1).
+* :mod:`cellbench.segment.classical_v2`: scale-aware classical nuclei (version 2, candidate).
+* :mod:`cellbench.segment.evaluate`: instance matching and F1 against ground truth.
+* :mod:`cellbench.segment.convert`: other crops to the 96x96 uint8 convention.
+* :mod:`cellbench.segment.backends`: the backend registry (``classical``, ``cellpose``).
+
+The names below are imported lazily (scikit-image loads only when one is used).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "BACKEND_NAME": "classical",
+    "BACKEND_VERSION": "classical",
+    "FEATURE_NAMES": "classical",
+    "SegmentationResult": "classical",
+    "features_from_masks": "classical",
+    "segment_batch": "classical",
+    "segment_crop": "classical",
+    "segment_nuclei": "classical",
+    "f1_at_iou": "evaluate",
+    "iou_matrix": "evaluate",
+    "match_instances": "evaluate",
+    "to_uint8_crop": "convert",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
