@@ -56,6 +56,7 @@ from skimage.morphology import h_maxima
 from skimage.segmentation import watershed
 
 from cellbench.errors import ImageError
+from cellbench.segment.classical import FEATURE_NAMES, SegmentationResult  # shared with v1
 
 __all__ = [
     "BACKEND_NAME",
@@ -75,23 +76,6 @@ __all__ = [
 BACKEND_NAME = "classical"
 #: bumped whenever outputs can change (reference statistics made with another version are refused)
 BACKEND_VERSION = "2"
-FEATURE_NAMES: tuple[str, ...] = (
-    "nuc_count",
-    "cell_count",
-    "nuc_max_area",
-    "cell_max_area",
-    "roundness",
-    "nuc_in_cyto",
-)
-
-
-@dataclass(frozen=True)
-class SegmentationResult:
-    """Instance labels of nuclei and cells (int32, 0 = background) and the cytoplasm foreground."""
-
-    nuclei: np.ndarray
-    cells: np.ndarray
-    cyto_mask: np.ndarray
 
 
 @dataclass(frozen=True)
