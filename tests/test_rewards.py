@@ -123,11 +123,12 @@ def test_classifier_round_trip_and_tamper(tmp_path: Path) -> None:
 
 
 def test_reference_file_checks(tmp_path: Path) -> None:
+    from cellbench.metrics.rewards import SUITE_VERSION
     from cellbench.reference import load_reference, save_reference
 
     doc = {
         "schema": "cellbench.reference-stats/1",
-        "metric_suite_version": "1",
+        "metric_suite_version": SUITE_VERSION,
         "per_moa": REF,
         "segmenter": {"name": "classical", "version": "1"},
     }
@@ -163,7 +164,7 @@ def test_ls_metrics_json() -> None:
     assert (
         rows["overall"]["higher_is_better"] is True and rows["fid_o"]["higher_is_better"] is False
     )
-    assert all(r["version"] == "1" for r in rows.values())
+    assert all(r["version"] == "2" for r in rows.values())
 
 
 def test_reference_build_and_classifier_train_commands(tmp_path: Path) -> None:

@@ -516,8 +516,13 @@ def _nucleus_field(
 
 
 def render_crop(
-    rng: np.random.Generator, moa: str, strength: float, style: PlateStyle
-) -> np.ndarray:
+    rng: np.random.Generator,
+    moa: str,
+    strength: float,
+    style: PlateStyle,
+    *,
+    with_nuclei: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """One 96x96x3 uint8 crop (channel order :data:`CHANNELS`).
 
     Args:
@@ -525,6 +530,9 @@ def render_crop(
         moa: one of :data:`cellbench.data.layout.MOAS` or ``"DMSO"``.
         strength: effect strength in [0, 1]; 0 gives the control look whatever ``moa`` is.
         style: the plate's batch effects (:func:`plate_style`).
+        with_nuclei: also return the ground-truth nucleus labels (int32 96x96, 0 = background;
+            a pixel belongs to the nucleus whose soft mask is largest there, if above 0.5). The
+            image is the same either way.
     """
     if moa not in _TARGETS:
         raise UnknownNameError(
@@ -569,9 +577,12 @@ def render_crop(
     inside = np.clip((to_edge - 1.0) / 1.0, 0.0, 1.0)  # keeps nuclei off the cell border
     nuc = np.zeros((_H, _H), dtype=np.float32)
     dna = np.zeros((_H, _H), dtype=np.float32)
+    truth = np.zeros((_H, _H), dtype=np.int32)
     for i, cell in enumerate(cells):
         field, bright = _nucleus_field(rng, cell, kind, theta[i])
         field = field * (owner == i) * inside
+        if with_nuclei:
+            truth[(field > 0.5) & (field > nuc)] = i + 1
         level = 0.6 * cell.p["dna_gain"] * bright * float(rng.uniform(0.85, 1.15))
         nuc = np.maximum(nuc, field)
         dna = np.maximum(dna, field * level)
@@ -679,7 +690,13 @@ def render_crop(
     img = ndimage.gaussian_filter(img.astype(np.float32), (style.blur_sigma, style.blur_sigma, 0))
     noise = rng.standard_normal(img.shape).astype(np.float32)
     img = img + style.noise_sigma * noise * (0.6 + np.sqrt(np.maximum(img, 0.0)))
-    return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
+    out = np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
+    if with_nuclei:
+        lut = np.zeros(n + 1, np.int32)  # renumber the visible nuclei 1..k, in order
+        seen = np.unique(truth[truth > 0])
+        lut[seen] = np.arange(1, len(seen) + 1, dtype=np.int32)
+        return out, lut[truth]
+    return out
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Segmentation backends and per-image features (SPEC 4.1-4.2).
 
-* :mod:`cellbench.segment.classical`: the default ``classical`` backend (version 1).
-* :mod:`cellbench.segment.classical_v2`: scale-aware classical nuclei (version 2, candidate).
-* :mod:`cellbench.segment.evaluate`: instance matching and F1 against ground truth.
+* :mod:`cellbench.segment.classical`: the default ``classical`` backend (version 2: scale-aware
+  nuclei, seeded-watershed cells).
+* :mod:`cellbench.segment.evaluate`: instance matching and F1 against ground truth (real DSB2018
+  nuclei, simulated crops with known nuclei).
 * :mod:`cellbench.segment.convert`: other crops to the 96x96 uint8 convention.
 * :mod:`cellbench.segment.backends`: the backend registry (``classical``, ``cellpose``).
 
@@ -18,14 +19,18 @@ _EXPORTS = {
     "BACKEND_NAME": "classical",
     "BACKEND_VERSION": "classical",
     "FEATURE_NAMES": "classical",
+    "NucleusParams": "classical",
+    "estimate_radius": "classical",
     "SegmentationResult": "classical",
     "features_from_masks": "classical",
     "segment_batch": "classical",
     "segment_crop": "classical",
     "segment_nuclei": "classical",
+    "dsb_f1": "evaluate",
     "f1_at_iou": "evaluate",
     "iou_matrix": "evaluate",
     "match_instances": "evaluate",
+    "sim_f1": "evaluate",
     "to_uint8_crop": "convert",
 }
 
