@@ -341,9 +341,10 @@ def aggregate(
             "task_id": arrays.task_ids,
             "path": arrays.paths,
             "compound": compounds,
-            "moa": moas,
+            "true_moa": moas,
+            # segmentation features (prefixed: several share a name with a reward column)
             **{
-                name: arrays.seg[:, j] if len(task_ids) else []
+                f"feat_{name}": arrays.seg[:, j] if len(task_ids) else []
                 for j, name in enumerate(scorer.feature_names)
             },
             **{m: rewards[m] for m in METRIC_ORDER},

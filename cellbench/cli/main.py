@@ -332,6 +332,7 @@ def images_check(
 
 
 # the scoring and generator commands live in their own modules and register on `app`
+from cellbench.cli import community as _community  # noqa: E402, F401
 from cellbench.cli import models as _models  # noqa: E402, F401
 from cellbench.cli import scoring as _scoring  # noqa: E402, F401
 

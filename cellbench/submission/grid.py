@@ -1,0 +1,61 @@
+"""The optional sample grid of a submission: generated crops, one column per MoA."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from cellbench._io import atomic_path
+from cellbench.errors import CellbenchError
+
+GAP = 2  # pixels between crops
+
+
+def sample_grid(
+    images: str | Path, protocol: str | Path, out: str | Path, *, per_moa: int = 3
+) -> Path:
+    """Write a PNG of the first ``per_moa`` answered tasks of each MoA (protocol order).
+
+    Columns are the MoAs in alphabetical order, rows the tasks; crops are shown as 8-bit RGB with
+    the stains as R, G, B, as the metrics see them. Returns ``out``.
+    """
+    from PIL import Image
+
+    from cellbench.images import discover_images, read_image
+    from cellbench.protocol import read_protocol
+
+    if per_moa < 1:
+        raise CellbenchError("--per-moa must be at least 1")
+    table = read_protocol(protocol)
+    found = discover_images(images, table)
+    by_task = dict(zip(table["task_id"], table["moa"], strict=True))
+    columns: dict[str, list[Path]] = {}
+    for task in table["task_id"]:
+        paths = found.files.get(task)
+        if paths:
+            picked = columns.setdefault(by_task[task], [])
+            if len(picked) < per_moa:
+                picked.append(sorted(paths)[0])
+    if not columns:
+        raise CellbenchError(
+            "no image matched a task of the protocol",
+            path=images,
+            fix="run `cellbench images check`",
+        )
+    moas = sorted(columns)
+    size = 96
+    canvas = np.full(
+        (per_moa * (size + GAP) + GAP, len(moas) * (size + GAP) + GAP, 3), 255, np.uint8
+    )
+    for j, moa in enumerate(moas):
+        for i, path in enumerate(columns[moa]):
+            crop = read_image(path, allow_constant=True)
+            if crop.shape != (size, size, 3):
+                raise CellbenchError(f"expected a 96x96x3 crop, got {crop.shape}", path=path)
+            y, x = GAP + i * (size + GAP), GAP + j * (size + GAP)
+            canvas[y : y + size, x : x + size] = crop
+    out = Path(out)
+    with atomic_path(out, suffix=".png") as tmp:
+        Image.fromarray(canvas).save(tmp, format="PNG", optimize=True)
+    return out

@@ -1,0 +1,232 @@
+"""``cellbench leaderboard build``: tables, ranking, stale entries, reported rows, plot, determinism."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from cellbench.errors import CellbenchError
+from cellbench.leaderboard import build_leaderboard
+from cellbench.leaderboard.build import COLUMNS, MARKER, VALIDATION_DOC
+from cellbench.metrics.rewards import SUITE_VERSION
+from tests.conftest import REPO, run_cli
+from tests.test_submission import edit_json, make_submission, metadata
+
+EVIL = "<img src=x onerror=\"document.title='pwned'\"><script>window.__xss=1</script>"
+PNG_1PX = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010802000000907753de"
+    "0000000c4944415408d763f8cfc0000003010100c9fe92ef0000000049454e44ae426082"
+)
+
+
+def demo_submissions(root: Path) -> Path:
+    """Four entries: two models (one named with HTML/JS), an anchor, and a stale one."""
+    subs = root / "submissions"
+
+    def fid(folder: Path, value: float) -> None:
+        edit_json(folder / "results.json", lambda d: d["metrics"]["fid_o"].update(value=value))
+
+    good = make_submission(
+        subs, "2026-01-15_toy-model", seed=0, meta=metadata(sample_grid="samples.png")
+    )
+    (good / "samples.png").write_bytes(PNG_1PX)
+    fid(good, 40.0)
+    evil = make_submission(
+        subs,
+        "2026-01-16_evil",
+        seed=1,
+        meta=metadata(model={"name": EVIL, "version": "1"}, best_of_n={"used": True, "n": 4}),
+    )
+    fid(evil, 25.0)
+    anchor = make_submission(
+        subs,
+        "2026-01-17_identity",
+        seed=2,
+        meta=metadata(kind="anchor", model={"name": "identity", "version": "1"}),
+    )
+    fid(anchor, 60.0)
+    old = make_submission(subs, "2025-06-01_old-model", seed=3)
+    edit_json(old / "results.json", lambda d: d.update(metric_suite_version="0"))
+    return subs
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("board")
+    subs = demo_submissions(root)
+    out = root / "site"
+    build_leaderboard(subs, out, stamp="STAMP-1")
+    return subs, out
+
+
+def _rows(html: str, table_id: str) -> list[str]:
+    section = html.split(f'id="{table_id}"', 1)[1].split("</section>", 1)[0]
+    body = section.split('<tbody class="entries">', 1)[1].split("</tbody>", 1)[0]
+    return re.findall(r'<tr data-entry="([^"]+)">', body)
+
+
+def _table_ids(html: str) -> list[str]:
+    return re.findall(r'<section class="board" id="([^"]+)"', html)
+
+
+def test_tables_ranking_and_stale_entries(site: tuple[Path, Path]) -> None:
+    subs, out = site
+    html = (out / "index.html").read_text()
+    current, stale = _table_ids(html)
+    assert current.startswith(f"current-bbbc021-sim-suite{SUITE_VERSION}-")
+    assert stale.startswith("stale-bbbc021-sim-suite0-")
+    rows = _rows(html, current)
+    assert sorted(rows) == ["2026-01-15_toy-model", "2026-01-16_evil", "2026-01-17_identity"]
+    overall = {
+        r: json.loads((subs / r / "results.json").read_text())["metrics"]["overall"]["value"]
+        for r in rows
+    }
+    assert rows == sorted(rows, key=lambda r: -overall[r])  # best overall first
+    ranks = re.findall(
+        r'<tr data-entry="([^"]+)">\s*<td class="num" data-sort="(\d*)">', html.split(stale)[0]
+    )
+    ranked = {r: k for r, k in ranks}
+    assert ranked["2026-01-17_identity"] == ""  # the anchor is never ranked
+    models = [r for r in rows if r != "2026-01-17_identity"]
+    assert [ranked[r] for r in models] == ["1", "2"]
+    assert _rows(html, stale) == ["2025-06-01_old-model"]
+    stale_section = html.split(f'id="{stale}"', 1)[1].split("</section>", 1)[0]
+    assert ">rank<" not in stale_section and 'class="badge stale"' in html
+    assert "simulated" in html  # bbbc021-sim is labelled as such
+
+
+def test_every_metric_with_direction_and_interval(site: tuple[Path, Path]) -> None:
+    _, out = site
+    html = (out / "index.html").read_text()
+    head = html.split('<tbody class="reference">', 1)[0].rsplit("<thead>", 1)[1]
+    for col in COLUMNS:
+        arrow = "↑" if col.higher_is_better else "↓"
+        assert re.search(rf">{re.escape(col.label)} <span class=\"dir\"[^>]*>{arrow}<", head), col
+    assert "real reference" in html and "split half" in html
+    assert re.search(r'<span class="ci">\[-?\d+\.\d+, -?\d+\.\d+\]</span>', html)
+    assert VALIDATION_DOC in html and "How we know the metrics work" in html
+
+
+def test_html_in_a_model_name_is_text(site: tuple[Path, Path]) -> None:
+    _, out = site
+    for page in [out / "index.html", out / "entries" / "2026-01-16_evil.html"]:
+        html = page.read_text()
+        assert "<script>window.__xss" not in html and "<img src=x" not in html
+        assert "&lt;script&gt;window.__xss=1&lt;/script&gt;" in html
+
+
+def test_reported_rows_are_separate_and_cited(site: tuple[Path, Path]) -> None:
+    _, out = site
+    html = (out / "index.html").read_text()
+    verified, reported = html.split('<h2 id="reported">', 1)
+    assert "CellFluxRL + best-of-4" not in verified
+    assert "arXiv:2603.21743" in reported and "arXiv:2502.09775" in reported
+    assert "3.15" in reported and "18.7" in reported and "Protocol differences" in reported
+    assert reported.count('class="badge reported"') == 8  # 5 + 3 rows, each labelled
+
+
+def test_plot_has_a_point_per_current_entry_and_the_reference(site: tuple[Path, Path]) -> None:
+    _, out = site
+    html = (out / "index.html").read_text()
+    svg = html.split("<svg", 1)[1].split("</svg>", 1)[0]
+    assert svg.count("<circle") == 3 and svg.count('class="pt reference"') == 1
+    assert "FID_o" in svg and "overall reward" in svg
+    assert "&lt;img src=x onerror=&#34;" in svg and "<img" not in svg  # labels escaped
+
+
+def test_self_contained_page(site: tuple[Path, Path]) -> None:
+    _, out = site
+    for page in [out / "index.html", *sorted((out / "entries").glob("*.html"))]:
+        html = page.read_text()
+        assert "<script src" not in html and "<link" not in html
+        assert not re.search(r'src="https?:', html)
+        assert "Content-Security-Policy" in html
+
+
+def test_detail_page(site: tuple[Path, Path]) -> None:
+    subs, out = site
+    page = (out / "entries" / "2026-01-15_toy-model.html").read_text()
+    doc = json.loads((subs / "2026-01-15_toy-model" / "results.json").read_text())
+    for moa in doc["per_moa"]:
+        assert f">{moa}</th>" in page
+    for text in ("A. Researcher", "https://github.com/example/toy", "Provenance", "MIT"):
+        assert text in page
+    assert 'src="2026-01-15_toy-model/samples.png"' in page
+    files = out / "entries" / "2026-01-15_toy-model"
+    assert (files / "samples.png").read_bytes() == PNG_1PX
+    assert (files / "results.json").read_bytes() == (
+        subs / "2026-01-15_toy-model" / "results.json"
+    ).read_bytes()
+    evil = (out / "entries" / "2026-01-16_evil.html").read_text()
+    assert "No sample grid was submitted" in evil and "best-of-N</th><td>yes, N = 4" in evil
+
+
+def test_same_inputs_same_bytes_except_the_stamp(site: tuple[Path, Path], tmp_path: Path) -> None:
+    subs, out = site
+    again = tmp_path / "again"
+    build_leaderboard(subs, again, stamp="STAMP-2")
+    first = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
+    assert first == sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
+    for rel in first:
+        a, b = (out / rel).read_bytes(), (again / rel).read_bytes()
+        if rel == Path("index.html"):
+            diff = [
+                (x, y)
+                for x, y in zip(a.decode().splitlines(), b.decode().splitlines(), strict=True)
+                if x != y
+            ]
+            assert len(diff) == 1 and "STAMP-1" in diff[0][0] and "STAMP-2" in diff[0][1]
+        else:
+            assert a == b, rel
+
+
+def test_rebuild_replaces_a_previous_build_only(site: tuple[Path, Path], tmp_path: Path) -> None:
+    subs, _ = site
+    out = tmp_path / "site"
+    build_leaderboard(subs, out, stamp="a")
+    (out / "stale-file.html").write_text("old")
+    build_leaderboard(subs, out, stamp="b")
+    assert not (out / "stale-file.html").exists() and (out / MARKER).is_file()
+    other = tmp_path / "docs"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    with pytest.raises(CellbenchError, match="not a leaderboard build"):
+        build_leaderboard(subs, other)
+    assert (other / "keep.txt").read_text() == "mine"
+
+
+def test_invalid_submission_stops_the_build(tmp_path: Path) -> None:
+    broken = tmp_path / "submissions"
+    make_submission(broken, "2026-02-01_ok")
+    bad = make_submission(broken, "2026-02-02_bad", seed=5)
+    edit_json(bad / "results.json", lambda d: d["metrics"]["moa"].update(value=0.9))
+    out = tmp_path / "site"
+    res = run_cli("leaderboard", "build", "--submissions", str(broken), "--out", str(out))
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "2026-02-02_bad/results.json" in lines[0]
+    assert "/metrics/moa/value" in lines[0]
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".site.")]  # no leftovers
+
+
+def test_cli_build(site: tuple[Path, Path], tmp_path: Path) -> None:
+    subs, _ = site
+    res = run_cli("leaderboard", "build", "--submissions", str(subs), "--out", str(tmp_path / "s"))
+    assert res.returncode == 0, res.stderr
+    assert "4 entries, 1 current table(s), 1 stale table(s)" in res.stderr
+    assert (tmp_path / "s" / "index.html").is_file()
+
+
+def test_committed_submissions_build(tmp_path: Path) -> None:
+    entries = sorted((REPO / "submissions").glob("*_*/results.json"))
+    if not entries:
+        pytest.skip("no reference entries committed yet (bench/make_reference_submissions.sh)")
+    summary = build_leaderboard(REPO / "submissions", tmp_path / "site", stamp="x")
+    assert summary.n_entries == len(entries)
+    html = (tmp_path / "site" / "index.html").read_text()
+    for results in entries:
+        assert f'data-entry="{results.parent.name}"' in html
