@@ -1,0 +1,188 @@
+"""The ADM-style UNet used by CellFlux and PhenDiff.
+
+Conditioning enters through one embedding vector per image: the sinusoidal time embedding
+through a 2-layer MLP, plus (optionally) a linear projection of a condition vector (CellFlux: the
+compound's 1024-d fingerprint) and/or a learned class embedding (PhenDiff). Every residual block
+turns that vector into a FiLM scale and shift. Passing ``cond=None`` / ``labels=None`` leaves the
+corresponding term out (the unconditional model used by classifier-free guidance).
+
+With the defaults of :data:`UNET_DEFAULTS` and ``base_channels=128, channel_mult=[2, 2, 2],
+num_res_blocks=4, attention_resolutions=[48], dropout=0.3, cond_dim=1024`` (CellFlux's published
+architecture) the network has about 56M parameters at 96x96. ``patch_size`` > 1 (a cellbench
+addition for the CPU presets) folds p x p pixel blocks into channels first, so the UNet runs at
+1/p of the resolution (``attention_resolutions`` then count in folded pixels).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cellbench_baselines.nn.layers import (
+    AttentionBlock,
+    Downsample,
+    ResBlock,
+    Upsample,
+    group_norm,
+    timestep_embedding,
+)
+
+#: every key of a UNet config (a model's config holds them under "unet")
+UNET_DEFAULTS: dict[str, Any] = {
+    "image_size": 96,
+    "in_channels": 3,
+    "out_channels": 3,
+    "base_channels": 128,
+    "channel_mult": [2, 2, 2],
+    "num_res_blocks": 4,
+    "attention_resolutions": [48],
+    "head_channels": 64,
+    "dropout": 0.3,
+    "cond_dim": 0,  # size of a condition vector added (through a linear layer) to the embedding
+    "num_classes": 0,  # size of a class embedding table added to the embedding
+    "time_scale": 1000.0,  # t in [0, 1] is multiplied by this before the sinusoidal embedding
+    "patch_size": 1,  # >1: pixel-unshuffle the input by this factor (and shuffle the output back)
+}
+
+
+class _Seq(nn.ModuleList):
+    """A list of layers applied in turn; each receives the embedding."""
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        for layer in self:
+            x = layer(x, emb)
+        return x
+
+
+class UNet(nn.Module):
+    """ADM-style UNet: (x, t, cond, labels) -> a tensor shaped like x (velocity or noise)."""
+
+    def __init__(
+        self,
+        *,
+        image_size: int = 96,
+        in_channels: int = 3,
+        out_channels: int = 3,
+        base_channels: int = 128,
+        channel_mult: list[int] | tuple[int, ...] = (2, 2, 2),
+        num_res_blocks: int = 4,
+        attention_resolutions: list[int] | tuple[int, ...] = (48,),
+        head_channels: int = 64,
+        dropout: float = 0.3,
+        cond_dim: int = 0,
+        num_classes: int = 0,
+        time_scale: float = 1000.0,
+        patch_size: int = 1,
+    ):
+        super().__init__()
+        levels = len(channel_mult)
+        self.patch_size = int(patch_size)
+        if image_size % self.patch_size:
+            raise ValueError(f"image size {image_size} is not divisible by patch {patch_size}")
+        image_size //= self.patch_size
+        if levels < 1 or image_size % (2 ** (levels - 1)):
+            raise ValueError(f"image size {image_size} is not divisible by 2^{levels - 1}")
+        self.base_channels = base_channels
+        self.time_scale = float(time_scale)
+        emb_dim = 4 * base_channels
+        self.time_mlp = nn.Sequential(
+            nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
+        )
+        self.cond_proj = nn.Linear(cond_dim, emb_dim) if cond_dim else None
+        self.class_emb = nn.Embedding(num_classes, emb_dim) if num_classes else None
+        attn = {int(r) for r in attention_resolutions}
+
+        ch = base_channels * channel_mult[0]
+        self.input_conv = nn.Conv2d(in_channels * self.patch_size**2, ch, 3, padding=1)
+        self.down = nn.ModuleList()
+        skip_chs = [ch]
+        res = image_size
+        for level, mult in enumerate(channel_mult):
+            for _ in range(num_res_blocks):
+                out_ch = base_channels * mult
+                block = [ResBlock(ch, out_ch, emb_dim, dropout)]
+                if res in attn:
+                    block.append(AttentionBlock(out_ch, head_channels))
+                self.down.append(_Seq(block))
+                ch = out_ch
+                skip_chs.append(ch)
+            if level < levels - 1:
+                self.down.append(_Seq([Downsample(ch)]))
+                skip_chs.append(ch)
+                res //= 2
+        self.middle = _Seq(
+            [
+                ResBlock(ch, ch, emb_dim, dropout),
+                AttentionBlock(ch, head_channels),
+                ResBlock(ch, ch, emb_dim, dropout),
+            ]
+        )
+        self.up = nn.ModuleList()
+        for level in reversed(range(levels)):
+            mult = channel_mult[level]
+            for i in range(num_res_blocks + 1):
+                out_ch = base_channels * mult
+                block = [ResBlock(ch + skip_chs.pop(), out_ch, emb_dim, dropout)]
+                if res in attn:
+                    block.append(AttentionBlock(out_ch, head_channels))
+                ch = out_ch
+                if level > 0 and i == num_res_blocks:
+                    block.append(Upsample(ch))
+                    res *= 2
+                self.up.append(_Seq(block))
+        self.out_norm = group_norm(ch)
+        self.out_conv = nn.Conv2d(ch, out_channels * self.patch_size**2, 3, padding=1)
+        nn.init.zeros_(self.out_conv.weight)
+        nn.init.zeros_(self.out_conv.bias)
+
+    def embedding(
+        self, t: torch.Tensor, cond: torch.Tensor | None = None, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The per-image embedding: time MLP + condition projection + class embedding."""
+        emb = self.time_mlp(timestep_embedding(t * self.time_scale, self.base_channels))
+        if cond is not None:
+            if self.cond_proj is None:
+                raise ValueError("this UNet was built without a condition input (cond_dim=0)")
+            emb = emb + self.cond_proj(cond.to(emb.dtype))
+        if labels is not None:
+            if self.class_emb is None:
+                raise ValueError("this UNet was built without classes (num_classes=0)")
+            emb = emb + self.class_emb(labels)
+        return emb
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        cond: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x (B, C, H, W), t (B,) or scalar in [0, 1] -> (B, out_channels, H, W)."""
+        if t.ndim == 0:
+            t = t.expand(x.shape[0])
+        emb = self.embedding(t, cond, labels)
+        if self.patch_size > 1:
+            x = F.pixel_unshuffle(x, self.patch_size)
+        h = self.input_conv(x)
+        skips = [h]
+        for block in self.down:
+            h = block(h, emb)
+            skips.append(h)
+        h = self.middle(h, emb)
+        for block in self.up:
+            h = block[0](torch.cat([h, skips.pop()], dim=1), emb)
+            for layer in block[1:]:
+                h = layer(h, emb)
+        out = self.out_conv(F.silu(self.out_norm(h)))
+        return F.pixel_shuffle(out, self.patch_size) if self.patch_size > 1 else out
+
+
+def unet_from_config(cfg: dict, **extra: Any) -> UNet:
+    """A UNet from a config dict (keys of :data:`UNET_DEFAULTS`; missing keys take defaults)."""
+    unknown = set(cfg) - set(UNET_DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown UNet config keys {sorted(unknown)}")
+    return UNet(**{**UNET_DEFAULTS, **cfg, **extra})

@@ -1,0 +1,247 @@
+"""PhenDiff (Bourou et al., MICCAI 2024): translation by DDIM inversion and class-conditional regeneration.
+
+Written for cellbench from the paper's description (no code copied). One class-conditional
+denoising diffusion model learns the image distribution of every condition: class 0 is the
+control (DMSO), class ``k >= 1`` the ``k``-th compound of the training split. To translate a
+control crop to compound ``c``:
+
+1. invert it with deterministic DDIM under the control class: ``x_T = invert(x_ctrl | class 0)``;
+2. regenerate from that latent with deterministic DDIM under the class of ``c``.
+
+Both steps are deterministic, so the output does not depend on the seed. Training uses the
+epsilon-prediction loss on the controls and the treated targets of each batch (so every batch
+shows the model both ends of the translation), linear betas 1e-4 to 0.02 over 1000 steps, and
+50 DDIM steps at sampling and at inversion.
+
+cellbench's own choices: the class set is the compounds of the training split plus DMSO (a
+compound never seen in training cannot be translated: such a task is an error naming the
+checkpoint); no classifier-free guidance; AdamW with no weight decay, gradient clipping at 1.0.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cellbench.data.bbbc021 import BBBC021Dataset
+from cellbench.data.torch_dataset import from_model_range, to_model_range
+from cellbench.errors import CellbenchError
+from cellbench.generators import Generator
+from cellbench_baselines.common import param_count, require_checkpoint, resolve_device
+from cellbench_baselines.nn.unet import UNET_DEFAULTS, UNet, unet_from_config
+from cellbench_baselines.sampling import (
+    ddim_invert,
+    ddim_sample,
+    ddim_timesteps,
+    linear_alpha_bars,
+)
+from cellbench_baselines.training import (
+    TRAINER_DEFAULTS,
+    TrainableModel,
+    load_module_state,
+    load_run,
+)
+
+CONTROL_CLASS = "DMSO"
+
+_MODEL_KEYS = {
+    "lr": 1e-4,
+    "betas": [0.9, 0.999],
+    "weight_decay": 0.0,
+    "grad_clip": 1.0,
+    "num_train_timesteps": 1000,
+    "beta_start": 1e-4,
+    "beta_end": 0.02,
+    "ddim_steps": 50,  # DDIM steps of the inversion and of the regeneration
+    "classes": [],  # filled by training: [DMSO, compounds of the training split ...]
+}
+
+PRESETS: dict[str, dict] = {
+    # the ADM UNet at CellFlux's size, class-conditional, for a GPU
+    "paper": {
+        **TRAINER_DEFAULTS,
+        **_MODEL_KEYS,
+        "batch_size": 64,  # x2 images per step: the batch's controls and targets
+        "steps": 150_000,
+        "ckpt_every": 5000,
+        "log_every": 100,
+        "ema_decay": 0.9999,
+        "ema_warmup": True,
+        "unet": {**UNET_DEFAULTS, "dropout": 0.1},
+    },
+    "cpu-small": {
+        **TRAINER_DEFAULTS,
+        **_MODEL_KEYS,
+        "batch_size": 16,
+        "steps": 1000,
+        "ckpt_every": 250,
+        "ddim_steps": 20,
+        "log_every": 10,
+        "lr": 3e-4,
+        "ema_decay": 0.995,
+        "ema_warmup": True,
+        "unet": {
+            **UNET_DEFAULTS,
+            "base_channels": 32,
+            "channel_mult": [1, 2, 2],
+            "num_res_blocks": 1,
+            "attention_resolutions": [6],
+            "head_channels": 32,
+            "dropout": 0.0,
+            "patch_size": 4,
+        },
+    },
+}
+
+
+def training_classes(dataset: BBBC021Dataset, split: str) -> list[str]:
+    """``[DMSO, *sorted treated compounds of split]``: the order PairedCropDataset indexes."""
+    rows = dataset.split(split)
+    return [CONTROL_CLASS, *sorted(str(c) for c in rows[~rows["is_control"]]["CPD_NAME"].unique())]
+
+
+class _Diffusion:
+    """The noise schedule and the epsilon network wrapper shared by training and generation."""
+
+    def __init__(self, config: dict, unet: UNet):
+        self.unet = unet
+        self.T = int(config["num_train_timesteps"])
+        self.alpha_bars = linear_alpha_bars(
+            self.T, float(config["beta_start"]), float(config["beta_end"])
+        )
+        self.timesteps = ddim_timesteps(int(config["ddim_steps"]), self.T)
+
+    def eps(self, x: torch.Tensor, k: torch.Tensor | int, labels: torch.Tensor) -> torch.Tensor:
+        if not torch.is_tensor(k):
+            k = torch.full((x.shape[0],), int(k), device=x.device)
+        return self.unet(x, k.to(torch.float32) / self.T, labels=labels)
+
+
+class PhenDiffTrainable(TrainableModel):
+    """The class-conditional epsilon UNet, its optimiser and the denoising step."""
+
+    def __init__(self, config: dict):
+        self.config = config
+        self.unet = unet_from_config(config["unet"])
+        self.diffusion = _Diffusion(config, self.unet)
+        self.opt = torch.optim.AdamW(
+            self.unet.parameters(),
+            lr=float(config["lr"]),
+            betas=tuple(config["betas"]),
+            weight_decay=float(config["weight_decay"]),
+        )
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"unet": self.unet}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"unet": self.opt}
+
+    def loss(self, batch: dict) -> torch.Tensor:
+        """Epsilon-prediction loss on the batch's controls (class 0) and targets (their class)."""
+        x = torch.cat([batch["control"], batch["target"]])
+        cidx = batch["compound_idx"].to(torch.long)
+        labels = torch.cat([torch.zeros_like(cidx), cidx + 1]).to(x.device)
+        n = x.shape[0]
+        k = torch.randint(0, self.diffusion.T, (n,))
+        noise = torch.randn(x.shape)
+        ab = self.diffusion.alpha_bars[k].to(torch.float32)[:, None, None, None]
+        xk = ab.sqrt().to(x.device) * x + (1.0 - ab).sqrt().to(x.device) * noise.to(x.device)
+        with self.autocast():
+            eps = self.diffusion.eps(xk, k.to(x.device), labels)
+        return F.mse_loss(eps.float(), noise.to(x.device))
+
+    def training_step(self, batch: dict, step: int) -> dict[str, float]:
+        loss = self.loss(batch)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gn = torch.nn.utils.clip_grad_norm_(self.unet.parameters(), float(self.config["grad_clip"]))
+        self.opt.step()
+        return {"loss": float(loss.detach()), "grad_norm": float(gn)}
+
+
+class PhenDiff(Generator):
+    """PhenDiff: DDIM-invert the control under DMSO, regenerate under the compound's class."""
+
+    name = "phendiff"
+    version = "1"
+    role = "model"
+    presets = PRESETS
+
+    def __init__(
+        self,
+        dataset: BBBC021Dataset,
+        config: dict,
+        unet: UNet,
+        device: torch.device,
+        source: Path | None = None,
+    ) -> None:
+        self.dataset = dataset
+        self.config = config
+        self.classes = list(config["classes"])
+        self.unet = unet.to(device).eval()
+        self.device = device
+        self.source = source
+        self.diffusion = _Diffusion(config, self.unet)
+
+    @classmethod
+    def trainable(cls, dataset: BBBC021Dataset, config: dict) -> PhenDiffTrainable:
+        classes = training_classes(dataset, config["split"])
+        config["classes"] = classes
+        config["unet"]["num_classes"] = len(classes)
+        return PhenDiffTrainable(config)
+
+    @classmethod
+    def load(
+        cls,
+        dataset: BBBC021Dataset,
+        checkpoint: str | Path | None = None,
+        device: str | torch.device | None = None,
+    ) -> PhenDiff:
+        run = load_run(require_checkpoint("phendiff", checkpoint), "phendiff")
+        config = run.config
+        try:
+            unet = unet_from_config(config["unet"])
+            if len(config["classes"]) != int(config["unet"]["num_classes"]):
+                raise ValueError("classes and unet.num_classes disagree")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CellbenchError(
+                f"config.json is not a valid phendiff config ({exc})",
+                path=run.path / "config.json",
+            ) from None
+        load_module_state(unet, run.weights.get("unet", {}), run.path / "model.safetensors")
+        return cls(dataset, config, unet, resolve_device(device), source=run.path)
+
+    def n_parameters(self) -> int:
+        return param_count(self.unet)
+
+    def class_index(self, compound: str) -> int:
+        """The class of ``compound`` (an error names the checkpoint when it was not trained on)."""
+        if compound not in self.classes:
+            raise CellbenchError(
+                f"phendiff is class-conditional and this checkpoint was not trained on "
+                f"compound {compound!r}",
+                path=None if self.source is None else self.source / "config.json",
+                fix="train on a split that contains it (e.g. split 'train')",
+            )
+        return self.classes.index(compound)
+
+    @torch.no_grad()
+    def translate(self, controls: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Controls in [-1, 1] -> translations in [-1, 1] under class ``labels`` (deterministic)."""
+        x = controls.to(self.device, torch.float32)
+        labels = labels.to(self.device)
+        src = torch.zeros_like(labels)
+        d = self.diffusion
+        latent = ddim_invert(lambda z, k: d.eps(z, k, src), x, d.alpha_bars, d.timesteps)
+        out = ddim_sample(lambda z, k: d.eps(z, k, labels), latent, d.alpha_bars, d.timesteps)
+        return out.clamp(-1.0, 1.0)
+
+    def generate(
+        self, controls: np.ndarray, compounds: list[str], doses: list[float], seed: int
+    ) -> np.ndarray:
+        labels = torch.tensor([self.class_index(c) for c in compounds], dtype=torch.long)
+        return from_model_range(self.translate(to_model_range(controls), labels))

@@ -1,0 +1,853 @@
+"""The one training loop of the project, and what a trainable generator provides to it.
+
+A trainable generator (CellFlux, PhenDiff, IMPA ...) is a :class:`cellbench.generators.Generator`
+subclass with a ``presets`` dict (at least ``"cpu-small"`` and ``"paper"``) and a classmethod
+``trainable(dataset, config) -> TrainableModel``. The :class:`TrainableModel` owns its networks and
+optimisers and does one optimisation step in :meth:`TrainableModel.training_step`; everything else
+is done once, here, by :class:`Trainer`:
+
+* seeding (torch's global RNG; the data order comes from its own seeded generator);
+* iterating the treated crops of the training split as (control, target) pairs
+  (:class:`cellbench.data.torch_dataset.PairedCropDataset`; the control pairing is redrawn per
+  epoch from the seed);
+* EMA copies of the networks named by :meth:`TrainableModel.ema_names`;
+* a loss log (``log.csv``), a progress bar on stderr;
+* checkpoints every ``ckpt_every`` steps and at the end, written into a temporary folder and
+  renamed into place, so a checkpoint folder that exists is complete;
+* resuming from the last complete checkpoint: the weights, EMA, optimiser state, RNG state and
+  data position are restored, so N steps in one go and N/2 + N/2 after an interruption give the
+  same weights (tested, single process);
+* bf16 autocast on CUDA (:meth:`TrainableModel.autocast`), and data parallel training under
+  ``torchrun`` (gradients averaged over processes before each optimiser step).
+
+A checkpoint folder ``RUN_DIR/checkpoints/step-NNNNNNNN/`` holds:
+
+=========================  =====================================================================
+``model.safetensors``      EMA weights of the generator networks, keys ``<module>.<param>`` (all
+                           that generation needs; with ``config.json`` this is what ships)
+``config.json``            ``{"format": "cellbench-run", "model": ..., "config": {...}, ...}``
+``train_state.safetensors`` the raw (non-EMA) weights of every trained network
+``optimizer.pt``           optimiser state dicts (tensors and numbers only: ``weights_only=True``)
+``state.json``             step, epoch, position in the epoch, EMA update counts, RNG states
+=========================  =====================================================================
+"""
+
+from __future__ import annotations
+
+import abc
+import base64
+import contextlib
+import copy
+import csv
+import io
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import default_collate
+
+from cellbench._io import atomic_path, atomic_write_text
+from cellbench.data.bbbc021 import BBBC021Dataset
+from cellbench.errors import CellbenchError
+from cellbench.registry import suggest
+from cellbench_baselines.ema import EMA
+
+RUN_FORMAT = "cellbench-run"
+RUN_FORMAT_VERSION = 1
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+STATE_FILE = "state.json"
+TRAIN_STATE_FILE = "train_state.safetensors"
+OPTIMIZER_FILE = "optimizer.pt"
+LOG_FILE = "log.csv"
+CKPT_DIR = "checkpoints"
+
+#: keys every trainable model's config has (its presets include them); read by the Trainer
+TRAINER_DEFAULTS: dict[str, Any] = {
+    "seed": 0,  # seeds weights init, data order, control pairing and the training noise
+    "split": "train",  # dataset split whose treated crops are the targets
+    "batch_size": 32,  # global batch (split over processes under torchrun)
+    "steps": 1000,  # total optimiser steps of the run
+    "ckpt_every": 500,  # checkpoint period in steps (and always at the end)
+    "log_every": 10,  # log.csv period in steps
+    "keep_checkpoints": 2,  # complete checkpoints kept (older ones are deleted)
+    "ema_decay": 0.999,
+    "ema_warmup": True,  # decay min(ema_decay, (1+n)/(10+n)) at update n
+    "mixed_precision": "bf16",  # "bf16" or "no"; autocast is used on CUDA only
+}
+#: config keys that may change when a run is resumed (they do not change the result per step)
+RESUMABLE_KEYS = frozenset({"steps", "ckpt_every", "log_every", "keep_checkpoints"})
+
+
+# ---------------------------------------------------------------------------------------- model
+class TrainableModel(abc.ABC):
+    """The networks and optimisers of one generator, and its optimisation step.
+
+    Subclasses set ``self.config`` (the complete, JSON-able config that rebuilds the networks) and
+    build their networks in ``__init__``; the Trainer moves them with :meth:`to`.
+    """
+
+    config: dict
+    device: torch.device = torch.device("cpu")
+    _autocast_dtype: torch.dtype | None = None
+
+    @abc.abstractmethod
+    def modules(self) -> dict[str, nn.Module]:
+        """Every trained network, by name (the names prefix the checkpoint keys)."""
+
+    @abc.abstractmethod
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """Every optimiser, by name."""
+
+    @abc.abstractmethod
+    def training_step(self, batch: dict, step: int) -> dict[str, float]:
+        """Forward, backward and ``optimizer.step()`` for all optimisers; returns the loss terms.
+
+        ``batch`` holds ``control`` and ``target`` (float32 Bx3x96x96 in [-1, 1], on
+        :attr:`device`), ``fingerprint`` (Bx1024), ``compound_idx``, ``moa_idx``, ``dose`` and the
+        crop keys. Use :meth:`autocast` around forward passes.
+        """
+
+    def ema_names(self) -> tuple[str, ...]:
+        """Networks that get an EMA copy (default: all); the EMA weights are what generates."""
+        return tuple(self.modules())
+
+    def to(self, device: str | torch.device) -> TrainableModel:
+        """Move every network to ``device`` (parameters keep their identity: optimisers stay valid)."""
+        self.device = torch.device(device)
+        for m in self.modules().values():
+            m.to(self.device)
+        return self
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast when the Trainer enabled it (CUDA only), else a no-op context."""
+        if self._autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self._autocast_dtype)
+
+    def n_parameters(self) -> dict[str, int]:
+        """Trainable parameters per network."""
+        return {k: count_parameters(m) for k, m in self.modules().items()}
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of trainable parameters (works on the meta device too)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+# ---------------------------------------------------------------------------------------- config
+def resolve_config(
+    presets: dict[str, dict],
+    spec: str | Path | dict | None = None,
+    *,
+    overrides: dict | None = None,
+    default_preset: str = "cpu-small",
+) -> dict:
+    """The complete config from a preset name, a JSON/YAML file or a dict, plus ``overrides``.
+
+    A file (or dict) is merged over the preset named by its optional ``"preset"`` key (default
+    ``default_preset``). Unknown keys and values of the wrong type are errors, so a typo never
+    silently leaves a default in place.
+    """
+    source = "config"
+    if spec is None:
+        spec = default_preset
+    if isinstance(spec, str) and spec in presets:
+        cfg = copy.deepcopy(presets[spec])
+        cfg["preset"] = spec
+        source = f"preset {spec!r}"
+        user: dict = {}
+    else:
+        if isinstance(spec, dict):
+            user = copy.deepcopy(spec)
+        else:
+            path = Path(spec)
+            if not path.is_file():
+                raise suggest(str(spec), list(presets), "preset or config file") from None
+            user = _read_config_file(path)
+            source = str(path)
+        base = user.pop("preset", default_preset)
+        if base not in presets:
+            err = suggest(str(base), list(presets), "preset")
+            err.path = None if isinstance(spec, dict) else str(spec)
+            raise err
+        cfg = copy.deepcopy(presets[base])
+        cfg["preset"] = base
+    _merge_checked(cfg, user, source, prefix="")
+    if overrides:
+        _merge_checked(cfg, {k: v for k, v in overrides.items() if v is not None}, "option", "")
+    _check_trainer_keys(cfg, source)
+    return cfg
+
+
+def _read_config_file(path: Path) -> dict:
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            try:
+                import yaml
+            except ModuleNotFoundError:
+                raise CellbenchError(
+                    "reading a YAML config needs PyYAML, which is not installed",
+                    path=path,
+                    fix="pip install pyyaml, or write the config as JSON",
+                ) from None
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except CellbenchError:
+        raise
+    except Exception as exc:  # json.JSONDecodeError, yaml.YAMLError
+        raise CellbenchError(
+            f"unreadable config file ({type(exc).__name__}: {str(exc).splitlines()[0]})",
+            path=path,
+            fix="write a JSON (or YAML) mapping of config keys",
+        ) from None
+    if not isinstance(data, dict):
+        raise CellbenchError(
+            "config file must hold a mapping of keys to values", path=path, fix="see --help"
+        )
+    return data
+
+
+def _merge_checked(base: dict, user: dict, source: str, prefix: str) -> None:
+    for key, value in user.items():
+        full = f"{prefix}{key}"
+        if key not in base:
+            err = suggest(str(key), list(base), "config key")
+            err.message = f"{err.message} (in {source})"
+            err.fix = f"valid keys{' under ' + prefix[:-1] if prefix else ''}: {', '.join(base)}"
+            raise err
+        old = base[key]
+        if isinstance(old, dict):
+            if not isinstance(value, dict):
+                raise CellbenchError(f"config key {full!r} must be a mapping (in {source})")
+            _merge_checked(old, value, source, prefix=f"{full}.")
+            continue
+        if not _type_ok(old, value):
+            raise CellbenchError(
+                f"config key {full!r} must be {type(old).__name__}, got {value!r} (in {source})",
+                fix=f"the default is {old!r}",
+            )
+        base[key] = float(value) if isinstance(old, float) else copy.deepcopy(value)
+
+
+def _type_ok(old: Any, value: Any) -> bool:
+    if old is None:
+        return True
+    if isinstance(old, bool) or isinstance(value, bool):
+        return isinstance(old, bool) and isinstance(value, bool)
+    if isinstance(old, float):
+        return isinstance(value, (int, float))
+    if isinstance(old, (list, tuple)):
+        return isinstance(value, (list, tuple))
+    return isinstance(value, type(old))
+
+
+def _check_trainer_keys(cfg: dict, source: str) -> None:
+    missing = [k for k in TRAINER_DEFAULTS if k not in cfg]
+    if missing:
+        raise CellbenchError(f"config lacks the trainer keys {missing} ({source})")
+    for key in ("batch_size", "steps", "ckpt_every", "log_every", "keep_checkpoints"):
+        if int(cfg[key]) < 1:
+            raise CellbenchError(f"config key {key!r} must be at least 1, got {cfg[key]}")
+    if not 0.0 <= float(cfg["ema_decay"]) < 1.0:
+        raise CellbenchError(f"config key 'ema_decay' must be in [0, 1), got {cfg['ema_decay']}")
+    if cfg["mixed_precision"] not in ("bf16", "no"):
+        raise CellbenchError(
+            f"config key 'mixed_precision' must be 'bf16' or 'no', got {cfg['mixed_precision']!r}"
+        )
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and CUDA) global RNGs."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# ---------------------------------------------------------------------------------------- files
+def _prefixed(states: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    out = {}
+    for name, state in states.items():
+        for k, v in state.items():
+            out[f"{name}.{k}"] = v.detach().to("cpu").contiguous()
+    return out
+
+
+def _split_prefixed(flat: dict[str, torch.Tensor], names: list[str]) -> dict[str, dict]:
+    out: dict[str, dict[str, torch.Tensor]] = {n: {} for n in names}
+    for key, v in flat.items():
+        name, _, rest = key.partition(".")
+        if name not in out:
+            out.setdefault(name, {})
+        out[name][rest] = v
+    return out
+
+
+def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a safetensors file; a truncated or foreign file is a CellbenchError."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise CellbenchError("weights file is missing", path=path, fix="check the checkpoint path")
+    try:
+        tensors = {}
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+            for key in fh.keys():  # noqa: SIM118 (safe_open is not a dict)
+                tensors[key] = fh.get_tensor(key)
+    except Exception as exc:  # safetensors raises its own error types for bad headers
+        raise CellbenchError(
+            f"truncated or not a safetensors file ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else 'unreadable'})",
+            path=path,
+            fix="re-run training or copy the checkpoint again",
+        ) from None
+    return tensors, meta
+
+
+def _read_json(path: Path, what: str) -> dict:
+    if not path.is_file():
+        raise CellbenchError(f"{what} is missing", path=path, fix="check the checkpoint path")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CellbenchError(
+            f"unreadable {what} ({type(exc).__name__})", path=path, fix="re-run training"
+        ) from None
+    if not isinstance(data, dict):
+        raise CellbenchError(f"{what} is not a JSON object", path=path, fix="re-run training")
+    return data
+
+
+def complete_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoint folders of a run, oldest first (temporary folders are ignored)."""
+    ckpts = Path(run_dir) / CKPT_DIR
+    if not ckpts.is_dir():
+        return []
+    found = [
+        p
+        for p in ckpts.iterdir()
+        if p.is_dir() and p.name.startswith("step-") and (p / STATE_FILE).is_file()
+    ]
+    return sorted(found, key=lambda p: p.name)
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The checkpoint folder for a run folder, a checkpoint folder or its ``model.safetensors``."""
+    p = Path(path)
+    if p.is_file():
+        return p.parent
+    if not p.exists():
+        raise CellbenchError(
+            "checkpoint not found", path=p, fix="pass a run folder made by `cellbench train`"
+        )
+    if (p / MODEL_FILE).is_file() or (p / CONFIG_FILE).is_file():
+        return p
+    found = complete_checkpoints(p)
+    if not found:
+        raise CellbenchError(
+            "no complete checkpoint in this folder",
+            path=p,
+            fix="pass a run folder made by `cellbench train` (or a folder with model.safetensors "
+            "and config.json)",
+        )
+    return found[-1]
+
+
+@dataclass
+class LoadedRun:
+    """What generation needs from a checkpoint: the config and the EMA weights per network."""
+
+    path: Path
+    model: str
+    config: dict
+    weights: dict[str, dict[str, torch.Tensor]]
+    meta: dict = field(default_factory=dict)
+
+
+def load_run(checkpoint: str | Path, model: str) -> LoadedRun:
+    """Read the EMA weights and config of a checkpoint of ``model`` (CellbenchError if foreign)."""
+    folder = resolve_checkpoint(checkpoint)
+    meta = _read_json(folder / CONFIG_FILE, "checkpoint config.json")
+    if meta.get("format") != RUN_FORMAT or "config" not in meta:
+        raise CellbenchError(
+            "not a cellbench checkpoint config (no 'format: cellbench-run')",
+            path=folder / CONFIG_FILE,
+            fix="pass a run folder made by `cellbench train`",
+        )
+    if meta.get("model") != model:
+        raise CellbenchError(
+            f"checkpoint is a {meta.get('model')!r} model, not {model!r}",
+            path=folder / CONFIG_FILE,
+            fix=f"use `cellbench generate {meta.get('model')}` or a {model} checkpoint",
+        )
+    flat, _ = read_safetensors(folder / MODEL_FILE)
+    weights = _split_prefixed(flat, [])
+    return LoadedRun(folder, model, meta["config"], weights, meta)
+
+
+def load_module_state(module: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    """``module.load_state_dict(state)`` with a one-line error when the weights do not fit."""
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()
+        detail = " ".join(line.strip() for line in first[:2])[:300]
+        raise CellbenchError(
+            f"weights do not match the network built from config.json ({detail})",
+            path=path,
+            fix="the weights and config.json must come from the same run",
+        ) from None
+
+
+# ---------------------------------------------------------------------------------------- trainer
+@dataclass
+class TrainResult:
+    """Summary of a :meth:`Trainer.fit` call."""
+
+    step: int
+    checkpoint: Path | None
+    resumed_from: int
+    images_per_s: float
+    wall_s: float
+    losses: dict[str, float]
+
+
+def _rng_state() -> dict:
+    state = {"torch_cpu": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()}
+    if torch.cuda.is_available():
+        state["torch_cuda"] = [
+            base64.b64encode(s.numpy().tobytes()).decode() for s in torch.cuda.get_rng_state_all()
+        ]
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    raw = np.frombuffer(base64.b64decode(state["torch_cpu"]), dtype=np.uint8).copy()
+    torch.set_rng_state(torch.from_numpy(raw))
+    if "torch_cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(
+            [
+                torch.from_numpy(np.frombuffer(base64.b64decode(s), dtype=np.uint8).copy())
+                for s in state["torch_cuda"]
+            ]
+        )
+
+
+class Trainer:
+    """Trains a :class:`TrainableModel` on a dataset's training pairs; checkpoints and resumes.
+
+    Args:
+        model: the trainable model (its ``config`` holds the trainer keys of
+            :data:`TRAINER_DEFAULTS`).
+        dataset: the dataset whose ``config["split"]`` treated crops are the targets.
+        out_dir: the run folder (created; resumed when it holds a complete checkpoint).
+        model_name: the registered generator name, written into ``config.json``.
+        device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; under ``torchrun`` the local rank's GPU.
+        extra_meta: more JSON-able fields for ``config.json`` (e.g. the generator version).
+    """
+
+    def __init__(
+        self,
+        model: TrainableModel,
+        dataset: BBBC021Dataset,
+        out_dir: str | Path,
+        *,
+        model_name: str,
+        device: str | torch.device = "cpu",
+        extra_meta: dict | None = None,
+    ):
+        from cellbench.data.torch_dataset import PairedCropDataset
+
+        self.model = model
+        self.cfg = model.config
+        self.dataset = dataset
+        self.out_dir = Path(out_dir)
+        self.model_name = model_name
+        self.extra_meta = dict(extra_meta or {})
+        self.world, self.rank = _dist_setup()
+        device = torch.device(device)
+        if self.world > 1 and device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise CellbenchError(
+                "--device cuda was asked for but torch sees no CUDA device",
+                fix="use --device cpu",
+            )
+        self.device = device
+        self.model.to(device)
+        if device.type == "cuda" and self.cfg["mixed_precision"] == "bf16":
+            self.model._autocast_dtype = torch.bfloat16
+        self.pairs = PairedCropDataset(dataset, self.cfg["split"], seed=int(self.cfg["seed"]))
+        self.batch_size = int(self.cfg["batch_size"])
+        if self.batch_size % self.world:
+            raise CellbenchError(
+                f"batch_size {self.batch_size} is not divisible by the {self.world} processes",
+                fix="choose a batch_size that is a multiple of the number of processes",
+            )
+        if len(self.pairs) < self.batch_size:
+            raise CellbenchError(
+                f"split {self.cfg['split']!r} has {len(self.pairs)} treated crops, fewer than "
+                f"batch_size {self.batch_size}",
+                path=dataset.index_path,
+                fix="lower batch_size in the config",
+            )
+        self.steps_per_epoch = len(self.pairs) // self.batch_size
+        mods = model.modules()
+        unknown = [n for n in model.ema_names() if n not in mods]
+        if unknown:
+            raise ValueError(f"ema_names() lists unknown modules {unknown}")
+        self.emas = {
+            n: EMA(mods[n], float(self.cfg["ema_decay"]), warmup=bool(self.cfg["ema_warmup"]))
+            for n in model.ema_names()
+        }
+        if self.world > 1:
+            _broadcast_and_hook(mods, model.optimizers())
+            for n, ema in self.emas.items():
+                ema.module.load_state_dict(mods[n].state_dict())
+        self.step = 0
+        self.epoch = 0
+        self._log_keys: list[str] | None = None
+
+    # ------------------------------------------------------------------ data
+    def _epoch_order(self, epoch: int) -> list[int]:
+        g = torch.Generator().manual_seed(int(self.cfg["seed"]) * 7919 + epoch)
+        return torch.randperm(len(self.pairs), generator=g).tolist()
+
+    def _batches(self) -> Iterator[dict]:
+        """Batches from the current (epoch, step) position on, forever."""
+        while True:
+            epoch, pos = divmod(self.step, self.steps_per_epoch)
+            if epoch != self.pairs.epoch:
+                self.pairs.set_epoch(epoch)
+            self.epoch = epoch
+            order = self._epoch_order(epoch)
+            for b in range(pos, self.steps_per_epoch):
+                idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+                idx = idx[self.rank :: self.world]
+                batch = default_collate([self.pairs[i] for i in idx])
+                yield {
+                    k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v
+                    for k, v in batch.items()
+                }
+
+    # ------------------------------------------------------------------ checkpoints
+    def _run_meta(self) -> dict:
+        return {
+            "format": RUN_FORMAT,
+            "format_version": RUN_FORMAT_VERSION,
+            "model": self.model_name,
+            **self.extra_meta,
+            "config": self.cfg,
+            "n_parameters": self.model.n_parameters(),
+            "dataset": {
+                "name": self.dataset.name,
+                "index_sha256": self.dataset.index_sha256,
+                "split": self.cfg["split"],
+                "n_train_pairs": len(self.pairs),
+            },
+        }
+
+    def save_checkpoint(self) -> Path:
+        """Write the checkpoint of the current step (atomically, as one folder)."""
+        from safetensors.torch import save_file
+
+        ckpts = self.out_dir / CKPT_DIR
+        final = ckpts / f"step-{self.step:08d}"
+        tmp = ckpts / f".tmp-step-{self.step:08d}-{os.getpid()}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        mods = self.model.modules()
+        meta = {"format": RUN_FORMAT, "model": self.model_name, "step": str(self.step)}
+        save_file(
+            _prefixed({n: e.state_dict() for n, e in self.emas.items()}),
+            str(tmp / MODEL_FILE),
+            metadata=meta,
+        )
+        save_file(
+            _prefixed({n: m.state_dict() for n, m in mods.items()}),
+            str(tmp / TRAIN_STATE_FILE),
+            metadata=meta,
+        )
+        buf = io.BytesIO()
+        torch.save({n: o.state_dict() for n, o in self.model.optimizers().items()}, buf)
+        (tmp / OPTIMIZER_FILE).write_bytes(buf.getvalue())
+        (tmp / CONFIG_FILE).write_text(json.dumps(self._run_meta(), indent=2) + "\n")
+        state = {
+            "step": self.step,
+            "epoch": self.epoch,
+            "ema_updates": {n: e.num_updates for n, e in self.emas.items()},
+            "rng": _rng_state(),
+            "world_size": self.world,
+        }
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in complete_checkpoints(self.out_dir)[: -int(self.cfg["keep_checkpoints"])]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def _resume(self) -> int:
+        """Load the last complete checkpoint of the run folder, if any; return its step."""
+        found = complete_checkpoints(self.out_dir)
+        if not found:
+            return 0
+        ckpt = found[-1]
+        meta = _read_json(ckpt / CONFIG_FILE, "checkpoint config.json")
+        if meta.get("model") != self.model_name:
+            raise CellbenchError(
+                f"run folder holds a {meta.get('model')!r} run, not {self.model_name!r}",
+                path=self.out_dir,
+                fix="choose another --out folder",
+            )
+        old = {k: v for k, v in meta.get("config", {}).items() if k not in RESUMABLE_KEYS}
+        new = {k: v for k, v in self.cfg.items() if k not in RESUMABLE_KEYS}
+        if json.loads(json.dumps(old)) != json.loads(json.dumps(new)):
+            diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            raise CellbenchError(
+                f"run folder was trained with a different config (keys {diff} differ)",
+                path=ckpt / CONFIG_FILE,
+                fix="resume with the same config (only steps/ckpt_every/log_every may change) "
+                "or choose another --out folder",
+            )
+        mods = self.model.modules()
+        flat, _ = read_safetensors(ckpt / TRAIN_STATE_FILE)
+        for name, state in _split_prefixed(flat, list(mods)).items():
+            if name not in mods:
+                raise CellbenchError(
+                    f"checkpoint has weights of an unknown network {name!r}",
+                    path=ckpt / TRAIN_STATE_FILE,
+                )
+            load_module_state(mods[name], state, ckpt / TRAIN_STATE_FILE)
+        flat, _ = read_safetensors(ckpt / MODEL_FILE)
+        state = _read_json(ckpt / STATE_FILE, "checkpoint state.json")
+        for name, ema_state in _split_prefixed(flat, list(self.emas)).items():
+            if name not in self.emas:
+                raise CellbenchError(f"unexpected EMA network {name!r}", path=ckpt / MODEL_FILE)
+            try:
+                self.emas[name].load_state_dict(ema_state, state["ema_updates"][name])
+            except (RuntimeError, KeyError) as exc:
+                raise CellbenchError(
+                    f"EMA weights do not fit ({type(exc).__name__})", path=ckpt / MODEL_FILE
+                ) from None
+        try:
+            opt_states = torch.load(
+                ckpt / OPTIMIZER_FILE, map_location=self.device, weights_only=True
+            )
+        except Exception as exc:
+            raise CellbenchError(
+                f"unreadable optimizer state ({type(exc).__name__})",
+                path=ckpt / OPTIMIZER_FILE,
+                fix="delete this checkpoint folder to resume from the one before",
+            ) from None
+        for name, opt in self.model.optimizers().items():
+            try:
+                opt.load_state_dict(opt_states[name])
+            except (KeyError, ValueError) as exc:
+                raise CellbenchError(
+                    f"optimizer state does not fit ({type(exc).__name__})",
+                    path=ckpt / OPTIMIZER_FILE,
+                ) from None
+        self.step = int(state["step"])
+        self.epoch = int(state["epoch"])
+        if int(state.get("world_size", 1)) == self.world:
+            _set_rng_state(state["rng"])
+        if self.world > 1:
+            torch.manual_seed(int(self.cfg["seed"]) * 1009 + self.step * 31 + self.rank)
+        return self.step
+
+    # ------------------------------------------------------------------ log
+    def _trim_log(self, step: int) -> None:
+        """Drop log rows written after the checkpoint being resumed from."""
+        path = self.out_dir / LOG_FILE
+        if not path.is_file():
+            return
+        with open(path, newline="") as fh:
+            rows = list(csv.reader(fh))
+        if not rows:
+            return
+        header, body = rows[0], [r for r in rows[1:] if r and int(r[0]) <= step]
+        self._log_keys = [k for k in header if k not in ("step", "epoch", "images_per_s")]
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerows([header, *body])
+        atomic_write_text(path, buf.getvalue())
+
+    def _log(self, losses: dict[str, float], images_per_s: float) -> None:
+        path = self.out_dir / LOG_FILE
+        if self._log_keys is None or not path.is_file():
+            self._log_keys = sorted(losses)
+            with atomic_path(path) as tmp:
+                tmp.write_text(",".join(["step", "epoch", *self._log_keys, "images_per_s"]) + "\n")
+        row = [str(self.step), str(self.epoch)]
+        row += [f"{losses[k]:.6g}" if k in losses else "" for k in self._log_keys]
+        row.append(f"{images_per_s:.3f}")
+        with open(path, "a") as fh:
+            fh.write(",".join(row) + "\n")
+
+    # ------------------------------------------------------------------ loop
+    def fit(self, steps: int | None = None) -> TrainResult:
+        """Train until ``steps`` (default ``config["steps"]``) total steps; resume if possible."""
+        from cellbench.ui import info, progress
+
+        total = int(steps if steps is not None else self.cfg["steps"])
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        resumed = self._resume()
+        main = self.rank == 0
+        if main:
+            if resumed:
+                self._trim_log(resumed)
+                info(f"resuming {self.model_name} from step {resumed} in {self.out_dir}")
+            else:
+                (self.out_dir / LOG_FILE).unlink(missing_ok=True)
+            n_par = self.model.n_parameters()
+            info(
+                f"{self.model_name}: "
+                + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in n_par.items())
+                + f" parameters; {len(self.pairs)} training pairs, batch {self.batch_size}, "
+                f"{self.steps_per_epoch} steps/epoch, device {self.device}"
+                + (f" x {self.world} processes" if self.world > 1 else "")
+            )
+        for m in self.model.modules().values():
+            m.train()
+        ckpt: Path | None = None
+        losses: dict[str, float] = {}
+        t_start = time.perf_counter()
+        t_log, n_log = t_start, 0
+        done_images = 0
+        with progress(f"training {self.model_name}", total) as update:
+            update(self.step, total)
+            batches = self._batches()
+            while self.step < total:
+                batch = next(batches)
+                losses = self.model.training_step(batch, self.step)
+                bad = [k for k, v in losses.items() if not math.isfinite(float(v))]
+                if bad:
+                    raise CellbenchError(
+                        f"{self.model_name} training diverged at step {self.step} "
+                        f"(non-finite {bad})",
+                        path=self.out_dir,
+                        fix="lower the learning rate; the last good checkpoint is kept",
+                    )
+                mods = self.model.modules()
+                for n, ema in self.emas.items():
+                    ema.update(mods[n])
+                self.step += 1
+                n_log += 1
+                done_images += self.batch_size
+                if main and (self.step % int(self.cfg["log_every"]) == 0 or self.step == total):
+                    now = time.perf_counter()
+                    self._log(losses, n_log * self.batch_size / max(now - t_log, 1e-9))
+                    t_log, n_log = now, 0
+                if self.step % int(self.cfg["ckpt_every"]) == 0 or self.step == total:
+                    if main:
+                        ckpt = self.save_checkpoint()
+                    if self.world > 1:
+                        torch.distributed.barrier()
+                update(self.step, total)
+        wall = time.perf_counter() - t_start
+        if ckpt is None and main:
+            found = complete_checkpoints(self.out_dir)
+            ckpt = found[-1] if found else None
+        return TrainResult(
+            step=self.step,
+            checkpoint=ckpt,
+            resumed_from=resumed,
+            images_per_s=done_images / wall if wall > 0 and done_images else 0.0,
+            wall_s=wall,
+            losses={k: float(v) for k, v in losses.items()},
+        )
+
+
+# ---------------------------------------------------------------------------------------- DDP
+def _dist_setup() -> tuple[int, int]:
+    """(world size, rank); initialises torch.distributed when run under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 1, 0
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+    return dist.get_world_size(), dist.get_rank()
+
+
+def _broadcast_and_hook(
+    modules: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer]
+) -> None:
+    """Same initial weights on every process; gradients averaged before every optimiser step.
+
+    Averaging in a step pre-hook works for any model (one or several optimisers, GANs) without
+    the model knowing it runs distributed.
+    """
+    import torch.distributed as dist
+
+    world = dist.get_world_size()
+    with torch.no_grad():
+        for m in modules.values():
+            for t in [*m.parameters(), *m.buffers()]:
+                dist.broadcast(t.data, src=0)
+
+    def average_grads(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        # a parameter may have a gradient on some processes only (e.g. the fingerprint layer
+        # when one process drew the classifier-free-guidance drop): agree on which ones first,
+        # so every process runs the same collectives; a missing gradient counts as zero
+        params = [p for g in opt.param_groups for p in g["params"]]
+        dev = params[0].device if params else torch.device("cpu")
+        has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=dev)
+        dist.all_reduce(has, op=dist.ReduceOp.SUM)
+        for p, n in zip(params, has.tolist(), strict=True):
+            if n == 0:
+                continue
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+            p.grad.div_(world)
+
+    for opt in optimizers.values():
+        opt.register_step_pre_hook(average_grads)
+
+
+# ---------------------------------------------------------------------------------------- API
+def train(
+    generator_cls: type,
+    model_name: str,
+    dataset: BBBC021Dataset,
+    config: dict,
+    out_dir: str | Path,
+    *,
+    steps: int | None = None,
+    device: str = "cpu",
+) -> TrainResult:
+    """Build ``generator_cls.trainable(dataset, config)`` (seeded) and train it in ``out_dir``."""
+    if not hasattr(generator_cls, "trainable") or not hasattr(generator_cls, "presets"):
+        raise CellbenchError(
+            f"model {model_name!r} has no training recipe",
+            fix="choose a trainable model (`cellbench ls models`)",
+        )
+    seed_everything(int(config["seed"]))
+    model = generator_cls.trainable(dataset, config)
+    trainer = Trainer(
+        model,
+        dataset,
+        out_dir,
+        model_name=model_name,
+        device=device,
+        extra_meta={"generator_version": str(getattr(generator_cls, "version", "0"))},
+    )
+    return trainer.fit(steps)
