@@ -1,0 +1,299 @@
+"""Metric validation: every reward must fall when its controlled defect is applied.
+
+These tests fail when a metric goes blind. Each defect of ``cellbench.validation.defects`` is
+applied at severities 0.5 and 1 to fixed, seeded test crops and scored by the same pipeline as
+``cellbench eval``; its target reward must (a) fall at every step of the ladder 0 -> 0.5 -> 1 and
+(b) fall at severity 1 by at least a stated margin, with a 95% bootstrap interval excluding 0.
+
+The margins are about a third of the drop measured when the tests were written (segmenter
+``classical`` v2, metric suite 2), rounded down, so that a segmenter or reference-statistics
+update that keeps the metric working still passes, while a metric that stops seeing its defect
+fails. A -z^2 reward of a real image is about -1 on average (z is standardised), so a margin of
+1.0 means "one typical real-image spread worse". The measured values are in the tables below.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cellbench.validation.defects import DEFECTS, apply_defect
+from tests.conftest import run_cli, shared_data_or_skip
+
+SEVERITIES = (0.5, 1.0)
+N_IMAGES = 48  # test targets per defect and severity (sim and real)
+
+# defect: (target reward, margin) on bbbc021-sim (tiny, seed 0, 48 test targets, no FID).
+# In brackets: the drop measured at severity 1 when written, and the ladder 0 / 0.5 / 1.
+SIM_MARGINS: dict[str, tuple[str, float]] = {
+    "nucleus_outside": ("nuc_in_cyto", 0.3),  # [-1.00: 1.00 / 0.91 / 0.00]
+    "nucleus_stretch": ("roundness", 5.0),  # [-19.7: -0.8 / -14.0 / -20.4]
+    "nucleus_irregular": ("roundness", 5.0),  # [-19.3: -0.8 / -19.5 / -20.0]
+    "nucleus_grow": ("nuc_size", 5.0),  # [-18.8: -1.0 / -10.1 / -19.8]
+    "nucleus_shrink": ("nuc_size", 1.5),  # [-5.0: -1.0 / -1.9 / -6.0]
+    "cell_grow": ("cyto_size", 4.0),  # [-14.3: -0.9 / -6.0 / -15.3]
+    "cell_shrink": ("cyto_size", 1.5),  # [-4.5: -0.9 / -1.6 / -5.4]
+    "nucleus_duplicate": ("nuc_count", 2.5),  # [-7.8: -0.8 / -2.5 / -8.5]
+    "nucleus_remove": ("nuc_count", 0.4),  # [-1.5: -0.8 / -1.7 / -2.3]
+    "cell_duplicate": ("cyto_count", 1.5),  # [-4.4: -0.8 / -1.8 / -5.2]
+    "cell_remove": ("cyto_count", 0.4),  # [-1.6: -0.8 / -1.7 / -2.4]
+}
+# the same on the real BBBC021 crops (reference statistics from one half of the 579 crops, 48
+# targets from the other half). Real crops are single-cell crops whose cell fills most of the
+# frame, so growing a cell and removing cells or nuclei move the rewards much less than on sim:
+# for those three (``False``) the 95% interval at n = 48 still reaches 0 and only the mean drop
+# and its monotonic ladder are asserted (docs/validation.md has the 256-crop intervals).
+REAL_MARGINS: dict[str, tuple[str, float, bool]] = {
+    "nucleus_outside": ("nuc_in_cyto", 0.15, True),  # [-0.40: 0.95 / 0.88 / 0.55]
+    "nucleus_stretch": ("roundness", 1.5, True),  # [-5.6: -1.1 / -2.4 / -6.6]
+    "nucleus_irregular": ("roundness", 1.5, True),  # [-5.6: -1.1 / -4.5 / -6.6]
+    "nucleus_grow": ("nuc_size", 4.0, True),  # [-14.2: -1.3 / -9.7 / -15.6]
+    "nucleus_shrink": ("nuc_size", 1.5, True),  # [-5.1: -1.3 / -2.5 / -6.4]
+    "cell_grow": ("cyto_size", 0.1, False),  # [-0.32: -0.82 / -1.06 / -1.15]
+    "cell_shrink": ("cyto_size", 0.5, True),  # [-1.6: -0.8 / -1.0 / -2.4]
+    "nucleus_duplicate": ("nuc_count", 0.4, True),  # [-1.3: -0.6 / -1.3 / -1.8]
+    "nucleus_remove": ("nuc_count", 0.4, False),  # [-1.2: -0.6 / -1.1 / -1.8]
+    "cell_duplicate": ("cyto_count", 0.4, True),  # [-1.4: -0.6 / -0.7 / -2.0]
+    "cell_remove": ("cyto_count", 0.1, False),  # [-0.33: -0.6 / -0.6 / -0.9]
+}
+
+
+def _check_ladder(result: dict, target: str, margin: float, ci: bool = True) -> None:
+    info = result["targets"][target]
+    curve = info["curve"]
+    assert info["monotonic"], f"{target} does not fall at every severity step: {curve}"
+    assert np.all(np.diff(curve) < 0), curve
+    assert info["delta_at_max"] <= -margin, f"{target} fell by {info['delta_at_max']} < {margin}"
+    if ci:
+        assert info["ci_at_max"][1] < 0, f"{target}: interval {info['ci_at_max']} reaches 0"
+        assert info["passed"]
+
+
+# ----------------------------------------------------------------------------- defects as functions
+@pytest.fixture(scope="module")
+def sim_world(tmp_path_factory: pytest.TempPathFactory):
+    """bbbc021-sim (tiny) and a validation suite over 48 of its test targets, without Inception."""
+    from cellbench.data.sim import write_sim_dataset
+    from cellbench.validation.report import SimSuite
+
+    mp = pytest.MonkeyPatch()
+    root = tmp_path_factory.mktemp("validation")
+    mp.setenv("CELLBENCH_CACHE_DIR", str(root / "cache"))
+    mp.setenv("CELLBENCH_PROGRESS", "0")
+    write_sim_dataset(root / "data" / "bbbc021-sim", seed=0, scale="tiny")
+    suite = SimSuite("bbbc021-sim", root / "data", n_images=N_IMAGES, seed=0, fid=False)
+    yield {"root": root, "suite": suite}
+    mp.undo()
+
+
+def test_every_defect_is_pure_seeded_and_identity_at_zero(sim_world) -> None:
+    suite = sim_world["suite"]
+    crops, segs = suite.crops[:6], suite.segs[:6]
+    kw = {"moas": suite.moas[:6], "donors": suite.crops, "donor_moas": suite.moas}
+    for name in DEFECTS:
+        before = crops.copy()
+        zero = apply_defect(name, crops, 0.0, seed=3, segs=segs, **kw)
+        assert np.array_equal(zero, crops), name
+        a = apply_defect(name, crops, 1.0, seed=3, segs=segs, **kw)
+        b = apply_defect(name, crops, 1.0, seed=3, segs=segs, **kw)
+        assert a.dtype == np.uint8 and a.shape == crops.shape, name
+        assert np.array_equal(a, b), f"{name} is not deterministic for a seed"
+        assert not np.array_equal(a, crops), f"{name} changed nothing at severity 1"
+        assert np.array_equal(crops, before), f"{name} modified its input"
+    # masks computed on demand give the same result as masks passed in
+    lazy = apply_defect("nucleus_grow", crops, 1.0, seed=3)
+    assert np.array_equal(lazy, apply_defect("nucleus_grow", crops, 1.0, seed=3, segs=segs))
+    # seeds matter where the defect draws: another seed, other images
+    n1 = apply_defect("noise", crops, 1.0, seed=1)
+    assert not np.array_equal(n1, apply_defect("noise", crops, 1.0, seed=2))
+
+
+def test_defects_refuse_bad_input(sim_world) -> None:
+    crops = sim_world["suite"].crops[:2]
+    with pytest.raises(ValueError, match="severity"):
+        apply_defect("blur", crops, 1.5)
+    with pytest.raises(ValueError, match="uint8"):
+        apply_defect("blur", crops.astype(np.float32), 0.5)
+    with pytest.raises(ValueError, match="donors"):
+        apply_defect("moa_swap", crops, 0.5)
+
+
+def test_object_defects_do_what_they_say_on_the_masks(sim_world) -> None:
+    """Checked on the segmentation of the damaged crops, not on the rewards."""
+    suite = sim_world["suite"]
+    crops, segs = suite.crops[:16], suite.segs[:16]
+    feats = suite.scorer.segment_features
+
+    def mean(images: np.ndarray, col: str) -> float:
+        return float(feats(images)[:, suite.scorer.feature_names.index(col)].mean())
+
+    base_nuc = mean(crops, "nuc_max_area")
+    assert (
+        mean(apply_defect("nucleus_grow", crops, 1.0, segs=segs), "nuc_max_area") > 1.8 * base_nuc
+    )
+    assert (
+        mean(apply_defect("nucleus_shrink", crops, 1.0, segs=segs), "nuc_max_area") < 0.6 * base_nuc
+    )
+    base_n = mean(crops, "nuc_count")
+    assert (
+        mean(apply_defect("nucleus_duplicate", crops, 1.0, segs=segs), "nuc_count") > base_n + 2.5
+    )
+    assert mean(apply_defect("cell_remove", crops, 1.0, segs=segs), "cell_count") < 1.3
+    assert mean(apply_defect("nucleus_outside", crops, 1.0, segs=segs), "nuc_in_cyto") < 0.2
+    # area-preserving shape defects leave the nucleus size about where it was
+    stretched = mean(apply_defect("nucleus_stretch", crops, 1.0, segs=segs), "nuc_max_area")
+    assert 0.75 * base_nuc < stretched < 1.25 * base_nuc
+
+
+# ------------------------------------------------------------------------- rewards on the sim data
+@pytest.mark.slow
+def test_sim_every_reward_falls_with_its_defect(sim_world) -> None:
+    suite = sim_world["suite"]
+    doc = suite.run(list(SIM_MARGINS), SEVERITIES)
+    assert doc["baseline_matches_reference_row"]
+    failures = []
+    for defect, (target, margin) in SIM_MARGINS.items():
+        try:
+            _check_ladder(doc["defects"][defect], target, margin)
+        except AssertionError as exc:
+            failures.append(f"{defect}: {exc}")
+    assert not failures, "\n".join(failures)
+    # every reward (but moa, tested with the classifier below) is guarded by a defect
+    guarded = {t for t, _ in SIM_MARGINS.values()}
+    assert guarded == {
+        "nuc_in_cyto",
+        "roundness",
+        "nuc_size",
+        "cyto_size",
+        "nuc_count",
+        "cyto_count",
+    }
+
+
+def test_in_memory_scoring_is_cellbench_eval(sim_world, tmp_path: Path) -> None:
+    """The suite's scores equal `evaluate` on the same damaged images written as files."""
+    from cellbench.evaluation import evaluate
+    from cellbench.protocol import write_protocol
+
+    suite = sim_world["suite"]
+    damaged = suite.damage("nucleus_grow", 0.5)
+    doc, _, _ = suite.score(damaged, "x")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for task, img in zip(suite.protocol["task_id"], damaged, strict=True):
+        np.save(folder / f"{task}.npy", img)
+    write_protocol(suite.protocol, tmp_path / "protocol.csv")
+    ref = evaluate(
+        folder,
+        "bbbc021-sim",
+        data_dir=sim_world["root"] / "data",
+        protocol=tmp_path / "protocol.csv",
+        fid=False,
+    )
+    assert ref["metrics"] == doc["metrics"]
+    assert ref["reference"]["metrics"] == doc["reference"]["metrics"]
+
+
+# ------------------------------------------------------------------- the classifier and FID/KID
+@pytest.mark.slow
+def test_moa_and_fid_fall_with_their_defects(sim_world) -> None:
+    from cellbench.validation.report import SimSuite
+
+    suite = SimSuite("bbbc021-sim", sim_world["root"] / "data", n_images=16, seed=0, fid=True)
+    doc = suite.run(["moa_swap", "blur"], SEVERITIES)
+    # measured with 24 images: moa 0.60 / 0.30 / 0.03 over severities 0 / 0.5 / 1; the margin is
+    # 0.2 of probability
+    _check_ladder(doc["defects"]["moa_swap"], "moa", 0.2)
+    blur = doc["defects"]["blur"]["targets"]
+    for metric in ("fid_o", "kid_o"):
+        assert blur[metric]["monotonic"], blur[metric]["curve"]
+    # measured with 24 images: FID_o 0 / 165 / 257 against the undamaged set, split-half floor 110
+    assert blur["fid_o"]["delta_at_max"] > doc["split_half_floor"]["fid_o"]
+
+
+# ------------------------------------------------------------------------------ real BBBC021 crops
+@pytest.fixture(scope="module")
+def real_suite():
+    from cellbench.validation.report import RealSuite
+
+    root = shared_data_or_skip("bbbc021_real", "singh_crops_68x68")
+    return RealSuite(root, n_images=N_IMAGES, seed=0)
+
+
+@pytest.mark.slow
+@pytest.mark.shared
+def test_real_every_reward_falls_with_its_defect(real_suite) -> None:
+    doc = real_suite.run(list(REAL_MARGINS), SEVERITIES)
+    failures = []
+    for defect, (target, margin, ci) in REAL_MARGINS.items():
+        try:
+            _check_ladder(doc["defects"][defect], target, margin, ci)
+        except AssertionError as exc:
+            failures.append(f"{defect}: {exc}")
+    assert not failures, "\n".join(failures)
+
+
+# ------------------------------------------------------------------------------------- the command
+def test_validate_metrics_writes_the_report(sim_world, tmp_path: Path) -> None:
+    from cellbench.validation.report import run_validation
+
+    out = tmp_path / "report"
+    doc = run_validation(
+        out,
+        data_dir=sim_world["root"] / "data",
+        severities=(1.0,),
+        n_images=16,
+        fid=False,
+        defects=["nucleus_grow", "blur"],
+    )
+    for name in ("report.md", "validation.json", "sensitivity.csv", "defects_sim.png"):
+        assert (out / name).is_file(), name
+    assert (out / "severity_curves.png").is_file() or (out / "severity_curves.svg").is_file()
+    saved = json.loads((out / "validation.json").read_text())
+    assert saved["sim"]["defects"]["nucleus_grow"]["targets"]["nuc_size"]["delta_at_max"] < 0
+    assert saved["sim"]["baseline_matches_reference_row"] is True
+    text = (out / "report.md").read_text()
+    assert "nucleus_grow" in text and "Sensitivity matrix" in text
+    assert doc["sim"]["n_images"] == 16
+    rows = (out / "sensitivity.csv").read_text().splitlines()
+    assert rows[0].startswith("source,defect,severity,metric")
+    assert len(rows) == 1 + 2 * 9  # 2 defects x 1 severity x 9 metrics (moa empty without FID)
+
+
+def test_curves_svg_without_matplotlib(tmp_path: Path) -> None:
+    from cellbench.validation.figures import curves_svg
+
+    row = {"value": -3.0, "delta": -2.0, "ci": [-2.5, -1.5], "n": 4}
+    doc = {
+        "severities": [1.0],
+        "sim": {
+            "baseline": {"nuc_size": -1.0},
+            "defects": {
+                "nucleus_grow": {
+                    "severities": {"1.0": {"nuc_size": row}},
+                    "targets": {"nuc_size": {"curve": [-1.0, -3.0]}},
+                }
+            },
+        },
+    }
+    curves_svg(doc, tmp_path / "c.svg")
+    svg = (tmp_path / "c.svg").read_text()
+    assert svg.startswith("<svg") and "nucleus_grow" in svg and "polyline" in svg
+
+
+def test_validate_metrics_cli_errors(tmp_path: Path) -> None:
+    res = run_cli("validate-metrics", "--out", str(tmp_path / "o"), "--severities", "1,0.5")
+    assert res.returncode != 0
+    assert "severities" in res.stderr and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    from cellbench.errors import CellbenchError
+    from cellbench.validation.report import run_validation
+
+    with pytest.raises(CellbenchError, match="--real-crops"):
+        run_validation(tmp_path / "o", data_dir=tmp_path, real_crops=tmp_path / "nowhere")
+    with pytest.raises(CellbenchError, match="defect"):
+        run_validation(tmp_path / "o", data_dir=tmp_path, defects=["nucleus_grwo"])
+    assert not (tmp_path / "o" / "report.md").exists()
