@@ -59,6 +59,30 @@ GENERATORS.register(
     summary="anchor: a random real treated crop of the same compound and dose from the training "
     "split (upper-bound-like reference, not a model)",
 )
+GENERATORS.register(
+    "cellflux",
+    "cellbench_baselines.cellflux:CellFlux",
+    summary="model: flow matching from the noised control to the treated image (Zhang et al. "
+    "2025); needs --checkpoint from `cellbench train cellflux`",
+)
+GENERATORS.register(
+    "phendiff",
+    "cellbench_baselines.phendiff:PhenDiff",
+    summary="model: class-conditional DDIM, control inverted then regenerated under the "
+    "compound's class (Bourou et al. 2024); needs --checkpoint from `cellbench train phendiff`",
+)
+GENERATORS.register(
+    "impa",
+    "cellbench_baselines.impa:IMPA",
+    summary="model: StarGAN-v2-style GAN translating the control, styled by fingerprint + noise "
+    "(IMPA, Palma et al. 2025); needs --checkpoint from `cellbench train impa`",
+)
+GENERATORS.register(
+    "cellfluxrl",
+    "cellbench_baselines.cellflux_rl:CellFluxRL",
+    summary="model: CellFlux post-trained by DiffusionNFT on the seven rewards (CellFluxRL, Wu et "
+    "al. 2026); needs --checkpoint from `cellbench rl cellflux`",
+)
 
 
 def get_generator_class(name: str) -> type[Generator]:

@@ -334,7 +334,10 @@ def images_check(
 # the scoring and generator commands live in their own modules and register on `app`
 from cellbench.cli import community as _community  # noqa: E402, F401
 from cellbench.cli import models as _models  # noqa: E402, F401
+from cellbench.cli import rl as _rl  # noqa: E402, F401
 from cellbench.cli import scoring as _scoring  # noqa: E402, F401
+from cellbench.cli import train as _train  # noqa: E402, F401
+from cellbench.cli import validation as _validation  # noqa: E402, F401
 
 
 def main() -> None:
