@@ -213,12 +213,7 @@ class CellFluxTrainable(TrainableModel):
         return F.mse_loss(v.float(), x1 - x0)
 
     def training_step(self, batch: dict, step: int) -> dict[str, float]:
-        loss = self.loss(batch)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        gn = torch.nn.utils.clip_grad_norm_(self.unet.parameters(), float(self.config["grad_clip"]))
-        self.opt.step()
-        return {"loss": float(loss.detach()), "grad_norm": float(gn)}
+        return self.step_single(self.loss(batch), self.unet, self.opt)
 
 
 class CellFlux(Generator):

@@ -135,6 +135,17 @@ class TrainableModel(abc.ABC):
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self._autocast_dtype)
 
+    def step_single(
+        self, loss: torch.Tensor, module: nn.Module, opt: torch.optim.Optimizer
+    ) -> dict:
+        """Backward, gradient clipping at ``config["grad_clip"]`` and one step of ``opt``: the
+        whole update of a model with one network and one optimiser. Returns the logged terms."""
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gn = torch.nn.utils.clip_grad_norm_(module.parameters(), float(self.config["grad_clip"]))
+        opt.step()
+        return {"loss": float(loss.detach()), "grad_norm": float(gn)}
+
     def n_parameters(self) -> dict[str, int]:
         """Trainable parameters per network."""
         return {k: count_parameters(m) for k, m in self.modules().items()}
