@@ -25,9 +25,8 @@ import pandas as pd
 from cellbench._io import atomic_path, atomic_write_text, sha256_file
 from cellbench.data.bbbc021 import BBBC021Dataset
 from cellbench.errors import CellbenchError
+from cellbench.images import GENERATION_FILE  # the sidecar ``cellbench eval`` reads
 
-#: the sidecar written into an image folder (``cellbench eval`` reads it)
-GENERATION_FILE = "generation.json"
 GENERATION_FORMAT = "cellbench-generation"
 GENERATION_FORMAT_VERSION = 1
 

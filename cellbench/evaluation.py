@@ -631,6 +631,12 @@ def evaluate(
         started=started,
         progress=progress,
     )
+    from cellbench.best_of_n import read_generation_record
+
+    record = read_generation_record(images)
+    # best-of-N selection inflates the reward used to select; FID/KID are the independent check
+    doc["best_of_n"] = int(record["best_of_n"]) if record else 1
+    doc["generation"] = record
     if out is not None:
         write_results(doc, per_image, arrays if shard_t is not None else None, out)
     return doc

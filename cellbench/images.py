@@ -30,6 +30,8 @@ from cellbench.errors import ImageError
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".npy")
 MANIFEST_NAME = "manifest.csv"
+#: the sidecar `cellbench generate` writes beside the images (read by `cellbench eval`, not an image)
+GENERATION_FILE = "generation.json"
 _MULTI = re.compile(r"^(?P<task>.+)_(?P<k>\d+)$")
 
 
@@ -178,7 +180,11 @@ def discover_images(folder: str | Path, protocol: pd.DataFrame) -> ImageSet:
         files, problems = _from_manifest(folder, task_set)
         layout = "manifest"
     else:
-        top = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+        top = sorted(
+            p
+            for p in folder.iterdir()
+            if p.is_file() and not p.name.startswith(".") and p.name != GENERATION_FILE
+        )
         subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
         if any(_task_of(p, task_set) for p in top) or not subdirs:
             files, problems = _from_task_names(top, task_set)

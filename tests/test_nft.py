@@ -479,3 +479,41 @@ def test_rl_cli_and_generate(sim_base: tuple[Path, Path], tmp_path: Path) -> Non
     )
     assert gen.returncode == 0, gen.stderr
     assert len(list((tmp_path / "imgs").glob("*.npy"))) == 4
+
+
+@pytest.mark.slow
+def test_generate_best_of_cli_records_n_and_eval_reports_it(
+    sim_base: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """`cellbench generate --best-of 2` writes one image per task plus generation.json, and
+    `cellbench eval` reads the folder as complete and records best_of_n = 2."""
+    root, _ = sim_base
+    ds = open_dataset("bbbc021-sim", root)
+    proto = tmp_path / "p.csv"
+    build_protocol(ds, "test", seed=0).head(6).to_csv(proto, index=False)
+    common = ["--dataset", "bbbc021-sim", "--data-dir", str(root), "--protocol", str(proto)]
+    images = tmp_path / "imgs"
+    res = run_cli("generate", "identity", *common, "--out", str(images), "--best-of", "2")
+    assert res.returncode == 0, res.stderr
+    assert len(list(images.glob("*.npy"))) == 6
+    record = json.loads((images / "generation.json").read_text())
+    assert record["best_of_n"] == 2 and record["selection_reward"] == "overall"
+    out = tmp_path / "r.json"
+    res = run_cli("eval", str(images), *common, "--no-fid", "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(out.read_text())
+    assert doc["best_of_n"] == 2 and doc["generation"]["model"] == "identity"
+    assert doc["images"]["n_problems"] == 0 and doc["images"]["missing_tasks"] == 0
+    assert "best-of-2" in res.stdout
+    bad = run_cli(
+        "generate",
+        "identity",
+        *common,
+        "--out",
+        str(tmp_path / "x"),
+        "--best-of",
+        "2",
+        "--n-per-task",
+        "2",
+    )
+    assert bad.returncode == 2 and "--best-of keeps one image per task" in bad.stderr

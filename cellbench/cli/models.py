@@ -37,6 +37,14 @@ def generate_cmd(
     n_per_task: Annotated[int, typer.Option(help="Images per task (named <task_id>_<k>).")] = 1,
     batch_size: Annotated[int, typer.Option(help="Tasks per generator call.")] = 64,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    best_of: Annotated[
+        int,
+        typer.Option(
+            "--best-of",
+            help="Draw N candidates per task and keep the one with the highest overall reward "
+            "(recorded in generation.json and in the results; inflates the rewards).",
+        ),
+    ] = 1,
 ) -> None:
     """Generate one image (or N) per protocol task, in the format `cellbench eval` reads."""
     from cellbench.data.bbbc021 import open_dataset
@@ -45,11 +53,33 @@ def generate_cmd(
     from cellbench.protocol import read_protocol
     from cellbench.ui import info, progress
 
-    if n_per_task < 1 or batch_size < 1:
-        raise CellbenchError("--n-per-task and --batch-size must be at least 1")
+    if n_per_task < 1 or batch_size < 1 or best_of < 1:
+        raise CellbenchError("--n-per-task, --batch-size and --best-of must be at least 1")
+    if best_of > 1 and n_per_task > 1:
+        raise CellbenchError("--best-of keeps one image per task; drop --n-per-task")
     ds = open_dataset(dataset, data_dir, create_sim=True)
     table = read_protocol(protocol)
     gen = get_generator_class(model).load(ds, checkpoint)
+    if best_of > 1:
+        from cellbench.best_of_n import write_generated_best_of_n
+
+        with progress(f"generating best-of-{best_of} ({model})", len(table)) as update:
+            write_generated_best_of_n(
+                gen,
+                ds,
+                table,
+                out,
+                n=best_of,
+                model=model,
+                checkpoint=checkpoint,
+                seed=seed,
+                batch_size=batch_size,
+                on_progress=update,
+            )
+        info(
+            f"[green]wrote[/green] {len(table)} best-of-{best_of} images and generation.json to {out}"
+        )
+        return
     with progress(f"generating ({model})", len(table) * n_per_task) as update:
         n = write_generated(
             gen,

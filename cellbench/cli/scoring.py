@@ -102,6 +102,12 @@ def print_results_table(doc: dict) -> None:
         f"{im['missing_tasks']} missing, {im['n_problems']} problem(s); "
         f"{'complete' if doc['complete'] else 'NOT complete'}"
     )
+    if doc.get("best_of_n", 1) > 1:
+        sel = (doc.get("generation") or {}).get("selection_reward", "overall")
+        out_console.print(
+            f"[yellow]best-of-{doc['best_of_n']}[/yellow] (selected by {sel}): the reward metrics "
+            "are inflated by the selection; FID/KID are the independent check"
+        )
 
 
 @app.command("eval")
