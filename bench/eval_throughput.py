@@ -56,7 +56,13 @@ def main() -> None:
     scorer = Scorer(ds, use_inception=False)
     rows = table.iloc[: args.n_rewards]
     crops = ds.load_crops(rows["control_key"].tolist())
-    scorer.segment_features(crops[:64])  # warm-up
+    from cellbench.segment.backends import POOL_MIN_IMAGES
+
+    # warm-up: starts the worker pool (kept for the life of the process, as in `cellbench eval`,
+    # which segments the reference and the generated images with the same pool)
+    t0 = time.perf_counter()
+    scorer.segment_features(crops[:POOL_MIN_IMAGES])
+    print(f"warm-up incl. worker pool start: {time.perf_counter() - t0:.2f} s")
     t0 = time.perf_counter()
     seg = scorer.segment_features(crops)
     scorer.rewards(seg, None, rows["moa"].to_numpy())
