@@ -110,3 +110,15 @@ def run_cli(
         cwd=cwd,
         timeout=600,
     )
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Run a test with one torch thread: tiny networks run faster on one thread (and far faster
+    on a busy shared machine)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
