@@ -44,6 +44,20 @@ DataDirOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+# options shared by the training commands (`cellbench train`, `cellbench rl`)
+RunOutOpt = Annotated[
+    Path, typer.Option("--out", help="Run folder (resumed if it holds a checkpoint).")
+]
+StepsOpt = Annotated[int | None, typer.Option(help="Total optimiser steps (overrides the config).")]
+SeedOverrideOpt = Annotated[int | None, typer.Option(help="Seed (overrides the config).")]
+TorchDeviceOpt = Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")]
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="CPU threads for torch (default: torch's choice; 1 is often fastest on a busy "
+        "2-core machine)."
+    ),
+]
 
 
 def _version_cb(value: bool) -> None:

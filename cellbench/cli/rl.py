@@ -7,7 +7,16 @@ from typing import Annotated
 
 import typer
 
-from cellbench.cli.main import DataDirOpt, JsonOpt, app
+from cellbench.cli.main import (
+    DataDirOpt,
+    JsonOpt,
+    RunOutOpt,
+    SeedOverrideOpt,
+    StepsOpt,
+    ThreadsOpt,
+    TorchDeviceOpt,
+    app,
+)
 
 rl_app = typer.Typer(
     help="Post-train a generator with reinforcement learning on cellbench's rewards.",
@@ -21,9 +30,7 @@ def rl_cellflux(
     checkpoint: Annotated[
         Path, typer.Option(help="The base CellFlux run folder or checkpoint (`cellbench train`).")
     ],
-    out: Annotated[
-        Path, typer.Option("--out", help="Run folder (resumed if it holds a checkpoint).")
-    ],
+    out: RunOutOpt,
     dataset: Annotated[str, typer.Option(help="Dataset to post-train on.")] = "bbbc021-sim",
     data_dir: DataDirOpt = None,
     config: Annotated[
@@ -33,11 +40,9 @@ def rl_cellflux(
             'its \'preset\' key; e.g. {"reward": {"nuc_in_cyto": 1}} for a single-reward run.'
         ),
     ] = "cpu-small",
-    steps: Annotated[
-        int | None, typer.Option(help="Total optimiser steps (overrides the config).")
-    ] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed (overrides the config).")] = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    steps: StepsOpt = None,
+    seed: SeedOverrideOpt = None,
+    device: TorchDeviceOpt = "cpu",
     reward_workers: Annotated[
         int | None,
         typer.Option(
@@ -45,9 +50,7 @@ def rl_cellflux(
             "this process; default: 1 on CPU, up to 8 (CPUs - 1) on CUDA)."
         ),
     ] = None,
-    threads: Annotated[
-        int | None, typer.Option(help="CPU threads for torch (default: torch's choice).")
-    ] = None,
+    threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Post-train CELLFLUX by DiffusionNFT on the rewards; writes checkpoints and log.csv.

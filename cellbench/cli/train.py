@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from cellbench.cli.main import DataDirOpt, JsonOpt, app
+from cellbench.cli.main import (
+    DataDirOpt,
+    JsonOpt,
+    RunOutOpt,
+    SeedOverrideOpt,
+    StepsOpt,
+    ThreadsOpt,
+    TorchDeviceOpt,
+    app,
+)
 
 
 @app.command("train")
 def train_cmd(
     model: Annotated[str, typer.Argument(help="Trainable generator (cellflux, phendiff, ...).")],
-    out: Annotated[
-        Path, typer.Option("--out", help="Run folder (resumed if it holds a checkpoint).")
-    ],
+    out: RunOutOpt,
     dataset: Annotated[str, typer.Option(help="Dataset to train on.")] = "bbbc021-sim",
     data_dir: DataDirOpt = None,
     config: Annotated[
@@ -25,18 +31,10 @@ def train_cmd(
             "named by its 'preset' key (default cpu-small)."
         ),
     ] = "cpu-small",
-    steps: Annotated[
-        int | None, typer.Option(help="Total optimiser steps (overrides the config).")
-    ] = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
-    seed: Annotated[int | None, typer.Option(help="Seed (overrides the config).")] = None,
-    threads: Annotated[
-        int | None,
-        typer.Option(
-            help="CPU threads for torch (default: torch's choice; 1 is often fastest on a busy "
-            "2-core machine)."
-        ),
-    ] = None,
+    steps: StepsOpt = None,
+    device: TorchDeviceOpt = "cpu",
+    seed: SeedOverrideOpt = None,
+    threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Train MODEL; writes checkpoints (EMA weights in safetensors), log.csv and config.json."""
