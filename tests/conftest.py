@@ -122,3 +122,13 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+#: a tiny UNet (a few thousand parameters) for fast tests of the UNet-based generators
+TINY_UNET = {
+    "base_channels": 8,
+    "channel_mult": [1, 2],
+    "attention_resolutions": [12],
+    "head_channels": 8,
+    "patch_size": 2,
+}

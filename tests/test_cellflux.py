@@ -18,7 +18,7 @@ from cellbench_baselines.cellflux import CellFlux
 from cellbench_baselines.nn.unet import unet_from_config
 from cellbench_baselines.sampling import cfg_combine, edm_time_grid
 from cellbench_baselines.training import count_parameters, resolve_config, train
-from tests.conftest import run_cli
+from tests.conftest import TINY_UNET, run_cli
 
 TINY = {
     "batch_size": 4,
@@ -26,13 +26,7 @@ TINY = {
     "ckpt_every": 2,
     "log_every": 1,
     "sample_steps": 3,
-    "unet": {
-        "base_channels": 8,
-        "channel_mult": [1, 2],
-        "attention_resolutions": [12],
-        "head_channels": 8,
-        "patch_size": 2,
-    },
+    "unet": TINY_UNET,
 }
 
 

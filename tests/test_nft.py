@@ -29,7 +29,7 @@ from cellbench_baselines.nft import (
     old_policy_decay,
     update_old_policy,
 )
-from tests.conftest import run_cli
+from tests.conftest import TINY_UNET, run_cli
 
 
 # ------------------------------------------------------------------------------ advantages
@@ -253,13 +253,7 @@ TINY_CELLFLUX = {
     "ckpt_every": 2,
     "log_every": 1,
     "sample_steps": 2,
-    "unet": {
-        "base_channels": 8,
-        "channel_mult": [1, 2],
-        "attention_resolutions": [12],
-        "head_channels": 8,
-        "patch_size": 2,
-    },
+    "unet": TINY_UNET,
 }
 #: a fast RL config: 2 groups of 3, 2 rollout steps, rewards without the Inception pass
 TINY_RL = {

@@ -15,6 +15,7 @@ from cellbench.errors import CellbenchError
 from cellbench_baselines.phendiff import PhenDiff, training_classes
 from cellbench_baselines.sampling import ddim_invert, ddim_sample
 from cellbench_baselines.training import resolve_config, train
+from tests.conftest import TINY_UNET
 
 TINY = {
     "batch_size": 4,
@@ -22,13 +23,7 @@ TINY = {
     "ckpt_every": 2,
     "log_every": 1,
     "ddim_steps": 4,
-    "unet": {
-        "base_channels": 8,
-        "channel_mult": [1, 2],
-        "attention_resolutions": [12],
-        "head_channels": 8,
-        "patch_size": 2,
-    },
+    "unet": TINY_UNET,
 }
 
 

@@ -39,6 +39,7 @@ from cellbench_baselines.training import (
     resolve_config,
     train,
 )
+from tests.conftest import TINY_UNET
 
 TINY = {
     "batch_size": 4,
@@ -46,15 +47,8 @@ TINY = {
     "ckpt_every": 2,
     "log_every": 1,
     "sample_steps": 2,
-    "unet": {
-        "base_channels": 8,
-        "channel_mult": [1, 2],
-        "attention_resolutions": [12],
-        "head_channels": 8,
-        "patch_size": 2,
-    },
+    "unet": TINY_UNET,
 }
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
