@@ -435,6 +435,17 @@ class TrainResult:
     wall_s: float
     losses: dict[str, float]
 
+    def summary(self) -> dict:
+        """The JSON-able summary the training commands print with ``--json``."""
+        return {
+            "checkpoint": None if self.checkpoint is None else str(self.checkpoint),
+            "step": self.step,
+            "resumed_from": self.resumed_from,
+            "wall_s": round(self.wall_s, 3),
+            "train_images_per_s": round(self.images_per_s, 3),
+            "last_losses": self.losses,
+        }
+
 
 def _rng_state() -> dict:
     state = {"torch_cpu": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()}

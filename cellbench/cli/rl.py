@@ -94,11 +94,7 @@ def rl_cellflux(
         "run_dir": str(out),
         "base_checkpoint": cfg["base_checkpoint"],
         "reward": cfg["reward"],
-        "checkpoint": None if result.checkpoint is None else str(result.checkpoint),
-        "step": result.step,
-        "resumed_from": result.resumed_from,
-        "wall_s": round(result.wall_s, 3),
-        "last": result.losses,
+        **result.summary(),
     }
     if as_json:
         typer.echo(json.dumps(summary, indent=2))

@@ -68,12 +68,7 @@ def train_cmd(
     summary = {
         "model": model,
         "run_dir": str(out),
-        "checkpoint": None if result.checkpoint is None else str(result.checkpoint),
-        "step": result.step,
-        "resumed_from": result.resumed_from,
-        "wall_s": round(result.wall_s, 3),
-        "train_images_per_s": round(result.images_per_s, 3),
-        "last_losses": result.losses,
+        **result.summary(),
     }
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
