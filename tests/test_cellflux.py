@@ -75,7 +75,7 @@ def test_training_steps_reduce_the_loss_on_a_fixed_batch(mini_ds: BBBC021Dataset
     assert after < 0.95 * before, (before, after)  # measured: 0.589 -> 0.534
 
 
-@pytest.mark.parametrize("prediction", ["velocity", "x1"])
+@pytest.mark.parametrize("prediction", ["velocity", "x1", "edm"])
 def test_loss_is_the_velocity_regression(mini_ds: BBBC021Dataset, prediction: str) -> None:
     cfg = resolve_config(
         CellFlux.presets,
@@ -101,6 +101,16 @@ def test_loss_is_the_velocity_regression(mini_ds: BBBC021Dataset, prediction: st
     with torch.no_grad():
         if prediction == "velocity":
             want = ((model.unet(xt, t, batch["fingerprint"]) - (x1 - x0)) ** 2).mean()
+        elif prediction == "edm":  # the loss is the network's own error against its target
+            sd, s = 0.5, 1.0
+            d = torch.sqrt((tb * sd) ** 2 + ((1 - tb) * s) ** 2)
+            c_skip, c_out = tb * sd**2 / d**2, (1 - tb) * sd * s / d
+            f = model.unet.net(xt, t, batch["fingerprint"])
+            want = ((f - (x1 - c_skip * xt) / c_out) ** 2).mean()
+            v = model.unet(xt, t, batch["fingerprint"])
+            assert torch.allclose(v, (c_skip * xt + c_out * f - xt) / (1 - tb), atol=1e-4)
+            for edge in (torch.zeros(4), torch.ones(4)):  # finite at both ends of the path
+                assert torch.isfinite(model.unet(xt, edge, None)).all()
         else:  # the network predicts x1; the loss is the image error (t < 0.99: no clamping)
             assert float(t.max()) < 0.99
             want = ((model.unet.net(xt, t, batch["fingerprint"]) - x1) ** 2).mean()
@@ -213,11 +223,23 @@ def test_train_and_generate_cli(mini_root: Path, tmp_path: Path) -> None:
     imgs = tmp_path / "imgs"
     res = run_cli(
         "generate", "cellflux", "--checkpoint", str(run), "--protocol", str(proto), *args,
-        "--out", str(imgs),
+        "--out", str(imgs), "--device", "cpu", "--threads", "1",
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
     check = run_cli("images", "check", str(imgs), "--protocol", str(proto), "--json")
     assert check.returncode == 0, check.stdout
+    if not torch.cuda.is_available():  # asking for a GPU that is not there: one line, exit 2
+        bad = run_cli(
+            "generate", "cellflux", "--checkpoint", str(run), "--protocol", str(proto), *args,
+            "--out", str(tmp_path / "gpu"), "--device", "cuda",
+        )  # fmt: skip
+        assert bad.returncode == 2 and "no CUDA device" in bad.stderr, bad.stderr
+        assert not (tmp_path / "gpu").exists()
+    bad = run_cli(
+        "generate", "cellflux", "--checkpoint", str(run), "--protocol", str(proto), *args,
+        "--out", str(tmp_path / "t0"), "--threads", "0",
+    )  # fmt: skip
+    assert bad.returncode == 2 and "--threads must be at least 1" in bad.stderr
 
     bad = run_cli("train", "cellflux", *args, "--config", "papr", "--out", str(tmp_path / "x"))
     assert bad.returncode == 2 and "did you mean 'paper'" in bad.stderr

@@ -60,6 +60,19 @@ ThreadsOpt = Annotated[
 ]
 
 
+def set_torch_threads(threads: int | None) -> None:
+    """Apply a ``--threads`` option (None: leave torch's default)."""
+    if threads is None:
+        return
+    from cellbench.errors import CellbenchError
+
+    if threads < 1:
+        raise CellbenchError("--threads must be at least 1")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def _version_cb(value: bool) -> None:
     if value:
         typer.echo(f"cellbench {__version__}")

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from cellbench.cli.main import DataDirOpt, JsonOpt, app, ls_app
+from cellbench.cli.main import (
+    DataDirOpt,
+    JsonOpt,
+    ThreadsOpt,
+    app,
+    ls_app,
+    set_torch_threads,
+)
 
 
 @ls_app.command("models")
@@ -45,6 +53,14 @@ def generate_cmd(
             "(recorded in generation.json and in the results; inflates the rewards).",
         ),
     ] = 1,
+    device: Annotated[
+        str | None,
+        typer.Option(
+            help="Torch device of a trained generator: cpu, cuda or cuda:N (default: "
+            "$CELLBENCH_DEVICE, else cpu)."
+        ),
+    ] = None,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Generate one image (or N) per protocol task, in the format `cellbench eval` reads."""
     from cellbench.data.bbbc021 import open_dataset
@@ -57,6 +73,9 @@ def generate_cmd(
         raise CellbenchError("--n-per-task, --batch-size and --best-of must be at least 1")
     if best_of > 1 and n_per_task > 1:
         raise CellbenchError("--best-of keeps one image per task; drop --n-per-task")
+    set_torch_threads(threads)
+    if device is not None:  # read by every trained generator's load (resolve_device)
+        os.environ["CELLBENCH_DEVICE"] = device
     ds = open_dataset(dataset, data_dir, create_sim=True)
     table = read_protocol(protocol)
     gen = get_generator_class(model).load(ds, checkpoint)

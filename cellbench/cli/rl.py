@@ -16,6 +16,7 @@ from cellbench.cli.main import (
     ThreadsOpt,
     TorchDeviceOpt,
     app,
+    set_torch_threads,
 )
 
 rl_app = typer.Typer(
@@ -72,12 +73,7 @@ def rl_cellflux(
         reward_workers = max(1, min(8, cpus - 1)) if device.startswith("cuda") else int(cpus > 1)
     if reward_workers < 0:
         raise CellbenchError("--reward-workers must be at least 0")
-    import torch
-
-    if threads is not None:
-        if threads < 1:
-            raise CellbenchError("--threads must be at least 1")
-        torch.set_num_threads(threads)
+    set_torch_threads(threads)
     try:
         from cellbench_baselines.cellflux_rl import resolve_rl_config, run_rl
     except ModuleNotFoundError as exc:

@@ -15,6 +15,7 @@ from cellbench.cli.main import (
     ThreadsOpt,
     TorchDeviceOpt,
     app,
+    set_torch_threads,
 )
 
 
@@ -56,12 +57,7 @@ def train_cmd(
 
     if steps is not None and steps < 1:
         raise CellbenchError("--steps must be at least 1")
-    if threads is not None:
-        import torch
-
-        if threads < 1:
-            raise CellbenchError("--threads must be at least 1")
-        torch.set_num_threads(threads)
+    set_torch_threads(threads)
     cfg = resolve_config(presets, config, overrides={"steps": steps, "seed": seed})
     ds = open_dataset(dataset, data_dir, create_sim=True)
     result = train(cls, model, ds, cfg, out, device=device)
