@@ -23,7 +23,9 @@ treated image and the velocity is ``(x1_hat - x_t) / (1 - t)`` (:class:`Velocity
 the velocity loss weighted by ``(1 - t)^2`` (= the image error). Observed: a 1.3M-parameter UNet
 trained for 750 steps with the direct velocity output still returned the N(0, 1) source noise
 almost untouched (it must cancel that noise pixel by pixel); predicting the image removes that
-burden. ``paper`` keeps the direct velocity output of CellFlux.
+burden. ``paper`` keeps the direct velocity output of CellFlux. ``prediction: "edm"``
+(:class:`EDMVelocity`) is a third, opt-in reparametrisation with EDM's skip and output scalings
+(docs/generators.md has what each measured).
 """
 
 from __future__ import annotations
@@ -75,8 +77,10 @@ _MODEL_KEYS = {
     "time_grid": "edm",  # "edm" (rho below) or "uniform"
     "rho": 7.0,
     # "velocity": the UNet outputs v (CellFlux); "x1": it outputs the treated image and
-    # v = (x1_hat - x_t) / max(1 - t, 0.01) (cellbench's CPU reparametrisation, see the docstring)
+    # v = (x1_hat - x_t) / max(1 - t, 0.01); "edm": EDM-style skip/output scaling of that image
+    # (cellbench's CPU reparametrisations, see the docstring)
     "prediction": "velocity",
+    "sigma_data": 0.5,  # "edm" only: the assumed std of the treated images (in [-1, 1])
 }
 
 PRESETS: dict[str, dict] = {
@@ -133,10 +137,18 @@ def _check_config(cfg: dict) -> None:
         )
     if int(cfg["sample_steps"]) < 1:
         raise CellbenchError("cellflux sample_steps must be at least 1")
-    if cfg["prediction"] not in ("velocity", "x1"):
+    if cfg["prediction"] not in PREDICTIONS:
         raise CellbenchError(
-            f"cellflux prediction must be 'velocity' or 'x1', not {cfg['prediction']!r}"
+            f"cellflux prediction must be one of {', '.join(PREDICTIONS)}, "
+            f"not {cfg['prediction']!r}"
         )
+    if cfg["prediction"] == "edm" and not (
+        float(cfg.get("sigma_data", 0.5)) > 0 and float(cfg["noise_std"]) > 0
+    ):
+        raise CellbenchError("cellflux prediction 'edm' needs positive sigma_data and noise_std")
+
+
+PREDICTIONS = ("velocity", "x1", "edm")
 
 
 class VelocityFromX1(torch.nn.Module):
@@ -159,11 +171,68 @@ class VelocityFromX1(torch.nn.Module):
         gap = (1.0 - t.to(x.dtype)).clamp_min(self.min_gap)[:, None, None, None]
         return (self.net(x, t, cond) - x) / gap
 
+    def loss_weight(self, t: torch.Tensor) -> torch.Tensor:
+        """Per-sample weight that turns the squared velocity error into the image error."""
+        return (1.0 - t.float()).clamp_min(self.min_gap) ** 2
+
+
+class EDMVelocity(torch.nn.Module):
+    """EDM-style preconditioning (Karras et al. 2022) of the image prediction, as a velocity.
+
+    On the path ``x_t = (1 - t) x0 + t x1``, ``x_t / t = x1 + sigma x0`` with ``sigma = (1 - t)
+    / t`` (the same map as the time grid), so the EDM scalings for data of std ``sigma_data``
+    (s_d) under noise of std ``source_std`` (s) give ``x1_hat = c_skip x_t + c_out F`` with
+    ``D = sqrt(t^2 s_d^2 + (1 - t)^2 s^2)``, ``c_skip = t s_d^2 / D^2`` and
+    ``c_out = (1 - t) s_d s / D``. Near t = 1 the output is mostly the input (fine detail is
+    carried through), near t = 0 mostly the network (no noise to cancel). The velocity
+    ``(x1_hat - x_t) / (1 - t)`` simplifies to ``((t s_d^2 - (1 - t) s^2) x_t + s_d s D F) /
+    D^2``: finite for every t in [0, 1].
+    """
+
+    def __init__(self, net: UNet, sigma_data: float = 0.5, source_std: float = 1.0):
+        super().__init__()
+        self.net = net
+        self.sigma_data = float(sigma_data)
+        self.source_std = float(source_std)
+
+    def _d2(self, t: torch.Tensor) -> torch.Tensor:
+        return (t * self.sigma_data) ** 2 + ((1.0 - t) * self.source_std) ** 2
+
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if t.ndim == 0:
+            t = t.expand(x.shape[0])
+        tt = t.to(x.dtype)
+        d2 = self._d2(tt)[:, None, None, None]
+        tb = tt[:, None, None, None]
+        sd, s = self.sigma_data, self.source_std
+        a = (tb * sd * sd - (1.0 - tb) * s * s) / d2
+        return a * x + (sd * s / d2.sqrt()) * self.net(x, t, cond)
+
+    def loss_weight(self, t: torch.Tensor) -> torch.Tensor:
+        """Per-sample weight that turns the squared velocity error into the network's own
+        (unit-scale) error: ``D^2 / (s_d s)^2``."""
+        return self._d2(t.float()) / (self.sigma_data * self.source_std) ** 2
+
 
 def velocity_network(config: dict) -> torch.nn.Module:
     """The network that maps (x_t, t, fingerprint or None) to a velocity, per ``prediction``."""
     unet = unet_from_config(config["unet"])
-    return VelocityFromX1(unet) if config["prediction"] == "x1" else unet
+    kind = config.get("prediction", "velocity")
+    if kind == "x1":
+        return VelocityFromX1(unet)
+    if kind == "edm":
+        return EDMVelocity(
+            unet, float(config.get("sigma_data", 0.5)), float(config.get("noise_std", 1.0))
+        )
+    return unet
+
+
+def velocity_loss_weight(net: torch.nn.Module, t: torch.Tensor) -> torch.Tensor | None:
+    """The per-sample weight of the squared velocity error for ``net`` (None: unweighted)."""
+    weight = getattr(net, "loss_weight", None)
+    return None if weight is None else weight(t)
 
 
 class CellFluxTrainable(TrainableModel):
@@ -207,9 +276,9 @@ class CellFluxTrainable(TrainableModel):
         cond = None if drop else batch["fingerprint"]
         with self.autocast():
             v = self.unet(xt, t, cond)
-        if cfg["prediction"] == "x1":  # the velocity error weighted by (1 - t)^2: the image error
-            w = (1.0 - tb).clamp_min(self.unet.min_gap) ** 2
-            return (w * (v.float() - (x1 - x0)) ** 2).mean()
+        w = velocity_loss_weight(self.unet, t)
+        if w is not None:  # a reparametrised network: its own output error (see the docstring)
+            return (w[:, None, None, None] * (v.float() - (x1 - x0)) ** 2).mean()
         return F.mse_loss(v.float(), x1 - x0)
 
     def training_step(self, batch: dict, step: int) -> dict[str, float]:

@@ -49,7 +49,7 @@ from cellbench.data.bbbc021 import BBBC021Dataset
 from cellbench.data.layout import MOAS
 from cellbench.data.torch_dataset import from_model_range
 from cellbench.errors import CellbenchError
-from cellbench_baselines.cellflux import CellFlux, velocity_network
+from cellbench_baselines.cellflux import CellFlux, velocity_loss_weight, velocity_network
 from cellbench_baselines.common import resolve_device
 from cellbench_baselines.nft import (
     group_advantages,
@@ -463,16 +463,15 @@ class NFTTrainable(TrainableModel):
         return uniform_time_grid(n)
 
     def _time_weight(self, t: torch.Tensor) -> torch.Tensor | None:
-        """Per-sample loss weight: ``(1 - t)^2`` for an image-predicting base, as it was trained.
+        """Per-sample loss weight of a reparametrised base, as it was trained.
 
         With ``prediction: "x1"`` the velocity is ``(x1_hat - x_t) / (1 - t)``, so the squared
         velocity error is the image error times ``1 / (1 - t)^2``; weighting by ``(1 - t)^2``
         makes every term of the NFT loss an image-space error (the base model's own objective).
+        ``"edm"`` likewise weights by the inverse square of its output scaling; a plain velocity
+        network is unweighted (None).
         """
-        if self.base_config.get("prediction") != "x1":
-            return None
-        gap = float(getattr(self.unet, "min_gap", 0.01))
-        return (1.0 - t.float()).clamp_min(gap) ** 2
+        return velocity_loss_weight(self.unet, t)
 
     @torch.no_grad()
     def rollout(self, x0: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
