@@ -240,6 +240,16 @@ def test_best_of_n_must_be_consistent(sub: Path) -> None:
     assert "'used' must be true exactly when n > 1" in only(validate_submission(sub), "schema")
 
 
+def test_best_of_n_must_match_the_scored_images(sub: Path) -> None:
+    # results.json says the images were a best-of-4 selection; the metadata says plain sampling
+    edit_json(sub / "results.json", lambda d: d.update(best_of_n=4))
+    text = only(validate_submission(sub), "schema")
+    assert "/best_of_n/n is 1 but results.json was scored from best-of-4 images" in text
+    assert '"used": true, "n": 4' in text
+    edit_json(sub / "metadata.json", lambda d: d.update(best_of_n={"used": True, "n": 4}))
+    assert validate_submission(sub) == []
+
+
 def test_links_must_be_http(sub: Path) -> None:
     edit_json(sub / "metadata.json", lambda d: d.update(code="javascript:alert(1)"))
     assert "/code:" in only(validate_submission(sub), "schema")

@@ -459,6 +459,25 @@ def _check_artifacts(r: _Reader, path: Path, doc: dict) -> None:
             )
 
 
+def _check_best_of_n(r: _Reader) -> None:
+    """The metadata's best-of-N must be the N that `cellbench eval` recorded in results.json."""
+    meta, res = r.sub.metadata, r.sub.results
+    if not isinstance(meta, dict) or not isinstance(res, dict):
+        return
+    claimed = (
+        meta.get("best_of_n", {}).get("n") if isinstance(meta.get("best_of_n"), dict) else None
+    )
+    recorded = res.get("best_of_n", 1)
+    if isinstance(claimed, int) and isinstance(recorded, int) and claimed != recorded:
+        r.add(
+            r.sub.folder / METADATA_NAME,
+            f"/best_of_n/n is {claimed} but results.json was scored from best-of-{recorded} "
+            f'images; set best_of_n to {{"used": {str(recorded > 1).lower()}, "n": '
+            f"{recorded}}}",
+            "schema",
+        )
+
+
 def _finite(text: str) -> float | None:
     try:
         x = float(text)
@@ -676,6 +695,7 @@ def check_submission(
     strict_suite = require_current_suite and old is None
     _check_results(r, files, require_current_suite=strict_suite)
     _check_per_image(r, files)
+    _check_best_of_n(r)
     if old is not None and merged is not None:
         _check_merged(r, old, merged.base or str(merged.merged_dir))
     return sub
