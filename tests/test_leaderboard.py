@@ -41,6 +41,7 @@ def demo_submissions(root: Path) -> Path:
         meta=metadata(model={"name": EVIL, "version": "1"}, best_of_n={"used": True, "n": 4}),
     )
     fid(evil, 25.0)
+    edit_json(evil / "results.json", lambda d: d.update(best_of_n=4))  # as eval records it
     anchor = make_submission(
         subs,
         "2026-01-17_identity",
