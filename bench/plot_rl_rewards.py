@@ -4,7 +4,8 @@ Usage:
   python bench/plot_rl_rewards.py OUT.png RUN_DIR [RUN_DIR ...]
 
 One panel per reward (overall first): each run's per-step mean over its rollouts (thin) and a
-10-step running mean (thick), labelled by the run folder's name.
+10-step running mean (thick), labelled by the run folder's name. A run whose objective skips the
+Inception pass has no moa/overall columns; those panels show only the other runs.
 """
 
 from __future__ import annotations
@@ -57,6 +58,9 @@ def main() -> None:
             raise SystemExit(f"{run / 'log.csv'}: no steps logged yet")
         steps = np.array([int(r["step"]) for r in rows])
         for ax, name in zip(axes.flat, REWARDS, strict=True):
+            if f"r_{name}" not in rows[0]:  # e.g. no moa/overall in a run without Inception
+                ax.plot([], [])  # keep each run's colour the same in every panel
+                continue
             y = np.array([float(r[f"r_{name}"]) for r in rows])
             (line,) = ax.plot(steps, y, alpha=0.25)
             ax.plot(steps, running_mean(y, args.window), color=line.get_color(), label=run.name)
@@ -65,7 +69,7 @@ def main() -> None:
         ax.grid(alpha=0.3)
     for ax in axes[1]:
         ax.set_xlabel("step")
-    axes[0, 0].legend(fontsize=8)
+    axes[1, 3].legend(fontsize=8)  # every run has the count rewards
     fig.suptitle(
         "CellFluxRL on bbbc021-sim: mean reward of each step's rollouts "
         f"(training log; thin: per step, thick: {args.window}-step mean)",
