@@ -8,7 +8,7 @@ the weight values) and synthetic batches of the right shape (no dataset needed):
 * sampling throughput: images per second of the full sampler. CellFlux is timed at the paper's
   setting (50 Heun steps on the EDM grid with guidance w = 0.2: 200 UNet evaluations per image)
   and at the preset's own ``sample_steps``; PhenDiff at its preset's DDIM steps (inversion +
-  regeneration).
+  regeneration); IMPA as one generator + mapping pass.
 
 Examples::
 
@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from cellbench_baselines.cellflux import CellFlux, CellFluxTrainable
+from cellbench_baselines.impa import IMPA, IMPATrainable
 from cellbench_baselines.phendiff import PhenDiff, PhenDiffTrainable
 from cellbench_baselines.training import resolve_config
 
@@ -58,6 +59,10 @@ def _build(model: str, preset: str):
     if model == "cellflux":
         cfg = resolve_config(CellFlux.presets, preset)
         return cfg, CellFluxTrainable(cfg, cond_dim=FP_DIM)
+    if model == "impa":
+        cfg = resolve_config(IMPA.presets, preset)
+        domains = ["DMSO", *[f"c{i}" for i in range(N_CLASSES - 1)]]
+        return cfg, IMPATrainable(cfg, domains, torch.zeros(FP_DIM).numpy())
     cfg = resolve_config(PhenDiff.presets, preset)
     cfg["classes"] = ["DMSO", *[f"c{i}" for i in range(N_CLASSES - 1)]]
     cfg["unet"]["num_classes"] = N_CLASSES
@@ -70,7 +75,8 @@ def bench_train(model: str, preset: str, batch: int, steps: int, warmup: int, de
     trainable.to(device)
     if device.type == "cuda" and cfg["mixed_precision"] == "bf16":
         trainable._autocast_dtype = torch.bfloat16
-    trainable.unet.train()
+    for module in trainable.modules().values():
+        module.train()
     b = _batch(batch, device)
     for s in range(warmup):
         trainable.training_step(b, s)
@@ -97,12 +103,21 @@ def bench_train(model: str, preset: str, batch: int, steps: int, warmup: int, de
 def bench_sample(model: str, preset: str, batch: int, device, steps: int | None) -> dict:
     torch.manual_seed(0)
     cfg, trainable = _build(model, preset)
-    unet = trainable.unet
     with torch.no_grad():  # non-zero outputs, so the solver does real work
-        for p in unet.parameters():
-            p.add_(0.01 * torch.randn_like(p))
+        for module in trainable.modules().values():
+            for p in module.parameters():
+                p.add_(0.01 * torch.randn_like(p))
     b = _batch(batch, device)
-    if model == "cellflux":
+    if model == "impa":
+        nets = trainable.nets
+        gen = IMPA(None, cfg, nets["generator"], nets["mapping"], device)  # type: ignore[arg-type]
+
+        def run() -> torch.Tensor:
+            return gen.translate(b["control"], b["fingerprint"], seed=0)
+
+        nfe, label = 1, "one generator + mapping pass"
+    elif model == "cellflux":
+        unet = trainable.unet
         if steps is not None:
             cfg["sample_steps"] = steps
         gen = CellFlux(None, cfg, unet, device)  # type: ignore[arg-type]
@@ -114,6 +129,7 @@ def bench_sample(model: str, preset: str, batch: int, device, steps: int | None)
         nfe *= 2 if float(cfg["guidance"]) else 1
         label = f"heun {cfg['sample_steps']} steps, w={cfg['guidance']}"
     else:
+        unet = trainable.unet
         if steps is not None:
             cfg["ddim_steps"] = steps
         gen = PhenDiff(None, cfg, unet, device)  # type: ignore[arg-type]
@@ -145,7 +161,7 @@ def bench_sample(model: str, preset: str, batch: int, device, steps: int | None)
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", default="cellflux,phendiff")
+    ap.add_argument("--models", default="cellflux,phendiff,impa")
     ap.add_argument("--preset", default="cpu-small")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
