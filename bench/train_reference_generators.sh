@@ -8,7 +8,7 @@
 # Variables: DATA (dataset folder, default ./data), SCALE (sim scale if the dataset must be made,
 # default small), RUNS (run folders, default ./runs), OUT (images and results, default
 # ./out/generators), STEPS (total training steps, default: the preset's), MODELS (default
-# "cellflux phendiff"), THREADS (torch threads, default 1: fastest on a busy 2-core machine).
+# "cellflux phendiff impa"), THREADS (torch threads, default 1: fastest on a busy 2-core machine).
 # Training resumes where a run folder already holds checkpoints, so an interrupted run can be
 # restarted with the same command. Same seeds and steps on the same machine give the same weights.
 set -euo pipefail
@@ -18,7 +18,7 @@ DATA=${DATA:-data}
 SCALE=${SCALE:-small}
 RUNS=${RUNS:-runs}
 OUT=${OUT:-out/generators}
-MODELS=${MODELS:-cellflux phendiff}
+MODELS=${MODELS:-cellflux phendiff impa}
 THREADS=${THREADS:-1}
 STEPS_OPT=()
 if [[ -n "${STEPS:-}" ]]; then STEPS_OPT=(--steps "$STEPS"); fi
