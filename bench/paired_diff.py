@@ -20,16 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-REWARDS = (
-    "overall",
-    "moa",
-    "nuc_in_cyto",
-    "roundness",
-    "nuc_size",
-    "cyto_size",
-    "nuc_count",
-    "cyto_count",
-)
+from cellbench.metrics.rewards import REWARD_NAMES
+
+REWARDS = ("overall", *REWARD_NAMES)
 
 
 def read_rewards(path: Path) -> dict[str, dict[str, float]]:

@@ -49,6 +49,7 @@ from cellbench.data.bbbc021 import BBBC021Dataset
 from cellbench.data.layout import MOAS
 from cellbench.data.torch_dataset import from_model_range
 from cellbench.errors import CellbenchError
+from cellbench.metrics.rewards import REWARD_NAMES
 from cellbench_baselines.cellflux import CellFlux, velocity_loss_weight, velocity_network
 from cellbench_baselines.common import resolve_device
 from cellbench_baselines.nft import (
@@ -74,16 +75,7 @@ from cellbench_baselines.training import (
 log = logging.getLogger("cellbench.rl")
 
 #: names a ``reward`` weight may use: the seven rewards and their weighted sum
-REWARD_KEYS = (
-    "overall",
-    "moa",
-    "nuc_in_cyto",
-    "roundness",
-    "nuc_size",
-    "cyto_size",
-    "nuc_count",
-    "cyto_count",
-)
+REWARD_KEYS = ("overall", *REWARD_NAMES)
 DEFAULT_REWARD = {"overall": 1.0}
 
 _RL_KEYS: dict[str, Any] = {
