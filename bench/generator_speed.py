@@ -29,6 +29,7 @@ import platform
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from cellbench_baselines.cellflux import CellFlux, CellFluxTrainable
@@ -62,7 +63,7 @@ def _build(model: str, preset: str):
     if model == "impa":
         cfg = resolve_config(IMPA.presets, preset)
         domains = ["DMSO", *[f"c{i}" for i in range(N_CLASSES - 1)]]
-        return cfg, IMPATrainable(cfg, domains, torch.zeros(FP_DIM).numpy())
+        return cfg, IMPATrainable(cfg, domains, np.zeros(FP_DIM, np.float32))
     cfg = resolve_config(PhenDiff.presets, preset)
     cfg["classes"] = ["DMSO", *[f"c{i}" for i in range(N_CLASSES - 1)]]
     cfg["unet"]["num_classes"] = N_CLASSES

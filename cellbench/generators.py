@@ -33,8 +33,15 @@ class Generator(abc.ABC):
 
     @classmethod
     @abc.abstractmethod
-    def load(cls, dataset: BBBC021Dataset, checkpoint: str | Path | None = None) -> Generator:
-        """Build the generator for ``dataset`` (from ``checkpoint`` where it has weights)."""
+    def load(
+        cls,
+        dataset: BBBC021Dataset,
+        checkpoint: str | Path | None = None,
+        device: str | None = None,
+    ) -> Generator:
+        """Build the generator for ``dataset`` (from ``checkpoint`` where it has weights), its
+        network on torch ``device`` (None: ``$CELLBENCH_DEVICE``, else the CPU; weight-free
+        generators ignore it)."""
 
     @abc.abstractmethod
     def generate(

@@ -24,7 +24,12 @@ class Identity(Generator):
     role = "anchor"
 
     @classmethod
-    def load(cls, dataset: BBBC021Dataset, checkpoint: str | Path | None = None) -> Identity:
+    def load(
+        cls,
+        dataset: BBBC021Dataset,
+        checkpoint: str | Path | None = None,
+        device: str | None = None,
+    ) -> Identity:
         return cls()
 
     def generate(self, controls, compounds, doses, seed):
@@ -49,7 +54,12 @@ class RealShuffle(Generator):
         }
 
     @classmethod
-    def load(cls, dataset: BBBC021Dataset, checkpoint: str | Path | None = None) -> RealShuffle:
+    def load(
+        cls,
+        dataset: BBBC021Dataset,
+        checkpoint: str | Path | None = None,
+        device: str | None = None,
+    ) -> RealShuffle:
         return cls(dataset)
 
     def generate(self, controls, compounds, doses, seed):

@@ -457,17 +457,6 @@ class NFTTrainable(TrainableModel):
             return edm_time_grid(n, rho=float(self.base_config.get("rho", 7.0)))
         return uniform_time_grid(n)
 
-    def _time_weight(self, t: torch.Tensor) -> torch.Tensor | None:
-        """Per-sample loss weight of a reparametrised base, as it was trained.
-
-        With ``prediction: "x1"`` the velocity is ``(x1_hat - x_t) / (1 - t)``, so the squared
-        velocity error is the image error times ``1 / (1 - t)^2``; weighting by ``(1 - t)^2``
-        makes every term of the NFT loss an image-space error (the base model's own objective).
-        ``"edm"`` likewise weights by the inverse square of its output scaling; a plain velocity
-        network is unweighted (None).
-        """
-        return velocity_loss_weight(self.unet, t)
-
     @torch.no_grad()
     def rollout(self, x0: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """Carry ``x0`` to images with the old policy (no guidance), clamped to [-1, 1]."""
@@ -574,7 +563,9 @@ class NFTTrainable(TrainableModel):
                 w_all[sl].to(self.device),
                 beta=beta,
                 ref_penalty=lam,
-                sample_weight=self._time_weight(tt),
+                # a reparametrised base ("x1", "edm") keeps the weighting it was trained
+                # with, so each NFT term is that base's own error (None: unweighted)
+                sample_weight=velocity_loss_weight(self.unet, tt),
             )
             frac = a.shape[0] / n
             (out["loss"] * frac).backward()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -74,11 +73,9 @@ def generate_cmd(
     if best_of > 1 and n_per_task > 1:
         raise CellbenchError("--best-of keeps one image per task; drop --n-per-task")
     set_torch_threads(threads)
-    if device is not None:  # read by every trained generator's load (resolve_device)
-        os.environ["CELLBENCH_DEVICE"] = device
     ds = open_dataset(dataset, data_dir, create_sim=True)
     table = read_protocol(protocol)
-    gen = get_generator_class(model).load(ds, checkpoint)
+    gen = get_generator_class(model).load(ds, checkpoint, device=device)
     if best_of > 1:
         from cellbench.best_of_n import write_generated_best_of_n
 

@@ -464,9 +464,8 @@ def _check_best_of_n(r: _Reader) -> None:
     meta, res = r.sub.metadata, r.sub.results
     if not isinstance(meta, dict) or not isinstance(res, dict):
         return
-    claimed = (
-        meta.get("best_of_n", {}).get("n") if isinstance(meta.get("best_of_n"), dict) else None
-    )
+    bon = meta.get("best_of_n")
+    claimed = bon.get("n") if isinstance(bon, dict) else None
     recorded = res.get("best_of_n", 1)
     if isinstance(claimed, int) and isinstance(recorded, int) and claimed != recorded:
         r.add(
