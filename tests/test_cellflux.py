@@ -217,6 +217,22 @@ def test_train_and_generate_cli(mini_root: Path, tmp_path: Path) -> None:
     )
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["resumed_from"] == 2 and json.loads(res.stdout)["step"] == 3
+    fork_cfg = tmp_path / "fork.json"
+    fork_cfg.write_text(json.dumps({**TINY, "noise_prob": 1.0}))
+    res = run_cli(
+        "train", "cellflux", *args, "--config", str(fork_cfg), "--out", str(tmp_path / "fork"),
+        "--init-from", str(run), "--steps", "4", "--json",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert (
+        json.loads(res.stdout)["resumed_from"] == 3 and "starting cellflux at step 3" in res.stderr
+    )
+    bad = run_cli(
+        "train", "cellflux", *args, "--config", str(cfg), "--out", str(tmp_path / "nope"),
+        "--init-from", str(tmp_path / "missing"),
+    )  # fmt: skip
+    assert bad.returncode == 2 and "checkpoint not found" in bad.stderr
+    assert not list((tmp_path / "nope").glob("checkpoints/*"))
 
     proto = tmp_path / "p.csv"
     assert run_cli("protocol", *args, "--out", str(proto)).returncode == 0

@@ -240,6 +240,59 @@ def test_resume_gives_identical_result(mini_ds: BBBC021Dataset, tmp_path: Path) 
         train(CellFlux, "cellflux", mini_ds, tiny_config(lr=1e-3), tmp_path / "full", steps=6)
 
 
+@pytest.mark.slow
+def test_init_from_another_run(mini_ds: BBBC021Dataset, tmp_path: Path) -> None:
+    full = train(CellFlux, "cellflux", mini_ds, tiny_config(), tmp_path / "full")
+    half = train(CellFlux, "cellflux", mini_ds, tiny_config(), tmp_path / "half", steps=2)
+    # the same config from the step-2 checkpoint: the same run as the uninterrupted one
+    same = train(
+        CellFlux, "cellflux", mini_ds, tiny_config(), tmp_path / "same", init_from=half.checkpoint
+    )
+    assert same.resumed_from == 2 and same.step == 4
+    _assert_same_run(full.checkpoint, same.checkpoint)
+    # a changed recipe part-way (here every source noised): allowed, recorded, and it differs
+    fork = train(
+        CellFlux,
+        "cellflux",
+        mini_ds,
+        tiny_config(noise_prob=1.0),
+        tmp_path / "fork",
+        init_from=tmp_path / "half",
+    )
+    assert fork.resumed_from == 2 and fork.step == 4
+    meta = json.loads((fork.checkpoint / "config.json").read_text())
+    assert meta["config"]["noise_prob"] == 1.0
+    assert meta["init_from"] == {"checkpoint": str(half.checkpoint), "step": 2}
+    a, b = _tensors(full.checkpoint / MODEL_FILE), _tensors(fork.checkpoint / MODEL_FILE)
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    rows = (tmp_path / "fork" / "log.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows] == ["step", "3", "4"]
+    # once the folder has its own checkpoint it resumes from that (and keeps the record)
+    more = train(
+        CellFlux,
+        "cellflux",
+        mini_ds,
+        tiny_config(noise_prob=1.0),
+        tmp_path / "fork",
+        steps=5,
+        init_from=tmp_path / "nowhere",
+    )
+    assert more.resumed_from == 4 and more.step == 5
+    meta = json.loads((more.checkpoint / "config.json").read_text())
+    assert meta["init_from"]["step"] == 2
+    # another model's run, and a folder of generation-only weights, are refused
+    other = tmp_path / "other"
+    shutil.copytree(half.checkpoint, other)
+    m = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**m, "model": "phendiff"}))
+    with pytest.raises(CellbenchError, match="not a 'cellflux' training checkpoint"):
+        train(CellFlux, "cellflux", mini_ds, tiny_config(), tmp_path / "x", init_from=other)
+    (other / "config.json").write_text(json.dumps(m))
+    (other / OPTIMIZER_FILE).unlink()
+    with pytest.raises(CellbenchError, match="no training state"):
+        train(CellFlux, "cellflux", mini_ds, tiny_config(), tmp_path / "y", init_from=other)
+
+
 def test_trainer_rejects_small_split_and_unknown_device(mini_ds: BBBC021Dataset, tmp_path) -> None:
     with pytest.raises(CellbenchError, match="fewer than batch_size 64"):
         train(CellFlux, "cellflux", mini_ds, tiny_config(batch_size=64), tmp_path / "r")

@@ -479,6 +479,10 @@ class Trainer:
         model_name: the registered generator name, written into ``config.json``.
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; under ``torchrun`` the local rank's GPU.
         extra_meta: more JSON-able fields for ``config.json`` (e.g. the generator version).
+        init_from: a checkpoint (or run folder) of another run of the same model to start from
+            when ``out_dir`` has no checkpoint: its weights, EMA, optimiser state, step and random
+            state carry over and the config may differ (a change of recipe part-way, e.g.
+            ``noise_prob``); the network shapes must match. Recorded in ``config.json``.
     """
 
     def __init__(
@@ -490,6 +494,7 @@ class Trainer:
         model_name: str,
         device: str | torch.device = "cpu",
         extra_meta: dict | None = None,
+        init_from: str | Path | None = None,
     ):
         from cellbench.data.torch_dataset import PairedCropDataset
 
@@ -499,6 +504,7 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.model_name = model_name
         self.extra_meta = dict(extra_meta or {})
+        self.init_from = init_from
         self.world, self.rank = _dist_setup()
         device = torch.device(device)
         if self.world > 1 and device.type == "cuda":
@@ -625,10 +631,26 @@ class Trainer:
         return final
 
     def _resume(self) -> int:
-        """Load the last complete checkpoint of the run folder, if any; return its step."""
+        """Load the last complete checkpoint of the run folder, if any; return its step.
+
+        A run folder without a checkpoint starts from ``init_from`` when one was given.
+        """
         found = complete_checkpoints(self.out_dir)
         if not found:
-            return 0
+            if self.init_from is None:
+                return 0
+            ckpt = resolve_checkpoint(self.init_from)
+            meta = _read_json(ckpt / CONFIG_FILE, "checkpoint config.json")
+            if meta.get("format") != RUN_FORMAT or meta.get("model") != self.model_name:
+                raise CellbenchError(
+                    f"--init-from is not a {self.model_name!r} training checkpoint",
+                    path=ckpt / CONFIG_FILE,
+                    fix=f"pass a run or checkpoint folder made by `cellbench train "
+                    f"{self.model_name}`",
+                )
+            step = self._load_state(ckpt)
+            self.extra_meta["init_from"] = {"checkpoint": str(ckpt), "step": step}
+            return step
         ckpt = found[-1]
         meta = _read_json(ckpt / CONFIG_FILE, "checkpoint config.json")
         if meta.get("model") != self.model_name:
@@ -646,6 +668,18 @@ class Trainer:
                 path=ckpt / CONFIG_FILE,
                 fix="resume with the same config (only steps/ckpt_every/log_every may change) "
                 "or choose another --out folder",
+            )
+        if "init_from" in meta:
+            self.extra_meta["init_from"] = meta["init_from"]
+        return self._load_state(ckpt)
+
+    def _load_state(self, ckpt: Path) -> int:
+        """Load weights, EMA, optimiser, step and RNG state of a checkpoint; return its step."""
+        if not (ckpt / TRAIN_STATE_FILE).is_file() or not (ckpt / OPTIMIZER_FILE).is_file():
+            raise CellbenchError(
+                "checkpoint has no training state (only EMA weights for generation)",
+                path=ckpt,
+                fix="pass a checkpoint folder written by `cellbench train` itself",
             )
         mods = self.model.modules()
         flat, _ = read_safetensors(ckpt / TRAIN_STATE_FILE)
@@ -728,14 +762,17 @@ class Trainer:
 
         total = int(steps if steps is not None else self.cfg["steps"])
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        own = bool(complete_checkpoints(self.out_dir))
         resumed = self._resume()
         main = self.rank == 0
         if main:
-            if resumed:
+            if own:
                 self._trim_log(resumed)
                 info(f"resuming {self.model_name} from step {resumed} in {self.out_dir}")
             else:
                 (self.out_dir / LOG_FILE).unlink(missing_ok=True)
+                if resumed:
+                    info(f"starting {self.model_name} at step {resumed} from {self.init_from}")
             n_par = self.model.n_parameters()
             info(
                 f"{self.model_name}: "
@@ -855,8 +892,12 @@ def train(
     *,
     steps: int | None = None,
     device: str = "cpu",
+    init_from: str | Path | None = None,
 ) -> TrainResult:
-    """Build ``generator_cls.trainable(dataset, config)`` (seeded) and train it in ``out_dir``."""
+    """Build ``generator_cls.trainable(dataset, config)`` (seeded) and train it in ``out_dir``.
+
+    ``init_from``: start from another run's checkpoint (see :class:`Trainer`).
+    """
     if not hasattr(generator_cls, "trainable") or not hasattr(generator_cls, "presets"):
         raise CellbenchError(
             f"model {model_name!r} has no training recipe",
@@ -871,5 +912,6 @@ def train(
         model_name=model_name,
         device=device,
         extra_meta={"generator_version": str(getattr(generator_cls, "version", "0"))},
+        init_from=init_from,
     )
     return trainer.fit(steps)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -36,6 +37,15 @@ def train_cmd(
     device: TorchDeviceOpt = "cpu",
     seed: SeedOverrideOpt = None,
     threads: ThreadsOpt = None,
+    init_from: Annotated[
+        Path | None,
+        typer.Option(
+            "--init-from",
+            help="Start a new run folder from another run's checkpoint of MODEL (weights, EMA, "
+            "optimiser, step): a change of recipe part-way. The network must be the same; "
+            "ignored once --out holds its own checkpoint.",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Train MODEL; writes checkpoints (EMA weights in safetensors), log.csv and config.json."""
@@ -60,7 +70,7 @@ def train_cmd(
     set_torch_threads(threads)
     cfg = resolve_config(presets, config, overrides={"steps": steps, "seed": seed})
     ds = open_dataset(dataset, data_dir, create_sim=True)
-    result = train(cls, model, ds, cfg, out, device=device)
+    result = train(cls, model, ds, cfg, out, device=device, init_from=init_from)
     summary = {
         "model": model,
         "run_dir": str(out),
