@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from cellbench.data.bbbc021 import BBBC021Dataset
+from cellbench.data.catalog import get_card
 from cellbench.data.torch_dataset import PairedCropDataset, to_model_range
 from cellbench.errors import CellbenchError, UnknownNameError
 from cellbench.generators import get_generator_class
@@ -244,6 +245,23 @@ def test_train_and_generate_cli(mini_root: Path, tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     check = run_cli("images", "check", str(imgs), "--protocol", str(proto), "--json")
     assert check.returncode == 0, check.stdout
+    # --sample-steps overrides the checkpoint's 3 solver steps
+    res = run_cli(
+        "generate", "cellflux", "--checkpoint", str(run), "--protocol", str(proto), *args,
+        "--out", str(tmp_path / "s1"), "--sample-steps", "1",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    first = sorted(imgs.glob("*.npy"))[0]
+    assert not np.array_equal(np.load(first), np.load(tmp_path / "s1" / first.name))
+    gen = CellFlux.load(BBBC021Dataset(mini_root, get_card("bbbc021")), run)
+    gen.sample_steps = 1
+    assert len(gen.time_grid()) == 2
+    bad = run_cli(
+        "generate", "identity", "--protocol", str(proto), *args, "--out", str(tmp_path / "i"),
+        "--sample-steps", "5",
+    )  # fmt: skip
+    assert bad.returncode == 2 and "has no solver steps" in bad.stderr
+    assert not (tmp_path / "i").exists()
     if not torch.cuda.is_available():  # asking for a GPU that is not there: one line, exit 2
         bad = run_cli(
             "generate", "cellflux", "--checkpoint", str(run), "--protocol", str(proto), *args,

@@ -60,6 +60,13 @@ def generate_cmd(
         ),
     ] = None,
     threads: ThreadsOpt = None,
+    sample_steps: Annotated[
+        int | None,
+        typer.Option(
+            help="Solver steps of an ODE-sampling generator (cellflux, cellfluxrl; default: the "
+            "checkpoint config's sample_steps)."
+        ),
+    ] = None,
 ) -> None:
     """Generate one image (or N) per protocol task, in the format `cellbench eval` reads."""
     from cellbench.data.bbbc021 import open_dataset
@@ -75,7 +82,15 @@ def generate_cmd(
     set_torch_threads(threads)
     ds = open_dataset(dataset, data_dir, create_sim=True)
     table = read_protocol(protocol)
+    if sample_steps is not None and sample_steps < 1:
+        raise CellbenchError("--sample-steps must be at least 1")
     gen = get_generator_class(model).load(ds, checkpoint, device=device)
+    if sample_steps is not None:
+        if not isinstance(getattr(gen, "sample_steps", None), int):
+            raise CellbenchError(
+                f"model {model!r} has no solver steps to set", fix="drop --sample-steps"
+            )
+        gen.sample_steps = sample_steps
     if best_of > 1:
         from cellbench.best_of_n import write_generated_best_of_n
 
