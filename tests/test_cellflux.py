@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 from pathlib import Path
@@ -286,3 +287,33 @@ def test_train_and_generate_cli(mini_root: Path, tmp_path: Path) -> None:
     )  # fmt: skip
     assert bad.returncode == 2 and "truncated or not a safetensors file" in bad.stderr
     assert "step-00000003/model.safetensors" in bad.stderr and "Traceback" not in bad.stderr
+
+
+SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints" / "cellflux-long"
+SHIPPED_SHA256 = "ea98c012fa10ef94b1ebb2ace784e4fd5e498c7e744102f68e88d07981c0dc59"
+
+
+@pytest.mark.slow
+def test_shipped_cellflux_long_checkpoint(tmp_path: Path) -> None:
+    """The committed CellFlux of docs/generators.md loads and samples as it did when shipped."""
+    from cellbench.data.bbbc021 import open_dataset
+    from cellbench.data.sim import write_sim_dataset
+    from cellbench.protocol import build_protocol
+
+    write_sim_dataset(tmp_path / "bbbc021-sim", seed=0, scale="tiny")
+    ds = open_dataset("bbbc021-sim", tmp_path)
+    gen = CellFlux.load(ds, SHIPPED)
+    assert gen.n_parameters() == 1_328_780
+    cfg = gen.config
+    assert (cfg["prediction"], cfg["noise_prob"], cfg["unet"]["patch_size"]) == ("edm", 1.0, 2)
+    rows = build_protocol(ds, "test", seed=0).iloc[:2]
+    controls = ds.load_crops(list(rows["control_key"]))
+    args = (controls, list(rows["compound"]), list(rows["dose"]))
+    gen.sample_steps = 2
+    a, b = gen.generate(*args, seed=0), gen.generate(*args, seed=0)
+    assert a.shape == (2, 96, 96, 3) and a.dtype == np.uint8 and np.array_equal(a, b)
+    # channel means when shipped (2 Heun steps, seed 0). Another seed moves them by ~2.5, the
+    # checkpoint 250 steps earlier by 0.05-0.15; float rounding by far less than the tolerance
+    np.testing.assert_allclose(a.reshape(-1, 3).mean(0), [49.148, 54.802, 47.128], atol=0.02)
+    digest = hashlib.sha256((SHIPPED / "model.safetensors").read_bytes()).hexdigest()
+    assert digest == SHIPPED_SHA256  # the weights docs/generators.md scored
