@@ -630,15 +630,16 @@ class Trainer:
             shutil.rmtree(old, ignore_errors=True)
         return final
 
-    def _resume(self) -> int:
-        """Load the last complete checkpoint of the run folder, if any; return its step.
+    def _resume(self) -> tuple[int, bool]:
+        """Load the last complete checkpoint of the run folder, if any; return its step and
+        whether it came from the run folder itself.
 
         A run folder without a checkpoint starts from ``init_from`` when one was given.
         """
         found = complete_checkpoints(self.out_dir)
         if not found:
             if self.init_from is None:
-                return 0
+                return 0, False
             ckpt = resolve_checkpoint(self.init_from)
             meta = _read_json(ckpt / CONFIG_FILE, "checkpoint config.json")
             if meta.get("format") != RUN_FORMAT or meta.get("model") != self.model_name:
@@ -650,7 +651,7 @@ class Trainer:
                 )
             step = self._load_state(ckpt)
             self.extra_meta["init_from"] = {"checkpoint": str(ckpt), "step": step}
-            return step
+            return step, False
         ckpt = found[-1]
         meta = _read_json(ckpt / CONFIG_FILE, "checkpoint config.json")
         if meta.get("model") != self.model_name:
@@ -671,7 +672,7 @@ class Trainer:
             )
         if "init_from" in meta:
             self.extra_meta["init_from"] = meta["init_from"]
-        return self._load_state(ckpt)
+        return self._load_state(ckpt), True
 
     def _load_state(self, ckpt: Path) -> int:
         """Load weights, EMA, optimiser, step and RNG state of a checkpoint; return its step."""
@@ -762,8 +763,7 @@ class Trainer:
 
         total = int(steps if steps is not None else self.cfg["steps"])
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        own = bool(complete_checkpoints(self.out_dir))
-        resumed = self._resume()
+        resumed, own = self._resume()
         main = self.rank == 0
         if main:
             if own:
