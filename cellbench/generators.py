@@ -112,12 +112,16 @@ def write_generated(
     n_per_task: int = 1,
     seed: int = 0,
     batch_size: int = 64,
+    skip_existing: bool = False,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> int:
     """Generate images for every task and write ``<task_id>.npy`` (``<task_id>_<k>.npy`` for N > 1).
 
     Each file is written atomically; the seed of batch b and candidate k is derived from
-    (``seed``, k, b), so the output does not depend on anything but the inputs.
+    (``seed``, k, b), so the output does not depend on anything but the inputs. With
+    ``skip_existing`` a batch whose files all exist is not generated again: an interrupted run
+    resumed with the same inputs ends with the files an uninterrupted one writes. Returns the
+    number of images present when it finishes (written now or kept).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -125,6 +129,12 @@ def write_generated(
     for k in range(n_per_task):
         for b, start in enumerate(range(0, n, batch_size)):
             rows = protocol.iloc[start : start + batch_size]
+            names = [f"{t}.npy" if n_per_task == 1 else f"{t}_{k}.npy" for t in rows["task_id"]]
+            if skip_existing and all((out / name).is_file() for name in names):
+                written += len(rows)
+                if on_progress is not None:
+                    on_progress(written, n * n_per_task)
+                continue
             controls = ds.load_crops(rows["control_key"].tolist())
             imgs = gen.generate(
                 controls,
@@ -138,8 +148,7 @@ def write_generated(
                     f"{controls.shape} uint8",
                     fix="report this as a bug of that generator",
                 )
-            for task, img in zip(rows["task_id"], imgs, strict=True):
-                name = f"{task}.npy" if n_per_task == 1 else f"{task}_{k}.npy"
+            for name, img in zip(names, imgs, strict=True):
                 with atomic_path(out / name, suffix=".npy") as tmp, open(tmp, "wb") as fh:
                     np.save(fh, img)
                 written += 1

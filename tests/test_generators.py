@@ -75,3 +75,71 @@ def test_generate_cli_output_is_readable_by_eval(mini_root: Path, tmp_path: Path
     assert check.returncode == 0, check.stdout
     bad = run_cli("generate", "nope", "--protocol", str(proto), "--out", str(tmp_path / "x"))
     assert bad.returncode == 2 and "unknown model 'nope'" in bad.stderr
+
+
+class _StopAfter:
+    """Wraps a generator and raises after ``n`` calls: an interrupted `cellbench generate`."""
+
+    def __init__(self, gen: object, n: int) -> None:
+        self.gen, self.n, self.calls = gen, n, 0
+        self.name = "wrapped"
+
+    def generate(self, *args: object, **kwargs: object) -> np.ndarray:
+        if self.calls == self.n:
+            raise KeyboardInterrupt
+        self.calls += 1
+        return self.gen.generate(*args, **kwargs)  # type: ignore[attr-defined]
+
+
+def test_write_generated_resume_equals_uninterrupted(
+    mini_ds: BBBC021Dataset, tmp_path: Path
+) -> None:
+    table = build_protocol(mini_ds, "test", 0)
+    gen = get_generator_class("real-shuffle").load(mini_ds)
+    n_batches = -(-len(table) // 2)
+    assert n_batches >= 4
+    write_generated(gen, mini_ds, table, tmp_path / "full", seed=5, batch_size=2)
+    stopped = _StopAfter(gen, 2)
+    with pytest.raises(KeyboardInterrupt):
+        write_generated(stopped, mini_ds, table, tmp_path / "cut", seed=5, batch_size=2)  # type: ignore[arg-type]
+    assert len(list((tmp_path / "cut").glob("*.npy"))) == 4
+    again = _StopAfter(gen, n_batches)
+    seen: list[tuple[int, int]] = []
+    n = write_generated(
+        again,  # type: ignore[arg-type]
+        mini_ds,
+        table,
+        tmp_path / "cut",
+        seed=5,
+        batch_size=2,
+        skip_existing=True,
+        on_progress=lambda done, total: seen.append((done, total)),
+    )
+    assert n == len(table) and again.calls == n_batches - 2
+    assert seen[0] == (2, len(table)) and seen[-1] == (len(table), len(table))
+    for p in sorted((tmp_path / "full").glob("*.npy")):
+        assert np.array_equal(np.load(p), np.load(tmp_path / "cut" / p.name)), p.name
+
+
+def test_generate_cli_resume_checks_the_settings(mini_root: Path, tmp_path: Path) -> None:
+    proto = tmp_path / "p.csv"
+    args = ("--dataset", "bbbc021", "--data-dir", str(mini_root))
+    assert run_cli("protocol", *args, "--out", str(proto)).returncode == 0
+    gen = ("generate", "real-shuffle", "--protocol", str(proto), *args, "--batch-size", "2")
+    fresh = run_cli(*gen, "--out", str(tmp_path / "new"), "--resume")
+    assert fresh.returncode == 2 and "nothing to resume" in fresh.stderr
+    assert not (tmp_path / "new").exists()
+    out = tmp_path / "imgs"
+    assert run_cli(*gen, "--out", str(out), "--seed", "3").returncode == 0
+    first = {p.name: np.load(p) for p in out.glob("*.npy")}
+    victims = sorted(first)[:5]
+    for name in victims:
+        (out / name).unlink()
+    other = run_cli(*gen, "--out", str(out), "--seed", "4", "--resume")
+    assert other.returncode == 2 and "other settings (seed)" in other.stderr
+    assert len(list(out.glob("*.npy"))) == len(first) - 5
+    same = run_cli(*gen, "--out", str(out), "--seed", "3", "--resume")
+    assert same.returncode == 0, same.stderr
+    assert all(np.array_equal(np.load(out / n), a) for n, a in first.items())
+    check = run_cli("images", "check", str(out), "--protocol", str(proto), "--json")
+    assert check.returncode == 0, check.stdout

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from cellbench._io import atomic_write_text
 from cellbench.cli.main import (
     DataDirOpt,
     JsonOpt,
@@ -67,6 +69,14 @@ def generate_cmd(
             "checkpoint config's sample_steps)."
         ),
     ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Keep the images an interrupted run of the same command already wrote in --out "
+            "and generate only the rest (the result equals an uninterrupted run's).",
+        ),
+    ] = False,
 ) -> None:
     """Generate one image (or N) per protocol task, in the format `cellbench eval` reads."""
     from cellbench.data.bbbc021 import open_dataset
@@ -79,6 +89,8 @@ def generate_cmd(
         raise CellbenchError("--n-per-task, --batch-size and --best-of must be at least 1")
     if best_of > 1 and n_per_task > 1:
         raise CellbenchError("--best-of keeps one image per task; drop --n-per-task")
+    if best_of > 1 and resume:
+        raise CellbenchError("--resume is for plain generation", fix="drop --resume or --best-of")
     set_torch_threads(threads)
     ds = open_dataset(dataset, data_dir, create_sim=True)
     table = read_protocol(protocol)
@@ -111,6 +123,22 @@ def generate_cmd(
             f"[green]wrote[/green] {len(table)} best-of-{best_of} images and generation.json to {out}"
         )
         return
+    settings = run_settings(
+        model=model,
+        gen=gen,
+        dataset=dataset,
+        protocol=protocol,
+        checkpoint=checkpoint,
+        seed=seed,
+        batch_size=batch_size,
+        n_per_task=n_per_task,
+    )
+    record = out / RUN_SETTINGS_FILE
+    if resume:
+        check_resumable(record, settings)
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(record, json.dumps(settings, indent=2) + "\n")
     with progress(f"generating ({model})", len(table) * n_per_task) as update:
         n = write_generated(
             gen,
@@ -120,6 +148,69 @@ def generate_cmd(
             n_per_task=n_per_task,
             seed=seed,
             batch_size=batch_size,
+            skip_existing=resume,
             on_progress=update,
         )
     info(f"[green]wrote[/green] {n} images to {out}")
+
+
+#: dot-file in a `cellbench generate` output folder recording the settings, for --resume
+RUN_SETTINGS_FILE = ".cellbench-generate.json"
+
+
+def run_settings(
+    *,
+    model: str,
+    gen: object,
+    dataset: str,
+    protocol: Path,
+    checkpoint: Path | None,
+    seed: int,
+    batch_size: int,
+    n_per_task: int,
+) -> dict[str, object]:
+    """Everything that decides the images of a `cellbench generate` run (compared by --resume)."""
+    from cellbench._io import sha256_file
+    from cellbench.best_of_n import checkpoint_sha256
+
+    steps = getattr(gen, "sample_steps", None)
+    return {
+        "model": model,
+        "generator_version": str(getattr(gen, "version", "0")),
+        "checkpoint_sha256": checkpoint_sha256(checkpoint),
+        "dataset": dataset,
+        "protocol_sha256": sha256_file(protocol),
+        "seed": seed,
+        "batch_size": batch_size,
+        "n_per_task": n_per_task,
+        "sample_steps": steps if isinstance(steps, int) else None,
+    }
+
+
+def check_resumable(record: Path, settings: dict[str, object]) -> None:
+    """Refuse --resume unless ``record`` holds the same settings as this run."""
+    from cellbench.errors import CellbenchError
+
+    try:
+        before = json.loads(record.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CellbenchError(
+            "nothing to resume: no earlier `cellbench generate` run wrote this folder",
+            path=record.parent,
+            fix="drop --resume",
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise CellbenchError(
+            f"unreadable settings of the earlier run ({type(exc).__name__})",
+            path=record,
+            fix="drop --resume to generate every image again",
+        ) from None
+    changed = sorted(
+        k for k in settings if not isinstance(before, dict) or before.get(k) != settings[k]
+    )
+    if changed:
+        raise CellbenchError(
+            f"the earlier run in this folder used other settings ({', '.join(changed)})",
+            path=record.parent,
+            fix="repeat the earlier options, or drop --resume, or choose a new --out",
+        )
