@@ -8,9 +8,16 @@
 # Variables: DATA (dataset folder, default ./data), SCALE (sim scale if the dataset must be made,
 # default small), RUNS (run folders, default ./runs), OUT (images and results, default
 # ./out/generators), STEPS (total training steps, default: the preset's), MODELS (default
-# "cellflux phendiff impa"), THREADS (torch threads, default 1: fastest on a busy 2-core machine).
-# Training resumes where a run folder already holds checkpoints, so an interrupted run can be
-# restarted with the same command. Same seeds and steps on the same machine give the same weights.
+# "cellflux phendiff impa"), SHIPPED (shipped checkpoints also scored, default "cellflux-long":
+# checkpoints/cellflux-long with 20 Heun steps; "" for none), THREADS (torch threads, default 1:
+# fastest on a busy 2-core machine).
+# Everything resumes: training from a run folder's last checkpoint, generation with
+# `cellbench generate --resume`, and a model whose results file exists is not scored again, so an
+# interrupted run (the `demo` scale takes hours on 2 cores) restarts with the same command. Same
+# seeds and steps on the same machine give the same weights.
+#
+#   DATA=out/demo/data SCALE=demo RUNS=runs/demo OUT=out/demo THREADS=2 \
+#       bash bench/train_reference_generators.sh                 # the demo-scale table
 set -euo pipefail
 
 BIN=${BIN:-.venv/bin}
@@ -19,6 +26,7 @@ SCALE=${SCALE:-small}
 RUNS=${RUNS:-runs}
 OUT=${OUT:-out/generators}
 MODELS=${MODELS:-cellflux phendiff impa}
+SHIPPED=${SHIPPED-cellflux-long}
 THREADS=${THREADS:-1}
 STEPS_OPT=()
 if [[ -n "${STEPS:-}" ]]; then STEPS_OPT=(--steps "$STEPS"); fi
@@ -27,7 +35,7 @@ DS=(--dataset bbbc021-sim --data-dir "$DATA")
 
 test -f "$DATA/bbbc021-sim/metadata/bbbc021_df_all.csv" ||
     "$BIN/cellbench" data sim --out "$DATA/bbbc021-sim" --scale "$SCALE" --seed 0
-mkdir -p "$OUT"
+mkdir -p "$OUT" "$RUNS"
 "$BIN/cellbench" protocol "${DS[@]}" --split test --seed 0 --out "$OUT/protocol.csv"
 
 for model in $MODELS; do
@@ -37,13 +45,24 @@ for model in $MODELS; do
     echo "$model: trained in $(( $(date +%s) - start )) s" >&2
 done
 
-for model in identity real-shuffle $MODELS; do
-    ckpt=()
-    case "$model" in identity|real-shuffle) ;; *) ckpt=(--checkpoint "$RUNS/$model-cpu-small") ;; esac
+for model in identity real-shuffle $MODELS $SHIPPED; do
+    opts=()
+    case "$model" in
+        identity|real-shuffle) name=$model ;;
+        cellflux-long) name=cellflux; opts=(--checkpoint checkpoints/cellflux-long --sample-steps 20) ;;
+        *) name=$model; opts=(--checkpoint "$RUNS/$model-cpu-small") ;;
+    esac
+    if [[ -f "$OUT/$model.results.json" ]]; then
+        echo "$model: already scored ($OUT/$model.results.json)" >&2
+        continue
+    fi
+    if [[ -f "$OUT/$model/.cellbench-generate.json" ]]; then opts+=(--resume); fi
     start=$(date +%s)
-    "$BIN/cellbench" generate "$model" "${ckpt[@]}" "${DS[@]}" --protocol "$OUT/protocol.csv" \
-        --seed 0 --out "$OUT/$model"
+    "$BIN/cellbench" generate "$name" "${opts[@]}" "${DS[@]}" --protocol "$OUT/protocol.csv" \
+        --seed 0 --threads "$THREADS" --out "$OUT/$model"
     echo "$model: generated in $(( $(date +%s) - start )) s" >&2
+    start=$(date +%s)
     "$BIN/cellbench" eval "$OUT/$model" "${DS[@]}" --protocol "$OUT/protocol.csv" \
         --out "$OUT/$model.results.json"
+    echo "$model: scored in $(( $(date +%s) - start )) s" >&2
 done
