@@ -5,14 +5,14 @@
 # answered and scored exactly as bench/train_reference_generators.sh does.
 #
 #   bash bench/train_cellflux_long.sh                      # defaults below
-#   STEPS=16000 THREADS=1 bash bench/train_cellflux_long.sh
+#   STEPS=24000 THREADS=1 bash bench/train_cellflux_long.sh
 #
 # Stages (configs in bench/configs/):
 #   1. steps 0 - 4,750: noise added to the source with probability 0.5 (CellFlux's recipe), EMA 0.995
 #   2. steps 4,750 - 6,000: the source always noised (noise_prob 1.0), as at sampling
 #   3. steps 6,000 - STEPS: the same with EMA 0.999
 # Variables: DATA (default ./data), RUNS (default ./runs), OUT (default ./out/generators), STEPS
-# (last step of stage 3, default 14000: checkpoints/cellflux-long), THREADS (torch threads,
+# (last step of stage 3, default 20000: checkpoints/cellflux-long), THREADS (torch threads,
 # default 2). Sampling uses 20 Heun steps. Every stage resumes where its run
 # folder already holds checkpoints, so an interrupted run restarts with the same command. Fixed
 # seeds; a different thread count changes float rounding, not the recipe.
@@ -22,7 +22,7 @@ BIN=${BIN:-.venv/bin}
 DATA=${DATA:-data}
 RUNS=${RUNS:-runs}
 OUT=${OUT:-out/generators}
-STEPS=${STEPS:-14000}
+STEPS=${STEPS:-20000}
 THREADS=${THREADS:-2}
 CONF=bench/configs
 export OMP_NUM_THREADS="$THREADS"

@@ -8,7 +8,7 @@
 # Variables: DATA (dataset folder, default ./data), SCALE (sim scale if the dataset must be made,
 # default small), RUNS (run folders, default ./runs), OUT (images and results, default
 # ./out/generators), STEPS (total training steps, default: the preset's), MODELS (default
-# "cellflux phendiff impa"), SHIPPED (shipped checkpoints also scored, default "cellflux-long":
+# "cellflux phendiff impa"; "" for none), SHIPPED (shipped checkpoints also scored, default "cellflux-long":
 # checkpoints/cellflux-long with 20 Heun steps; "" for none), THREADS (torch threads, default 1:
 # fastest on a busy 2-core machine).
 # Everything resumes: training from a run folder's last checkpoint, generation with
@@ -25,7 +25,7 @@ DATA=${DATA:-data}
 SCALE=${SCALE:-small}
 RUNS=${RUNS:-runs}
 OUT=${OUT:-out/generators}
-MODELS=${MODELS:-cellflux phendiff impa}
+MODELS=${MODELS-cellflux phendiff impa}
 SHIPPED=${SHIPPED-cellflux-long}
 THREADS=${THREADS:-1}
 STEPS_OPT=()

@@ -290,7 +290,7 @@ def test_train_and_generate_cli(mini_root: Path, tmp_path: Path) -> None:
 
 
 SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints" / "cellflux-long"
-SHIPPED_SHA256 = "ea98c012fa10ef94b1ebb2ace784e4fd5e498c7e744102f68e88d07981c0dc59"
+SHIPPED_SHA256 = "edc9c51c343284d16e8bf3f337eabf21b96cc00f5fcde59a6109a97d8ea505c1"
 
 
 @pytest.mark.slow
@@ -312,8 +312,8 @@ def test_shipped_cellflux_long_checkpoint(tmp_path: Path) -> None:
     gen.sample_steps = 2
     a, b = gen.generate(*args, seed=0), gen.generate(*args, seed=0)
     assert a.shape == (2, 96, 96, 3) and a.dtype == np.uint8 and np.array_equal(a, b)
-    # channel means when shipped (2 Heun steps, seed 0). Another seed moves them by ~2.5, the
-    # checkpoint 250 steps earlier by 0.05-0.15; float rounding by far less than the tolerance
-    np.testing.assert_allclose(a.reshape(-1, 3).mean(0), [49.148, 54.802, 47.128], atol=0.02)
+    # channel means when shipped (2 Heun steps, seed 0). Another seed moves them by 0.4-2.5, the
+    # checkpoint 250 steps earlier by 0.25-0.35; float rounding by far less than the tolerance
+    np.testing.assert_allclose(a.reshape(-1, 3).mean(0), [45.766, 51.949, 42.015], atol=0.02)
     digest = hashlib.sha256((SHIPPED / "model.safetensors").read_bytes()).hexdigest()
     assert digest == SHIPPED_SHA256  # the weights docs/generators.md scored
