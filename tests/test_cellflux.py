@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 from pathlib import Path
@@ -296,6 +295,7 @@ SHIPPED_SHA256 = "edc9c51c343284d16e8bf3f337eabf21b96cc00f5fcde59a6109a97d8ea505
 @pytest.mark.slow
 def test_shipped_cellflux_long_checkpoint(tmp_path: Path) -> None:
     """The committed CellFlux of docs/generators.md loads and samples as it did when shipped."""
+    from cellbench._io import sha256_file
     from cellbench.data.bbbc021 import open_dataset
     from cellbench.data.sim import write_sim_dataset
     from cellbench.protocol import build_protocol
@@ -315,5 +315,6 @@ def test_shipped_cellflux_long_checkpoint(tmp_path: Path) -> None:
     # channel means when shipped (2 Heun steps, seed 0). Another seed moves them by 0.4-2.5, the
     # checkpoint 250 steps earlier by 0.25-0.35; float rounding by far less than the tolerance
     np.testing.assert_allclose(a.reshape(-1, 3).mean(0), [45.766, 51.949, 42.015], atol=0.02)
-    digest = hashlib.sha256((SHIPPED / "model.safetensors").read_bytes()).hexdigest()
-    assert digest == SHIPPED_SHA256  # the weights docs/generators.md scored
+    assert (
+        sha256_file(SHIPPED / "model.safetensors") == SHIPPED_SHA256
+    )  # the weights docs/generators.md scored

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from cellbench._io import atomic_write_text
+from cellbench._io import atomic_write_text, sha256_file
 from cellbench.cli.main import (
     DataDirOpt,
     JsonOpt,
@@ -170,7 +170,6 @@ def run_settings(
     n_per_task: int,
 ) -> dict[str, object]:
     """Everything that decides the images of a `cellbench generate` run (compared by --resume)."""
-    from cellbench._io import sha256_file
     from cellbench.best_of_n import checkpoint_sha256
 
     steps = getattr(gen, "sample_steps", None)
@@ -199,15 +198,15 @@ def check_resumable(record: Path, settings: dict[str, object]) -> None:
             path=record.parent,
             fix="drop --resume",
         ) from None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError):
+        before = None
+    if not isinstance(before, dict):
         raise CellbenchError(
-            f"unreadable settings of the earlier run ({type(exc).__name__})",
+            "unreadable settings of the earlier run (not a JSON object)",
             path=record,
             fix="drop --resume to generate every image again",
-        ) from None
-    changed = sorted(
-        k for k in settings if not isinstance(before, dict) or before.get(k) != settings[k]
-    )
+        )
+    changed = sorted(k for k, v in settings.items() if before.get(k) != v)
     if changed:
         raise CellbenchError(
             f"the earlier run in this folder used other settings ({', '.join(changed)})",
