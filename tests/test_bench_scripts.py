@@ -7,10 +7,13 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
+import numpy as np
 import pandas as pd
 import pytest
 
+from cellbench.errors import CellbenchError
 from tests.conftest import REPO
 
 
@@ -60,3 +63,78 @@ def test_reference_generators_script_scores_and_resumes(tmp_path: Path) -> None:
     assert (out / "cellflux" / f"{tasks[0]}.npy").is_file()
     assert (kept.stat().st_mtime_ns, kept.read_bytes()) == before  # last batch not regenerated
     assert json.loads((out / "cellflux.results.json").read_text())["complete"]
+
+
+def _load_bench(name: str) -> ModuleType:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_fid_sample_size_bias_and_extrapolation() -> None:
+    fss = _load_bench("fid_sample_size")
+    rng = np.random.default_rng(0)
+    n, dim = 4000, 8
+    real = rng.normal(size=(n, dim))
+    same = rng.normal(size=(n, dim))
+    shifted = rng.normal(size=(n, dim)) + np.r_[1.0, np.zeros(dim - 1)]  # FID_inf = 1
+    draws = fss.subsets(n, [100, 400, 1600], reps=4, seed=0)
+    assert [d for d, _ in draws].count(100) == 4 and draws[-1][0] == n
+    assert all(len(set(idx)) == d for d, idx in draws)
+    for feats, truth in ((same, 0.0), (shifted, 1.0)):
+        by = fss.fid_by_size(feats, real, draws)
+        assert list(by) == [100, 400, 1600, n]
+        # the small-sample bias: FID falls with n towards its limit
+        assert by[100]["fid"] > by[400]["fid"] > by[n]["fid"]
+        fid_inf, k = fss.fid_infinity(by)
+        assert k > 0
+        assert abs(fid_inf - truth) < 0.05, (fid_inf, truth)
+    with pytest.raises(CellbenchError, match="at least 2"):
+        fss.subsets(n, [1], reps=1, seed=0)
+    # subsets drawn from the tasks of a few controls: no full set, each from k distinct controls
+    controls = np.repeat(np.arange(40), 100)  # 40 controls, 100 tasks each
+    few = fss.subsets(n, [150], reps=3, seed=0, controls=controls, n_controls=2)
+    assert [d for d, _ in few] == [150, 150, 150]
+    assert all(len(set(controls[idx])) == 2 for _, idx in few)
+    with pytest.raises(CellbenchError, match="only 100 tasks"):
+        fss.subsets(n, [150], reps=1, seed=0, controls=controls, n_controls=1)
+    with pytest.raises(CellbenchError, match="has 40 control"):
+        fss.subsets(n, [150], reps=1, seed=0, controls=controls, n_controls=41)
+
+
+@pytest.mark.slow
+def test_fid_sample_size_script_on_a_tiny_sim(tmp_path: Path) -> None:
+    data, proto, images = tmp_path / "data", tmp_path / "protocol.csv", tmp_path / "identity"
+    cli = [str(Path(sys.executable).parent / "cellbench")]
+    ds = ["--dataset", "bbbc021-sim", "--data-dir", str(data)]
+    for args in (
+        ["data", "sim", "--out", str(data / "bbbc021-sim"), "--scale", "tiny", "--seed", "0"],
+        ["protocol", *ds, "--split", "test", "--seed", "0", "--out", str(proto)],
+        ["generate", "identity", *ds, "--protocol", str(proto), "--out", str(images)],
+    ):
+        subprocess.run(cli + args, check=True, capture_output=True, timeout=600)
+    n_tasks = len(pd.read_csv(proto))
+    script = [sys.executable, str(REPO / "bench" / "fid_sample_size.py"), str(images), *ds[2:]]
+    script += ["--protocol", str(proto), "--sizes", "8", "16", "--reps", "2", "--controls", "3"]
+    script += ["--controls-size", "12"]
+    res = subprocess.run(
+        [*script, "--json", str(tmp_path / "fid.json")], capture_output=True, text=True, timeout=600
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    doc = json.loads((tmp_path / "fid.json").read_text())
+    by = doc["analyses"]["all controls"]["folders"][str(images)]["by_size"]
+    assert sorted(int(k) for k in by) == [8, 16, n_tasks]
+    assert by["8"]["draws"] == 2 and by[str(n_tasks)]["draws"] == 1
+    assert by["8"]["fid"] > by[str(n_tasks)]["fid"] > 0
+    few = doc["analyses"]["3 controls"]
+    assert few["distinct_controls"] == {"12": 3.0}
+    assert list(few["folders"][str(images)]["by_size"]) == ["12"]
+    # a folder that leaves a task unanswered is refused, naming the folder
+    sorted(images.glob("*.npy"))[0].unlink()
+    res = subprocess.run(script, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 2
+    assert str(images) in res.stderr and "1 task(s) have no usable image" in res.stderr
