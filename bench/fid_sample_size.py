@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from cellbench.errors import CellbenchError
-from cellbench.metrics.fid import fid_from_features, kid_from_features, kid_subset_size
+from cellbench.metrics.fid import fid_kid_overall
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -54,21 +54,23 @@ def subsets(
     distinct values of ``controls`` (the tasks' control crops), and the full set is left out.
     """
     rng = np.random.default_rng(seed)
+    distinct = None
+    if n_controls is not None:
+        assert controls is not None and len(controls) == n_tasks
+        distinct = np.unique(controls)
+        if n_controls > len(distinct):
+            raise CellbenchError(
+                f"--controls {n_controls}: the protocol has {len(distinct)} control crops"
+            )
     out: list[tuple[int, np.ndarray]] = []
     for n in sorted(set(sizes)):
         if n < 2:
             raise CellbenchError(f"--sizes {n}: FID needs at least 2 images")
-        if n >= n_tasks and n_controls is None:
+        if n >= n_tasks and distinct is None:
             continue
         for _ in range(reps):
             pool = np.arange(n_tasks)
-            if n_controls is not None:
-                assert controls is not None and len(controls) == n_tasks
-                distinct = np.unique(controls)
-                if n_controls > len(distinct):
-                    raise CellbenchError(
-                        f"--controls {n_controls}: the protocol has {len(distinct)} control crops"
-                    )
+            if distinct is not None:
                 keep = rng.choice(distinct, n_controls, replace=False)
                 pool = np.flatnonzero(np.isin(controls, keep))
             if n > len(pool):
@@ -87,11 +89,10 @@ def fid_by_size(
     """Per size: mean and standard deviation over the draws of FID and KID (gen vs real rows)."""
     per: dict[int, dict[str, list[float]]] = {}
     for n, idx in draws:
-        g, r = gen[idx], real[idx]
-        kid, _ = kid_from_features(g, r, kid_subset_size(n, n), 20, seed)
+        scores = fid_kid_overall(gen[idx], real[idx], n_subsets=20, seed=seed)
         d = per.setdefault(n, {"fid": [], "kid": []})
-        d["fid"].append(fid_from_features(g, r))
-        d["kid"].append(kid)
+        d["fid"].append(scores.fid)
+        d["kid"].append(scores.kid)
     return {
         n: {
             "fid": float(np.mean(v["fid"])),
