@@ -115,20 +115,9 @@ def fid_infinity(by_size: dict[int, dict[str, float]]) -> tuple[float, float]:
 
 def folder_features(scorer: Scorer, folder: Path, protocol: pd.DataFrame) -> np.ndarray:
     """Inception features of ``folder``'s images in protocol order; every task must be answered."""
-    from cellbench.images import discover_images, load_images
+    from cellbench.images import one_image_per_task
 
-    found = discover_images(folder, protocol)
-    loaded = load_images(found, strict=False)  # unreadable images count as missing below
-    order = {t: i for i, t in enumerate(loaded.task_ids)}
-    missing = [t for t in protocol["task_id"] if t not in order]
-    if missing:
-        raise CellbenchError(
-            f"{len(missing)} task(s) have no usable image (first: {missing[0]})",
-            path=folder,
-            fix="`cellbench images check` lists them; answer every task of the protocol",
-        )
-    feats = scorer.inception_features(loaded.images)
-    return feats[[order[t] for t in protocol["task_id"]]]
+    return scorer.inception_features(one_image_per_task(folder, protocol))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -377,3 +377,23 @@ def load_images(
         )
     images = np.stack(arrays) if arrays else np.empty((0, *CROP_SHAPE), dtype=np.uint8)
     return LoadedImages(task_ids, paths, images, problems, list(image_set.missing))
+
+
+def one_image_per_task(folder: str | Path, protocol: pd.DataFrame) -> np.ndarray:
+    """A folder's image of every protocol task, stacked in protocol order.
+
+    For analyses that need a complete answer (the bench scripts): a task without a readable image
+    raises :class:`ImageError` naming the folder. A task with several images gives its first.
+    """
+    loaded = load_images(discover_images(folder, protocol), strict=False)
+    order: dict[str, int] = {}
+    for i, task in enumerate(loaded.task_ids):
+        order.setdefault(task, i)
+    missing = [t for t in protocol["task_id"] if t not in order]
+    if missing:
+        raise ImageError(
+            f"{len(missing)} task(s) have no usable image (first: {missing[0]})",
+            path=folder,
+            fix="`cellbench images check` lists them; answer every task of the protocol",
+        )
+    return loaded.images[[order[t] for t in protocol["task_id"]]]

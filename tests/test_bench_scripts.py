@@ -138,3 +138,50 @@ def test_fid_sample_size_script_on_a_tiny_sim(tmp_path: Path) -> None:
     res = subprocess.run(script, capture_output=True, text=True, timeout=600)
     assert res.returncode == 2
     assert str(images) in res.stderr and "1 task(s) have no usable image" in res.stderr
+
+
+def test_image_diagnostics_finds_a_painted_artefact() -> None:
+    diag = _load_bench("image_diagnostics")
+    rng = np.random.default_rng(0)
+    real = rng.integers(0, 40, size=(20, 32, 32, 3), dtype=np.uint8)
+    gen = real.copy()
+    gen[:, 24:32, 0:8] = rng.integers(0, 255, size=(20, 8, 8, 3), dtype=np.uint8)
+    same = diag.worst_block(diag.high_frequency_map(real), diag.high_frequency_map(real))
+    assert same["ratio"] == pytest.approx(1.0)
+    found = diag.worst_block(diag.high_frequency_map(gen), diag.high_frequency_map(real))
+    assert (found["row"], found["col"]) == (24, 0) and found["ratio"] > 4.0
+    assert found["median_ratio"] == pytest.approx(1.0)
+
+
+@pytest.mark.slow
+def test_image_diagnostics_script_on_a_tiny_sim(tmp_path: Path) -> None:
+    data, proto, images = tmp_path / "data", tmp_path / "protocol.csv", tmp_path / "identity"
+    run = tmp_path / "run"
+    cli = [str(Path(sys.executable).parent / "cellbench")]
+    ds = ["--dataset", "bbbc021-sim", "--data-dir", str(data)]
+    tiny = tmp_path / "tiny.json"
+    tiny.write_text(json.dumps({"steps": 2, "ckpt_every": 2, "batch_size": 4}))
+    for args in (
+        ["data", "sim", "--out", str(data / "bbbc021-sim"), "--scale", "tiny", "--seed", "0"],
+        ["protocol", *ds, "--split", "test", "--seed", "0", "--out", str(proto)],
+        ["generate", "identity", *ds, "--protocol", str(proto), "--out", str(images)],
+        ["train", "cellflux", *ds, "--config", str(tiny), "--out", str(run), "--threads", "1"],
+    ):
+        subprocess.run(cli + args, check=True, capture_output=True, timeout=600)
+    script = [sys.executable, str(REPO / "bench" / "image_diagnostics.py"), str(images), *ds[2:]]
+    script += ["--protocol", str(proto), "--n", "6", "--checkpoint", str(run)]
+    res = subprocess.run(
+        [*script, "--json", str(tmp_path / "d.json")], capture_output=True, text=True, timeout=600
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    doc = json.loads((tmp_path / "d.json").read_text())
+    assert doc["n"] == 6
+    # identity returns the controls, so its image figures are the controls'
+    assert doc["images"][str(images)] == doc["images"]["controls"]
+    assert doc["images"]["real targets"]["artefact"]["ratio"] == pytest.approx(1.0)
+    rows = doc["attention"][str(run)]
+    assert {r["t"] for r in rows} == {0.1, 0.5, 0.9} and all(r["max_share"] >= 1.0 for r in rows)
+    # a folder that is not a checkpoint is refused, naming it
+    res = subprocess.run([*script[:-1], str(images)], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 2
+    assert str(images) in res.stderr and "no complete checkpoint" in res.stderr

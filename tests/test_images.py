@@ -17,6 +17,7 @@ from cellbench.images import (
     compound_folder_name,
     discover_images,
     load_images,
+    one_image_per_task,
     read_image,
 )
 from cellbench.protocol import build_protocol
@@ -149,3 +150,19 @@ def test_lossless_conversions_accepted() -> None:
 def test_missing_folder(tmp_path: Path, protocol: pd.DataFrame) -> None:
     with pytest.raises(ImageError, match="image folder not found"):
         discover_images(tmp_path / "nope", protocol)
+
+
+def test_one_image_per_task_in_protocol_order(tmp_path: Path, protocol: pd.DataFrame) -> None:
+    sub = protocol.head(3)
+    t0, t1, t2 = sub["task_id"]
+    np.save(tmp_path / f"{t2}.npy", _img(2))  # written first, still stacked last
+    np.save(tmp_path / f"{t0}.npy", _img(0))
+    np.save(tmp_path / f"{t1}_0.npy", _img(1))
+    np.save(tmp_path / f"{t1}_1.npy", _img(5))  # several images: the first is taken
+    got = one_image_per_task(tmp_path, sub)
+    assert got.shape == (3, 96, 96, 3)
+    assert all(np.array_equal(got[i], _img(s)) for i, s in enumerate((0, 1, 2)))
+    (tmp_path / f"{t2}.npy").write_bytes(b"not an image")  # unreadable counts as missing
+    with pytest.raises(ImageError, match=rf"1 task\(s\) have no usable image \(first: {t2}\)") as e:
+        one_image_per_task(tmp_path, sub)
+    assert e.value.path == str(tmp_path)

@@ -15,6 +15,7 @@ from cellbench.errors import CellbenchError
 from cellbench_baselines.cellflux import CellFlux
 from cellbench_baselines.ema import EMA
 from cellbench_baselines.nn import UNet, timestep_embedding
+from cellbench_baselines.nn.layers import AttentionBlock
 from cellbench_baselines.sampling import (
     cfg_combine,
     ddim_invert,
@@ -33,6 +34,7 @@ from cellbench_baselines.training import (
     MODEL_FILE,
     OPTIMIZER_FILE,
     TRAIN_STATE_FILE,
+    backfill_config,
     complete_checkpoints,
     load_run,
     read_safetensors,
@@ -125,6 +127,43 @@ def test_unet_shapes_conditioning_and_zero_init() -> None:
     assert torch.equal(emb_a[0], emb_b[0]) and not torch.equal(emb_a[1], emb_b[1])
     with pytest.raises(ValueError, match="not divisible"):
         UNet(image_size=96, channel_mult=[1] * 7)
+
+
+def test_null_attention_adds_a_zero_key_and_no_parameters() -> None:
+    torch.manual_seed(0)
+    plain = AttentionBlock(4, head_channels=4)
+    null = AttentionBlock(4, head_channels=4, null_key=True)
+    torch.nn.init.normal_(plain.proj.weight)
+    null.load_state_dict(plain.state_dict())  # the same weights fit both
+    x = torch.randn(1, 4, 2, 3)
+    # by hand: one head, 6 tokens; the null token adds exp(0) = 1 to the softmax denominator
+    # and nothing to the numerator
+    q, k, v = plain.qkv(plain.norm(x)).reshape(3, 4, 6)
+    logits = q.T @ k / 2.0  # (query, key), scaled by sqrt(4)
+    soft = torch.exp(logits) / torch.exp(logits).sum(1, keepdim=True)
+    off_by_one = torch.exp(logits) / (1.0 + torch.exp(logits).sum(1, keepdim=True))
+    proj = plain.proj.weight[:, :, 0, 0]
+    want_plain = x + (proj @ (v @ soft.T) + plain.proj.bias[:, None]).reshape(1, 4, 2, 3)
+    want_null = x + (proj @ (v @ off_by_one.T) + plain.proj.bias[:, None]).reshape(1, 4, 2, 3)
+    with torch.no_grad():
+        assert torch.allclose(plain(x), want_plain, atol=1e-5)
+        assert torch.allclose(null(x), want_null, atol=1e-5)
+        assert not torch.allclose(null(x), plain(x), atol=1e-3)
+        # attention_weights (used by bench/image_diagnostics.py) are the weights forward applies
+        weights = null.attention_weights(x)[0, 0]
+        assert weights.shape == (6, 7) and torch.allclose(weights[:, :6], off_by_one, atol=1e-6)
+        assert torch.allclose(weights.sum(1), torch.ones(6), atol=1e-6)
+    a = UNet(base_channels=8, channel_mult=[1, 2], num_res_blocks=1, attention_resolutions=[48])
+    b = UNet(
+        base_channels=8,
+        channel_mult=[1, 2],
+        num_res_blocks=1,
+        attention_resolutions=[48],
+        null_attention=True,
+    )
+    assert a.state_dict().keys() == b.state_dict().keys()
+    blocks = [m for m in b.modules() if isinstance(m, AttentionBlock)]
+    assert len(blocks) == 4 and all(m.null_key for m in blocks)  # 1 down, 1 middle, 2 up
 
 
 def test_timestep_embedding_values() -> None:
@@ -238,6 +277,18 @@ def test_resume_gives_identical_result(mini_ds: BBBC021Dataset, tmp_path: Path) 
     # a changed config is refused instead of silently mixing runs
     with pytest.raises(CellbenchError, match=r"different config \(keys \['lr'\]"):
         train(CellFlux, "cellflux", mini_ds, tiny_config(lr=1e-3), tmp_path / "full", steps=6)
+    # a run made before unet.null_attention existed resumes as if it held the old behaviour...
+    meta_path = full.checkpoint / "config.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["config"]["unet"]["null_attention"]
+    meta_path.write_text(json.dumps(meta))
+    assert backfill_config(meta["config"])["unet"]["null_attention"] is False
+    more = train(CellFlux, "cellflux", mini_ds, tiny_config(), tmp_path / "full", steps=5)
+    assert more.resumed_from == 4 and more.step == 5
+    # ...and not under the new one
+    on = tiny_config(unet={**TINY_UNET, "null_attention": True})
+    with pytest.raises(CellbenchError, match=r"different config \(keys \['unet'\]"):
+        train(CellFlux, "cellflux", mini_ds, on, tmp_path / "full", steps=6)
 
 
 @pytest.mark.slow

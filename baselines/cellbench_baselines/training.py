@@ -88,6 +88,22 @@ TRAINER_DEFAULTS: dict[str, Any] = {
 #: config keys that may change when a run is resumed (they do not change the result per step)
 RESUMABLE_KEYS = frozenset({"steps", "ckpt_every", "log_every", "keep_checkpoints"})
 
+#: config keys added after runs already existed, with the value that gives the older behaviour:
+#: a run folder whose config.json lacks one is resumed as if it held that value
+BACKFILLED_KEYS: dict[tuple[str, ...], Any] = {("unet", "null_attention"): False}
+
+
+def backfill_config(cfg: dict) -> dict:
+    """A copy of a stored run config with each missing :data:`BACKFILLED_KEYS` entry filled in."""
+    out = copy.deepcopy(cfg)
+    for path, value in BACKFILLED_KEYS.items():
+        node: Any = out
+        for key in path[:-1]:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.setdefault(path[-1], value)
+    return out
+
 
 # ---------------------------------------------------------------------------------------- model
 class TrainableModel(abc.ABC):
@@ -660,7 +676,8 @@ class Trainer:
                 path=self.out_dir,
                 fix="choose another --out folder",
             )
-        old = {k: v for k, v in meta.get("config", {}).items() if k not in RESUMABLE_KEYS}
+        stored = backfill_config(meta.get("config", {}))
+        old = {k: v for k, v in stored.items() if k not in RESUMABLE_KEYS}
         new = {k: v for k, v in self.cfg.items() if k not in RESUMABLE_KEYS}
         if json.loads(json.dumps(old)) != json.loads(json.dumps(new)):
             diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))

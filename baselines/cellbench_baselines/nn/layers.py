@@ -70,24 +70,42 @@ class ResBlock(nn.Module):
 
 
 class AttentionBlock(nn.Module):
-    """Multi-head self-attention over all pixels, with a residual connection."""
+    """Multi-head self-attention over all pixels, with a residual connection.
 
-    def __init__(self, channels: int, head_channels: int = 64):
+    ``null_key=True`` adds one fixed all-zero key and value to every head: each query may put
+    attention weight on "nothing" (its logit is always 0), which is softmax with one added to the
+    denominator. Without it a trained network tends to dump surplus attention on a background
+    token and writes junk there (an attention sink; cellbench's CPU CellFlux drew a noise patch in
+    one image corner this way). It adds no parameters, so weights of either kind load into both.
+    """
+
+    def __init__(self, channels: int, head_channels: int = 64, null_key: bool = False):
         super().__init__()
         self.heads = max(1, channels // head_channels)
         if channels % self.heads:
             raise ValueError(f"{channels} channels do not split into {self.heads} heads")
+        self.null_key = bool(null_key)
         self.norm = group_norm(channels)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = _zero(nn.Conv2d(channels, channels, 1))
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries (b, heads, hw, d); keys and values (b, heads, hw [+ 1 null], d)."""
         b, c, h, w = x.shape
         qkv = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w)
-        q, k, v = (qkv[:, i].transpose(-1, -2) for i in range(3))  # (b, heads, hw, d)
-        out = F.scaled_dot_product_attention(q, k, v)
-        out = out.transpose(-1, -2).reshape(b, c, h, w)
-        return x + self.proj(out)
+        q, k, v = (qkv[:, i].transpose(-1, -2) for i in range(3))
+        if self.null_key:
+            k, v = (F.pad(z, (0, 0, 0, 1)) for z in (k, v))  # one zero token at the end
+        return q, k, v
+
+    def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """The softmax weights (b, heads, queries, keys); with ``null_key`` the last key is null."""
+        q, k, _ = self._qkv(x)
+        return torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+        out = F.scaled_dot_product_attention(*self._qkv(x))
+        return x + self.proj(out.transpose(-1, -2).reshape(x.shape))
 
 
 class Downsample(nn.Module):

@@ -11,6 +11,8 @@ num_res_blocks=4, attention_resolutions=[48], dropout=0.3, cond_dim=1024`` (Cell
 architecture) the network has about 56M parameters at 96x96. ``patch_size`` > 1 (a cellbench
 addition for the CPU presets) folds p x p pixel blocks into channels first, so the UNet runs at
 1/p of the resolution (``attention_resolutions`` then count in folded pixels).
+``null_attention`` (another cellbench addition, off in the published configuration) lets every
+attention layer attend to a zero key and value instead of an attention-sink pixel.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ UNET_DEFAULTS: dict[str, Any] = {
     "num_classes": 0,  # size of a class embedding table added to the embedding
     "time_scale": 1000.0,  # t in [0, 1] is multiplied by this before the sinusoidal embedding
     "patch_size": 1,  # >1: pixel-unshuffle the input by this factor (and shuffle the output back)
+    "null_attention": False,  # True: attention may attend to a zero key (see AttentionBlock)
 }
 
 
@@ -76,6 +79,7 @@ class UNet(nn.Module):
         num_classes: int = 0,
         time_scale: float = 1000.0,
         patch_size: int = 1,
+        null_attention: bool = False,
     ):
         super().__init__()
         levels = len(channel_mult)
@@ -105,7 +109,7 @@ class UNet(nn.Module):
                 out_ch = base_channels * mult
                 block = [ResBlock(ch, out_ch, emb_dim, dropout)]
                 if res in attn:
-                    block.append(AttentionBlock(out_ch, head_channels))
+                    block.append(AttentionBlock(out_ch, head_channels, null_attention))
                 self.down.append(_Seq(block))
                 ch = out_ch
                 skip_chs.append(ch)
@@ -116,7 +120,7 @@ class UNet(nn.Module):
         self.middle = _Seq(
             [
                 ResBlock(ch, ch, emb_dim, dropout),
-                AttentionBlock(ch, head_channels),
+                AttentionBlock(ch, head_channels, null_attention),
                 ResBlock(ch, ch, emb_dim, dropout),
             ]
         )
@@ -127,7 +131,7 @@ class UNet(nn.Module):
                 out_ch = base_channels * mult
                 block = [ResBlock(ch + skip_chs.pop(), out_ch, emb_dim, dropout)]
                 if res in attn:
-                    block.append(AttentionBlock(out_ch, head_channels))
+                    block.append(AttentionBlock(out_ch, head_channels, null_attention))
                 ch = out_ch
                 if level > 0 and i == num_res_blocks:
                     block.append(Upsample(ch))
