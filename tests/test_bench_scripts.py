@@ -185,3 +185,19 @@ def test_image_diagnostics_script_on_a_tiny_sim(tmp_path: Path) -> None:
     res = subprocess.run([*script[:-1], str(images)], capture_output=True, text=True, timeout=600)
     assert res.returncode == 2
     assert str(images) in res.stderr and "no complete checkpoint" in res.stderr
+
+
+def test_bench_configs_resolve() -> None:
+    from cellbench_baselines.cellflux import CellFlux
+    from cellbench_baselines.training import resolve_config
+
+    paths = sorted((REPO / "bench" / "configs").glob("cellflux-*.json"))
+    assert len(paths) == 4
+    for path in paths:
+        cfg = resolve_config(CellFlux.presets, path)
+        assert cfg["prediction"] == "edm" and cfg["unet"]["patch_size"] == 2, path.name
+    configs = REPO / "bench" / "configs"
+    null = resolve_config(CellFlux.presets, configs / "cellflux-long-stage1-null-attention.json")
+    base = resolve_config(CellFlux.presets, configs / "cellflux-long-stage1.json")
+    assert null["unet"]["null_attention"] is True and base["unet"]["null_attention"] is False
+    assert {**null, "unet": {**null["unet"], "null_attention": False}} == base
