@@ -13,10 +13,11 @@ tasks, on a random subset of ``--n`` tasks:
   ratios near 1 everywhere, a generator that paints noise in one place gives a large one there.
 
 With ``--checkpoint`` (CellFlux or CellFluxRL runs) it also profiles each attention layer of the
-network on the same tasks' noised controls at three flow times: the share of attention each key
-pixel receives, relative to a uniform share, and where the largest one is. A pixel that draws
-ten or more times its share is an attention sink. For a network with ``null_attention`` the
-share the null key takes is printed too.
+network at three flow times, on points of the training path between the same tasks' noised
+controls and their targets: the share of attention each key pixel receives, relative to a
+uniform share, and where the largest one is (the shipped CPU CellFlux piles 10-17 times its
+share on the corner pixel where it draws a noise patch). For a network with ``null_attention``
+the share the null key takes is printed too.
 
     python bench/image_diagnostics.py out/demo/identity out/demo/cellflux-long \\
         --data-dir out/demo/data --protocol out/demo/protocol.csv --n 300 \\

@@ -74,9 +74,9 @@ class AttentionBlock(nn.Module):
 
     ``null_key=True`` adds one fixed all-zero key and value to every head: each query may put
     attention weight on "nothing" (its logit is always 0), which is softmax with one added to the
-    denominator. Without it a trained network tends to dump surplus attention on a background
-    token and writes junk there (an attention sink; cellbench's CPU CellFlux drew a noise patch in
-    one image corner this way). It adds no parameters, so weights of either kind load into both.
+    denominator. It adds no parameters, so weights of either kind load into both. Measured in
+    cellbench (docs/generators.md): the CPU CellFlux without it piled attention on one corner
+    pixel and drew a noise patch there; a run with it from the start drew no such patch.
     """
 
     def __init__(self, channels: int, head_channels: int = 64, null_key: bool = False):

@@ -12,7 +12,7 @@ architecture) the network has about 56M parameters at 96x96. ``patch_size`` > 1 
 addition for the CPU presets) folds p x p pixel blocks into channels first, so the UNet runs at
 1/p of the resolution (``attention_resolutions`` then count in folded pixels).
 ``null_attention`` (another cellbench addition, off in the published configuration) lets every
-attention layer attend to a zero key and value instead of an attention-sink pixel.
+attention layer attend to a zero key and value as well as to the pixels.
 """
 
 from __future__ import annotations
