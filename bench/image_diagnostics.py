@@ -78,27 +78,36 @@ def image_summary(images: np.ndarray, dna_channel: int) -> dict[str, float]:
 
 
 def attention_profile(
-    checkpoint: Path, ds, table, seed: int, times: tuple[float, ...] = FLOW_TIMES
+    checkpoint: Path,
+    ds,
+    table,
+    controls: np.ndarray,
+    targets: np.ndarray,
+    seed: int,
+    times: tuple[float, ...] = FLOW_TIMES,
 ) -> list[dict]:
-    """Per attention layer and flow time: the largest relative key share and where it is."""
+    """Per attention layer and flow time: the largest relative key share and where it is.
+
+    ``controls`` and ``targets`` are the uint8 crops of ``table``'s tasks.
+    """
     import torch
 
     from cellbench.data.torch_dataset import to_model_range
     from cellbench.generators import get_generator_class
     from cellbench_baselines.common import fingerprint_batch
     from cellbench_baselines.nn.layers import AttentionBlock
+    from cellbench_baselines.training import checkpoint_model
 
-    gen = get_generator_class(table_model(checkpoint)).load(ds, checkpoint, device="cpu")
+    gen = get_generator_class(checkpoint_model(checkpoint)).load(ds, checkpoint, device="cpu")
     unet = getattr(gen, "unet", None)
     blocks = [m for m in unet.modules() if isinstance(m, AttentionBlock)] if unet else []
     if not blocks:
         raise CellbenchError("the network has no attention layers", path=checkpoint)
-    controls = to_model_range(ds.load_crops(table["control_key"].to_numpy()))
     cond = fingerprint_batch(ds, list(table["compound"]))
-    std = float(gen.config["noise_std"])
     g = torch.Generator().manual_seed(seed)
-    noise = torch.randn(controls.shape, generator=g) * std
-    target = to_model_range(ds.load_crops(table["target_key"].to_numpy()))
+    source = to_model_range(controls)
+    source = source + torch.randn(source.shape, generator=g) * float(gen.config["noise_std"])
+    target = to_model_range(targets)
     seen: list[tuple[int, torch.Tensor]] = []
 
     def hook(module: AttentionBlock, inputs: tuple, _out: torch.Tensor) -> None:
@@ -111,7 +120,7 @@ def attention_profile(
         for t in times:
             seen.clear()
             # a point on the training path between the noised control and the real target
-            x = (1.0 - t) * (controls + noise) + t * target
+            x = (1.0 - t) * source + t * target
             with torch.no_grad():
                 unet(x, torch.tensor(float(t)), cond)
             for layer, (side, share) in enumerate(seen):
@@ -134,21 +143,6 @@ def attention_profile(
         for h in handles:
             h.remove()
     return out
-
-
-def table_model(checkpoint: Path) -> str:
-    """The generator name a run's (or checkpoint's) config.json records."""
-    from cellbench_baselines.training import resolve_checkpoint
-
-    path = resolve_checkpoint(checkpoint) / "config.json"
-    try:
-        return str(json.loads(path.read_text())["model"])
-    except (OSError, ValueError, KeyError) as exc:
-        raise CellbenchError(
-            f"not a cellbench checkpoint ({type(exc).__name__})",
-            path=path,
-            fix="pass a run or checkpoint folder written by `cellbench train`",
-        ) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,17 +170,17 @@ def main(argv: list[str] | None = None) -> int:
             table = table.sample(args.n, random_state=args.seed).reset_index(drop=True)
         dna = ds.card.dna_channel
         targets = ds.load_crops(table["target_key"].to_numpy())
+        controls = ds.load_crops(table["control_key"].to_numpy())
         real_hf = high_frequency_map(targets)
         result: dict = {"n": len(table), "images": {}, "attention": {}}
-        sources = [("real targets", targets), ("controls", None)]
-        sources += [(str(f), None) for f in args.folders]
-        for label, images in sources:
-            if images is None:
-                images = (
-                    ds.load_crops(table["control_key"].to_numpy())
-                    if label == "controls"
-                    else one_image_per_task(Path(label), table)
-                )
+
+        def sources():  # (label, images); a folder is read when its turn comes
+            yield "real targets", targets
+            yield "controls", controls
+            for folder in args.folders:
+                yield str(folder), one_image_per_task(folder, table)
+
+        for label, images in sources():
             entry = image_summary(images, dna)
             entry["artefact"] = worst_block(high_frequency_map(images), real_hf)
             result["images"][label] = entry
@@ -200,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
         for ckpt in args.checkpoint:
-            rows = attention_profile(ckpt, ds, table, args.seed)
+            rows = attention_profile(ckpt, ds, table, controls, targets, args.seed)
             result["attention"][str(ckpt)] = rows
             for r in rows:
                 null = "" if r["null_share"] is None else f", null key {r['null_share']:.2f}"

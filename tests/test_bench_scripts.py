@@ -191,12 +191,12 @@ def test_bench_configs_resolve() -> None:
     from cellbench_baselines.cellflux import CellFlux
     from cellbench_baselines.training import resolve_config
 
-    paths = sorted((REPO / "bench" / "configs").glob("cellflux-*.json"))
+    configs = REPO / "bench" / "configs"
+    paths = sorted(configs.glob("cellflux-*.json"))
     assert len(paths) == 4
     for path in paths:
         cfg = resolve_config(CellFlux.presets, path)
         assert cfg["prediction"] == "edm" and cfg["unet"]["patch_size"] == 2, path.name
-    configs = REPO / "bench" / "configs"
     null = resolve_config(CellFlux.presets, configs / "cellflux-long-stage1-null-attention.json")
     base = resolve_config(CellFlux.presets, configs / "cellflux-long-stage1.json")
     assert null["unet"]["null_attention"] is True and base["unet"]["null_attention"] is False

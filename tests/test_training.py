@@ -35,6 +35,7 @@ from cellbench_baselines.training import (
     OPTIMIZER_FILE,
     TRAIN_STATE_FILE,
     backfill_config,
+    checkpoint_model,
     complete_checkpoints,
     load_run,
     read_safetensors,
@@ -364,6 +365,7 @@ def test_bad_checkpoints_give_one_line_errors(
     ckpt = complete_checkpoints(trained_run)[-1]
     run = load_run(trained_run, "cellflux")
     assert run.path == ckpt and "unet" in run.weights
+    assert checkpoint_model(trained_run) == checkpoint_model(ckpt) == "cellflux"
     assert torch.load(ckpt / OPTIMIZER_FILE, weights_only=True)["unet"]["param_groups"]
 
     with pytest.raises(CellbenchError, match="is a 'cellflux' model, not 'impa'"):
@@ -393,6 +395,8 @@ def test_bad_checkpoints_give_one_line_errors(
     (bad / "config.json").write_text('{"format": "something-else"}')
     with pytest.raises(CellbenchError, match="not a cellbench checkpoint config"):
         load_run(bad, "cellflux")
+    with pytest.raises(CellbenchError, match="not a cellbench checkpoint config"):
+        checkpoint_model(bad)
     (bad / "config.json").write_text("{trunc")
     with pytest.raises(CellbenchError, match=r"unreadable checkpoint config\.json"):
         load_run(bad, "cellflux")

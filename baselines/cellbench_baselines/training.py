@@ -404,8 +404,8 @@ class LoadedRun:
     meta: dict = field(default_factory=dict)
 
 
-def load_run(checkpoint: str | Path, model: str) -> LoadedRun:
-    """Read the EMA weights and config of a checkpoint of ``model`` (CellbenchError if foreign)."""
+def _run_record(checkpoint: str | Path) -> tuple[Path, dict]:
+    """The checkpoint folder and its checked config.json record."""
     folder = resolve_checkpoint(checkpoint)
     meta = _read_json(folder / CONFIG_FILE, "checkpoint config.json")
     if meta.get("format") != RUN_FORMAT or "config" not in meta:
@@ -414,6 +414,17 @@ def load_run(checkpoint: str | Path, model: str) -> LoadedRun:
             path=folder / CONFIG_FILE,
             fix="pass a run folder made by `cellbench train`",
         )
+    return folder, meta
+
+
+def checkpoint_model(checkpoint: str | Path) -> str:
+    """The generator name a run folder's (or checkpoint folder's) config.json records."""
+    return str(_run_record(checkpoint)[1].get("model"))
+
+
+def load_run(checkpoint: str | Path, model: str) -> LoadedRun:
+    """Read the EMA weights and config of a checkpoint of ``model`` (CellbenchError if foreign)."""
+    folder, meta = _run_record(checkpoint)
     if meta.get("model") != model:
         raise CellbenchError(
             f"checkpoint is a {meta.get('model')!r} model, not {model!r}",
