@@ -302,18 +302,23 @@ def test_init_from_another_run(mini_ds: BBBC021Dataset, tmp_path: Path) -> None:
     )
     assert same.resumed_from == 2 and same.step == 4
     _assert_same_run(full.checkpoint, same.checkpoint)
-    # a changed recipe part-way (here every source noised): allowed, recorded, and it differs
+    # a changed recipe part-way (every source noised, a lower lr): allowed, recorded, it differs,
+    # and the optimiser runs at the new lr, not the one stored with the moments it took over
+    recipe = {"noise_prob": 1.0, "lr": 3e-5}
+    assert tiny_config()["lr"] != recipe["lr"]
     fork = train(
         CellFlux,
         "cellflux",
         mini_ds,
-        tiny_config(noise_prob=1.0),
+        tiny_config(**recipe),
         tmp_path / "fork",
         init_from=tmp_path / "half",
     )
     assert fork.resumed_from == 2 and fork.step == 4
     meta = json.loads((fork.checkpoint / "config.json").read_text())
     assert meta["config"]["noise_prob"] == 1.0
+    groups = torch.load(fork.checkpoint / OPTIMIZER_FILE, weights_only=True)["unet"]["param_groups"]
+    assert [g["lr"] for g in groups] == [3e-5] * len(groups)
     assert meta["init_from"] == {"checkpoint": str(half.checkpoint), "step": 2}
     a, b = _tensors(full.checkpoint / MODEL_FILE), _tensors(fork.checkpoint / MODEL_FILE)
     assert any(not torch.equal(a[k], b[k]) for k in a)
@@ -324,7 +329,7 @@ def test_init_from_another_run(mini_ds: BBBC021Dataset, tmp_path: Path) -> None:
         CellFlux,
         "cellflux",
         mini_ds,
-        tiny_config(noise_prob=1.0),
+        tiny_config(**recipe),
         tmp_path / "fork",
         steps=5,
         init_from=tmp_path / "nowhere",

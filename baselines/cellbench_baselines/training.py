@@ -741,6 +741,9 @@ class Trainer:
                 fix="delete this checkpoint folder to resume from the one before",
             ) from None
         for name, opt in self.model.optimizers().items():
+            # the hyperparameters (lr, betas, weight decay) are the config's, not the stored ones:
+            # the same on a resume, and the new recipe's after --init-from
+            hyper = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
             try:
                 opt.load_state_dict(opt_states[name])
             except (KeyError, ValueError) as exc:
@@ -748,6 +751,8 @@ class Trainer:
                     f"optimizer state does not fit ({type(exc).__name__})",
                     path=ckpt / OPTIMIZER_FILE,
                 ) from None
+            for group, h in zip(opt.param_groups, hyper, strict=True):
+                group.update(h)
         self.step = int(state["step"])
         self.epoch = int(state["epoch"])
         if int(state.get("world_size", 1)) == self.world:
