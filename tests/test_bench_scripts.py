@@ -193,7 +193,7 @@ def test_bench_configs_resolve() -> None:
 
     configs = REPO / "bench" / "configs"
     paths = sorted(configs.glob("cellflux-*.json"))
-    assert len(paths) == 4
+    assert len(paths) == 5
     for path in paths:
         cfg = resolve_config(CellFlux.presets, path)
         assert cfg["prediction"] == "edm" and cfg["unet"]["patch_size"] == 2, path.name
@@ -201,3 +201,7 @@ def test_bench_configs_resolve() -> None:
     base = resolve_config(CellFlux.presets, configs / "cellflux-long-stage1.json")
     assert null["unet"]["null_attention"] is True and base["unet"]["null_attention"] is False
     assert {**null, "unet": {**null["unet"], "null_attention": False}} == base
+    # the demo fine-tune at a lower lr (--init-from) is stage 3 but for lr
+    low = resolve_config(CellFlux.presets, configs / "cellflux-demo-ft-lr3e-5.json")
+    stage3 = resolve_config(CellFlux.presets, configs / "cellflux-long-stage3.json")
+    assert low["lr"] == 3e-5 < stage3["lr"] and {**low, "lr": stage3["lr"]} == stage3
