@@ -344,6 +344,9 @@ def test_init_from_another_run(mini_ds: BBBC021Dataset, tmp_path: Path) -> None:
     (other / "config.json").write_text(json.dumps({**m, "model": "phendiff"}))
     with pytest.raises(CellbenchError, match="not a 'cellflux' training checkpoint"):
         train(CellFlux, "cellflux", mini_ds, tiny_config(), tmp_path / "x", init_from=other)
+    (other / "config.json").write_text(json.dumps({**m, "format": "something-else"}))
+    with pytest.raises(CellbenchError, match="not a cellbench checkpoint config"):
+        train(CellFlux, "cellflux", mini_ds, tiny_config(), tmp_path / "x", init_from=other)
     (other / "config.json").write_text(json.dumps(m))
     (other / OPTIMIZER_FILE).unlink()
     with pytest.raises(CellbenchError, match="no training state"):

@@ -667,9 +667,8 @@ class Trainer:
         if not found:
             if self.init_from is None:
                 return 0, False
-            ckpt = resolve_checkpoint(self.init_from)
-            meta = _read_json(ckpt / CONFIG_FILE, "checkpoint config.json")
-            if meta.get("format") != RUN_FORMAT or meta.get("model") != self.model_name:
+            ckpt, meta = _run_record(self.init_from)
+            if meta.get("model") != self.model_name:
                 raise CellbenchError(
                     f"--init-from is not a {self.model_name!r} training checkpoint",
                     path=ckpt / CONFIG_FILE,
