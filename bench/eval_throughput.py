@@ -56,7 +56,7 @@ def main() -> None:
     scorer = Scorer(ds, use_inception=False)
     rows = table.iloc[: args.n_rewards]
     crops = ds.load_crops(rows["control_key"].tolist())
-    from cellbench.segment.backends import POOL_MIN_IMAGES
+    from cellbench.features.segment.backends import POOL_MIN_IMAGES
 
     # warm-up: starts the worker pool (kept for the life of the process, as in `cellbench eval`,
     # which segments the reference and the generated images with the same pool)

@@ -66,8 +66,8 @@ def worst_block(gen_map: np.ndarray, real_map: np.ndarray, block: int = BLOCK) -
 
 def image_summary(images: np.ndarray, dna_channel: int) -> dict[str, float]:
     """Means of the segmenter's per-image features and of its cytoplasm fraction."""
-    from cellbench.segment.backends import get_backend
-    from cellbench.segment.classical import features_from_masks
+    from cellbench.features.segment.backends import get_backend
+    from cellbench.features.segment.classical import features_from_masks
 
     backend = get_backend("classical")
     rows = []

@@ -46,8 +46,8 @@ def main() -> None:
     ap.add_argument("--extra", nargs=2, action="append", default=[], metavar=("IMAGE", "MASK"))
     args = ap.parse_args()
 
-    from cellbench.segment.backends import get_backend
-    from cellbench.segment.evaluate import dsb_f1, f1_at_iou, sim_f1
+    from cellbench.features.segment.backends import get_backend
+    from cellbench.features.segment.evaluate import dsb_f1, f1_at_iou, sim_f1
 
     if args.candidate is not None:
         import importlib.util

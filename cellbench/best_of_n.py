@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cellbench._io import atomic_path, atomic_write_text, sha256_file
 from cellbench.data.bbbc021 import BBBC021Dataset
 from cellbench.errors import CellbenchError
 from cellbench.images import GENERATION_FILE  # the sidecar ``cellbench eval`` reads
+from cellbench.io import atomic_path, atomic_write_text, sha256_file
 
 GENERATION_FORMAT = "cellbench-generation"
 GENERATION_FORMAT_VERSION = 1

@@ -25,11 +25,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cellbench._io import atomic_path, atomic_write_text, sha256_bytes
 from cellbench._version import __version__
 from cellbench.data.bbbc021 import BBBC021Dataset, open_dataset
 from cellbench.data.layout import MOAS
 from cellbench.errors import CellbenchError, ProtocolError
+from cellbench.io import atomic_path, atomic_write_text, sha256_bytes
 from cellbench.metrics.bootstrap import bootstrap_mean, grouped_bootstrap
 from cellbench.metrics.rewards import OVERALL_WEIGHTS, REWARD_NAMES, SUITE_VERSION, compute_rewards
 from cellbench.paths import cache_dir
@@ -61,8 +61,8 @@ class Scorer:
         device: str = "cpu",
         use_inception: bool = True,
     ):
-        from cellbench.reference import find_artifact, load_reference, reference_filename
-        from cellbench.segment.backends import get_backend
+        from cellbench.features.reference import find_artifact, load_reference, reference_filename
+        from cellbench.features.segment.backends import get_backend
 
         self.ds = ds
         self.backend = get_backend(backend)
@@ -74,7 +74,7 @@ class Scorer:
         self.head = None
         self.classifier_card: dict | None = None
         if use_inception:
-            from cellbench.classifier import load_classifier
+            from cellbench.features.classifier import load_classifier
             from cellbench.features.inception import InceptionFeatures
 
             self.inception = InceptionFeatures(device=device)
@@ -111,7 +111,7 @@ class Scorer:
         return out
 
     def moa_probs(self, inception_feats: np.ndarray) -> np.ndarray:
-        from cellbench.classifier import predict_proba
+        from cellbench.features.classifier import predict_proba
 
         assert self.head is not None
         return predict_proba(self.head, inception_feats)

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cellbench._io import atomic_path
 from cellbench.data.bbbc021 import BBBC021Dataset
 from cellbench.errors import CellbenchError
+from cellbench.io import atomic_path
 from cellbench.registry import Registry
 
 

@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cellbench._io import is_within
 from cellbench.data.layout import CROP_SHAPE
 from cellbench.errors import ImageError
+from cellbench.io import is_within
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".npy")
 MANIFEST_NAME = "manifest.csv"

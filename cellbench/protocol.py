@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from cellbench._io import atomic_write_bytes, sha256_bytes
 from cellbench.data.bbbc021 import BBBC021Dataset
 from cellbench.errors import ProtocolError
+from cellbench.io import atomic_write_bytes, sha256_bytes
 
 PROTOCOL_VERSION = "1"
 PROTOCOL_COLUMNS = ("task_id", "control_key", "compound", "dose", "moa", "batch", "target_key")

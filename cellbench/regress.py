@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from cellbench._io import atomic_path, atomic_write_text, sha256_bytes
 from cellbench._version import __version__
 from cellbench.errors import CellbenchError
+from cellbench.io import atomic_path, atomic_write_text, sha256_bytes
 
 SCHEMA = "cellbench.regress/1"
 DATASET = "bbbc021-sim"

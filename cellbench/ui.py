@@ -60,3 +60,27 @@ def progress(description: str, total: int | None = None) -> Iterator[Callable[[i
 def info(message: str) -> None:
     """A status line on stderr."""
     err_console.print(message, soft_wrap=True)
+
+
+def phase_progress() -> tuple[Callable[[str, int, int], None], Callable[[], None]]:
+    """A phase-aware progress callback drawing one bar per phase on stderr."""
+    if not progress_enabled():
+        return lambda phase, done, total: None, lambda: None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(
+        TextColumn("[bold]{task.description:<24}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+    )
+    bar.start()
+    tasks: dict[str, int] = {}
+
+    def update(phase: str, done: int, total: int) -> None:
+        if phase not in tasks:
+            tasks[phase] = bar.add_task(phase, total=total)
+        bar.update(tasks[phase], completed=done, total=total)
+
+    return update, bar.stop

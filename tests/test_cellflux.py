@@ -295,9 +295,9 @@ SHIPPED_SHA256 = "edc9c51c343284d16e8bf3f337eabf21b96cc00f5fcde59a6109a97d8ea505
 @pytest.mark.slow
 def test_shipped_cellflux_long_checkpoint(tmp_path: Path) -> None:
     """The committed CellFlux of docs/generators.md loads and samples as it did when shipped."""
-    from cellbench._io import sha256_file
     from cellbench.data.bbbc021 import open_dataset
     from cellbench.data.sim import write_sim_dataset
+    from cellbench.io import sha256_file
     from cellbench.protocol import build_protocol
 
     write_sim_dataset(tmp_path / "bbbc021-sim", seed=0, scale="tiny")

@@ -104,7 +104,12 @@ def test_bootstrap_is_seeded_and_sane() -> None:
 
 
 def test_classifier_round_trip_and_tamper(tmp_path: Path) -> None:
-    from cellbench.classifier import load_classifier, predict_proba, save_classifier, train_head
+    from cellbench.features.classifier import (
+        load_classifier,
+        predict_proba,
+        save_classifier,
+        train_head,
+    )
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(60, 2048)).astype(np.float32)
@@ -123,8 +128,8 @@ def test_classifier_round_trip_and_tamper(tmp_path: Path) -> None:
 
 
 def test_reference_file_checks(tmp_path: Path) -> None:
+    from cellbench.features.reference import load_reference, save_reference
     from cellbench.metrics.rewards import SUITE_VERSION
-    from cellbench.reference import load_reference, save_reference
 
     doc = {
         "schema": "cellbench.reference-stats/1",
@@ -149,7 +154,7 @@ def test_reference_file_checks(tmp_path: Path) -> None:
 def test_cellpose_backend_explains_what_is_missing(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from cellbench.segment.backends import SEGMENTERS
+    from cellbench.features.segment.backends import SEGMENTERS
 
     monkeypatch.setenv("CELLPOSE_LOCAL_MODELS_PATH", str(tmp_path))
     with pytest.raises(CellbenchError, match=r"cellpose|Cellpose weight"):
@@ -171,7 +176,7 @@ def test_reference_build_and_classifier_train_commands(tmp_path: Path) -> None:
     """The commands that make a dataset's artifacts, on a tiny simulated dataset."""
     from cellbench.data.bbbc021 import open_dataset
     from cellbench.data.sim import write_sim_dataset
-    from cellbench.reference import find_artifact, load_reference
+    from cellbench.features.reference import find_artifact, load_reference
     from tests.conftest import run_cli
 
     data = tmp_path / "data"

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from cellbench.errors import CellbenchError
-from cellbench.segment.classical import (
+from cellbench.features.segment.classical import (
     FEATURE_NAMES,
     SegmentationResult,
     estimate_radius,
@@ -19,7 +19,7 @@ from cellbench.segment.classical import (
     segment_crop,
     segment_nuclei,
 )
-from cellbench.segment.evaluate import f1_at_iou, match_instances
+from cellbench.features.segment.evaluate import f1_at_iou, match_instances
 from tests.conftest import shared_data_or_skip
 
 YY, XX = np.mgrid[:96, :96]
@@ -125,7 +125,7 @@ def test_radius_estimate_follows_nucleus_size(radius: int) -> None:
 def test_perimeter_matches_scikit_image() -> None:
     from skimage.measure import label, regionprops
 
-    from cellbench.segment.classical import _perimeters
+    from cellbench.features.segment.classical import _perimeters
 
     rng = np.random.default_rng(2)
     for _ in range(20):
@@ -160,7 +160,7 @@ CLASSICAL_SIM_F1_AT_05 = 0.9435
 
 @pytest.mark.slow
 def test_f1_on_real_nuclei_ground_truth() -> None:
-    from cellbench.segment.evaluate import dsb_f1
+    from cellbench.features.segment.evaluate import dsb_f1
 
     root = shared_data_or_skip("real_seg", "dsb2018_stage1_train_subset")
     scores = dsb_f1(root)
@@ -170,7 +170,7 @@ def test_f1_on_real_nuclei_ground_truth() -> None:
 
 @pytest.mark.slow
 def test_f1_on_simulated_crops_with_known_nuclei() -> None:
-    from cellbench.segment.evaluate import sim_f1
+    from cellbench.features.segment.evaluate import sim_f1
 
     scores = sim_f1(n_per_moa=25, seed=0)
     assert len(scores) == 13 * 25 and scores["n_true"].sum() > 700
@@ -193,7 +193,7 @@ def test_simulated_ground_truth_matches_the_image() -> None:
 
 
 def _real_crops() -> tuple[np.ndarray, pd.Series]:
-    from cellbench.segment.convert import to_uint8_crop
+    from cellbench.features.segment.convert import to_uint8_crop
 
     root = shared_data_or_skip("bbbc021_real", "singh_crops_68x68")
     labels = pd.read_csv(root / "crop_labels.csv")
@@ -242,7 +242,7 @@ def test_segment_cli_writes_labels_and_features(tmp_path: Path) -> None:
 
 
 def test_worker_pool_gives_the_same_features() -> None:
-    from cellbench.segment.backends import POOL_MIN_IMAGES, get_backend
+    from cellbench.features.segment.backends import POOL_MIN_IMAGES, get_backend
 
     rng = np.random.default_rng(0)
     crops = []

@@ -221,7 +221,7 @@ def resolve_rl_config(
     path, the sha256 of its weights and its config are written into the RL config (so a resumed
     run can check it continues from the same base).
     """
-    from cellbench._io import sha256_file
+    from cellbench.io import sha256_file
 
     folder = resolve_checkpoint(base_checkpoint)
     base = load_run(folder, "cellflux")
@@ -391,7 +391,7 @@ class NFTTrainable(TrainableModel):
         self.reward_workers = int(reward_workers)
         base = load_run(config["base_checkpoint"], "cellflux")
         if config.get("base_sha256"):
-            from cellbench._io import sha256_file
+            from cellbench.io import sha256_file
 
             if sha256_file(base.path / MODEL_FILE) != config["base_sha256"]:
                 raise CellbenchError(

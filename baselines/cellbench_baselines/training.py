@@ -56,9 +56,9 @@ import torch
 from torch import nn
 from torch.utils.data import default_collate
 
-from cellbench._io import atomic_path, atomic_write_text
 from cellbench.data.bbbc021 import BBBC021Dataset
 from cellbench.errors import CellbenchError
+from cellbench.io import atomic_path, atomic_write_text
 from cellbench.registry import suggest
 from cellbench_baselines.ema import EMA
 

@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from cellbench.cli.main import JsonOpt, app
+from cellbench.cli.app import app
+from cellbench.cli.options import JsonOpt
 
 submission_app = typer.Typer(
     help="Leaderboard submissions: validate a folder, make its sample grid.", no_args_is_help=True

@@ -8,15 +8,9 @@ from typing import Annotated
 
 import typer
 
-from cellbench._io import atomic_write_text, sha256_file
-from cellbench.cli.main import (
-    DataDirOpt,
-    JsonOpt,
-    ThreadsOpt,
-    app,
-    ls_app,
-    set_torch_threads,
-)
+from cellbench.cli.app import app, ls_app
+from cellbench.cli.options import DataDirOpt, JsonOpt, ThreadsOpt, set_torch_threads
+from cellbench.io import atomic_write_text, sha256_file
 
 
 @ls_app.command("models")

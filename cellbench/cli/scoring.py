@@ -8,7 +8,9 @@ from typing import Annotated
 
 import typer
 
-from cellbench.cli.main import DataDirOpt, JsonOpt, app, ls_app
+from cellbench.cli.app import app, ls_app
+from cellbench.cli.options import BackendOpt, DataDirOpt, DatasetOpt, DeviceOpt, JsonOpt
+from cellbench.ui import phase_progress
 
 reference_app = typer.Typer(
     help="Reference statistics for the z-scored rewards.", no_args_is_help=True
@@ -16,40 +18,6 @@ reference_app = typer.Typer(
 classifier_app = typer.Typer(help="The MoA classifier behind the moa reward.", no_args_is_help=True)
 app.add_typer(reference_app, name="reference")
 app.add_typer(classifier_app, name="classifier")
-
-DatasetOpt = Annotated[str, typer.Option(help="Dataset name (see `cellbench ls datasets`).")]
-BackendOpt = Annotated[
-    str, typer.Option(help="Segmentation backend (see `cellbench ls segmenters`).")
-]
-DeviceOpt = Annotated[str, typer.Option(help="Torch device for the feature network (cpu or cuda).")]
-
-
-def _progress_fn():
-    """A phase-aware progress callback drawing one bar per phase on stderr."""
-    from cellbench.ui import progress_enabled
-
-    if not progress_enabled():
-        return lambda phase, done, total: None, lambda: None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from cellbench.ui import err_console
-
-    bar = Progress(
-        TextColumn("[bold]{task.description:<24}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err_console,
-    )
-    bar.start()
-    tasks: dict[str, int] = {}
-
-    def update(phase: str, done: int, total: int) -> None:
-        if phase not in tasks:
-            tasks[phase] = bar.add_task(phase, total=total)
-        bar.update(tasks[phase], completed=done, total=total)
-
-    return update, bar.stop
 
 
 ARROWS = {"fid_o": "↓", "fid_c": "↓", "kid_o": "↓", "kid_c": "↓"}
@@ -140,7 +108,7 @@ def eval_cmd(
     """Score a generator's images: seven rewards, overall, MoA accuracy, FID/KID, real reference row."""
     from cellbench.evaluation import evaluate
 
-    update, stop = _progress_fn()
+    update, stop = phase_progress()
     try:
         doc = evaluate(
             images,
@@ -188,7 +156,7 @@ def eval_merge_cmd(
     """Merge `cellbench eval --shard K/N` results into the unsharded result (`cellbench eval merge`)."""
     from cellbench.evaluation import merge_shards
 
-    update, stop = _progress_fn()
+    update, stop = phase_progress()
     try:
         doc = merge_shards(shards, data_dir=data_dir, device=device, out=out, progress=update)
     finally:
@@ -212,7 +180,7 @@ def segment_cmd(
     ] = 2,
 ) -> None:
     """Segment nuclei and cells; write 16-bit label TIFFs and features.csv (one row per image)."""
-    from cellbench.segment.io import segment_folder
+    from cellbench.features.segment.io import segment_folder
     from cellbench.ui import info, progress
 
     with progress("segmenting", None) as update:
@@ -232,13 +200,13 @@ def reference_build(
 ) -> None:
     """Per-MoA mean and std of each feature over the real training split (versioned, hashed)."""
     from cellbench.data.bbbc021 import open_dataset
-    from cellbench.reference import (
+    from cellbench.features.reference import (
         ARTIFACT_DIR,
         build_reference,
         reference_filename,
         save_reference,
     )
-    from cellbench.segment.backends import get_backend
+    from cellbench.features.segment.backends import get_backend
     from cellbench.ui import info, progress
 
     ds = open_dataset(dataset, data_dir, create_sim=True)
@@ -263,12 +231,12 @@ def classifier_train(
     device: DeviceOpt = "cpu",
 ) -> None:
     """Train the MoA head on real training-split treated crops; evaluate on the test split."""
-    from cellbench.classifier_train import train_and_save
     from cellbench.data.bbbc021 import open_dataset
+    from cellbench.features.classifier_train import train_and_save
     from cellbench.ui import info
 
     ds = open_dataset(dataset, data_dir, create_sim=True)
-    update, stop = _progress_fn()
+    update, stop = phase_progress()
     try:
         path, card = train_and_save(
             ds, out=out, epochs=epochs, seed=seed, device=device, progress=update
@@ -290,11 +258,11 @@ def classifier_eval(
     as_json: JsonOpt = False,
 ) -> None:
     """Accuracy, macro-F1 and confusion matrix of the dataset's classifier on real crops."""
-    from cellbench.classifier_train import evaluate_classifier
     from cellbench.data.bbbc021 import open_dataset
+    from cellbench.features.classifier_train import evaluate_classifier
 
     ds = open_dataset(dataset, data_dir, create_sim=True)
-    update, stop = _progress_fn()
+    update, stop = phase_progress()
     try:
         report = evaluate_classifier(ds, split=split, device=device, progress=update)
     finally:
@@ -338,7 +306,7 @@ def ls_metrics(as_json: JsonOpt = False) -> None:
 @ls_app.command("segmenters")
 def ls_segmenters() -> None:
     """List segmentation backends."""
-    from cellbench.segment.backends import SEGMENTERS
+    from cellbench.features.segment.backends import SEGMENTERS
     from cellbench.ui import out_console
 
     for e in SEGMENTERS.entries():

@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from cellbench.cli.main import (
+from cellbench.cli.app import app
+from cellbench.cli.options import (
     DataDirOpt,
     JsonOpt,
     RunOutOpt,
@@ -15,7 +16,6 @@ from cellbench.cli.main import (
     StepsOpt,
     ThreadsOpt,
     TorchDeviceOpt,
-    app,
     set_torch_threads,
 )
 

@@ -9,7 +9,8 @@ from typing import Annotated
 
 import typer
 
-from cellbench.cli.main import DataDirOpt, JsonOpt, app
+from cellbench.cli.app import app
+from cellbench.cli.options import DataDirOpt, JsonOpt
 
 
 @app.command("validate-metrics")
@@ -61,13 +62,12 @@ def validate_metrics(
 ) -> None:
     """Damage real crops with controlled defects at several severities, score them like `eval`,
     and write a report: sensitivity matrix, monotonicity per defect, segmentation accuracy."""
-    from cellbench.cli.scoring import _progress_fn
-    from cellbench.ui import info
+    from cellbench.ui import info, phase_progress
     from cellbench.validation.report import parse_severities, run_validation
 
     sev = parse_severities(severities)
     names = None if defects is None else [d.strip() for d in defects.split(",") if d.strip()]
-    update, stop = _progress_fn()
+    update, stop = phase_progress()
     try:
         doc = run_validation(
             out,

@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cellbench._io import is_within, sha256_file
 from cellbench.data import layout
 from cellbench.data.catalog import SPLIT_NAMES, DatasetCard, get_card
 from cellbench.errors import DataError
+from cellbench.io import is_within, sha256_file
 from cellbench.registry import suggest
 
 _CONTROL_STATES = {"0", "control", "ctrl", "false"}

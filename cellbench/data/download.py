@@ -44,10 +44,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Protocol
 
-from cellbench._io import atomic_path, is_within
 from cellbench._version import __version__
 from cellbench.data import layout
 from cellbench.errors import DownloadError
+from cellbench.io import atomic_path, is_within
 
 IMPA_ZENODO_URL = "https://zenodo.org/records/8307629/files/IMPA_reproducibility.zip"
 

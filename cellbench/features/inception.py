@@ -66,8 +66,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cellbench._io import sha256_bytes, sha256_file
 from cellbench.errors import CellbenchError
+from cellbench.io import sha256_bytes, sha256_file
 
 __all__ = [
     "FEATURE_DIM",

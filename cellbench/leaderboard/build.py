@@ -30,9 +30,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from cellbench._io import atomic_write_text
 from cellbench._version import __version__
 from cellbench.errors import CellbenchError
+from cellbench.io import atomic_write_text
 from cellbench.metrics.rewards import REWARD_NAMES, SUITE_VERSION
 from cellbench.submission.validate import (
     METADATA_NAME,

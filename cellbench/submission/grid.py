@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cellbench._io import atomic_path
 from cellbench.errors import CellbenchError
+from cellbench.io import atomic_path
 
 GAP = 2  # pixels between crops
 

@@ -38,8 +38,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from cellbench._io import sha256_bytes
 from cellbench._version import __version__
+from cellbench.io import sha256_bytes
 from cellbench.metrics.rewards import REWARD_NAMES, SUITE_VERSION
 from cellbench.submission.schema import validate as schema_problems
 

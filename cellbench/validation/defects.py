@@ -79,7 +79,7 @@ HALO = 2  # px of dilation around an object mask: the blurred rim of a nucleus o
 # ------------------------------------------------------------------------------------ helpers
 def segment_all(crops: np.ndarray, *, dna_channel: int = 2, backend: str = "classical") -> list:
     """The segmentation (``SegmentationResult``) of every crop with a registered backend."""
-    from cellbench.segment.backends import get_backend
+    from cellbench.features.segment.backends import get_backend
 
     seg = get_backend(backend)
     return [seg.segment(c, dna_channel=dna_channel) for c in crops]

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from cellbench._io import atomic_path, atomic_write_text
+from cellbench.io import atomic_path, atomic_write_text
 from cellbench.validation.defects import DEFECTS
 
 NUC_COLOUR = (255, 0, 255)

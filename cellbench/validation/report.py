@@ -16,7 +16,7 @@ every step of the severity ladder (strictly monotonic means, on fixed seeds).
 
 Real BBBC021 crops (``--real-crops``, the 68x68 uint16 CellProfiler crops beside the repo) are
 brought to 96x96 uint8 and split in two halves per MoA: the reference statistics are computed from
-one half (the same :func:`~cellbench.reference.compute_reference_stats` as ``cellbench reference
+one half (the same :func:`~cellbench.features.reference.compute_reference_stats` as ``cellbench reference
 build``) and the other half is damaged and scored by the same
 :func:`~cellbench.metrics.rewards.compute_rewards`. There is no MoA classifier for real BBBC021
 here, so ``moa`` (and ``moa_swap``) and FID/KID are not computed on them.
@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from cellbench._io import atomic_path, atomic_write_text, sha256_bytes
 from cellbench.errors import CellbenchError
+from cellbench.io import atomic_path, atomic_write_text, sha256_bytes
 from cellbench.metrics.bootstrap import bootstrap_mean
 from cellbench.metrics.rewards import REWARD_NAMES, SUITE_VERSION
 from cellbench.validation.defects import DEFECTS, apply_defect
@@ -264,7 +264,7 @@ def load_real_crops(root: str | Path) -> tuple[np.ndarray, np.ndarray, Any]:
     """The 68x68 uint16 real BBBC021 crops of ``root`` as 96x96 uint8 (actin, tubulin, DNA)."""
     import pandas as pd
 
-    from cellbench.segment.convert import to_uint8_crop
+    from cellbench.features.segment.convert import to_uint8_crop
 
     root = Path(root)
     index = root / "crop_labels.csv"
@@ -301,8 +301,8 @@ class RealSuite:
         backend: str = "classical",
         progress: Progress = _noop,
     ):
-        from cellbench.reference import compute_reference_stats
-        from cellbench.segment.backends import get_backend
+        from cellbench.features.reference import compute_reference_stats
+        from cellbench.features.segment.backends import get_backend
 
         self.root = Path(root)
         crops, moas, _ = load_real_crops(root)
@@ -389,8 +389,8 @@ def segmentation_accuracy(root: str | Path, backend: str = "classical") -> dict[
     """
     from PIL import Image
 
-    from cellbench.segment.backends import get_backend
-    from cellbench.segment.evaluate import match_instances
+    from cellbench.features.segment.backends import get_backend
+    from cellbench.features.segment.evaluate import match_instances
 
     root = Path(root)
     images = sorted((root / "images").glob("*.png"))
@@ -400,7 +400,7 @@ def segmentation_accuracy(root: str | Path, backend: str = "classical") -> dict[
         )
     seg = get_backend(backend)
     if seg.name == "classical":
-        from cellbench.segment.classical import segment_nuclei
+        from cellbench.features.segment.classical import segment_nuclei
     else:
 
         def segment_nuclei(img: np.ndarray) -> np.ndarray:

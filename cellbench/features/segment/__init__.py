@@ -1,11 +1,11 @@
 """Segmentation backends and per-image features (SPEC 4.1-4.2).
 
-* :mod:`cellbench.segment.classical`: the default ``classical`` backend (version 2: scale-aware
+* :mod:`cellbench.features.segment.classical`: the default ``classical`` backend (version 2: scale-aware
   nuclei, seeded-watershed cells).
-* :mod:`cellbench.segment.evaluate`: instance matching and F1 against ground truth (real DSB2018
+* :mod:`cellbench.features.segment.evaluate`: instance matching and F1 against ground truth (real DSB2018
   nuclei, simulated crops with known nuclei).
-* :mod:`cellbench.segment.convert`: other crops to the 96x96 uint8 convention.
-* :mod:`cellbench.segment.backends`: the backend registry (``classical``, ``cellpose``).
+* :mod:`cellbench.features.segment.convert`: other crops to the 96x96 uint8 convention.
+* :mod:`cellbench.features.segment.backends`: the backend registry (``classical``, ``cellpose``).
 
 The names below are imported lazily (scikit-image loads only when one is used).
 """

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cellbench._io import atomic_path, atomic_write_bytes
 from cellbench.errors import ImageError
 from cellbench.images import IMAGE_SUFFIXES
+from cellbench.io import atomic_path, atomic_write_bytes
 
 
 def read_any_image(path: Path) -> np.ndarray:
@@ -60,8 +60,8 @@ def segment_folder(
     """Segment every image; write ``<stem>_nuclei.tif``, ``<stem>_cells.tif`` and ``features.csv``."""
     import tifffile
 
-    from cellbench.segment.backends import get_backend
-    from cellbench.segment.classical import features_from_masks
+    from cellbench.features.segment.backends import get_backend
+    from cellbench.features.segment.classical import features_from_masks
 
     src = Path(input)
     files = (

@@ -7,15 +7,15 @@ from pathlib import Path
 
 import numpy as np
 
-from cellbench.classifier import (
+from cellbench.data.bbbc021 import BBBC021Dataset
+from cellbench.data.layout import MOAS
+from cellbench.features.classifier import (
     classification_report,
     load_classifier,
     predict_proba,
     save_classifier,
     train_head,
 )
-from cellbench.data.bbbc021 import BBBC021Dataset
-from cellbench.data.layout import MOAS
 
 Progress = Callable[[str, int, int], None]
 
@@ -47,7 +47,7 @@ def train_and_save(
 ) -> tuple[Path, dict]:
     """Train on the train split's treated crops, test on the test split, save the artifact."""
     from cellbench.features.inception import InceptionFeatures
-    from cellbench.reference import ARTIFACT_DIR
+    from cellbench.features.reference import ARTIFACT_DIR
 
     extractor = InceptionFeatures(device=device)
     train, test = _treated(ds, "train"), _treated(ds, "test")
@@ -101,7 +101,7 @@ def evaluate_classifier(
 ) -> dict:
     """Accuracy, macro-F1, per-class scores and confusion matrix on the real crops of ``split``."""
     from cellbench.features.inception import InceptionFeatures
-    from cellbench.reference import find_artifact
+    from cellbench.features.reference import find_artifact
 
     head, _card = load_classifier(find_artifact(ds, "classifier"))
     rows = _treated(ds, split)

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cellbench._io import atomic_write_text, sha256_bytes
 from cellbench.data.bbbc021 import BBBC021Dataset
 from cellbench.errors import CellbenchError
+from cellbench.io import atomic_write_text, sha256_bytes
 from cellbench.metrics.rewards import SUITE_VERSION
 
 ARTIFACT_DIR = "cellbench_artifacts"

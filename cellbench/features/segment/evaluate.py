@@ -111,7 +111,7 @@ def dsb_f1(root, segment=None):
     from PIL import Image
 
     if segment is None:
-        from cellbench.segment.classical import segment_nuclei as segment
+        from cellbench.features.segment.classical import segment_nuclei as segment
     root = Path(root)
     rows = []
     for p in sorted((root / "images").glob("*.png")):
@@ -147,7 +147,7 @@ def sim_f1(n_per_moa: int = 25, seed: int = 0, segment=None, min_area: int = 15)
     from cellbench.data.layout import MOAS
 
     if segment is None:
-        from cellbench.segment.classical import segment_crop
+        from cellbench.features.segment.classical import segment_crop
 
         def segment(img):
             return segment_crop(img, dna_channel=2).nuclei

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from cellbench._io import atomic_path, atomic_write_text, sha256_file
 from cellbench.data.layout import MOAS
 from cellbench.errors import CellbenchError
+from cellbench.io import atomic_path, atomic_write_text, sha256_file
 
 HEAD_VERSION = "1"
 WEIGHTS_NAME = "classifier.safetensors"

@@ -3,7 +3,7 @@
 A backend turns uint8 crops into the six per-image features of SPEC 4.2. Its name and version are
 part of the metric identity and are recorded in every result and reference-statistics file.
 
-* ``classical`` (default): scikit-image, no weights (:mod:`cellbench.segment.classical`).
+* ``classical`` (default): scikit-image, no weights (:mod:`cellbench.features.segment.classical`).
 * ``cellpose``: Cellpose 3.1.x ``nuclei`` + ``cyto3`` models, used only when the package is
   installed (``pip install 'cellbench[cellpose]'``) and its weight files are on disk.
 """
@@ -61,7 +61,7 @@ class SegmentationBackend(abc.ABC):
 
     @property
     def feature_names(self) -> tuple[str, ...]:
-        from cellbench.segment.classical import FEATURE_NAMES
+        from cellbench.features.segment.classical import FEATURE_NAMES
 
         return FEATURE_NAMES
 
@@ -85,7 +85,7 @@ class SegmentationBackend(abc.ABC):
         on_progress: Callable[[int, int], None] | None = None,
     ) -> np.ndarray:
         """(N, H, W, 3) uint8 -> (N, 6) float64 features in :attr:`feature_names` order."""
-        from cellbench.segment.classical import features_from_masks
+        from cellbench.features.segment.classical import features_from_masks
 
         out = np.zeros((len(images), len(self.feature_names)))
         for i, img in enumerate(images):
@@ -118,17 +118,17 @@ class ClassicalBackend(SegmentationBackend):
 
     @property
     def version(self) -> str:  # type: ignore[override]
-        from cellbench.segment.classical import BACKEND_VERSION
+        from cellbench.features.segment.classical import BACKEND_VERSION
 
         return BACKEND_VERSION
 
     def segment(self, image: np.ndarray, *, dna_channel: int):
-        from cellbench.segment.classical import segment_crop
+        from cellbench.features.segment.classical import segment_crop
 
         return segment_crop(image, dna_channel=dna_channel)
 
     def features(self, images, *, dna_channel, on_progress=None):
-        from cellbench.segment.classical import segment_batch
+        from cellbench.features.segment.classical import segment_batch
 
         out = np.zeros((len(images), len(self.feature_names)))
         pool = _pool() if len(images) >= POOL_MIN_IMAGES else None
@@ -191,7 +191,7 @@ class CellposeBackend(SegmentationBackend):
             )
         from importlib.metadata import version
 
-        from cellbench._io import sha256_file
+        from cellbench.io import sha256_file
 
         self._version = f"cellpose-{version('cellpose')}"
         self._weights = {w: sha256_file(folder / w) for w in CELLPOSE_WEIGHTS}
@@ -206,7 +206,7 @@ class CellposeBackend(SegmentationBackend):
         return dict(self._weights)
 
     def segment(self, image: np.ndarray, *, dna_channel: int):
-        from cellbench.segment.classical import SegmentationResult
+        from cellbench.features.segment.classical import SegmentationResult
 
         dna = image[..., dna_channel].astype(np.float32)
         cyto_channels = [k for k in range(image.shape[-1]) if k != dna_channel]
@@ -224,12 +224,12 @@ class CellposeBackend(SegmentationBackend):
 SEGMENTERS: Registry[type[SegmentationBackend]] = Registry("segmentation backend")
 SEGMENTERS.register(
     "classical",
-    "cellbench.segment.backends:ClassicalBackend",
+    "cellbench.features.segment.backends:ClassicalBackend",
     summary="scikit-image threshold + seeded watershed; no weights (default)",
 )
 SEGMENTERS.register(
     "cellpose",
-    "cellbench.segment.backends:CellposeBackend",
+    "cellbench.features.segment.backends:CellposeBackend",
     summary="Cellpose 3.1.x nuclei + cyto3; needs the cellpose extra and local weight files",
 )
 
