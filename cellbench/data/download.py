@@ -1,645 +1,54 @@
 """Fetch the real BBBC021 crops (IMPA preprocessing) from Zenodo record 8307629.
 
 The crops live in one ~12.5 GB zip, ``IMPA_reproducibility.zip``, holding one ``.tar`` per dataset
-under ``IMPA_reproducibility/datasets/``. Only the BBBC021 part is needed, so :class:`RemoteZip`
-reads the zip's central directory with HTTP range requests and fetches single members:
-
-1. a 1-byte range request learns the file size and whether ranges work;
-2. the last ~66 KiB hold the End Of Central Directory record (and, for a >4 GiB zip, the ZIP64
-   locator and record), which say where the central directory is;
-3. the central directory lists every member's name, sizes, CRC32 and local header offset;
-4. a member's local header + data are fetched by range into a ``.part`` file (resumed from its size
-   on the next run), checked against the central directory's size and CRC32 and, for deflate
-   members, decompressed in a streaming way.
-
-If the server ignores range requests, the whole zip is downloaded (resumably) into a work folder
-beside the destination and read with :mod:`zipfile`.
+under ``IMPA_reproducibility/datasets/``. Only the BBBC021 part is needed, so
+:class:`~cellbench.data.remote_zip.RemoteZip` reads the zip's central directory with HTTP range
+requests and fetches single members (resumable, checked against the sizes and CRC32 of the central
+directory). If the server ignores range requests, the whole zip is downloaded (resumably) into a
+work folder beside the destination and read with :class:`~cellbench.data.remote_zip.LocalZip`.
 
 :func:`download_bbbc021` then extracts ``bbbc021_all.tar`` into a temporary sibling of the
 destination (refusing absolute paths, ``..``, links and device files), strips the tar's top folder,
 adds ``embeddings/csv/emb_fp.csv`` (from the tar or from another zip member), checks the layout of
-:mod:`cellbench.data.layout`, and only then renames the folder into place. Only the standard library
-is used for HTTP (:mod:`urllib.request`), so proxies set in ``HTTPS_PROXY`` are honoured.
+:mod:`cellbench.data.layout`, and only then renames the folder into place.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
-import http.client
-import io
 import itertools
 import os
 import re
 import shutil
-import struct
 import tarfile
 import tempfile
-import urllib.error
-import urllib.request
-import zipfile
 import zlib
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Protocol
 
-from cellbench._version import __version__
 from cellbench.data import layout
+from cellbench.data.remote_zip import (
+    REDOWNLOAD_FIX,
+    LocalZip,
+    MemberSource,
+    ProgressFn,
+    RangesUnsupported,
+    RemoteZip,
+    ZipMember,
+    check_free_space,
+    download_whole,
+)
 from cellbench.errors import DownloadError
-from cellbench.io import atomic_path, is_within
+from cellbench.io import is_within
 
 IMPA_ZENODO_URL = "https://zenodo.org/records/8307629/files/IMPA_reproducibility.zip"
 
-#: ``on_progress(done_bytes, total_bytes)``.
-ProgressFn = Callable[[int, int], None]
-
 _CHUNK = 1 << 20
-#: Bytes read from the end of the zip: the largest EOCD (22 + 65535 comment) plus the ZIP64 locator.
-_TAIL_BYTES = 66 * 1024
-_MAX_CENTRAL_DIR = 256 << 20
-_USER_AGENT = f"cellbench/{__version__} (+https://github.com/cellbench/cellbench)"
-
-_RETRY_FIX = (
-    "check the network connection and any proxy settings (HTTPS_PROXY), then run the same command "
-    "again; the download resumes from the bytes already saved"
-)
-_REDOWNLOAD_FIX = "run the command again to re-download"
+_NOT_FOUND_FIX = "check the URL (BBBC021 is in Zenodo record 8307629) or try again later"
 _TAR_NAME_RE = re.compile(r"bbbc021[^/]*\.(tar|tar\.gz|tgz)$", re.IGNORECASE)
 _FP_NAME = "emb_fp.csv"
 _SAFE_FILENAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-
-# Zip record layouts (APPNOTE.TXT 4.3).
-_EOCD = struct.Struct("<4s4H2LH")
-_EOCD_SIG = b"PK\x05\x06"
-_ZIP64_LOCATOR = struct.Struct("<4sLQL")
-_ZIP64_LOCATOR_SIG = b"PK\x06\x07"
-_ZIP64_EOCD = struct.Struct("<4sQ2H2L4Q")
-_ZIP64_EOCD_SIG = b"PK\x06\x06"
-_CENTRAL = struct.Struct("<4s4B4HL2L5H2L")
-_CENTRAL_SIG = b"PK\x01\x02"
-_LOCAL = struct.Struct("<4s2B4HL2L2H")
-_LOCAL_SIG = b"PK\x03\x04"
-_U32_MAX = 0xFFFFFFFF
-_U16_MAX = 0xFFFF
-
-
-# ---------------------------------------------------------------------------------------------
-# Zip members
-
-
-@dataclass(frozen=True)
-class ZipMember:
-    """One entry of a zip's central directory.
-
-    Attributes:
-        name: the member's path inside the zip (``/`` separated).
-        compressed_size: bytes of (possibly compressed) data stored in the zip.
-        size: bytes after decompression.
-        crc32: CRC32 of the decompressed bytes.
-        method: compression method (0 stored, 8 deflate; others are not supported).
-        header_offset: offset of the member's local file header in the zip.
-        flags: general purpose bit flags (bit 0: encrypted).
-    """
-
-    name: str
-    compressed_size: int
-    size: int
-    crc32: int
-    method: int
-    header_offset: int
-    flags: int = 0
-
-    @property
-    def is_dir(self) -> bool:
-        """True for a folder entry."""
-        return self.name.endswith("/")
-
-
-class _MemberSource(Protocol):
-    def members(self) -> list[ZipMember]: ...
-
-    def fetch_member(
-        self, member: ZipMember, dest_file: Path, *, on_progress: ProgressFn | None = None
-    ) -> Path: ...
-
-
-# ---------------------------------------------------------------------------------------------
-# HTTP helpers
-
-
-class _RangesUnsupported(DownloadError):
-    """The server answered a range request with the whole file."""
-
-    def __init__(self, url: str, total: int | None):
-        super().__init__(
-            "the server does not support HTTP range requests",
-            path=url,
-            fix="cellbench falls back to downloading the whole zip",
-        )
-        self.total = total
-
-
-class _RangeNotSatisfiable(DownloadError):
-    """HTTP 416: the requested start lies at or beyond the end of the file."""
-
-    def __init__(self, url: str, total: int | None):
-        super().__init__("HTTP 416 Range Not Satisfiable", path=url, fix=_REDOWNLOAD_FIX)
-        self.total = total
-
-
-def _network_error(url: str, exc: BaseException, timeout: float) -> DownloadError:
-    if isinstance(exc, urllib.error.URLError) and not isinstance(exc, urllib.error.HTTPError):
-        reason = exc.reason
-        if isinstance(reason, TimeoutError):
-            return DownloadError(
-                f"no answer within {timeout:g} s (timed out)", path=url, fix=_RETRY_FIX
-            )
-        return DownloadError(f"cannot reach the server ({reason})", path=url, fix=_RETRY_FIX)
-    if isinstance(exc, TimeoutError):
-        return DownloadError(
-            f"no answer within {timeout:g} s (timed out)", path=url, fix=_RETRY_FIX
-        )
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return DownloadError(f"network error ({text})", path=url, fix=_RETRY_FIX)
-
-
-def _content_range(resp: http.client.HTTPResponse) -> tuple[int, int, int | None] | None:
-    match = re.fullmatch(
-        r"\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*", resp.headers.get("Content-Range", "") or ""
-    )
-    if not match:
-        return None
-    total = None if match.group(3) == "*" else int(match.group(3))
-    return int(match.group(1)), int(match.group(2)), total
-
-
-def _open(
-    url: str, *, timeout: float, start: int | None = None, end: int | None = None
-) -> http.client.HTTPResponse:
-    """GET ``url`` (optionally ``Range: bytes=start-end``); HTTP and network errors -> DownloadError."""
-    headers = {"User-Agent": _USER_AGENT, "Accept-Encoding": "identity"}
-    if start is not None:
-        headers["Range"] = f"bytes={start}-" + ("" if end is None else str(end))
-    try:
-        request = urllib.request.Request(url, headers=headers)
-    except ValueError as exc:
-        raise DownloadError(
-            f"not a valid download URL ({exc})", path=url, fix="pass an http:// or https:// URL"
-        ) from None
-    try:
-        return urllib.request.urlopen(request, timeout=timeout)
-    except urllib.error.HTTPError as exc:
-        with contextlib.suppress(Exception):
-            exc.close()
-        if exc.code == 416:
-            match = re.search(
-                r"/(\d+)", exc.headers.get("Content-Range", "") if exc.headers else ""
-            )
-            raise _RangeNotSatisfiable(url, int(match.group(1)) if match else None) from None
-        fix = (
-            "check the URL (BBBC021 is in Zenodo record 8307629) or try again later"
-            if exc.code in (403, 404, 410)
-            else _RETRY_FIX
-        )
-        raise DownloadError(f"HTTP error {exc.code} {exc.reason}", path=url, fix=fix) from None
-    except (OSError, http.client.HTTPException) as exc:
-        raise _network_error(url, exc, timeout) from None
-
-
-def _open_range(
-    url: str, start: int, end: int | None, *, timeout: float
-) -> tuple[http.client.HTTPResponse, int | None]:
-    """Open a range request and check the server honoured it; returns (response, file size)."""
-    resp = _open(url, timeout=timeout, start=start, end=end)
-    if resp.status == 206:
-        parsed = _content_range(resp)
-        if parsed is None or parsed[0] != start or (end is not None and parsed[1] != end):
-            resp.close()
-            raise DownloadError(
-                f"the server answered bytes {start}-{end} with an unexpected Content-Range "
-                f"{resp.headers.get('Content-Range')!r}",
-                path=url,
-                fix=_RETRY_FIX,
-            )
-        return resp, parsed[2]
-    length = resp.headers.get("Content-Length")
-    resp.close()
-    if resp.status == 200:
-        raise _RangesUnsupported(url, int(length) if length and length.isdigit() else None)
-    raise DownloadError(f"unexpected HTTP status {resp.status}", path=url, fix=_RETRY_FIX)
-
-
-def _copy_body(
-    resp: http.client.HTTPResponse,
-    out: BinaryIO,
-    expected: int | None,
-    *,
-    url: str,
-    timeout: float,
-    on_chunk: Callable[[int], None] | None = None,
-) -> int:
-    """Copy the response body into ``out``; raise if fewer than ``expected`` bytes arrive."""
-    got = 0
-    with resp:
-        while expected is None or got < expected:
-            want = _CHUNK if expected is None else min(_CHUNK, expected - got)
-            try:
-                chunk = resp.read(want)
-            except (OSError, http.client.HTTPException) as exc:
-                raise _network_error(url, exc, timeout) from None
-            if not chunk:
-                break
-            out.write(chunk)
-            got += len(chunk)
-            if on_chunk is not None:
-                on_chunk(len(chunk))
-    if expected is not None and got < expected:
-        raise DownloadError(
-            f"the connection closed after {got} of {expected} bytes", path=url, fix=_RETRY_FIX
-        )
-    return got
-
-
-# ---------------------------------------------------------------------------------------------
-# Central directory parsing
-
-
-def _parse_zip64_extra(
-    extra: bytes, size: int, compressed: int, offset: int
-) -> tuple[int, int, int]:
-    """Apply a ZIP64 extended information field (id 0x0001) to the 32-bit header values."""
-    pos = 0
-    while pos + 4 <= len(extra):
-        field_id, field_len = struct.unpack_from("<HH", extra, pos)
-        body = extra[pos + 4 : pos + 4 + field_len]
-        pos += 4 + field_len
-        if field_id != 1:
-            continue
-        values = [struct.unpack_from("<Q", body, i)[0] for i in range(0, len(body) - 7, 8)]
-        if size == _U32_MAX and values:
-            size = values.pop(0)
-        if compressed == _U32_MAX and values:
-            compressed = values.pop(0)
-        if offset == _U32_MAX and values:
-            offset = values.pop(0)
-        break
-    return size, compressed, offset
-
-
-def parse_central_directory(data: bytes) -> list[ZipMember]:
-    """Parse the central directory bytes of a zip (ZIP64 extra fields included)."""
-    members: list[ZipMember] = []
-    pos = 0
-    while pos + _CENTRAL.size <= len(data) and data[pos : pos + 4] == _CENTRAL_SIG:
-        fields = _CENTRAL.unpack_from(data, pos)
-        flags, method, crc = fields[5], fields[6], fields[9]
-        compressed, size = fields[10], fields[11]
-        name_len, extra_len, comment_len, offset = fields[12], fields[13], fields[14], fields[18]
-        start = pos + _CENTRAL.size
-        raw_name = data[start : start + name_len]
-        extra = data[start + name_len : start + name_len + extra_len]
-        name = raw_name.decode("utf-8" if flags & 0x800 else "cp437", errors="replace")
-        size, compressed, offset = _parse_zip64_extra(extra, size, compressed, offset)
-        members.append(ZipMember(name, compressed, size, crc, method, offset, flags))
-        pos = start + name_len + extra_len + comment_len
-    return members
-
-
-def _find_eocd(tail: bytes) -> int:
-    """Offset of the End Of Central Directory record inside ``tail`` (searched from the end)."""
-    pos = tail.rfind(_EOCD_SIG)
-    while pos >= 0:
-        if pos + _EOCD.size <= len(tail):
-            comment_len = _EOCD.unpack_from(tail, pos)[7]
-            if pos + _EOCD.size + comment_len <= len(tail):
-                return pos
-        pos = tail.rfind(_EOCD_SIG, 0, pos)
-    return -1
-
-
-# ---------------------------------------------------------------------------------------------
-# Remote zip
-
-
-class RemoteZip:
-    """A zip file on an HTTP server, read member by member with HTTP range requests.
-
-    Args:
-        url: the zip's URL (redirects are followed).
-        timeout: seconds to wait for the server on each network operation.
-
-    Raises a :class:`DownloadError` subclass when the server ignores ranges; callers can then fall
-    back to downloading the whole file (as :func:`download_bbbc021` does).
-    """
-
-    def __init__(self, url: str, *, timeout: float = 60.0):
-        self.url = url
-        self.timeout = timeout
-        self._size: int | None = None
-        self._members: list[ZipMember] | None = None
-
-    @property
-    def size(self) -> int:
-        """Size of the zip in bytes (learned from a 1-byte range request)."""
-        if self._size is None:
-            resp, total = _open_range(self.url, 0, 0, timeout=self.timeout)
-            accept = (resp.headers.get("Accept-Ranges") or "").strip().lower()
-            resp.close()
-            if accept == "none":
-                raise _RangesUnsupported(self.url, total)
-            if total is None:
-                raise DownloadError(
-                    "the server did not report the file size", path=self.url, fix=_RETRY_FIX
-                )
-            self._size = total
-        return self._size
-
-    def read_range(self, start: int, length: int) -> bytes:
-        """Return ``length`` bytes of the zip from offset ``start``."""
-        if length <= 0:
-            return b""
-        resp, _ = _open_range(self.url, start, start + length - 1, timeout=self.timeout)
-        buf = io.BytesIO()
-        _copy_body(resp, buf, length, url=self.url, timeout=self.timeout)
-        return buf.getvalue()
-
-    def _not_a_zip(self, what: str) -> DownloadError:
-        return DownloadError(
-            f"not a readable zip file ({what})",
-            path=self.url,
-            fix="check the URL; if it is right, " + _RETRY_FIX,
-        )
-
-    def members(self) -> list[ZipMember]:
-        """List the zip's members from its central directory (read once, then cached)."""
-        if self._members is not None:
-            return list(self._members)
-        total = self.size
-        tail_start = max(0, total - _TAIL_BYTES)
-        tail = self.read_range(tail_start, total - tail_start)
-        pos = _find_eocd(tail)
-        if pos < 0:
-            raise self._not_a_zip("no end-of-central-directory record")
-        _sig, disk, cd_disk, _n_disk, n_total, cd_size, cd_offset, _clen = _EOCD.unpack_from(
-            tail, pos
-        )
-        loc_pos = pos - _ZIP64_LOCATOR.size
-        if loc_pos >= 0 and tail[loc_pos : loc_pos + 4] == _ZIP64_LOCATOR_SIG:
-            _s, _d, rec_offset, _disks = _ZIP64_LOCATOR.unpack_from(tail, loc_pos)
-            if rec_offset >= tail_start and rec_offset + _ZIP64_EOCD.size <= total:
-                rec = tail[rec_offset - tail_start : rec_offset - tail_start + _ZIP64_EOCD.size]
-            else:
-                rec = self.read_range(rec_offset, _ZIP64_EOCD.size)
-            if len(rec) < _ZIP64_EOCD.size or rec[:4] != _ZIP64_EOCD_SIG:
-                raise self._not_a_zip("bad ZIP64 end-of-central-directory record")
-            fields = _ZIP64_EOCD.unpack(rec)
-            disk, cd_disk, n_total, cd_size, cd_offset = (
-                fields[4],
-                fields[5],
-                fields[7],
-                fields[8],
-                fields[9],
-            )
-        elif _U32_MAX in (cd_size, cd_offset) or n_total == _U16_MAX:
-            raise self._not_a_zip("ZIP64 sizes without a ZIP64 locator")
-        if disk != 0 or cd_disk != 0:
-            raise self._not_a_zip("multi-part (spanned) zips are not supported")
-        if cd_size > _MAX_CENTRAL_DIR or cd_offset + cd_size > total:
-            raise self._not_a_zip("central directory out of range")
-        if cd_offset >= tail_start:
-            central = tail[cd_offset - tail_start : cd_offset - tail_start + cd_size]
-        else:
-            central = self.read_range(cd_offset, cd_size)
-        members = parse_central_directory(central)
-        if not members and n_total:
-            raise self._not_a_zip("empty or unreadable central directory")
-        self._members = members
-        return list(members)
-
-    def data_offset(self, member: ZipMember) -> int:
-        """Offset of the member's data (after its local header) in the zip."""
-        header = self.read_range(member.header_offset, _LOCAL.size)
-        if len(header) < _LOCAL.size or header[:4] != _LOCAL_SIG:
-            raise self._not_a_zip(f"no local header for member {member.name!r}")
-        fields = _LOCAL.unpack(header)
-        return member.header_offset + _LOCAL.size + fields[10] + fields[11]
-
-    def fetch_member(
-        self, member: ZipMember, dest_file: Path, *, on_progress: ProgressFn | None = None
-    ) -> Path:
-        """Download and verify one member into ``dest_file`` (resumable through ``<dest>.part``).
-
-        The raw member data go to ``<dest_file>.part``; a later call continues with
-        ``Range: bytes=N-`` from the ``.part`` size. The complete data are checked against the
-        central directory (compressed size, CRC32, uncompressed size); on a mismatch the ``.part`` is
-        deleted and a :class:`DownloadError` raised. ``on_progress(done, total)`` counts compressed
-        bytes.
-        """
-        _check_supported(member, self.url)
-        dest_file = Path(dest_file)
-        dest_file.parent.mkdir(parents=True, exist_ok=True)
-        part = dest_file.with_name(dest_file.name + ".part")
-        total = member.compressed_size
-        have = part.stat().st_size if part.is_file() else 0
-        if have > total:
-            part.unlink()
-            have = 0
-        if on_progress is not None:
-            on_progress(have, total)
-        if have < total:
-            start = self.data_offset(member)
-            resp, _ = _open_range(self.url, start + have, start + total - 1, timeout=self.timeout)
-            done = have
-
-            def _tick(n: int) -> None:
-                nonlocal done
-                done += n
-                if on_progress is not None:
-                    on_progress(done, total)
-
-            with open(part, "ab") as out:
-                _copy_body(
-                    resp, out, total - have, url=self.url, timeout=self.timeout, on_chunk=_tick
-                )
-        _finish_member(member, part, dest_file)
-        return dest_file
-
-
-def _check_supported(member: ZipMember, where: str) -> None:
-    if member.flags & 0x1:
-        raise DownloadError(
-            f"zip member {member.name!r} is encrypted", path=where, fix="use an unencrypted zip"
-        )
-    if member.method not in (0, 8):
-        raise DownloadError(
-            f"zip member {member.name!r} uses compression method {member.method} (only stored and "
-            "deflate are supported)",
-            path=where,
-            fix="report this to the cellbench developers",
-        )
-
-
-class _Mismatch(Exception):
-    """Raised inside a write block so that the temporary output is discarded."""
-
-
-def _corrupt(member: ZipMember, part: Path, what: str) -> DownloadError:
-    part.unlink(missing_ok=True)
-    return DownloadError(
-        f"downloaded member {member.name!r} is corrupt ({what}); the partial file was deleted",
-        path=part,
-        fix=_REDOWNLOAD_FIX,
-    )
-
-
-def _finish_member(member: ZipMember, part: Path, dest_file: Path) -> None:
-    """Verify the raw data in ``part`` and turn them into ``dest_file`` (decompressing deflate)."""
-    got = part.stat().st_size if part.is_file() else 0
-    if got != member.compressed_size:
-        raise _corrupt(member, part, f"{got} bytes instead of {member.compressed_size}")
-    crc, size = 0, 0
-    if member.method == 0:
-        with open(part, "rb") as fh:
-            for chunk in iter(lambda: fh.read(_CHUNK), b""):
-                crc = zlib.crc32(chunk, crc)
-                size += len(chunk)
-        if size != member.size or crc != member.crc32:
-            raise _corrupt(member, part, "CRC32 or size mismatch")
-        os.replace(part, dest_file)
-        return
-    try:
-        with atomic_path(dest_file) as tmp, open(part, "rb") as src, open(tmp, "wb") as out:
-            inflater = zlib.decompressobj(-15)
-            for chunk in iter(lambda: src.read(_CHUNK), b""):
-                data = inflater.decompress(chunk, _CHUNK)
-                while data:
-                    crc = zlib.crc32(data, crc)
-                    size += len(data)
-                    out.write(data)
-                    data = inflater.decompress(inflater.unconsumed_tail, _CHUNK)
-            data = inflater.flush()
-            crc = zlib.crc32(data, crc)
-            size += len(data)
-            out.write(data)
-            if not inflater.eof or size != member.size or crc != member.crc32:
-                raise _Mismatch("CRC32 or size mismatch after decompression")
-    except _Mismatch as exc:
-        raise _corrupt(member, part, str(exc)) from None
-    except zlib.error as exc:
-        raise _corrupt(member, part, f"bad deflate data: {exc}") from None
-    part.unlink(missing_ok=True)
-
-
-# ---------------------------------------------------------------------------------------------
-# Fallback: the whole zip, read locally
-
-
-class _LocalZip:
-    """A downloaded zip read with :mod:`zipfile`, with the same interface as :class:`RemoteZip`."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        try:
-            with zipfile.ZipFile(path) as zf:
-                infos = zf.infolist()
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:
-            path.unlink(missing_ok=True)
-            raise DownloadError(
-                f"the downloaded zip is unreadable ({exc}); it was deleted",
-                path=path,
-                fix=_REDOWNLOAD_FIX,
-            ) from None
-        self._members = [
-            ZipMember(
-                i.filename,
-                i.compress_size,
-                i.file_size,
-                i.CRC,
-                i.compress_type,
-                i.header_offset,
-                i.flag_bits,
-            )
-            for i in infos
-        ]
-
-    def members(self) -> list[ZipMember]:
-        return list(self._members)
-
-    def fetch_member(
-        self, member: ZipMember, dest_file: Path, *, on_progress: ProgressFn | None = None
-    ) -> Path:
-        _check_supported(member, str(self.path))
-        dest_file = Path(dest_file)
-        try:
-            with (
-                zipfile.ZipFile(self.path) as zf,
-                zf.open(member.name) as src,
-                atomic_path(dest_file) as tmp,
-                open(tmp, "wb") as out,
-            ):
-                done = 0
-                for chunk in iter(lambda: src.read(_CHUNK), b""):
-                    out.write(chunk)
-                    done += len(chunk)
-                    if on_progress is not None:
-                        on_progress(done, member.size)
-        except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
-            self.path.unlink(missing_ok=True)
-            raise DownloadError(
-                f"member {member.name!r} of the downloaded zip is corrupt ({exc}); the zip was "
-                "deleted",
-                path=self.path,
-                fix=_REDOWNLOAD_FIX,
-            ) from None
-        return dest_file
-
-
-def _download_whole(
-    url: str, dest: Path, *, timeout: float, on_progress: ProgressFn | None = None
-) -> Path:
-    """Download ``url`` to ``dest`` through ``<dest>.part``, resuming from the ``.part`` size."""
-    if dest.is_file():
-        return dest
-    part = dest.with_name(dest.name + ".part")
-    have = part.stat().st_size if part.is_file() else 0
-    try:
-        resp = _open(url, timeout=timeout, start=have or None)
-    except _RangeNotSatisfiable as exc:
-        if exc.total == have:
-            os.replace(part, dest)
-            return dest
-        part.unlink(missing_ok=True)
-        raise
-    parsed = _content_range(resp) if resp.status == 206 else None
-    if parsed is not None and parsed[0] == have:
-        mode, total = "ab", parsed[2]
-        expected = None if total is None else total - have
-    else:  # the server sent the whole file: start over
-        have, mode = 0, "wb"
-        length = resp.headers.get("Content-Length")
-        total = expected = int(length) if length and length.isdigit() else None
-    if total is not None:
-        _check_free_space(part.parent, total - have)
-    done = have
-
-    def _tick(n: int) -> None:
-        nonlocal done
-        done += n
-        if on_progress is not None:
-            on_progress(done, total or 0)
-
-    with open(part, mode) as out:
-        _copy_body(resp, out, expected, url=url, timeout=timeout, on_chunk=_tick)
-    if total is not None and part.stat().st_size != total:
-        part.unlink(missing_ok=True)
-        raise DownloadError(
-            f"the downloaded zip has {done} bytes instead of {total}",
-            path=url,
-            fix=_REDOWNLOAD_FIX,
-        )
-    os.replace(part, dest)
-    return dest
 
 
 # ---------------------------------------------------------------------------------------------
@@ -713,7 +122,7 @@ def _read_fp_names(fp_csv: Path) -> set[str]:
 
 
 def _fetch_fingerprints(
-    source: _MemberSource,
+    source: MemberSource,
     members: list[ZipMember],
     index_csv: Path,
     work: Path,
@@ -842,7 +251,7 @@ def _extract_tar(tar_path: Path, target: Path) -> None:
         raise DownloadError(
             f"the BBBC021 tar is unreadable ({exc}); it was deleted",
             path=tar_path,
-            fix=_REDOWNLOAD_FIX,
+            fix=REDOWNLOAD_FIX,
         ) from None
 
 
@@ -851,20 +260,20 @@ def _verify_layout(root: Path) -> None:
     index = root / layout.INDEX_RELPATH
     if not index.is_file():
         raise DownloadError(
-            f"the extracted dataset has no {layout.INDEX_RELPATH}", path=root, fix=_REDOWNLOAD_FIX
+            f"the extracted dataset has no {layout.INDEX_RELPATH}", path=root, fix=REDOWNLOAD_FIX
         )
     if not (root / layout.FINGERPRINT_RELPATH).is_file():
         raise DownloadError(
             f"the extracted dataset has no {layout.FINGERPRINT_RELPATH}",
             path=root,
-            fix=_REDOWNLOAD_FIX,
+            fix=REDOWNLOAD_FIX,
         )
     with open(index, newline="", encoding="utf-8", errors="replace") as fh:
         reader = csv.reader(fh)
         header = next(reader, [])
         if "SAMPLE_KEY" not in header:
             raise DownloadError(
-                "the extracted index CSV has no SAMPLE_KEY column", path=index, fix=_REDOWNLOAD_FIX
+                "the extracted index CSV has no SAMPLE_KEY column", path=index, fix=REDOWNLOAD_FIX
             )
         col = header.index("SAMPLE_KEY")
         for row in itertools.islice(reader, 5):
@@ -875,7 +284,7 @@ def _verify_layout(root: Path) -> None:
                 raise DownloadError(
                     f"the extracted dataset lacks the crop of {row[col]!r}",
                     path=crop,
-                    fix=_REDOWNLOAD_FIX,
+                    fix=REDOWNLOAD_FIX,
                 )
 
 
@@ -889,27 +298,13 @@ def is_complete(root: str | Path) -> bool:
     return (root / layout.INDEX_RELPATH).is_file() and (root / layout.FINGERPRINT_RELPATH).is_file()
 
 
-def _check_free_space(folder: Path, needed: int) -> None:
-    try:
-        free = shutil.disk_usage(folder).free
-    except OSError:
-        return
-    if needed > free:
-        raise DownloadError(
-            f"not enough free disk space: about {needed / 1e9:.1f} GB needed, "
-            f"{free / 1e9:.1f} GB free",
-            path=folder,
-            fix="free some space or choose another destination folder",
-        )
-
-
 def _zip_filename(url: str) -> str:
     name = url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
     return name if _SAFE_FILENAME.match(name) else "archive.zip"
 
 
 def _fetch_tar(
-    source: _MemberSource, members: list[ZipMember], work: Path, where: str, report: ProgressFn
+    source: MemberSource, members: list[ZipMember], work: Path, where: str, report: ProgressFn
 ) -> tuple[ZipMember, Path]:
     """Fetch (or reuse from an earlier run) the verified BBBC021 tar into ``work``."""
     member = _select_tar(members, where)
@@ -920,7 +315,7 @@ def _fetch_tar(
     part = tar_path.with_name(tar_path.name + ".part")
     have = part.stat().st_size if part.is_file() else 0
     extra = member.compressed_size - have + (member.size if member.method != 0 else 0)
-    _check_free_space(work, extra + member.size)
+    check_free_space(work, extra + member.size)
     return member, source.fetch_member(member, tar_path, on_progress=report)
 
 
@@ -987,16 +382,20 @@ def _fetch_and_install(
         if on_progress is not None:
             on_progress(offset + done, offset + total)
 
-    source: _MemberSource
+    source: MemberSource
     try:
-        source = RemoteZip(url, timeout=timeout)
+        source = RemoteZip(url, timeout=timeout, not_found_fix=_NOT_FOUND_FIX)
         members = source.members()
         tar_member, tar_path = _fetch_tar(source, members, work, url, report)
-    except _RangesUnsupported:
-        zip_path = _download_whole(
-            url, work / _zip_filename(url), timeout=timeout, on_progress=on_progress
+    except RangesUnsupported:
+        zip_path = download_whole(
+            url,
+            work / _zip_filename(url),
+            timeout=timeout,
+            on_progress=on_progress,
+            not_found_fix=_NOT_FOUND_FIX,
         )
-        source = _LocalZip(zip_path)
+        source = LocalZip(zip_path)
         members = source.members()
         tar_member, tar_path = _fetch_tar(source, members, work, str(zip_path), lambda d, t: None)
 
