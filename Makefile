@@ -10,7 +10,7 @@ OUT    ?= out
 # torch is installed first, on its own, so nothing later can pull a different (CUDA) build.
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

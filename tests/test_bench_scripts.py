@@ -36,7 +36,7 @@ def test_reference_generators_script_scores_and_resumes(tmp_path: Path) -> None:
 
     def run() -> subprocess.CompletedProcess[str]:
         res = subprocess.run(
-            ["bash", "bench/train_reference_generators.sh"],
+            ["bash", "bench/pipelines/train_reference_generators.sh"],
             cwd=REPO,
             env=env,
             capture_output=True,
@@ -68,7 +68,7 @@ def test_reference_generators_script_scores_and_resumes(tmp_path: Path) -> None:
 def _load_bench(name: str) -> ModuleType:
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / "studies" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -118,7 +118,12 @@ def test_fid_sample_size_script_on_a_tiny_sim(tmp_path: Path) -> None:
     ):
         subprocess.run(cli + args, check=True, capture_output=True, timeout=600)
     n_tasks = len(pd.read_csv(proto))
-    script = [sys.executable, str(REPO / "bench" / "fid_sample_size.py"), str(images), *ds[2:]]
+    script = [
+        sys.executable,
+        str(REPO / "bench" / "studies" / "fid_sample_size.py"),
+        str(images),
+        *ds[2:],
+    ]
     script += ["--protocol", str(proto), "--sizes", "8", "16", "--reps", "2", "--controls", "3"]
     script += ["--controls-size", "12"]
     res = subprocess.run(
@@ -168,7 +173,12 @@ def test_image_diagnostics_script_on_a_tiny_sim(tmp_path: Path) -> None:
         ["train", "cellflux", *ds, "--config", str(tiny), "--out", str(run), "--threads", "1"],
     ):
         subprocess.run(cli + args, check=True, capture_output=True, timeout=600)
-    script = [sys.executable, str(REPO / "bench" / "image_diagnostics.py"), str(images), *ds[2:]]
+    script = [
+        sys.executable,
+        str(REPO / "bench" / "studies" / "image_diagnostics.py"),
+        str(images),
+        *ds[2:],
+    ]
     script += ["--protocol", str(proto), "--n", "6", "--checkpoint", str(run)]
     res = subprocess.run(
         [*script, "--json", str(tmp_path / "d.json")], capture_output=True, text=True, timeout=600
@@ -205,3 +215,41 @@ def test_bench_configs_resolve() -> None:
     low = resolve_config(CellFlux.presets, configs / "cellflux-demo-ft-lr3e-5.json")
     stage3 = resolve_config(CellFlux.presets, configs / "cellflux-long-stage3.json")
     assert low["lr"] == 3e-5 < stage3["lr"] and {**low, "lr": stage3["lr"]} == stage3
+
+
+BENCH_SCRIPTS = sorted(
+    p.relative_to(REPO).as_posix()
+    for p in (REPO / "bench").rglob("*")
+    if p.suffix in (".py", ".sh")
+)
+
+
+@pytest.mark.parametrize("script", [s for s in BENCH_SCRIPTS if s.endswith(".py")])
+def test_bench_python_scripts_answer_help(script: str) -> None:
+    res = subprocess.run(
+        [sys.executable, script, "--help"], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "usage:" in res.stdout
+
+
+def test_bench_is_sorted_and_every_named_path_exists() -> None:
+    import re
+
+    # every script sits in perf/, studies/ or pipelines/ and bench/README.md names it
+    readme = (REPO / "bench" / "README.md").read_text()
+    for script in BENCH_SCRIPTS:
+        assert script.split("/")[1] in ("perf", "studies", "pipelines"), script
+        assert f"`{script.removeprefix('bench/')}`" in readme, script
+    # every bench/ path a current doc names exists (CHANGELOG history lines keep old names)
+    docs = [REPO / "README.md", REPO / "CONTRIBUTING.md", *sorted((REPO / "docs").glob("*.md"))]
+    docs += [
+        REPO / "submissions" / "README.md",
+        REPO / "checkpoints" / "cellflux-long" / "README.md",
+    ]
+    named = set()
+    for doc in docs:
+        for path in re.findall(r"\bbench/[\w./-]*\w", doc.read_text()):
+            named.add(path)
+            assert (REPO / path).exists(), f"{doc.relative_to(REPO)} names {path}"
+    assert "bench/pipelines/train_cellflux_long.sh" in named  # the search finds the references

@@ -151,7 +151,7 @@ def test_matching_counts() -> None:
     assert f1_at_iou(gt, gt, 0.75) == 1.0
 
 
-#: mean nucleus F1 at IoU 0.5 measured with BACKEND_VERSION 2 (bench/segment_f1.py): 0.8508 on
+#: mean nucleus F1 at IoU 0.5 measured with BACKEND_VERSION 2 (bench/studies/segment_f1.py): 0.8508 on
 #: the 66 DSB2018 images (0.6971 at IoU 0.75), 0.9435 on 325 simulated crops (25 per MoA and
 #: DMSO, seed 0; 0.8033 at IoU 0.75). The tests fail if a change loses more than 0.01 of either.
 CLASSICAL_F1_AT_05 = 0.8508

@@ -150,7 +150,7 @@ def test_null_attention_adds_a_zero_key_and_no_parameters() -> None:
         assert torch.allclose(plain(x), want_plain, atol=1e-5)
         assert torch.allclose(null(x), want_null, atol=1e-5)
         assert not torch.allclose(null(x), plain(x), atol=1e-3)
-        # attention_weights (used by bench/image_diagnostics.py) are the weights forward applies
+        # attention_weights (used by bench/studies/image_diagnostics.py) are the weights forward applies
         weights = null.attention_weights(x)[0, 0]
         assert weights.shape == (6, 7) and torch.allclose(weights[:, :6], off_by_one, atol=1e-6)
         assert torch.allclose(weights.sum(1), torch.ones(6), atol=1e-6)

@@ -32,7 +32,7 @@ antialias option followed torchmetrics issue #3130, June 2025; 1.9 is installed 
 ``F.interpolate(mode="bilinear", align_corners=False, antialias=True)`` instead: half-pixel
 centres, which for upsampling is plain half-pixel bilinear. ``resize="pytorch"`` reproduces that variant,
 for comparisons only. The two rules shift the image by about a third of an input pixel and change
-single features by up to ~0.9 (features range 0..5; see ``bench/inception_speed.py``), so the
+single features by up to ~0.9 (features range 0..5; see ``bench/perf/inception_speed.py``), so the
 resize rule is part of :meth:`InceptionFeatures.identity`.
 
 Speed (CPU)
@@ -48,7 +48,7 @@ convolutions then run close to the CPU's float32 peak. Features agree with the u
 to ~2e-5; the rewrite is checked numerically at load and abandoned (with a warning) if it ever
 disagrees. Inputs enter channels-last in float32 under :func:`torch.inference_mode`, in batches of
 8 (larger batches are slower on a small CPU: the activations fall out of cache). On 2 AMD EPYC
-cores this is ~1.6-1.9x the torchmetrics path (``bench/inception_speed.py``).
+cores this is ~1.6-1.9x the torchmetrics path (``bench/perf/inception_speed.py``).
 """
 
 from __future__ import annotations

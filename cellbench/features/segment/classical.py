@@ -24,7 +24,7 @@ of the nucleus radius ``r``, so the same parameters serve 96x96 crops (nuclei 10
 5. nuclei smaller than 0.15 pi r^2 (or 10 px), or whose peak contrast is below 3x the pixel noise
    (median absolute deviation of neighbour differences), are dropped.
 
-On the 66 DSB2018 fluorescence images (``bench/segment_f1.py``, 5,094 nuclei, sizes 256x256 to
+On the 66 DSB2018 fluorescence images (``bench/studies/segment_f1.py``, 5,094 nuclei, sizes 256x256 to
 1040x1388) this reaches a mean F1 of 0.851 at IoU 0.5 and 0.697 at IoU 0.75 (version 1: 0.773 /
 0.517). The parameters are round values on flat optima chosen on those 66 images, never per image.
 

@@ -9,7 +9,7 @@ Fast path: :class:`~cellbench.features.inception.InceptionFeatures` with the sam
 same resize rule (``resize="pytorch"``) for the like-for-like comparison, and with the metric's
 own rule (``resize="tf1"``) to show its speed and how far the two resize rules are apart.
 
-Run: ``.venv/bin/python bench/inception_speed.py [--n 256]`` (about a minute on 2 CPU cores). The
+Run: ``.venv/bin/python bench/perf/inception_speed.py [--n 256]`` (about a minute on 2 CPU cores). The
 paths run interleaved, batch by batch, so that load from other jobs affects them alike.
 Crops are simulated BBBC021-like 96x96x3 uint8 cells (:func:`cellbench.data.sim.render_crop`).
 """

@@ -1,7 +1,7 @@
 """Reward curves of CellFluxRL runs, from their log.csv files (the training log, not held-out).
 
 Usage:
-  python bench/plot_rl_rewards.py OUT.png RUN_DIR [RUN_DIR ...]
+  python bench/studies/plot_rl_rewards.py OUT.png RUN_DIR [RUN_DIR ...]
 
 One panel per reward (overall first): each run's per-step mean over its rollouts (thin) and a
 10-step running mean (thick), labelled by the run folder's name. A run whose objective skips the

@@ -3,15 +3,15 @@
 # the `identity` anchor (control image returned unchanged) and the `real-shuffle` anchor
 # (training crops of the same compound and dose). Run it from anywhere; it works in the repo root.
 #
-#   bash bench/make_reference_submissions.sh            # folders dated today (UTC)
-#   DATE=2026-11-21 bash bench/make_reference_submissions.sh
+#   bash bench/pipelines/make_reference_submissions.sh            # folders dated today (UTC)
+#   DATE=2026-11-21 bash bench/pipelines/make_reference_submissions.sh
 #
 # Re-run it after any change that moves a metric (a metric suite version bump). A folder with the
 # same date and model is replaced; folders of older dates stay and show as stale entries, so
 # delete them by hand if they were never published. Each entry is validated before it is moved
 # into submissions/. Environment: BIN (default .venv/bin), DATA (default data), DATE, WORK.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 BIN=$(cd "${BIN:-.venv/bin}" && pwd)
 DATA=${DATA:-data}
 DATE=${DATE:-$(date -u +%F)}

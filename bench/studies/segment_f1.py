@@ -7,7 +7,7 @@ Three sets, each reported as mean F1 at IoU 0.5 and 0.75 with its runtime:
 * any extra image / mask pairs given with ``--extra IMAGE MASK`` (e.g. a held-out image such as
   the one in the ``stardist`` wheel: ``stardist/data/images/img2d.tif`` and ``mask2d.tif``).
 
-Usage: python bench/segment_f1.py [--root DIR] [--backend classical | --candidate FILE.py]
+Usage: python bench/studies/segment_f1.py [--root DIR] [--backend classical | --candidate FILE.py]
        [--sim-per-moa 25] [--extra IMAGE MASK ...]
 """
 
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 DEFAULT_ROOT = (
-    Path(__file__).resolve().parents[2] / "shared/data/real_seg/dsb2018_stage1_train_subset"
+    Path(__file__).resolve().parents[3] / "shared/data/real_seg/dsb2018_stage1_train_subset"
 )
 
 

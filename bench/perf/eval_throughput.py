@@ -6,7 +6,7 @@ Measures, on bbbc021-sim crops:
      real reference row's segmentation and Inception features are computed too), wall time.
 
 Usage:
-  python bench/eval_throughput.py --data-dir data --n-images 5120
+  python bench/perf/eval_throughput.py --data-dir data --n-images 5120
 
 The dataset must hold at least N test tasks: `cellbench data sim --scale demo` has 10300.
 """

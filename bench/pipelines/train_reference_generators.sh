@@ -2,8 +2,8 @@
 # Reproduce the cpu-small reference generators on bbbc021-sim with fixed seeds, answer the test
 # protocol with them (and with the two anchors) and score everything with `cellbench eval`.
 #
-#   bash bench/train_reference_generators.sh                  # defaults below
-#   DATA=/tmp/d RUNS=/tmp/runs OUT=/tmp/out STEPS=750 bash bench/train_reference_generators.sh
+#   bash bench/pipelines/train_reference_generators.sh                  # defaults below
+#   DATA=/tmp/d RUNS=/tmp/runs OUT=/tmp/out STEPS=750 bash bench/pipelines/train_reference_generators.sh
 #
 # Variables: DATA (dataset folder, default ./data), SCALE (sim scale if the dataset must be made,
 # default small), RUNS (run folders, default ./runs), OUT (images and results, default
@@ -17,7 +17,7 @@
 # seeds and steps on the same machine give the same weights.
 #
 #   DATA=out/demo/data SCALE=demo RUNS=runs/demo OUT=out/demo THREADS=2 \
-#       bash bench/train_reference_generators.sh                 # the demo-scale table
+#       bash bench/pipelines/train_reference_generators.sh                 # the demo-scale table
 set -euo pipefail
 
 BIN=${BIN:-.venv/bin}

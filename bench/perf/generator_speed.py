@@ -12,9 +12,9 @@ the weight values) and synthetic batches of the right shape (no dataset needed):
 
 Examples::
 
-    python bench/generator_speed.py --preset cpu-small --threads 1
-    python bench/generator_speed.py --preset paper --device cuda --train-batch 128 --sample-batch 256
-    python bench/generator_speed.py --preset paper --train-batch 2 --train-steps 1 --no-sampling
+    python bench/perf/generator_speed.py --preset cpu-small --threads 1
+    python bench/perf/generator_speed.py --preset paper --device cuda --train-batch 128 --sample-batch 256
+    python bench/perf/generator_speed.py --preset paper --train-batch 2 --train-steps 1 --no-sampling
 
 The machine is reported with the numbers (CPU model, threads, torch version, device); figures on a
 shared machine vary with its load, so the script also prints the 1-minute load average.

@@ -19,7 +19,7 @@ uniform share, and where the largest one is (the shipped CPU CellFlux piles 10-1
 share on the corner pixel where it draws a noise patch). For a network with ``null_attention``
 the share the null key takes is printed too.
 
-    python bench/image_diagnostics.py out/demo/identity out/demo/cellflux-long \\
+    python bench/studies/image_diagnostics.py out/demo/identity out/demo/cellflux-long \\
         --data-dir out/demo/data --protocol out/demo/protocol.csv --n 300 \\
         --checkpoint checkpoints/cellflux-long
 """

@@ -15,7 +15,7 @@ what a protocol that reuses few controls does to FID.
 Every folder must answer every task (one image per task). Inception features of the real targets
 come from ``cellbench eval``'s cache (computed on first use).
 
-    python bench/fid_sample_size.py out/demo/identity out/demo/cellflux-long \\
+    python bench/studies/fid_sample_size.py out/demo/identity out/demo/cellflux-long \\
         --data-dir out/demo/data --protocol out/demo/protocol.csv --controls 60 120
 """
 

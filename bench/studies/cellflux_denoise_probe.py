@@ -6,7 +6,7 @@ T on N pairs of a split, the network's own loss (unit scale) for sources with an
 Gaussian noise, beside the loss of a zero output, and the image error of the implied x1.
 
 Usage:
-  python bench/cellflux_denoise_probe.py CHECKPOINT [--data-dir data] [--split test] [--t 0.92]
+  python bench/studies/cellflux_denoise_probe.py CHECKPOINT [--data-dir data] [--split test] [--t 0.92]
 """
 
 from __future__ import annotations

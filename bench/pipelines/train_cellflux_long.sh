@@ -2,10 +2,10 @@
 # The longer CPU CellFlux of docs/generators.md ("Training CellFlux longer on the CPU"): the
 # cpu-small recipe with 2x2 pixel folding and EDM scalings, trained in three stages that each start
 # from the previous stage's checkpoint (`cellbench train --init-from`), then the test protocol
-# answered and scored exactly as bench/train_reference_generators.sh does.
+# answered and scored exactly as bench/pipelines/train_reference_generators.sh does.
 #
-#   bash bench/train_cellflux_long.sh                      # defaults below
-#   STEPS=24000 THREADS=1 bash bench/train_cellflux_long.sh
+#   bash bench/pipelines/train_cellflux_long.sh                      # defaults below
+#   STEPS=24000 THREADS=1 bash bench/pipelines/train_cellflux_long.sh
 #
 # Stages (configs in bench/configs/):
 #   1. steps 0 - 4,750: noise added to the source with probability 0.5 (CellFlux's recipe), EMA 0.995
