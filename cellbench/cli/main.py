@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 from cellbench.cli import community as _community  # noqa: F401
+from cellbench.cli import compare as _compare  # noqa: F401
 
 # each command module registers its commands on `app` when imported, in workflow order
 from cellbench.cli import data as _data  # noqa: F401
