@@ -225,7 +225,9 @@ def test_cli_build(site: tuple[Path, Path], tmp_path: Path) -> None:
 def test_committed_submissions_build(tmp_path: Path) -> None:
     entries = sorted((REPO / "submissions").glob("*_*/results.json"))
     if not entries:
-        pytest.skip("no reference entries committed yet (bench/pipelines/make_reference_submissions.sh)")
+        pytest.skip(
+            "no reference entries committed yet (bench/pipelines/make_reference_submissions.sh)"
+        )
     summary = build_leaderboard(REPO / "submissions", tmp_path / "site", stamp="x")
     assert summary.n_entries == len(entries)
     html = (tmp_path / "site" / "index.html").read_text()

@@ -21,7 +21,10 @@ app = typer.Typer(
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-ls_app = typer.Typer(help="List registered datasets, metrics and segmenters.", no_args_is_help=True)
+ls_app = typer.Typer(
+    help="List what is registered: datasets, models (generators), metrics and segmenters.",
+    no_args_is_help=True,
+)
 data_app = typer.Typer(help="Get, simulate and inspect datasets.", no_args_is_help=True)
 images_app = typer.Typer(
     help="Check a generator's image folder against a protocol.", no_args_is_help=True

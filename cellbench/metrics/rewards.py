@@ -1,4 +1,4 @@
-"""The seven biological rewards and the overall reward (metric suite version 1, SPEC 4.2).
+"""The seven biological rewards and the overall reward (metric suite version 2, docs/scoring.md).
 
 All rewards are higher-is-better and computed per generated image with its task's MoA m:
 
