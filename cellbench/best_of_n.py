@@ -1,6 +1,6 @@
 """Best-of-N test-time scaling: N candidates per task, keep the one with the highest reward.
 
-CellFluxRL's test-time scaling (SPEC section 5): a generator draws N candidates for every task,
+CellFluxRL's test-time scaling (docs/cellfluxrl.md): a generator draws N candidates for every task,
 each is scored with :class:`cellbench.rewards.RewardModel` (the ``overall`` reward by default, the
 pipeline of ``cellbench eval``) and the best is kept. Selecting with the metric inflates that
 metric: FID/KID are the independent check, and the image folder says that N > 1 was used in its

@@ -1,4 +1,4 @@
-"""``cellbench eval``: score a generator's images on a dataset's protocol (SPEC 3 and 4).
+"""``cellbench eval``: score a generator's images on a dataset's protocol (docs/scoring.md).
 
 Pipeline: protocol -> images (matched and checked) -> per-image features (one segmentation pass for
 six rewards, one Inception pass for FID, KID and the MoA classifier) -> rewards -> means with

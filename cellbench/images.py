@@ -1,4 +1,4 @@
-"""Reading a generator's images and matching them to protocol tasks (SPEC section 3.2).
+"""Reading a generator's images and matching them to protocol tasks (docs/scoring.md).
 
 Three folder layouts are accepted, tried in this order:
 

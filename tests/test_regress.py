@@ -67,7 +67,7 @@ def test_committed_set_passes(baseline: dict) -> None:
     assert moved == [], "\n".join(map(str, moved))
     assert n == sum(len(v) for v in expected["per_image"].values()) + 3 * 9 + 4
     assert baseline["got"]["inputs"] == expected["inputs"]
-    # a blank image has no nucleus: the clipped minimum on roundness, as SPEC 4.2 says
+    # a blank image has no nucleus: the clipped minimum on roundness, as docs/scoring.md says
     labels = expected["labels"]
     blank = next(i for i, label in enumerate(labels) if label.startswith("blank:"))
     assert expected["per_image"]["roundness"][blank] == -25.0

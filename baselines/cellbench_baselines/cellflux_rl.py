@@ -1,6 +1,6 @@
 """CellFluxRL (Wu, Su, Zhang et al. 2026): CellFlux post-trained online by DiffusionNFT on the rewards.
 
-Written for cellbench from SPEC section 5 and the papers' descriptions (no code copied). One
+Written for cellbench from the papers' descriptions (docs/cellfluxrl.md; no code copied). One
 optimisation step (:meth:`NFTTrainable.training_step`, run by the shared
 :class:`cellbench_baselines.training.Trainer`, which does the seeding, checkpoints, resume, EMA
 and CSV log):

@@ -1,6 +1,6 @@
 """DiffusionNFT (Zheng et al. 2025) for a control -> treated flow: the pure pieces of the update.
 
-Written for cellbench from the papers' descriptions and SPEC section 5 (no code copied). All
+Written for cellbench from the papers' descriptions (docs/cellfluxrl.md; no code copied). All
 functions here are pure (no I/O, no global state) so they can be checked by hand in tests.
 
 Notation: a rollout carries the noised control ``x0`` to an image ``x1``; it is re-noised on the
@@ -16,7 +16,7 @@ straight path ``x_t = (1 - t) x0 + t x1`` at a fresh ``t`` and the flow-matching
 * loss ``w ||v+ - u||^2 + (1 - w) ||v- - u||^2 + lambda ||v_theta - v_ref||^2`` (``lambda``: the
   *reference-penalty weight*), each squared norm a mean over the pixels of one sample, then a
   mean over samples. This is the velocity-space form; the reference code works on clean-image
-  predictions with an adaptive per-sample weight (SPEC 5 accepts either; cellbench uses this one).
+  predictions with an adaptive per-sample weight (docs/cellfluxrl.md: either is accepted; cellbench uses this one).
 
   At ``v_theta = v_old`` the gradient with respect to ``v_theta`` is ``2 beta (2 w - 1) (v_old - u)``:
   samples better than their group (``w > 1/2``) pull the velocity towards their own path, worse

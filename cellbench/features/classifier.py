@@ -1,4 +1,4 @@
-"""The MoA classifier behind the ``moa`` reward (SPEC 4.3).
+"""The MoA classifier behind the ``moa`` reward (docs/scoring.md).
 
 Architecture (the choice the CellFlux group made, kept so the numbers are comparable): the frozen
 FID Inception network's 2048-d pool features -- already computed for FID/KID, so one network pass

@@ -455,7 +455,7 @@ def _default_threads() -> int | None:
 class InceptionFeatures:
     """Fast Inception pool3 features of uint8 RGB crops, float64 ``(N, 2048)``.
 
-    One pass serves FID, KID and the MoA classifier (SPEC 4.3, 4.4).
+    One pass serves FID, KID and the MoA classifier (docs/scoring.md).
 
     Args:
         batch_size: images per network call (8 is fastest on a small CPU; use more on a GPU).

@@ -1,7 +1,7 @@
 """Reference statistics for the z-scored rewards, and where cellbench finds its artifacts.
 
 The reference statistics of a dataset + segmenter are the per-MoA mean and standard deviation of
-each per-image feature over the real **training-split** crops (SPEC 4.2). They are written as a
+each per-image feature over the real **training-split** crops (docs/scoring.md). They are written as a
 canonical JSON file whose sha256 is recorded in every result.
 
 Artifacts (reference statistics, the MoA classifier) are looked up in this order:

@@ -10,9 +10,9 @@ Everything here works on feature arrays (float, ``(N, d)``; d = 2048 for the FID
 * :func:`kid_from_features` is the KID of torch-fidelity/torchmetrics: unbiased MMD^2 with the
   kernel ``(x.y / d + 1)^3``, averaged over ``n_subsets`` random subsets (mean, population std).
 * :func:`fid_kid_overall`, :func:`fid_kid_per_compound` and :func:`fid_kid_summary` give FID_o,
-  KID_o, FID_c and KID_c (SPEC 4.4); FID_c and KID_c are means over compounds of per-compound
+  KID_o, FID_c and KID_c (docs/scoring.md); FID_c and KID_c are means over compounds of per-compound
   values (each compound's own KID, not one KID accumulated over all compounds).
-* :func:`split_half_floor` is the real reference row (SPEC 3.4): each compound's real features
+* :func:`split_half_floor` is the real reference row (docs/scoring.md): each compound's real features
   split at random into two disjoint halves, one half scored against the other.
 """
 
@@ -41,7 +41,7 @@ __all__ = [
     "split_half_floor",
 ]
 
-#: KID subset size cap (SPEC 4.4: subset size = min(100, smallest set)).
+#: KID subset size cap (docs/scoring.md: subsets of min(100, smallest set)).
 KID_MAX_SUBSET_SIZE = 100
 _EPS = np.finfo(np.float64).eps
 
@@ -252,7 +252,7 @@ def fid_from_features(a: Any, b: Any) -> float:
 
 
 def kid_subset_size(n_a: int, n_b: int, max_size: int = KID_MAX_SUBSET_SIZE) -> int:
-    """Subset size ``min(max_size, n_a, n_b)`` (SPEC 4.4)."""
+    """Subset size ``min(max_size, n_a, n_b)`` (docs/scoring.md)."""
     return int(min(max_size, n_a, n_b))
 
 
@@ -473,7 +473,7 @@ def split_half_floor(
     kid_seed: int = 0,
     max_subset_size: int = KID_MAX_SUBSET_SIZE,
 ) -> FidKidSummary:
-    """The real reference row for FID/KID (SPEC 3.4): one random half of the real set vs the other.
+    """The real reference row for FID/KID (docs/scoring.md): one random half of the real set vs the other.
 
     Each compound's real rows are permuted with ``numpy.random.default_rng(SeedSequence([seed,
     crc32(compound)]))`` and split into two disjoint parts: the first, playing the generated set,

@@ -1,4 +1,4 @@
-"""Segmentation backends and per-image features (SPEC 4.1-4.2).
+"""Segmentation backends and per-image features (docs/scoring.md).
 
 * :mod:`cellbench.features.segment.classical`: the default ``classical`` backend (version 2: scale-aware
   nuclei, seeded-watershed cells).

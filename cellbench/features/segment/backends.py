@@ -1,6 +1,6 @@
 """Segmentation backends behind one registry (``cellbench ls segmenters``).
 
-A backend turns uint8 crops into the six per-image features of SPEC 4.2. Its name and version are
+A backend turns uint8 crops into the six per-image features of docs/scoring.md. Its name and version are
 part of the metric identity and are recorded in every result and reference-statistics file.
 
 * ``classical`` (default): scikit-image, no weights (:mod:`cellbench.features.segment.classical`).

@@ -39,7 +39,7 @@ under a nucleus enclosed by cytoplasm counts as cytoplasm); cells are the seeded
 inverted signal inside (foreground or nuclei), seeded by the nuclei; foreground blobs holding no
 nucleus become cells of their own if at least as large as the median nucleus.
 
-Per-image features (SPEC 4.2, :func:`features_from_masks`): ``nuc_count``, ``cell_count``,
+Per-image features (docs/scoring.md, :func:`features_from_masks`): ``nuc_count``, ``cell_count``,
 ``nuc_max_area`` and ``cell_max_area`` (pixels), ``roundness`` = mean over nuclei of
 4 pi area / perimeter^2 clipped to [0, 1], with scikit-image's perimeter estimator (4-connected
 border pixels; straight, diagonal and corner steps weighted 1, sqrt(2) and (1 + sqrt(2)) / 2; see
