@@ -12,9 +12,10 @@ from torch.utils.data import default_collate
 from cellbench.data.bbbc021 import BBBC021Dataset
 from cellbench.data.torch_dataset import PairedCropDataset, to_model_range
 from cellbench.errors import CellbenchError
+from cellbench_baselines.config import resolve_config
 from cellbench_baselines.phendiff import PhenDiff, training_classes
 from cellbench_baselines.sampling import ddim_invert, ddim_sample
-from cellbench_baselines.training import resolve_config, train
+from cellbench_baselines.trainer import train
 from tests.conftest import TINY_UNET
 
 TINY = {
