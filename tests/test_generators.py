@@ -150,6 +150,6 @@ def test_generate_cli_resume_checks_the_settings(mini_root: Path, tmp_path: Path
     assert all(np.array_equal(np.load(out / n), a) for n, a in first.items())
     check = run_cli("images", "check", str(out), "--protocol", str(proto), "--json")
     assert check.returncode == 0, check.stdout
-    (out / ".cellbench-generate.json").write_text("[1, 2")
+    (out / "generation.json").write_text("[1, 2")
     torn = run_cli(*gen, "--out", str(out), "--seed", "3", "--resume")
     assert torn.returncode == 2 and "unreadable settings of the earlier run" in torn.stderr
