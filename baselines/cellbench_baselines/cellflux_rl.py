@@ -26,8 +26,9 @@ and CSV log):
 cellbench's own choices where the papers are silent (documented in ``docs/cellfluxrl.md``):
 the re-noised sample ``x_t = (1 - t) x0' + t x1`` uses a fresh source ``x0' = control + new
 noise`` and ``t ~ U(0, 1)`` (with the rollout's own ``x0`` the deterministic flow already follows
-the straight path, and the update has almost no gradient: measured, see the docs); all networks run without dropout during RL; the shipped weights are the
-Trainer's EMA of the trained network (``ema_decay``); ``cellbench generate cellfluxrl`` samples
+the straight path, and the update has almost no gradient; docs/cellfluxrl.md has the
+measurement); all networks run without dropout during RL; the shipped weights are the Trainer's
+EMA of the trained network (``ema_decay``); ``cellbench generate cellfluxrl`` samples
 like CellFlux (the base model's solver and steps) with guidance ``sample_guidance`` (default 0:
 RL trains the conditional velocity only, as DiffusionNFT is guidance-free).
 """

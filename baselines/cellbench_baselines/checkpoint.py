@@ -6,7 +6,8 @@ generation reads them through :meth:`TrainedGenerator.load`, which every trainab
 inherits: it resolves the path (:func:`resolve_checkpoint`, the one resolver), checks the record,
 reads the EMA weights and hands them to the class's :meth:`TrainedGenerator.from_checkpoint`, and
 sets the generator's ``checkpoint_path`` and ``checkpoint_sha256`` (recorded by ``cellbench
-generate`` in ``generation.json``). Nothing here imports the training loop.
+generate`` in ``generation.json``). Nothing here imports the training loop at import time (the
+``train`` hook imports it when called).
 
 A checkpoint folder ``RUN_DIR/checkpoints/step-NNNNNNNN/`` holds:
 
