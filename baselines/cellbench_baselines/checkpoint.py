@@ -43,6 +43,7 @@ from cellbench.errors import CellbenchError
 from cellbench.generators import Generator
 from cellbench.io import sha256_file
 from cellbench_baselines.common import resolve_device
+from cellbench_baselines.config import resolve_config
 
 if TYPE_CHECKING:
     from cellbench_baselines.trainer import TrainableModel
@@ -338,8 +339,6 @@ class TrainedGenerator(Generator):
     def training_config(
         cls, spec: str | Path | dict | None, *, overrides: dict | None = None
     ) -> dict:
-        from cellbench_baselines.config import resolve_config
-
         return resolve_config(dict(cls.presets), spec, overrides=overrides)
 
     @classmethod
@@ -352,7 +351,7 @@ class TrainedGenerator(Generator):
         device: str = "cpu",
         init_from: str | Path | None = None,
     ) -> dict[str, Any]:
-        from cellbench_baselines.trainer import train
+        from cellbench_baselines.trainer import train  # trainer.py imports this module
 
         return train(
             cls, cls.name, dataset, config, out_dir, device=device, init_from=init_from
