@@ -1,10 +1,11 @@
 """Best-of-N test-time scaling: N candidates per task, keep the one with the highest reward.
 
-CellFluxRL's test-time scaling (docs/cellfluxrl.md): a generator draws N candidates for every task,
-each is scored with :class:`cellbench.rewards.RewardModel` (the ``overall`` reward by default, the
-pipeline of ``cellbench eval``) and the best is kept. Selecting with the metric inflates that
-metric: FID/KID are the independent check, and the image folder says that N > 1 was used in its
-``generation.json`` sidecar, which ``cellbench eval`` copies into the result.
+CellFluxRL's test-time scaling (docs/cellfluxrl.md, "Best-of-N"): a generator draws N candidates
+for every task, each is scored with :class:`cellbench.rewards.RewardModel` (the ``overall`` reward
+by default, the pipeline of ``cellbench eval``) and the best is kept. Selecting with the metric
+inflates that metric: FID/KID are the independent check, and the image folder says that N > 1 was
+used in its ``generation.json`` record (:mod:`cellbench.generation`), which ``cellbench eval``
+copies into the result.
 
 Candidate k of batch b uses the seed that :func:`cellbench.generators.write_generated` gives
 image k of batch b (``SeedSequence([seed, k, b])``), so candidate 0 is the plain N = 1 image and
@@ -13,7 +14,6 @@ best-of-1 writes exactly what ``cellbench generate`` writes.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -24,11 +24,8 @@ import pandas as pd
 
 from cellbench.data.bbbc021 import BBBC021Dataset
 from cellbench.errors import CellbenchError
-from cellbench.images import GENERATION_FILE  # the sidecar ``cellbench eval`` reads
-from cellbench.io import atomic_path, atomic_write_text, sha256_file
-
-GENERATION_FORMAT = "cellbench-generation"
-GENERATION_FORMAT_VERSION = 1
+from cellbench.generation import GENERATION_FILE, generation_record, write_generation_record
+from cellbench.io import atomic_path
 
 
 def select_best(candidates: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -58,77 +55,6 @@ def select_best(candidates: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray,
     return best, index
 
 
-def checkpoint_sha256(checkpoint: str | Path | None) -> str | None:
-    """sha256 of the weights file a checkpoint path designates (None when there is none).
-
-    A file is hashed as is; a folder by its ``model.safetensors``, or for a run folder the one of
-    its last ``checkpoints/step-*`` folder (the rule the trainable generators load by).
-    """
-    if checkpoint is None:
-        return None
-    p = Path(checkpoint)
-    if p.is_file():
-        return sha256_file(p)
-    if (p / "model.safetensors").is_file():
-        return sha256_file(p / "model.safetensors")
-    steps = sorted(
-        d
-        for d in (p / "checkpoints").glob("step-*")
-        if (d / "model.safetensors").is_file() and (d / "state.json").is_file()
-    )
-    return sha256_file(steps[-1] / "model.safetensors") if steps else None
-
-
-def generation_record(
-    *,
-    model: str,
-    checkpoint: str | Path | None,
-    best_of_n: int,
-    seed: int,
-    selection_reward: str | None = "overall",
-    extra: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The ``generation.json`` document of an image folder (what made the images and how)."""
-    return {
-        "format": GENERATION_FORMAT,
-        "format_version": GENERATION_FORMAT_VERSION,
-        "model": model,
-        "checkpoint": None if checkpoint is None else str(checkpoint),
-        "checkpoint_sha256": checkpoint_sha256(checkpoint),
-        "best_of_n": int(best_of_n),
-        "selection_reward": selection_reward if best_of_n > 1 else None,
-        "seed": int(seed),
-        **(extra or {}),
-    }
-
-
-def read_generation_record(folder: str | Path) -> dict[str, Any] | None:
-    """The ``generation.json`` of an image folder, or None if it has none."""
-    path = Path(folder) / GENERATION_FILE
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise CellbenchError(
-            f"unreadable generation record ({type(exc).__name__})",
-            path=path,
-            fix="regenerate the images or delete the file",
-        ) from None
-    if not isinstance(data, dict) or data.get("format") != GENERATION_FORMAT:
-        raise CellbenchError(
-            "not a cellbench generation record",
-            path=path,
-            fix="regenerate the images or delete the file",
-        )
-    n = data.get("best_of_n")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise CellbenchError(
-            f"best_of_n must be a positive integer, got {n!r}", path=path, fix="regenerate"
-        )
-    return data
-
-
 def write_generated_best_of_n(
     gen: Any,
     ds: BBBC021Dataset,
@@ -137,15 +63,18 @@ def write_generated_best_of_n(
     *,
     n: int,
     model: str,
-    checkpoint: str | Path | None = None,
     seed: int = 0,
     batch_size: int = 64,
     reward_model: Any = None,
     selection_reward: str = "overall",
+    dataset: str | None = None,
+    protocol_path: str | Path | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Write ``<task_id>.npy`` = the best of ``n`` candidates per task, and ``generation.json``.
 
+    ``gen`` is a loaded generator (its checkpoint hash and settings go into the record, see
+    :func:`cellbench.generation.generation_record`; ``dataset`` and ``protocol_path`` too).
     ``reward_model`` is a :class:`cellbench.rewards.RewardModel` (built for ``ds`` when None);
     candidates are ranked by its ``selection_reward`` output. ``generation.json`` is written last
     (atomically), after every image, and a stale one is removed first, so a folder whose record
@@ -202,14 +131,15 @@ def write_generated_best_of_n(
     from cellbench.metrics.rewards import SUITE_VERSION
 
     record = generation_record(
+        gen,
         model=model,
-        checkpoint=checkpoint,
-        best_of_n=n,
         seed=seed,
+        batch_size=batch_size,
+        dataset=dataset,
+        protocol=protocol_path,
+        best_of_n=n,
         selection_reward=selection_reward,
         extra={
-            "generator_version": str(getattr(gen, "version", "0")),
-            "batch_size": int(batch_size),
             "n_tasks": total,
             "selection": {
                 "metric_suite_version": SUITE_VERSION,
@@ -222,7 +152,7 @@ def write_generated_best_of_n(
             },
         },
     )
-    atomic_write_text(out / GENERATION_FILE, json.dumps(record, indent=2) + "\n")
+    write_generation_record(out, record)
     return record
 
 

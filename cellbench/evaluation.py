@@ -631,7 +631,7 @@ def evaluate(
         started=started,
         progress=progress,
     )
-    from cellbench.best_of_n import read_generation_record
+    from cellbench.generation import read_generation_record
 
     record = read_generation_record(images)
     # best-of-N selection inflates the reward used to select; FID/KID are the independent check

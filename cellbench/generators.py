@@ -1,7 +1,11 @@
 """One interface for every generator, and the registry the CLI finds them through.
 
-The toolkit never imports ``baselines/``: generators are registered here as lazy
-``"module:attr"`` targets (``cellbench ls models``) and loaded on first use.
+The toolkit never imports a generator's package: a distribution registers each generator as an
+entry point of the group ``cellbench.generators`` (``[project.entry-points."cellbench.generators"]``
+in its ``pyproject.toml``, ``name = "package.module:Class"``), which :data:`GENERATORS` reads on
+first use; :func:`get_generator_class` imports the class and checks it is a :class:`Generator`.
+Training (``cellbench train``) and post-training (``cellbench rl``) are hooks on the class, so
+the CLI dispatches through the registry too (CONTRIBUTING.md, "Adding a generator").
 
 A generator receives a batch of control crops (uint8, N x 96 x 96 x 3, the dataset's channel
 order) with the compound and dose of each task and a seed, and returns generated crops of the same
@@ -11,8 +15,9 @@ form. Same inputs and seed -> same images.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -22,14 +27,36 @@ from cellbench.errors import CellbenchError
 from cellbench.io import atomic_path
 from cellbench.registry import Registry
 
+#: the entry-point group generators are registered in
+ENTRY_POINT_GROUP = "cellbench.generators"
+_INSTALL_FIX = "install cellbench with its baselines (pip install -e .), or reinstall it"
+
 
 class Generator(abc.ABC):
-    """Base class of every generator."""
+    """Base class of every generator.
+
+    A generator with weights sets :attr:`checkpoint_path` and :attr:`checkpoint_sha256` in
+    :meth:`load` (the toolkit records the hash in ``generation.json``, docs/generators.md). A
+    trainable one overrides :meth:`training_config` and :meth:`train`; one that post-trains
+    another names itself in that one's :attr:`post_trainer` and overrides
+    :meth:`post_training_config` and :meth:`post_train`.
+    """
 
     name: str = "generator"
     version: str = "0"
-    #: free text shown by ``cellbench ls models`` (e.g. "anchor: upper-bound-like reference")
+    #: free text: what kind of generator it is (e.g. "anchor", "model")
     role: str = "model"
+    #: one line shown by ``cellbench ls models``
+    summary: ClassVar[str] = ""
+    #: registry name of the generator that post-trains this one (``cellbench rl NAME``), if any
+    post_trainer: ClassVar[str | None] = None
+    #: named training configurations (empty: not trainable)
+    presets: ClassVar[Mapping[str, dict]] = {}
+
+    #: the checkpoint folder :meth:`load` read the weights from (None: no weights)
+    checkpoint_path: Path | None = None
+    #: sha256 of the weights file :meth:`load` read (None: no weights)
+    checkpoint_sha256: str | None = None
 
     @classmethod
     @abc.abstractmethod
@@ -53,54 +80,100 @@ class Generator(abc.ABC):
         """Number of trainable parameters (0 for weight-free anchors)."""
         return 0
 
+    def sampler_settings(self) -> dict[str, Any]:
+        """The JSON-able sampling settings that decide the images besides the weights and the
+        seed (solver, steps, guidance ...; empty for a generator without any)."""
+        return {}
 
-GENERATORS: Registry[type[Generator]] = Registry("model")
-GENERATORS.register(
-    "identity",
-    "cellbench_baselines.anchors:Identity",
-    summary="anchor: returns the control image unchanged (the floor a model must beat)",
-)
-GENERATORS.register(
-    "real-shuffle",
-    "cellbench_baselines.anchors:RealShuffle",
-    summary="anchor: a random real treated crop of the same compound and dose from the training "
-    "split (upper-bound-like reference, not a model)",
-)
-GENERATORS.register(
-    "cellflux",
-    "cellbench_baselines.cellflux:CellFlux",
-    summary="model: flow matching from the noised control to the treated image (Zhang et al. "
-    "2025); needs --checkpoint from `cellbench train cellflux`",
-)
-GENERATORS.register(
-    "phendiff",
-    "cellbench_baselines.phendiff:PhenDiff",
-    summary="model: class-conditional DDIM, control inverted then regenerated under the "
-    "compound's class (Bourou et al. 2024); needs --checkpoint from `cellbench train phendiff`",
-)
-GENERATORS.register(
-    "impa",
-    "cellbench_baselines.impa:IMPA",
-    summary="model: StarGAN-v2-style GAN translating the control, styled by fingerprint + noise "
-    "(IMPA, Palma et al. 2025); needs --checkpoint from `cellbench train impa`",
-)
-GENERATORS.register(
-    "cellfluxrl",
-    "cellbench_baselines.cellflux_rl:CellFluxRL",
-    summary="model: CellFlux post-trained by DiffusionNFT on the seven rewards (CellFluxRL, Wu et "
-    "al. 2026); needs --checkpoint from `cellbench rl cellflux`",
-)
+    # ------------------------------------------------------------------ training hooks
+    @classmethod
+    def training_config(
+        cls, spec: str | Path | dict | None, *, overrides: dict | None = None
+    ) -> dict:
+        """The complete training config from a preset name or a JSON/YAML file, plus
+        ``overrides`` (``steps``, ``seed``: None keeps the config's)."""
+        raise CellbenchError(
+            f"model {cls.name!r} is not trainable",
+            fix="choose a model with a training recipe (`cellbench ls models`)",
+        )
+
+    @classmethod
+    def train(
+        cls,
+        dataset: BBBC021Dataset,
+        config: dict,
+        out_dir: str | Path,
+        *,
+        device: str = "cpu",
+        init_from: str | Path | None = None,
+    ) -> dict[str, Any]:
+        """Train (or resume) a run in ``out_dir``; returns the JSON-able summary (``checkpoint``,
+        ``step``, ``train_images_per_s`` ...)."""
+        raise CellbenchError(f"model {cls.name!r} is not trainable")
+
+    @classmethod
+    def post_training_config(
+        cls,
+        spec: str | Path | dict | None,
+        base_checkpoint: str | Path,
+        *,
+        overrides: dict | None = None,
+    ) -> dict:
+        """The complete post-training config for the base model's ``base_checkpoint``."""
+        raise CellbenchError(f"model {cls.name!r} post-trains nothing")
+
+    @classmethod
+    def post_train(
+        cls,
+        dataset: BBBC021Dataset,
+        config: dict,
+        out_dir: str | Path,
+        *,
+        device: str = "cpu",
+        reward_workers: int = 0,
+    ) -> dict[str, Any]:
+        """Post-train (or resume) in ``out_dir``; returns the JSON-able summary."""
+        raise CellbenchError(f"model {cls.name!r} post-trains nothing")
+
+
+GENERATORS: Registry[type[Generator]] = Registry("model", entry_point_group=ENTRY_POINT_GROUP)
 
 
 def get_generator_class(name: str) -> type[Generator]:
-    """The generator class registered as ``name``; a missing baselines package is explained."""
-    try:
-        return GENERATORS.get(name)
-    except ModuleNotFoundError as exc:
+    """The generator class registered as ``name``.
+
+    No registered generator at all (the distribution is missing or was installed before its entry
+    points existed), a target whose package is not installed and a target that is not a
+    :class:`Generator` subclass are each a one-line :class:`CellbenchError`.
+    """
+    if not GENERATORS.names():
         raise CellbenchError(
-            f"generator {name!r} lives in a package that is not installed ({exc.name})",
-            fix="install cellbench with its baselines: pip install -e .",
+            f"no generator is installed (no distribution has {ENTRY_POINT_GROUP!r} entry points)",
+            fix=_INSTALL_FIX,
+        )
+    entry = GENERATORS.entry(name)
+    try:
+        cls = GENERATORS.get(name)
+    except (ModuleNotFoundError, AttributeError) as exc:
+        what = exc.name if isinstance(exc, ModuleNotFoundError) else str(exc)
+        raise CellbenchError(
+            f"generator {name!r} ({entry.target}) cannot be imported ({what})", fix=_INSTALL_FIX
         ) from None
+    if not (isinstance(cls, type) and issubclass(cls, Generator)):
+        raise CellbenchError(
+            f"generator {name!r} ({entry.target}, {ENTRY_POINT_GROUP} entry point of "
+            f"{entry.meta.get('distribution')}) is not a cellbench.generators.Generator subclass",
+            fix="report this to that distribution's authors",
+        )
+    return cls
+
+
+def generator_summary(name: str) -> str:
+    """The ``summary`` of generator ``name`` (a one-line error text when it cannot be loaded)."""
+    try:
+        return get_generator_class(name).summary
+    except CellbenchError as exc:
+        return f"(unusable: {exc.message})"
 
 
 def write_generated(

@@ -26,12 +26,11 @@ import pandas as pd
 
 from cellbench.data.layout import CROP_SHAPE
 from cellbench.errors import ImageError
+from cellbench.generation import GENERATION_FILE  # the record beside the images, not an image
 from cellbench.io import is_within
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".npy")
 MANIFEST_NAME = "manifest.csv"
-#: the sidecar `cellbench generate` writes beside the images (read by `cellbench eval`, not an image)
-GENERATION_FILE = "generation.json"
 _MULTI = re.compile(r"^(?P<task>.+)_(?P<k>\d+)$")
 
 

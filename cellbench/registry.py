@@ -1,8 +1,9 @@
 """One small registry type for everything cellbench looks up by name.
 
-Datasets, segmenters, metrics and generators are registered with a lazy ``"module:attr"`` target,
-so listing them imports nothing heavy. Registering a name twice is an error, and a typo gets a
-"did you mean" suggestion.
+Datasets, segmenters and metrics are registered with a lazy ``"module:attr"`` target, so listing
+them imports nothing heavy; generators come from an entry-point group of the installed
+distributions (``Registry(..., entry_point_group=...)``), read on first use. Registering a name
+twice is an error, and a typo gets a "did you mean" suggestion.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from cellbench.errors import UnknownNameError
+from cellbench.errors import CellbenchError, UnknownNameError
 
 T = TypeVar("T")
 
@@ -33,15 +34,42 @@ class Registry(Generic[T]):
 
     Args:
         kind: what the registry holds ("dataset", "segmenter" ...), used in error messages.
+        entry_point_group: also hold the entry points of this group of every installed
+            distribution (``[project.entry-points."<group>"]`` in its ``pyproject.toml``), read on
+            the first lookup; an entry's meta names its ``distribution``.
     """
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, *, entry_point_group: str | None = None):
         self.kind = kind
+        self.entry_point_group = entry_point_group
         self._entries: dict[str, Entry] = {}
         self._loaded: dict[str, T] = {}
+        self._scanned = entry_point_group is None
+
+    def _scan(self) -> None:
+        """Add the entry points of :attr:`entry_point_group` (once)."""
+        if self._scanned:
+            return
+        self._scanned = True
+        from importlib.metadata import entry_points
+
+        for ep in entry_points(group=str(self.entry_point_group)):
+            dist = getattr(ep, "dist", None)
+            where = None if dist is None else dist.name
+            old = self._entries.get(ep.name)
+            if old is not None:
+                if old.target == ep.value:
+                    continue
+                raise CellbenchError(
+                    f"{self.kind} {ep.name!r} is registered twice, as {old.target} "
+                    f"({old.meta.get('distribution')}) and {ep.value} ({where})",
+                    fix="uninstall one of the two distributions",
+                )
+            self._entries[ep.name] = Entry(ep.name, ep.value, "", {"distribution": where})
 
     def register(self, name: str, target: str | object, *, summary: str = "", **meta: Any) -> None:
         """Add ``name``; ``target`` is an object or a ``"package.module:attribute"`` string."""
+        self._scan()
         if name in self._entries:
             raise ValueError(f"{self.kind} {name!r} is already registered")
         if isinstance(target, str) and ":" not in target:
@@ -52,6 +80,7 @@ class Registry(Generic[T]):
 
     def entry(self, name: str) -> Entry:
         """The entry for ``name``; unknown names raise with the closest matches."""
+        self._scan()
         try:
             return self._entries[name]
         except KeyError:
@@ -72,19 +101,24 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         """Registered names in registration order."""
+        self._scan()
         return list(self._entries)
 
     def entries(self) -> list[Entry]:
         """Registered entries in registration order."""
+        self._scan()
         return list(self._entries.values())
 
     def __contains__(self, name: object) -> bool:
+        self._scan()
         return name in self._entries
 
     def __iter__(self) -> Iterator[str]:
+        self._scan()
         return iter(self._entries)
 
     def __len__(self) -> int:
+        self._scan()
         return len(self._entries)
 
     def _unknown_message(self, name: str) -> str:

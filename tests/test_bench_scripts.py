@@ -199,7 +199,7 @@ def test_image_diagnostics_script_on_a_tiny_sim(tmp_path: Path) -> None:
 
 def test_bench_configs_resolve() -> None:
     from cellbench_baselines.cellflux import CellFlux
-    from cellbench_baselines.training import resolve_config
+    from cellbench_baselines.config import resolve_config
 
     configs = REPO / "bench" / "configs"
     paths = sorted(configs.glob("cellflux-*.json"))

@@ -16,9 +16,10 @@ from cellbench.data.torch_dataset import PairedCropDataset, to_model_range
 from cellbench.errors import CellbenchError, UnknownNameError
 from cellbench.generators import get_generator_class
 from cellbench_baselines.cellflux import CellFlux
+from cellbench_baselines.config import resolve_config
 from cellbench_baselines.nn.unet import unet_from_config
 from cellbench_baselines.sampling import cfg_combine, edm_time_grid
-from cellbench_baselines.training import count_parameters, resolve_config, train
+from cellbench_baselines.trainer import count_parameters, train
 from tests.conftest import TINY_UNET, run_cli
 
 TINY = {
@@ -170,7 +171,7 @@ def test_guidance_formula_and_sampling(run_dir: Path, mini_ds: BBBC021Dataset) -
 
 
 def test_save_load_round_trip(run_dir: Path, mini_ds: BBBC021Dataset) -> None:
-    from cellbench_baselines.training import complete_checkpoints
+    from cellbench_baselines.checkpoint import complete_checkpoints
 
     ckpt = complete_checkpoints(run_dir)[-1]
     g1 = CellFlux.load(mini_ds, run_dir)

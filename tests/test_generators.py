@@ -9,6 +9,7 @@ import pytest
 
 from cellbench.data.bbbc021 import BBBC021Dataset
 from cellbench.errors import UnknownNameError
+from cellbench.generation import read_generation_record
 from cellbench.generators import GENERATORS, get_generator_class, write_generated
 from cellbench.protocol import build_protocol
 from tests.conftest import run_cli
@@ -73,6 +74,10 @@ def test_generate_cli_output_is_readable_by_eval(mini_root: Path, tmp_path: Path
     assert res.returncode == 0, res.stderr
     check = run_cli("images", "check", str(tmp_path / "imgs"), "--protocol", str(proto), "--json")
     assert check.returncode == 0, check.stdout
+    record = read_generation_record(tmp_path / "imgs")  # a weight-free anchor: no hash, 0 weights
+    assert record is not None and record["model"] == "identity" and record["complete"] is True
+    assert record["checkpoint_sha256"] is None and record["n_parameters"] == 0
+    assert record["sampler"] == {} and record["best_of_n"] == 1 and record["dataset"] == "bbbc021"
     bad = run_cli("generate", "nope", "--protocol", str(proto), "--out", str(tmp_path / "x"))
     assert bad.returncode == 2 and "unknown model 'nope'" in bad.stderr
 
@@ -138,11 +143,13 @@ def test_generate_cli_resume_checks_the_settings(mini_root: Path, tmp_path: Path
     other = run_cli(*gen, "--out", str(out), "--seed", "4", "--resume")
     assert other.returncode == 2 and "other settings (seed)" in other.stderr
     assert len(list(out.glob("*.npy"))) == len(first) - 5
+    assert read_generation_record(out)["seed"] == 3  # the refused run left the record alone
     same = run_cli(*gen, "--out", str(out), "--seed", "3", "--resume")
     assert same.returncode == 0, same.stderr
+    assert read_generation_record(out)["complete"] is True
     assert all(np.array_equal(np.load(out / n), a) for n, a in first.items())
     check = run_cli("images", "check", str(out), "--protocol", str(proto), "--json")
     assert check.returncode == 0, check.stdout
-    (out / ".cellbench-generate.json").write_text("[1, 2")
+    (out / "generation.json").write_text("[1, 2")
     torn = run_cli(*gen, "--out", str(out), "--seed", "3", "--resume")
     assert torn.returncode == 2 and "unreadable settings of the earlier run" in torn.stderr

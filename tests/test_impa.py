@@ -56,7 +56,7 @@ def fixed_batch(ds: BBBC021Dataset, n: int = 4) -> dict:
 
 
 def test_presets_have_trainer_keys_and_paper_facts() -> None:
-    from cellbench_baselines.training import TRAINER_DEFAULTS
+    from cellbench_baselines.config import TRAINER_DEFAULTS
 
     for name in ("cpu-small", "paper"):
         assert set(TRAINER_DEFAULTS) <= set(IMPA.presets[name]), name
@@ -212,7 +212,7 @@ def test_p_control_routes_samples_to_the_dmso_head(mini_ds: BBBC021Dataset) -> N
 
 
 def _train_tiny(ds: BBBC021Dataset, out: Path, steps: int = 2) -> Path:
-    from cellbench_baselines.training import train
+    from cellbench_baselines.trainer import train
 
     cfg = tiny_config(steps=steps, ckpt_every=steps)
     result = train(IMPA, "impa", ds, cfg, out, steps=steps)
@@ -283,7 +283,7 @@ def test_resumed_run_equals_uninterrupted_run(mini_ds: BBBC021Dataset, tmp_path:
     give exactly the weights and optimiser states of 4 steps in one go."""
     from safetensors.torch import load_file
 
-    from cellbench_baselines.training import train
+    from cellbench_baselines.trainer import train
 
     cfg = tiny_config(steps=4, ckpt_every=2)
     straight = train(IMPA, "impa", mini_ds, cfg, tmp_path / "a").checkpoint

@@ -12,14 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from cellbench.best_of_n import (
-    GENERATION_FILE,
-    read_generation_record,
-    select_best,
-    write_generated_best_of_n,
-)
+from cellbench.best_of_n import select_best, write_generated_best_of_n
 from cellbench.data.bbbc021 import BBBC021Dataset, open_dataset
 from cellbench.errors import CellbenchError
+from cellbench.generation import GENERATION_FILE, read_generation_record
 from cellbench.generators import write_generated
 from cellbench.protocol import build_protocol
 from cellbench_baselines.nft import (
@@ -273,7 +269,8 @@ def sim_base(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A tiny bbbc021-sim (it ships reference statistics) and a 2-step tiny CellFlux on it."""
     from cellbench.data.sim import write_sim_dataset
     from cellbench_baselines.cellflux import CellFlux
-    from cellbench_baselines.training import resolve_config, train
+    from cellbench_baselines.config import resolve_config
+    from cellbench_baselines.trainer import train
 
     root = tmp_path_factory.mktemp("rl")
     write_sim_dataset(root / "bbbc021-sim", seed=0, scale="tiny")
@@ -283,7 +280,7 @@ def sim_base(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def _state(ckpt: Path) -> dict[str, torch.Tensor]:
-    from cellbench_baselines.training import TRAIN_STATE_FILE, read_safetensors
+    from cellbench_baselines.checkpoint import TRAIN_STATE_FILE, read_safetensors
 
     return read_safetensors(ckpt / TRAIN_STATE_FILE)[0]
 
@@ -291,7 +288,7 @@ def _state(ckpt: Path) -> dict[str, torch.Tensor]:
 @pytest.mark.slow
 def test_rl_runs_logs_and_generates(sim_base: tuple[Path, Path], tmp_path: Path) -> None:
     from cellbench_baselines.cellflux_rl import CellFluxRL, resolve_rl_config, run_rl
-    from cellbench_baselines.training import MODEL_FILE, complete_checkpoints, read_safetensors
+    from cellbench_baselines.checkpoint import MODEL_FILE, complete_checkpoints, read_safetensors
 
     root, base = sim_base
     ds = open_dataset("bbbc021-sim", root)
@@ -349,7 +346,7 @@ def test_rl_runs_logs_and_generates(sim_base: tuple[Path, Path], tmp_path: Path)
 @pytest.mark.slow
 def test_rl_resume_gives_the_same_weights(sim_base: tuple[Path, Path], tmp_path: Path) -> None:
     from cellbench_baselines.cellflux_rl import resolve_rl_config, run_rl
-    from cellbench_baselines.training import complete_checkpoints
+    from cellbench_baselines.checkpoint import complete_checkpoints
 
     root, base = sim_base
     ds = open_dataset("bbbc021-sim", root)
@@ -373,7 +370,7 @@ def test_all_equal_rewards_warn_and_do_not_move_the_weights(
     sim_base: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog
 ) -> None:
     from cellbench_baselines import cellflux_rl
-    from cellbench_baselines.training import complete_checkpoints, read_safetensors
+    from cellbench_baselines.checkpoint import complete_checkpoints, read_safetensors
 
     def constant(self, handles):
         n = sum(len(h[1]) for h in handles)
@@ -511,3 +508,50 @@ def test_generate_best_of_cli_records_n_and_eval_reports_it(
         "2",
     )
     assert bad.returncode == 2 and "--best-of keeps one image per task" in bad.stderr
+
+
+@pytest.mark.slow
+def test_plain_generate_records_the_checkpoint_and_eval_keeps_it(
+    sim_base: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A plain `cellbench generate` of a trained checkpoint writes generation.json with the sha256
+    of the weights it loaded, its size and sampler settings; `cellbench eval` copies it."""
+    from cellbench.io import sha256_file
+    from cellbench_baselines.cellflux import CellFlux
+    from cellbench_baselines.checkpoint import complete_checkpoints
+
+    root, base = sim_base
+    ds = open_dataset("bbbc021-sim", root)
+    proto = tmp_path / "p.csv"
+    build_protocol(ds, "test", seed=0).head(4).to_csv(proto, index=False)
+    common = ["--dataset", "bbbc021-sim", "--data-dir", str(root), "--protocol", str(proto)]
+    images = tmp_path / "imgs"
+    res = run_cli(
+        "generate", "cellflux", *common, "--checkpoint", str(base), "--out", str(images),
+        "--seed", "5", "--batch-size", "3", "--sample-steps", "3",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    last = complete_checkpoints(base)[-1]
+    record = read_generation_record(images)
+    assert record is not None
+    assert record["checkpoint_sha256"] == sha256_file(last / "model.safetensors")
+    assert record["checkpoint"] == str(last)
+    assert record["n_parameters"] == CellFlux.load(ds, base).n_parameters() > 0
+    assert record["sampler"] == {
+        "sampler": "heun",
+        "sample_steps": 3,
+        "time_grid": "edm",
+        "guidance": 0.2,
+        "noise_std": 1.0,
+        "rho": 7.0,
+    }
+    assert record["model"] == "cellflux" and record["generator_version"] == "1"
+    assert (record["seed"], record["batch_size"], record["n_per_task"]) == (5, 3, 1)
+    assert record["best_of_n"] == 1 and record["selection_reward"] is None
+    assert record["complete"] is True and record["protocol_sha256"] == sha256_file(proto)
+    out = tmp_path / "r.json"
+    res = run_cli("eval", str(images), *common, "--no-fid", "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(out.read_text())
+    assert doc["generation"] == record and doc["best_of_n"] == 1
+    assert doc["images"]["n_problems"] == 0 and doc["images"]["missing_tasks"] == 0

@@ -12,9 +12,11 @@ from torch.utils.data import default_collate
 from cellbench.data.bbbc021 import BBBC021Dataset
 from cellbench.data.torch_dataset import PairedCropDataset, to_model_range
 from cellbench.errors import CellbenchError
+from cellbench.io import sha256_file
+from cellbench_baselines.config import resolve_config
 from cellbench_baselines.phendiff import PhenDiff, training_classes
 from cellbench_baselines.sampling import ddim_invert, ddim_sample
-from cellbench_baselines.training import resolve_config, train
+from cellbench_baselines.trainer import train
 from tests.conftest import TINY_UNET
 
 TINY = {
@@ -106,6 +108,11 @@ def test_round_trip_and_unknown_compound(run_dir: Path, mini_ds: BBBC021Dataset)
     assert np.array_equal(
         a.generate(ctrl, ["taxol"] * 2, [1.0] * 2, 0), b.generate(ctrl, ["taxol"] * 2, [1.0] * 2, 0)
     )
+    # load resolves both paths to the same checkpoint and reports what it read
+    ckpt = run_dir / "checkpoints" / "step-00000002"
+    assert a.checkpoint_path == b.checkpoint_path == ckpt
+    assert a.checkpoint_sha256 == b.checkpoint_sha256 == sha256_file(ckpt / "model.safetensors")
+    assert a.sampler_settings() == {"ddim_steps": 4}
     with pytest.raises(CellbenchError, match="not trained on compound 'AZ138'") as err:
         a.generate(ctrl[:1], ["AZ138"], [1.0], 0)
     assert "config.json" in str(err.value)

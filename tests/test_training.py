@@ -13,6 +13,16 @@ import torch
 from cellbench.data.bbbc021 import BBBC021Dataset
 from cellbench.errors import CellbenchError
 from cellbench_baselines.cellflux import CellFlux
+from cellbench_baselines.checkpoint import (
+    MODEL_FILE,
+    OPTIMIZER_FILE,
+    TRAIN_STATE_FILE,
+    checkpoint_model,
+    complete_checkpoints,
+    load_run,
+    read_safetensors,
+)
+from cellbench_baselines.config import backfill_config, resolve_config
 from cellbench_baselines.ema import EMA
 from cellbench_baselines.nn import UNet, timestep_embedding
 from cellbench_baselines.nn.layers import AttentionBlock
@@ -30,18 +40,7 @@ from cellbench_baselines.sampling import (
     lognormal_times,
     solve_ode,
 )
-from cellbench_baselines.training import (
-    MODEL_FILE,
-    OPTIMIZER_FILE,
-    TRAIN_STATE_FILE,
-    backfill_config,
-    checkpoint_model,
-    complete_checkpoints,
-    load_run,
-    read_safetensors,
-    resolve_config,
-    train,
-)
+from cellbench_baselines.trainer import train
 from tests.conftest import TINY_UNET
 
 TINY = {
@@ -416,7 +415,8 @@ torch.set_num_threads(1)
 from cellbench.data.bbbc021 import BBBC021Dataset
 from cellbench.data.catalog import get_card
 from cellbench_baselines.cellflux import CellFlux
-from cellbench_baselines.training import Trainer, resolve_config, seed_everything
+from cellbench_baselines.config import resolve_config
+from cellbench_baselines.trainer import Trainer, seed_everything
 import json
 ds = BBBC021Dataset(sys.argv[1], get_card("bbbc021"))
 cfg = resolve_config(CellFlux.presets, {**json.loads(sys.argv[3]), "steps": 6,

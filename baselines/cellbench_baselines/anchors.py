@@ -22,6 +22,7 @@ class Identity(Generator):
     name = "identity"
     version = "1"
     role = "anchor"
+    summary = "anchor: returns the control image unchanged (the floor a model must beat)"
 
     @classmethod
     def load(
@@ -40,6 +41,10 @@ class RealShuffle(Generator):
     name = "real-shuffle"
     version = "1"
     role = "anchor (upper-bound-like reference)"
+    summary = (
+        "anchor: a random real treated crop of the same compound and dose from the training "
+        "split (upper-bound-like reference, not a model)"
+    )
 
     def __init__(self, dataset: BBBC021Dataset):
         self.dataset = dataset

@@ -30,7 +30,7 @@ burden. ``paper`` keeps the direct velocity output of CellFlux. ``prediction: "e
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,13 +39,9 @@ import torch.nn.functional as F
 from cellbench.data.bbbc021 import BBBC021Dataset
 from cellbench.data.torch_dataset import from_model_range, to_model_range
 from cellbench.errors import CellbenchError
-from cellbench.generators import Generator
-from cellbench_baselines.common import (
-    fingerprint_batch,
-    param_count,
-    require_checkpoint,
-    resolve_device,
-)
+from cellbench_baselines.checkpoint import LoadedRun, TrainedGenerator, load_module_state
+from cellbench_baselines.common import fingerprint_batch, param_count
+from cellbench_baselines.config import TRAINER_DEFAULTS
 from cellbench_baselines.nn.unet import UNET_DEFAULTS, UNet, unet_from_config
 from cellbench_baselines.sampling import (
     cfg_combine,
@@ -54,12 +50,7 @@ from cellbench_baselines.sampling import (
     solve_ode,
     uniform_time_grid,
 )
-from cellbench_baselines.training import (
-    TRAINER_DEFAULTS,
-    TrainableModel,
-    load_module_state,
-    load_run,
-)
+from cellbench_baselines.trainer import TrainableModel
 
 _MODEL_KEYS = {
     "lr": 1e-4,
@@ -285,13 +276,18 @@ class CellFluxTrainable(TrainableModel):
         return self.step_single(self.loss(batch), self.unet, self.opt)
 
 
-class CellFlux(Generator):
+class CellFlux(TrainedGenerator):
     """CellFlux: the noised control image carried to the treated image by a learned flow."""
 
     name = "cellflux"
     version = "1"
     role = "model"
+    summary = (
+        "model: flow matching from the noised control to the treated image (Zhang et al. "
+        "2025); needs --checkpoint from `cellbench train cellflux`"
+    )
     presets = PRESETS
+    post_trainer = "cellfluxrl"
 
     def __init__(
         self,
@@ -315,13 +311,9 @@ class CellFlux(Generator):
         return CellFluxTrainable(config, cond_dim=int(dataset.fingerprints.shape[1]))
 
     @classmethod
-    def load(
-        cls,
-        dataset: BBBC021Dataset,
-        checkpoint: str | Path | None = None,
-        device: str | torch.device | None = None,
+    def from_checkpoint(
+        cls, dataset: BBBC021Dataset, run: LoadedRun, device: torch.device
     ) -> CellFlux:
-        run = load_run(require_checkpoint("cellflux", checkpoint), "cellflux")
         config = run.config
         try:
             config.setdefault("prediction", "velocity")
@@ -339,10 +331,23 @@ class CellFlux(Generator):
                 path=run.path / "config.json",
                 fix="use a checkpoint trained on this dataset",
             )
-        return cls(dataset, config, unet, resolve_device(device))
+        return cls(dataset, config, unet, device)
 
     def n_parameters(self) -> int:
         return param_count(self.unet)
+
+    def sampler_settings(self) -> dict[str, Any]:
+        """Solver, steps, time grid, guidance and source noise of the sampling ODE."""
+        out: dict[str, Any] = {
+            "sampler": self.sampler,
+            "sample_steps": self.sample_steps,
+            "time_grid": str(self.config["time_grid"]),
+            "guidance": self.guidance,
+            "noise_std": float(self.config["noise_std"]),
+        }
+        if out["time_grid"] == "edm":
+            out["rho"] = float(self.config["rho"])
+        return out
 
     # ------------------------------------------------------------------ sampling
     def time_grid(self) -> torch.Tensor:

@@ -1,8 +1,8 @@
 """CellFluxRL (Wu, Su, Zhang et al. 2026): CellFlux post-trained online by DiffusionNFT on the rewards.
 
-Written for cellbench from the papers' descriptions (docs/cellfluxrl.md; no code copied). One
+Written for cellbench from docs/cellfluxrl.md and the papers' descriptions (no code copied). One
 optimisation step (:meth:`NFTTrainable.training_step`, run by the shared
-:class:`cellbench_baselines.training.Trainer`, which does the seeding, checkpoints, resume, EMA
+:class:`cellbench_baselines.trainer.Trainer`, which does the seeding, checkpoints, resume, EMA
 and CSV log):
 
 1. **rollouts**: the Trainer's batch holds ``batch_size`` training (control, compound) pairs; each
@@ -26,8 +26,9 @@ and CSV log):
 cellbench's own choices where the papers are silent (documented in ``docs/cellfluxrl.md``):
 the re-noised sample ``x_t = (1 - t) x0' + t x1`` uses a fresh source ``x0' = control + new
 noise`` and ``t ~ U(0, 1)`` (with the rollout's own ``x0`` the deterministic flow already follows
-the straight path, and the update has almost no gradient: measured, see the docs); all networks run without dropout during RL; the shipped weights are the
-Trainer's EMA of the trained network (``ema_decay``); ``cellbench generate cellfluxrl`` samples
+the straight path, and the update has almost no gradient; docs/cellfluxrl.md has the
+measurement); all networks run without dropout during RL; the shipped weights are the Trainer's
+EMA of the trained network (``ema_decay``); ``cellbench generate cellfluxrl`` samples
 like CellFlux (the base model's solver and steps) with guidance ``sample_guidance`` (default 0:
 RL trains the conditional velocity only, as DiffusionNFT is guidance-free).
 """
@@ -51,7 +52,14 @@ from cellbench.data.torch_dataset import from_model_range
 from cellbench.errors import CellbenchError
 from cellbench.metrics.rewards import REWARD_NAMES
 from cellbench_baselines.cellflux import CellFlux, velocity_loss_weight, velocity_network
-from cellbench_baselines.common import resolve_device
+from cellbench_baselines.checkpoint import (
+    CONFIG_FILE,
+    MODEL_FILE,
+    LoadedRun,
+    load_module_state,
+    load_run,
+)
+from cellbench_baselines.config import TRAINER_DEFAULTS, resolve_config
 from cellbench_baselines.nft import (
     group_advantages,
     nft_loss,
@@ -59,18 +67,7 @@ from cellbench_baselines.nft import (
     update_old_policy,
 )
 from cellbench_baselines.sampling import edm_time_grid, solve_ode, uniform_time_grid
-from cellbench_baselines.training import (
-    MODEL_FILE,
-    TRAINER_DEFAULTS,
-    TrainableModel,
-    Trainer,
-    TrainResult,
-    load_module_state,
-    load_run,
-    resolve_checkpoint,
-    resolve_config,
-    seed_everything,
-)
+from cellbench_baselines.trainer import TrainableModel, Trainer, TrainResult, seed_everything
 
 log = logging.getLogger("cellbench.rl")
 
@@ -221,17 +218,14 @@ def resolve_rl_config(
     path, the sha256 of its weights and its config are written into the RL config (so a resumed
     run can check it continues from the same base).
     """
-    from cellbench.io import sha256_file
-
-    folder = resolve_checkpoint(base_checkpoint)
-    base = load_run(folder, "cellflux")
+    base = load_run(base_checkpoint, "cellflux")
     cfg = resolve_config(
         PRESETS,
         spec,
         overrides={
             **(overrides or {}),
-            "base_checkpoint": str(folder.resolve()),
-            "base_sha256": sha256_file(folder / MODEL_FILE),
+            "base_checkpoint": str(base.path.resolve()),
+            "base_sha256": base.sha256,
             "base_config": {"prediction": "velocity", **base.config},
         },
     )
@@ -602,35 +596,36 @@ class NFTTrainable(TrainableModel):
 
 # ------------------------------------------------------------------------------ generator
 class CellFluxRL(CellFlux):
-    """CellFluxRL: a post-trained CellFlux; samples with the base model's solver and steps."""
+    """CellFluxRL: a post-trained CellFlux; samples with the base model's solver and steps.
+
+    ``cellbench rl cellflux`` reaches it through ``CellFlux.post_trainer`` and calls
+    :meth:`post_training_config` and :meth:`post_train`.
+    """
 
     name = "cellfluxrl"
     version = "1"
     role = "model"
+    summary = (
+        "model: CellFlux post-trained by DiffusionNFT on the seven rewards (CellFluxRL, Wu et "
+        "al. 2026); needs --checkpoint from `cellbench rl cellflux`"
+    )
+    made_by = "cellbench rl cellflux"
     presets = PRESETS
+    post_trainer = None
 
     @classmethod
     def trainable(cls, dataset: BBBC021Dataset, config: dict) -> NFTTrainable:  # type: ignore[override]
         return NFTTrainable(dataset, config)
 
     @classmethod
-    def load(
-        cls,
-        dataset: BBBC021Dataset,
-        checkpoint: str | Path | None = None,
-        device: str | torch.device | None = None,
+    def from_checkpoint(
+        cls, dataset: BBBC021Dataset, run: LoadedRun, device: torch.device
     ) -> CellFluxRL:
-        if checkpoint is None:
-            raise CellbenchError(
-                "cellfluxrl needs post-trained weights",
-                fix="pass --checkpoint RUN_DIR from `cellbench rl cellflux --out RUN_DIR`",
-            )
-        run = load_run(checkpoint, "cellfluxrl")
         base = run.config.get("base_config")
         if not isinstance(base, dict) or not isinstance(base.get("unet"), dict):
             raise CellbenchError(
                 "config.json has no base_config with a unet section",
-                path=run.path / "config.json",
+                path=run.path / CONFIG_FILE,
                 fix="pass a run folder made by `cellbench rl cellflux`",
             )
         base = {"prediction": "velocity", **base}  # checkpoints from before the key existed
@@ -638,7 +633,7 @@ class CellFluxRL(CellFlux):
             unet = velocity_network(base)
         except (KeyError, TypeError, ValueError) as exc:
             raise CellbenchError(
-                f"config.json has an invalid unet section ({exc})", path=run.path / "config.json"
+                f"config.json has an invalid unet section ({exc})", path=run.path / CONFIG_FILE
             ) from None
         load_module_state(unet, run.weights.get("unet", {}), run.path / MODEL_FILE)
         dim = int(dataset.fingerprints.shape[1])
@@ -646,13 +641,40 @@ class CellFluxRL(CellFlux):
             raise CellbenchError(
                 f"checkpoint expects {base['unet'].get('cond_dim')}-d fingerprints, the dataset "
                 f"has {dim}",
-                path=run.path / "config.json",
+                path=run.path / CONFIG_FILE,
                 fix="use a checkpoint trained on this dataset",
             )
         sampling = {**base, "guidance": float(run.config.get("sample_guidance", 0.0))}
-        gen = cls(dataset, sampling, unet, resolve_device(device))
+        gen = cls(dataset, sampling, unet, device)
         gen.rl_config = run.config
         return gen
+
+    @classmethod
+    def post_training_config(
+        cls,
+        spec: str | Path | dict | None,
+        base_checkpoint: str | Path,
+        *,
+        overrides: dict | None = None,
+    ) -> dict:
+        return resolve_rl_config(spec, base_checkpoint, overrides=overrides)
+
+    @classmethod
+    def post_train(
+        cls,
+        dataset: BBBC021Dataset,
+        config: dict,
+        out_dir: str | Path,
+        *,
+        device: str = "cpu",
+        reward_workers: int = 0,
+    ) -> dict[str, Any]:
+        result = run_rl(dataset, config, out_dir, device=device, reward_workers=reward_workers)
+        return {
+            "base_checkpoint": config["base_checkpoint"],
+            "reward": config["reward"],
+            **result.summary(),
+        }
 
 
 # ------------------------------------------------------------------------------ API

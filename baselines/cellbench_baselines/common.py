@@ -1,9 +1,8 @@
-"""Small helpers shared by the trainable generators (device choice, checkpoint requirement)."""
+"""Small helpers shared by the trainable generators (device choice, fingerprints, sizes)."""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,16 +22,6 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
             f"device {name!r} was asked for but torch sees no CUDA device", fix="use cpu"
         )
     return dev
-
-
-def require_checkpoint(model: str, checkpoint: str | Path | None) -> Path:
-    """The checkpoint path, or a one-line error saying how to get one."""
-    if checkpoint is None:
-        raise CellbenchError(
-            f"{model} needs trained weights",
-            fix=f"pass --checkpoint RUN_DIR from `cellbench train {model} --out RUN_DIR`",
-        )
-    return Path(checkpoint)
 
 
 def fingerprint_batch(dataset: BBBC021Dataset, compounds: list[str]) -> torch.Tensor:

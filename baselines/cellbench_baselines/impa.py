@@ -34,24 +34,18 @@ CellFlux unseen compounds held out. cellbench's own choices (IMPA is silent or d
   the whole image): the generator returns the input plus the decoded change, and the last 1x1
   convolution of the change starts at zero, so the untrained generator is exactly the identity
   map and the cycle term starts at zero. Within a CPU budget (a few hundred to a thousand Adam
-  steps) a whole-image decoder trained from scratch does not get past a uniform grey image
-  (measured on ``bbbc021-sim``: 500 steps, overall -97, FID_o 325, against -3.18 and 53.2 for the
-  ``identity`` anchor); the residual form spends the budget on the *change* of phenotype. The
-  change is decoded from the 12x12 content code by nearest-neighbour upsampling (no skip
-  connections), so a short run can only make coarse, blocky changes;
+  steps) a whole-image decoder trained from scratch does not get past a uniform grey image; the
+  residual form spends the budget on the *change* of phenotype (docs/generators.md, "IMPA", has
+  the measurements). The change is decoded from the 12x12 content code by nearest-neighbour
+  upsampling (no skip connections), so a short run can only make coarse, blocky changes;
 * ``cpu-small`` also uses StarGAN v2's batch of 8 and a learning rate of 1e-3 (more, larger
   optimiser steps per CPU minute), 2,000 steps with the diversity term decayed over the first
   1,000, and a narrower network (base width 8 instead of 64, at most 64 channels, style
   dimension 32, noise dimension 16).
 
-Measured (``bbbc021-sim`` scale small, test protocol seed 0, metric suite 2, one busy 2-core CPU,
-6-8 training images/s): ``cpu-small`` is **not** a usable IMPA and scores below the ``identity``
-anchor (overall -3.18, moa 0.085, FID_o 53.2). Its discriminator tells treated crops from
-controls only after ~500 steps, so the generator stays at the identity until then; after 1,000
-steps the change is mostly compound-agnostic, blocky halos in the DNA channel (overall -34.7,
-moa 0.086, FID_o 60.0); after 2,000 steps it is compound-specific (moa 0.112, above identity's)
-but erases, smears or duplicates cells and nuclei (overall -16.0, FID_o 102.0). A usable IMPA
-needs the ``paper`` preset on a GPU.
+``cpu-small`` is a CPU smoke preset, not a usable IMPA: it scores below the ``identity`` anchor
+(docs/generators.md, "IMPA", has what 500, 1,000 and 2,000 steps measured); a usable IMPA needs the
+``paper`` preset on a GPU.
 
 Generation: encode the control, style = mapping(fingerprint, noise drawn from the seed), decode
 (and add the control, with ``residual_output``), clip to [-1, 1], round to uint8. Same inputs and
@@ -73,9 +67,15 @@ from torch import nn
 from cellbench.data.bbbc021 import BBBC021Dataset
 from cellbench.data.torch_dataset import from_model_range, to_model_range
 from cellbench.errors import CellbenchError
-from cellbench.generators import Generator
-from cellbench_baselines.common import fingerprint_batch, require_checkpoint, resolve_device
-from cellbench_baselines.training import TrainableModel, load_module_state, load_run
+from cellbench_baselines.checkpoint import (
+    CONFIG_FILE,
+    MODEL_FILE,
+    LoadedRun,
+    TrainedGenerator,
+    load_module_state,
+)
+from cellbench_baselines.common import fingerprint_batch, resolve_device
+from cellbench_baselines.trainer import TrainableModel
 
 CONTROL_DOMAIN = "DMSO"
 IMG_SIZE = 96
@@ -86,7 +86,7 @@ EMA_MODULES = ("generator", "mapping")
 G_STEP_MODULES = ("generator", "mapping", "style_encoder")
 
 _PAPER: dict[str, Any] = {
-    # trainer keys (cellbench_baselines.training.TRAINER_DEFAULTS)
+    # trainer keys (cellbench_baselines.config.TRAINER_DEFAULTS)
     "seed": 0,
     "split": "train-iid",  # IMPA's BBBC021 fingerprint run holds out the 8 CellFlux compounds
     "batch_size": 32,
@@ -531,12 +531,16 @@ class IMPATrainable(TrainableModel):
 
 
 # --------------------------------------------------------------------------------------- generator
-class IMPA(Generator):
+class IMPA(TrainedGenerator):
     """The IMPA reference generator (see the module docstring)."""
 
     name = "impa"
     version = "1"
     role = "model (GAN, StarGAN v2 style)"
+    summary = (
+        "model: StarGAN-v2-style GAN translating the control, styled by fingerprint + noise "
+        "(IMPA, Palma et al. 2025); needs --checkpoint from `cellbench train impa`"
+    )
     presets: ClassVar[dict[str, dict]] = {"paper": _PAPER, "cpu-small": _CPU_SMALL}
 
     def __init__(
@@ -562,17 +566,10 @@ class IMPA(Generator):
         )
 
     @classmethod
-    def load(
-        cls,
-        dataset: BBBC021Dataset,
-        checkpoint: str | Path | None = None,
-        device: str | torch.device | None = None,
-    ) -> IMPA:
+    def from_checkpoint(cls, dataset: BBBC021Dataset, run: LoadedRun, device: torch.device) -> IMPA:
         """The EMA generator and mapping network of a training run's checkpoint."""
-        config, gen, mapping, config_path = networks_from_checkpoint(
-            require_checkpoint("impa", checkpoint)
-        )
-        _check_fingerprint_dim(dataset, config, config_path)
+        config, gen, mapping = networks_from_run(run)
+        _check_fingerprint_dim(dataset, config, run.path / CONFIG_FILE)
         return cls(dataset, config, gen, mapping, device)
 
     def n_parameters(self) -> int:
@@ -598,19 +595,14 @@ class IMPA(Generator):
 
 
 # --------------------------------------------------------------------------------------- checkpoints
-def networks_from_checkpoint(
-    checkpoint: str | Path,
-) -> tuple[dict, IMPAGenerator, MappingNetwork, Path]:
-    """(config, generator, mapping network, config path) with a checkpoint's EMA weights.
+def networks_from_run(run: LoadedRun) -> tuple[dict, IMPAGenerator, MappingNetwork]:
+    """(config, generator, mapping network) with the EMA weights of a checkpoint of IMPA.
 
-    ``checkpoint`` is a run folder (its last complete checkpoint), a checkpoint folder or its
-    ``model.safetensors``.
-
-    A missing, truncated or foreign checkpoint raises a :class:`CellbenchError` naming the file.
+    A config that does not describe an IMPA network, or weights that do not fit it, raise a
+    :class:`CellbenchError` naming the file.
     """
-    run = load_run(checkpoint, IMPA.name)
     config = run.config
-    config_path = run.path / "config.json"
+    config_path = run.path / CONFIG_FILE
     missing = [k for k in (*ARCH_KEYS, "mapping_hidden", "fingerprint_dim") if k not in config]
     if missing:
         raise CellbenchError(
@@ -626,7 +618,7 @@ def networks_from_checkpoint(
             path=config_path,
             fix="pass a run folder made by `cellbench train impa`",
         ) from None
-    weights_path = run.path / "model.safetensors"
+    weights_path = run.path / MODEL_FILE
     for name, net in (("generator", gen), ("mapping", mapping)):
         if name not in run.weights:
             raise CellbenchError(
@@ -635,7 +627,7 @@ def networks_from_checkpoint(
                 fix="pass a run folder made by `cellbench train impa`",
             )
         load_module_state(net, run.weights[name], weights_path)
-    return config, gen, mapping, config_path
+    return config, gen, mapping
 
 
 def _inference_networks(config: dict) -> tuple[IMPAGenerator, MappingNetwork]:

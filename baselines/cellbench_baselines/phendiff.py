@@ -21,6 +21,7 @@ checkpoint); no classifier-free guidance; AdamW with no weight decay, gradient c
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,8 +30,9 @@ import torch.nn.functional as F
 from cellbench.data.bbbc021 import BBBC021Dataset
 from cellbench.data.torch_dataset import from_model_range, to_model_range
 from cellbench.errors import CellbenchError
-from cellbench.generators import Generator
-from cellbench_baselines.common import param_count, require_checkpoint, resolve_device
+from cellbench_baselines.checkpoint import LoadedRun, TrainedGenerator, load_module_state
+from cellbench_baselines.common import param_count
+from cellbench_baselines.config import TRAINER_DEFAULTS
 from cellbench_baselines.nn.unet import UNET_DEFAULTS, UNet, unet_from_config
 from cellbench_baselines.sampling import (
     ddim_invert,
@@ -38,12 +40,7 @@ from cellbench_baselines.sampling import (
     ddim_timesteps,
     linear_alpha_bars,
 )
-from cellbench_baselines.training import (
-    TRAINER_DEFAULTS,
-    TrainableModel,
-    load_module_state,
-    load_run,
-)
+from cellbench_baselines.trainer import TrainableModel
 
 CONTROL_CLASS = "DMSO"
 
@@ -158,12 +155,16 @@ class PhenDiffTrainable(TrainableModel):
         return self.step_single(self.loss(batch), self.unet, self.opt)
 
 
-class PhenDiff(Generator):
+class PhenDiff(TrainedGenerator):
     """PhenDiff: DDIM-invert the control under DMSO, regenerate under the compound's class."""
 
     name = "phendiff"
     version = "1"
     role = "model"
+    summary = (
+        "model: class-conditional DDIM, control inverted then regenerated under the "
+        "compound's class (Bourou et al. 2024); needs --checkpoint from `cellbench train phendiff`"
+    )
     presets = PRESETS
 
     def __init__(
@@ -190,13 +191,9 @@ class PhenDiff(Generator):
         return PhenDiffTrainable(config)
 
     @classmethod
-    def load(
-        cls,
-        dataset: BBBC021Dataset,
-        checkpoint: str | Path | None = None,
-        device: str | torch.device | None = None,
+    def from_checkpoint(
+        cls, dataset: BBBC021Dataset, run: LoadedRun, device: torch.device
     ) -> PhenDiff:
-        run = load_run(require_checkpoint("phendiff", checkpoint), "phendiff")
         config = run.config
         try:
             unet = unet_from_config(config["unet"])
@@ -208,10 +205,14 @@ class PhenDiff(Generator):
                 path=run.path / "config.json",
             ) from None
         load_module_state(unet, run.weights.get("unet", {}), run.path / "model.safetensors")
-        return cls(dataset, config, unet, resolve_device(device), source=run.path)
+        return cls(dataset, config, unet, device, source=run.path)
 
     def n_parameters(self) -> int:
         return param_count(self.unet)
+
+    def sampler_settings(self) -> dict[str, Any]:
+        """The DDIM steps of the inversion and of the regeneration (both deterministic)."""
+        return {"ddim_steps": int(self.config["ddim_steps"])}
 
     def class_index(self, compound: str) -> int:
         """The class of ``compound`` (an error names the checkpoint when it was not trained on)."""

@@ -33,9 +33,9 @@ import numpy as np
 import torch
 
 from cellbench_baselines.cellflux import CellFlux, CellFluxTrainable
+from cellbench_baselines.config import resolve_config
 from cellbench_baselines.impa import IMPA, IMPATrainable
 from cellbench_baselines.phendiff import PhenDiff, PhenDiffTrainable
-from cellbench_baselines.training import resolve_config
 
 FP_DIM = 1024
 N_CLASSES = 36  # DMSO + 35 compounds, the size of a BBBC021 class table

@@ -56,7 +56,7 @@ for model in identity real-shuffle $MODELS $SHIPPED; do
         echo "$model: already scored ($OUT/$model.results.json)" >&2
         continue
     fi
-    if [[ -f "$OUT/$model/.cellbench-generate.json" ]]; then opts+=(--resume); fi
+    if [[ -f "$OUT/$model/generation.json" ]]; then opts+=(--resume); fi
     start=$(date +%s)
     "$BIN/cellbench" generate "$name" "${opts[@]}" "${DS[@]}" --protocol "$OUT/protocol.csv" \
         --seed 0 --threads "$THREADS" --out "$OUT/$model"

@@ -94,9 +94,9 @@ def attention_profile(
 
     from cellbench.data.torch_dataset import to_model_range
     from cellbench.generators import get_generator_class
+    from cellbench_baselines.checkpoint import checkpoint_model
     from cellbench_baselines.common import fingerprint_batch
     from cellbench_baselines.nn.layers import AttentionBlock
-    from cellbench_baselines.training import checkpoint_model
 
     gen = get_generator_class(checkpoint_model(checkpoint)).load(ds, checkpoint, device="cpu")
     unet = getattr(gen, "unet", None)

@@ -1,8 +1,7 @@
-"""Generator commands: ls models, generate."""
+"""Generator commands: ls models, generate (images + generation.json, see cellbench.generation)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -10,7 +9,6 @@ import typer
 
 from cellbench.cli.app import app, ls_app
 from cellbench.cli.options import DataDirOpt, JsonOpt, ThreadsOpt, set_torch_threads
-from cellbench.io import atomic_write_text, sha256_file
 
 
 @ls_app.command("models")
@@ -18,10 +16,10 @@ def ls_models(as_json: JsonOpt = False) -> None:
     """List registered generators."""
     import json
 
-    from cellbench.generators import GENERATORS
+    from cellbench.generators import GENERATORS, generator_summary
     from cellbench.ui import out_console
 
-    rows = [{"name": e.name, "summary": e.summary} for e in GENERATORS.entries()]
+    rows = [{"name": name, "summary": generator_summary(name)} for name in GENERATORS.names()]
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
@@ -108,31 +106,32 @@ def generate_cmd(
                 out,
                 n=best_of,
                 model=model,
-                checkpoint=checkpoint,
                 seed=seed,
                 batch_size=batch_size,
+                dataset=dataset,
+                protocol_path=protocol,
                 on_progress=update,
             )
         info(
             f"[green]wrote[/green] {len(table)} best-of-{best_of} images and generation.json to {out}"
         )
         return
-    settings = run_settings(
+    from cellbench.generation import check_resumable, generation_record, write_generation_record
+
+    record = generation_record(
+        gen,
         model=model,
-        gen=gen,
-        dataset=dataset,
-        protocol=protocol,
-        checkpoint=checkpoint,
         seed=seed,
         batch_size=batch_size,
+        dataset=dataset,
+        protocol=protocol,
         n_per_task=n_per_task,
+        complete=False,
     )
-    record = out / RUN_SETTINGS_FILE
     if resume:
-        check_resumable(record, settings)
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(record, json.dumps(settings, indent=2) + "\n")
+        check_resumable(out, record)
+    out.mkdir(parents=True, exist_ok=True)
+    write_generation_record(out, record)  # before the images: --resume compares against it
     with progress(f"generating ({model})", len(table) * n_per_task) as update:
         n = write_generated(
             gen,
@@ -145,65 +144,5 @@ def generate_cmd(
             skip_existing=resume,
             on_progress=update,
         )
-    info(f"[green]wrote[/green] {n} images to {out}")
-
-
-#: dot-file in a `cellbench generate` output folder recording the settings, for --resume
-RUN_SETTINGS_FILE = ".cellbench-generate.json"
-
-
-def run_settings(
-    *,
-    model: str,
-    gen: object,
-    dataset: str,
-    protocol: Path,
-    checkpoint: Path | None,
-    seed: int,
-    batch_size: int,
-    n_per_task: int,
-) -> dict[str, object]:
-    """Everything that decides the images of a `cellbench generate` run (compared by --resume)."""
-    from cellbench.best_of_n import checkpoint_sha256
-
-    steps = getattr(gen, "sample_steps", None)
-    return {
-        "model": model,
-        "generator_version": str(getattr(gen, "version", "0")),
-        "checkpoint_sha256": checkpoint_sha256(checkpoint),
-        "dataset": dataset,
-        "protocol_sha256": sha256_file(protocol),
-        "seed": seed,
-        "batch_size": batch_size,
-        "n_per_task": n_per_task,
-        "sample_steps": steps if isinstance(steps, int) else None,
-    }
-
-
-def check_resumable(record: Path, settings: dict[str, object]) -> None:
-    """Refuse --resume unless ``record`` holds the same settings as this run."""
-    from cellbench.errors import CellbenchError
-
-    try:
-        before = json.loads(record.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CellbenchError(
-            "nothing to resume: no earlier `cellbench generate` run wrote this folder",
-            path=record.parent,
-            fix="drop --resume",
-        ) from None
-    except (OSError, ValueError):
-        before = None
-    if not isinstance(before, dict):
-        raise CellbenchError(
-            "unreadable settings of the earlier run (not a JSON object)",
-            path=record,
-            fix="drop --resume to generate every image again",
-        )
-    changed = sorted(k for k, v in settings.items() if before.get(k) != v)
-    if changed:
-        raise CellbenchError(
-            f"the earlier run in this folder used other settings ({', '.join(changed)})",
-            path=record.parent,
-            fix="repeat the earlier options, or drop --resume, or choose a new --out",
-        )
+    write_generation_record(out, {**record, "complete": True})
+    info(f"[green]wrote[/green] {n} images and generation.json to {out}")

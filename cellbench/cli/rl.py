@@ -1,4 +1,10 @@
-"""`cellbench rl cellflux`: post-train a CellFlux checkpoint online with the rewards (CellFluxRL)."""
+"""`cellbench rl BASE`: post-train a checkpoint of BASE online with the rewards.
+
+The command knows no model: the registered generator BASE names its post-trainer
+(``post_trainer``, e.g. cellflux -> cellfluxrl, CellFluxRL in docs/cellfluxrl.md), whose
+``post_training_config`` and ``post_train`` hooks do the work
+(:class:`cellbench.generators.Generator`).
+"""
 
 from __future__ import annotations
 
@@ -19,17 +25,15 @@ from cellbench.cli.options import (
     set_torch_threads,
 )
 
-rl_app = typer.Typer(
-    help="Post-train a generator with reinforcement learning on cellbench's rewards.",
-    no_args_is_help=True,
-)
-app.add_typer(rl_app, name="rl")
 
-
-@rl_app.command("cellflux")
-def rl_cellflux(
+@app.command("rl", no_args_is_help=True)
+def rl_cmd(
+    base: Annotated[
+        str,
+        typer.Argument(help="The generator to post-train (cellflux; see `cellbench ls models`)."),
+    ],
     checkpoint: Annotated[
-        Path, typer.Option(help="The base CellFlux run folder or checkpoint (`cellbench train`).")
+        Path, typer.Option(help="The base model's run folder or checkpoint (`cellbench train`).")
     ],
     out: RunOutOpt,
     dataset: Annotated[str, typer.Option(help="Dataset to post-train on.")] = "bbbc021-sim",
@@ -54,7 +58,8 @@ def rl_cellflux(
     threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Post-train CELLFLUX by DiffusionNFT on the rewards; writes checkpoints and log.csv.
+    """Post-train BASE on the rewards (cellflux: CellFluxRL, by DiffusionNFT); writes checkpoints
+    and log.csv.
 
     Generate with the result: `cellbench generate cellfluxrl --checkpoint RUN_DIR ...`.
     """
@@ -62,6 +67,7 @@ def rl_cellflux(
 
     from cellbench.data.bbbc021 import open_dataset
     from cellbench.errors import CellbenchError
+    from cellbench.generators import get_generator_class
     from cellbench.ui import info
 
     if steps is not None and steps < 1:
@@ -73,29 +79,21 @@ def rl_cellflux(
         reward_workers = max(1, min(8, cpus - 1)) if device.startswith("cuda") else int(cpus > 1)
     if reward_workers < 0:
         raise CellbenchError("--reward-workers must be at least 0")
-    set_torch_threads(threads)
-    try:
-        from cellbench_baselines.cellflux_rl import resolve_rl_config, run_rl
-    except ModuleNotFoundError as exc:
+    name = get_generator_class(base).post_trainer
+    if name is None:
         raise CellbenchError(
-            f"CellFluxRL lives in a package that is not installed ({exc.name})",
-            fix="install cellbench with its baselines: pip install -e .",
-        ) from None
-
-    cfg = resolve_rl_config(config, checkpoint, overrides={"steps": steps, "seed": seed})
+            f"model {base!r} has no post-training", fix="choose a model that has one (cellflux)"
+        )
+    cls = get_generator_class(name)
+    cfg = cls.post_training_config(config, checkpoint, overrides={"steps": steps, "seed": seed})
+    set_torch_threads(threads)
     ds = open_dataset(dataset, data_dir, create_sim=True)
-    result = run_rl(ds, cfg, out, device=device, reward_workers=reward_workers)
-    summary = {
-        "model": "cellfluxrl",
-        "run_dir": str(out),
-        "base_checkpoint": cfg["base_checkpoint"],
-        "reward": cfg["reward"],
-        **result.summary(),
-    }
+    result = cls.post_train(ds, cfg, out, device=device, reward_workers=reward_workers)
+    summary = {"model": name, "run_dir": str(out), **result}
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return
     info(
-        f"[green]post-trained[/green] cellfluxrl to step {result.step}; checkpoint "
-        f"{result.checkpoint}; generate with `cellbench generate cellfluxrl --checkpoint {out}`"
+        f"[green]post-trained[/green] {name} to step {result['step']}; checkpoint "
+        f"{result['checkpoint']}; generate with `cellbench generate {name} --checkpoint {out}`"
     )

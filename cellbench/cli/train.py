@@ -1,4 +1,8 @@
-"""`cellbench train`: train a reference generator with the shared Trainer (resumable)."""
+"""`cellbench train`: train a registered generator through its training hooks (resumable).
+
+The command knows no model: it calls ``training_config`` and ``train`` of the class the registry
+returns (:class:`cellbench.generators.Generator`).
+"""
 
 from __future__ import annotations
 
@@ -56,30 +60,22 @@ def train_cmd(
     from cellbench.generators import get_generator_class
     from cellbench.ui import info
 
-    cls = get_generator_class(model)
-    presets = getattr(cls, "presets", None)
-    if not presets or not hasattr(cls, "trainable"):
-        raise CellbenchError(
-            f"model {model!r} is not trainable",
-            fix="choose a model with a training recipe (cellflux, phendiff, impa)",
-        )
-    from cellbench_baselines.training import resolve_config, train
-
     if steps is not None and steps < 1:
         raise CellbenchError("--steps must be at least 1")
+    cls = get_generator_class(model)
+    cfg = cls.training_config(config, overrides={"steps": steps, "seed": seed})
     set_torch_threads(threads)
-    cfg = resolve_config(presets, config, overrides={"steps": steps, "seed": seed})
     ds = open_dataset(dataset, data_dir, create_sim=True)
-    result = train(cls, model, ds, cfg, out, device=device, init_from=init_from)
+    result = cls.train(ds, cfg, out, device=device, init_from=init_from)
     summary = {
         "model": model,
         "run_dir": str(out),
-        **result.summary(),
+        **result,
     }
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return
     info(
-        f"[green]trained[/green] {model} to step {result.step} "
-        f"({result.images_per_s:.1f} images/s); checkpoint {result.checkpoint}"
+        f"[green]trained[/green] {model} to step {result['step']} "
+        f"({result['train_images_per_s']:.1f} images/s); checkpoint {result['checkpoint']}"
     )

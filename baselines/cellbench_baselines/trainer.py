@@ -1,7 +1,8 @@
 """The one training loop of the project, and what a trainable generator provides to it.
 
-A trainable generator (CellFlux, PhenDiff, IMPA ...) is a :class:`cellbench.generators.Generator`
-subclass with a ``presets`` dict (at least ``"cpu-small"`` and ``"paper"``) and a classmethod
+A trainable generator (CellFlux, PhenDiff, IMPA ...) is a
+:class:`cellbench_baselines.checkpoint.TrainedGenerator` with a ``presets`` dict (at least
+``"cpu-small"`` and ``"paper"``, resolved by :mod:`cellbench_baselines.config`) and a classmethod
 ``trainable(dataset, config) -> TrainableModel``. The :class:`TrainableModel` owns its networks and
 optimisers and does one optimisation step in :meth:`TrainableModel.training_step`; everything else
 is done once, here, by :class:`Trainer`:
@@ -12,24 +13,14 @@ is done once, here, by :class:`Trainer`:
   epoch from the seed);
 * EMA copies of the networks named by :meth:`TrainableModel.ema_names`;
 * a loss log (``log.csv``), a progress bar on stderr;
-* checkpoints every ``ckpt_every`` steps and at the end, written into a temporary folder and
-  renamed into place, so a checkpoint folder that exists is complete;
+* checkpoints every ``ckpt_every`` steps and at the end, in the format of
+  :mod:`cellbench_baselines.checkpoint` (written into a temporary folder and renamed into place, so
+  a checkpoint folder that exists is complete);
 * resuming from the last complete checkpoint: the weights, EMA, optimiser state, RNG state and
   data position are restored, so N steps in one go and N/2 + N/2 after an interruption give the
   same weights (tested, single process);
 * bf16 autocast on CUDA (:meth:`TrainableModel.autocast`), and data parallel training under
   ``torchrun`` (gradients averaged over processes before each optimiser step).
-
-A checkpoint folder ``RUN_DIR/checkpoints/step-NNNNNNNN/`` holds:
-
-=========================  =====================================================================
-``model.safetensors``      EMA weights of the generator networks, keys ``<module>.<param>`` (all
-                           that generation needs; with ``config.json`` this is what ships)
-``config.json``            ``{"format": "cellbench-run", "model": ..., "config": {...}, ...}``
-``train_state.safetensors`` the raw (non-EMA) weights of every trained network
-``optimizer.pt``           optimiser state dicts (tensors and numbers only: ``weights_only=True``)
-``state.json``             step, epoch, position in the epoch, EMA update counts, RNG states
-=========================  =====================================================================
 """
 
 from __future__ import annotations
@@ -37,17 +28,15 @@ from __future__ import annotations
 import abc
 import base64
 import contextlib
-import copy
 import csv
 import io
 import json
 import math
 import os
 import random
-import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,50 +48,24 @@ from torch.utils.data import default_collate
 from cellbench.data.bbbc021 import BBBC021Dataset
 from cellbench.errors import CellbenchError
 from cellbench.io import atomic_path, atomic_write_text
-from cellbench.registry import suggest
+from cellbench_baselines.checkpoint import (
+    CONFIG_FILE,
+    MODEL_FILE,
+    OPTIMIZER_FILE,
+    RUN_FORMAT,
+    RUN_FORMAT_VERSION,
+    TRAIN_STATE_FILE,
+    complete_checkpoints,
+    load_module_state,
+    read_json,
+    read_training_state,
+    run_record,
+    write_checkpoint,
+)
+from cellbench_baselines.config import RESUMABLE_KEYS, backfill_config
 from cellbench_baselines.ema import EMA
 
-RUN_FORMAT = "cellbench-run"
-RUN_FORMAT_VERSION = 1
-MODEL_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
-STATE_FILE = "state.json"
-TRAIN_STATE_FILE = "train_state.safetensors"
-OPTIMIZER_FILE = "optimizer.pt"
 LOG_FILE = "log.csv"
-CKPT_DIR = "checkpoints"
-
-#: keys every trainable model's config has (its presets include them); read by the Trainer
-TRAINER_DEFAULTS: dict[str, Any] = {
-    "seed": 0,  # seeds weights init, data order, control pairing and the training noise
-    "split": "train",  # dataset split whose treated crops are the targets
-    "batch_size": 32,  # global batch (split over processes under torchrun)
-    "steps": 1000,  # total optimiser steps of the run
-    "ckpt_every": 500,  # checkpoint period in steps (and always at the end)
-    "log_every": 10,  # log.csv period in steps
-    "keep_checkpoints": 2,  # complete checkpoints kept (older ones are deleted)
-    "ema_decay": 0.999,
-    "ema_warmup": True,  # decay min(ema_decay, (1+n)/(10+n)) at update n
-    "mixed_precision": "bf16",  # "bf16" or "no"; autocast is used on CUDA only
-}
-#: config keys that may change when a run is resumed (they do not change the result per step)
-RESUMABLE_KEYS = frozenset({"steps", "ckpt_every", "log_every", "keep_checkpoints"})
-
-#: config keys added after runs already existed, with the value that gives the older behaviour:
-#: a run folder whose config.json lacks one is resumed as if it held that value
-BACKFILLED_KEYS: dict[tuple[str, ...], Any] = {("unet", "null_attention"): False}
-
-
-def backfill_config(cfg: dict) -> dict:
-    """A copy of a stored run config with each missing :data:`BACKFILLED_KEYS` entry filled in."""
-    out = copy.deepcopy(cfg)
-    for path, value in BACKFILLED_KEYS.items():
-        node: Any = out
-        for key in path[:-1]:
-            node = node.get(key) if isinstance(node, dict) else None
-        if isinstance(node, dict):
-            node.setdefault(path[-1], value)
-    return out
 
 
 # ---------------------------------------------------------------------------------------- model
@@ -172,282 +135,11 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
-# ---------------------------------------------------------------------------------------- config
-def resolve_config(
-    presets: dict[str, dict],
-    spec: str | Path | dict | None = None,
-    *,
-    overrides: dict | None = None,
-    default_preset: str = "cpu-small",
-) -> dict:
-    """The complete config from a preset name, a JSON/YAML file or a dict, plus ``overrides``.
-
-    A file (or dict) is merged over the preset named by its optional ``"preset"`` key (default
-    ``default_preset``). Unknown keys and values of the wrong type are errors, so a typo never
-    silently leaves a default in place.
-    """
-    source = "config"
-    if spec is None:
-        spec = default_preset
-    if isinstance(spec, str) and spec in presets:
-        cfg = copy.deepcopy(presets[spec])
-        cfg["preset"] = spec
-        source = f"preset {spec!r}"
-        user: dict = {}
-    else:
-        if isinstance(spec, dict):
-            user = copy.deepcopy(spec)
-        else:
-            path = Path(spec)
-            if not path.is_file():
-                raise suggest(str(spec), list(presets), "preset or config file") from None
-            user = _read_config_file(path)
-            source = str(path)
-        base = user.pop("preset", default_preset)
-        if base not in presets:
-            err = suggest(str(base), list(presets), "preset")
-            err.path = None if isinstance(spec, dict) else str(spec)
-            raise err
-        cfg = copy.deepcopy(presets[base])
-        cfg["preset"] = base
-    _merge_checked(cfg, user, source, prefix="")
-    if overrides:
-        _merge_checked(cfg, {k: v for k, v in overrides.items() if v is not None}, "option", "")
-    _check_trainer_keys(cfg, source)
-    return cfg
-
-
-def _read_config_file(path: Path) -> dict:
-    text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix.lower() in (".yaml", ".yml"):
-            try:
-                import yaml
-            except ModuleNotFoundError:
-                raise CellbenchError(
-                    "reading a YAML config needs PyYAML, which is not installed",
-                    path=path,
-                    fix="pip install pyyaml, or write the config as JSON",
-                ) from None
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
-    except CellbenchError:
-        raise
-    except Exception as exc:  # json.JSONDecodeError, yaml.YAMLError
-        raise CellbenchError(
-            f"unreadable config file ({type(exc).__name__}: {str(exc).splitlines()[0]})",
-            path=path,
-            fix="write a JSON (or YAML) mapping of config keys",
-        ) from None
-    if not isinstance(data, dict):
-        raise CellbenchError(
-            "config file must hold a mapping of keys to values", path=path, fix="see --help"
-        )
-    return data
-
-
-def _merge_checked(base: dict, user: dict, source: str, prefix: str) -> None:
-    for key, value in user.items():
-        full = f"{prefix}{key}"
-        if key not in base:
-            err = suggest(str(key), list(base), "config key")
-            err.message = f"{err.message} (in {source})"
-            err.fix = f"valid keys{' under ' + prefix[:-1] if prefix else ''}: {', '.join(base)}"
-            raise err
-        old = base[key]
-        if isinstance(old, dict):
-            if not isinstance(value, dict):
-                raise CellbenchError(f"config key {full!r} must be a mapping (in {source})")
-            _merge_checked(old, value, source, prefix=f"{full}.")
-            continue
-        if not _type_ok(old, value):
-            raise CellbenchError(
-                f"config key {full!r} must be {type(old).__name__}, got {value!r} (in {source})",
-                fix=f"the default is {old!r}",
-            )
-        base[key] = float(value) if isinstance(old, float) else copy.deepcopy(value)
-
-
-def _type_ok(old: Any, value: Any) -> bool:
-    if old is None:
-        return True
-    if isinstance(old, bool) or isinstance(value, bool):
-        return isinstance(old, bool) and isinstance(value, bool)
-    if isinstance(old, float):
-        return isinstance(value, (int, float))
-    if isinstance(old, (list, tuple)):
-        return isinstance(value, (list, tuple))
-    return isinstance(value, type(old))
-
-
-def _check_trainer_keys(cfg: dict, source: str) -> None:
-    missing = [k for k in TRAINER_DEFAULTS if k not in cfg]
-    if missing:
-        raise CellbenchError(f"config lacks the trainer keys {missing} ({source})")
-    for key in ("batch_size", "steps", "ckpt_every", "log_every", "keep_checkpoints"):
-        if int(cfg[key]) < 1:
-            raise CellbenchError(f"config key {key!r} must be at least 1, got {cfg[key]}")
-    if not 0.0 <= float(cfg["ema_decay"]) < 1.0:
-        raise CellbenchError(f"config key 'ema_decay' must be in [0, 1), got {cfg['ema_decay']}")
-    if cfg["mixed_precision"] not in ("bf16", "no"):
-        raise CellbenchError(
-            f"config key 'mixed_precision' must be 'bf16' or 'no', got {cfg['mixed_precision']!r}"
-        )
-
-
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (CPU and CUDA) global RNGs."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-# ---------------------------------------------------------------------------------------- files
-def _prefixed(states: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    out = {}
-    for name, state in states.items():
-        for k, v in state.items():
-            out[f"{name}.{k}"] = v.detach().to("cpu").contiguous()
-    return out
-
-
-def _split_prefixed(flat: dict[str, torch.Tensor], names: list[str]) -> dict[str, dict]:
-    out: dict[str, dict[str, torch.Tensor]] = {n: {} for n in names}
-    for key, v in flat.items():
-        name, _, rest = key.partition(".")
-        if name not in out:
-            out.setdefault(name, {})
-        out[name][rest] = v
-    return out
-
-
-def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors and metadata of a safetensors file; a truncated or foreign file is a CellbenchError."""
-    from safetensors import safe_open
-
-    if not path.is_file():
-        raise CellbenchError("weights file is missing", path=path, fix="check the checkpoint path")
-    try:
-        tensors = {}
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-            for key in fh.keys():  # noqa: SIM118 (safe_open is not a dict)
-                tensors[key] = fh.get_tensor(key)
-    except Exception as exc:  # safetensors raises its own error types for bad headers
-        raise CellbenchError(
-            f"truncated or not a safetensors file ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else 'unreadable'})",
-            path=path,
-            fix="re-run training or copy the checkpoint again",
-        ) from None
-    return tensors, meta
-
-
-def _read_json(path: Path, what: str) -> dict:
-    if not path.is_file():
-        raise CellbenchError(f"{what} is missing", path=path, fix="check the checkpoint path")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise CellbenchError(
-            f"unreadable {what} ({type(exc).__name__})", path=path, fix="re-run training"
-        ) from None
-    if not isinstance(data, dict):
-        raise CellbenchError(f"{what} is not a JSON object", path=path, fix="re-run training")
-    return data
-
-
-def complete_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Complete checkpoint folders of a run, oldest first (temporary folders are ignored)."""
-    ckpts = Path(run_dir) / CKPT_DIR
-    if not ckpts.is_dir():
-        return []
-    found = [
-        p
-        for p in ckpts.iterdir()
-        if p.is_dir() and p.name.startswith("step-") and (p / STATE_FILE).is_file()
-    ]
-    return sorted(found, key=lambda p: p.name)
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """The checkpoint folder for a run folder, a checkpoint folder or its ``model.safetensors``."""
-    p = Path(path)
-    if p.is_file():
-        return p.parent
-    if not p.exists():
-        raise CellbenchError(
-            "checkpoint not found", path=p, fix="pass a run folder made by `cellbench train`"
-        )
-    if (p / MODEL_FILE).is_file() or (p / CONFIG_FILE).is_file():
-        return p
-    found = complete_checkpoints(p)
-    if not found:
-        raise CellbenchError(
-            "no complete checkpoint in this folder",
-            path=p,
-            fix="pass a run folder made by `cellbench train` (or a folder with model.safetensors "
-            "and config.json)",
-        )
-    return found[-1]
-
-
-@dataclass
-class LoadedRun:
-    """What generation needs from a checkpoint: the config and the EMA weights per network."""
-
-    path: Path
-    model: str
-    config: dict
-    weights: dict[str, dict[str, torch.Tensor]]
-    meta: dict = field(default_factory=dict)
-
-
-def _run_record(checkpoint: str | Path) -> tuple[Path, dict]:
-    """The checkpoint folder and its checked config.json record."""
-    folder = resolve_checkpoint(checkpoint)
-    meta = _read_json(folder / CONFIG_FILE, "checkpoint config.json")
-    if meta.get("format") != RUN_FORMAT or "config" not in meta:
-        raise CellbenchError(
-            "not a cellbench checkpoint config (no 'format: cellbench-run')",
-            path=folder / CONFIG_FILE,
-            fix="pass a run folder made by `cellbench train`",
-        )
-    return folder, meta
-
-
-def checkpoint_model(checkpoint: str | Path) -> str:
-    """The generator name a run folder's (or checkpoint folder's) config.json records."""
-    return str(_run_record(checkpoint)[1].get("model"))
-
-
-def load_run(checkpoint: str | Path, model: str) -> LoadedRun:
-    """Read the EMA weights and config of a checkpoint of ``model`` (CellbenchError if foreign)."""
-    folder, meta = _run_record(checkpoint)
-    if meta.get("model") != model:
-        raise CellbenchError(
-            f"checkpoint is a {meta.get('model')!r} model, not {model!r}",
-            path=folder / CONFIG_FILE,
-            fix=f"use `cellbench generate {meta.get('model')}` or a {model} checkpoint",
-        )
-    flat, _ = read_safetensors(folder / MODEL_FILE)
-    weights = _split_prefixed(flat, [])
-    return LoadedRun(folder, model, meta["config"], weights, meta)
-
-
-def load_module_state(module: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
-    """``module.load_state_dict(state)`` with a one-line error when the weights do not fit."""
-    try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()
-        detail = " ".join(line.strip() for line in first[:2])[:300]
-        raise CellbenchError(
-            f"weights do not match the network built from config.json ({detail})",
-            path=path,
-            fix="the weights and config.json must come from the same run",
-        ) from None
 
 
 # ---------------------------------------------------------------------------------------- trainer
@@ -618,30 +310,6 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         """Write the checkpoint of the current step (atomically, as one folder)."""
-        from safetensors.torch import save_file
-
-        ckpts = self.out_dir / CKPT_DIR
-        final = ckpts / f"step-{self.step:08d}"
-        tmp = ckpts / f".tmp-step-{self.step:08d}-{os.getpid()}"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-        mods = self.model.modules()
-        meta = {"format": RUN_FORMAT, "model": self.model_name, "step": str(self.step)}
-        save_file(
-            _prefixed({n: e.state_dict() for n, e in self.emas.items()}),
-            str(tmp / MODEL_FILE),
-            metadata=meta,
-        )
-        save_file(
-            _prefixed({n: m.state_dict() for n, m in mods.items()}),
-            str(tmp / TRAIN_STATE_FILE),
-            metadata=meta,
-        )
-        buf = io.BytesIO()
-        torch.save({n: o.state_dict() for n, o in self.model.optimizers().items()}, buf)
-        (tmp / OPTIMIZER_FILE).write_bytes(buf.getvalue())
-        (tmp / CONFIG_FILE).write_text(json.dumps(self._run_meta(), indent=2) + "\n")
         state = {
             "step": self.step,
             "epoch": self.epoch,
@@ -649,13 +317,16 @@ class Trainer:
             "rng": _rng_state(),
             "world_size": self.world,
         }
-        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        for old in complete_checkpoints(self.out_dir)[: -int(self.cfg["keep_checkpoints"])]:
-            shutil.rmtree(old, ignore_errors=True)
-        return final
+        return write_checkpoint(
+            self.out_dir,
+            self.step,
+            record=self._run_meta(),
+            ema={n: e.state_dict() for n, e in self.emas.items()},
+            train={n: m.state_dict() for n, m in self.model.modules().items()},
+            optimizers={n: o.state_dict() for n, o in self.model.optimizers().items()},
+            state=state,
+            keep=int(self.cfg["keep_checkpoints"]),
+        )
 
     def _resume(self) -> tuple[int, bool]:
         """Load the last complete checkpoint of the run folder, if any; return its step and
@@ -667,7 +338,7 @@ class Trainer:
         if not found:
             if self.init_from is None:
                 return 0, False
-            ckpt, meta = _run_record(self.init_from)
+            ckpt, meta = run_record(self.init_from)
             if meta.get("model") != self.model_name:
                 raise CellbenchError(
                     f"--init-from is not a {self.model_name!r} training checkpoint",
@@ -679,7 +350,7 @@ class Trainer:
             self.extra_meta["init_from"] = {"checkpoint": str(ckpt), "step": step}
             return step, False
         ckpt = found[-1]
-        meta = _read_json(ckpt / CONFIG_FILE, "checkpoint config.json")
+        meta = read_json(ckpt / CONFIG_FILE, "checkpoint config.json")
         if meta.get("model") != self.model_name:
             raise CellbenchError(
                 f"run folder holds a {meta.get('model')!r} run, not {self.model_name!r}",
@@ -703,42 +374,28 @@ class Trainer:
 
     def _load_state(self, ckpt: Path) -> int:
         """Load weights, EMA, optimiser, step and RNG state of a checkpoint; return its step."""
-        if not (ckpt / TRAIN_STATE_FILE).is_file() or not (ckpt / OPTIMIZER_FILE).is_file():
-            raise CellbenchError(
-                "checkpoint has no training state (only EMA weights for generation)",
-                path=ckpt,
-                fix="pass a checkpoint folder written by `cellbench train` itself",
-            )
+        saved = read_training_state(ckpt, self.device)
         mods = self.model.modules()
-        flat, _ = read_safetensors(ckpt / TRAIN_STATE_FILE)
-        for name, state in _split_prefixed(flat, list(mods)).items():
+        for name in saved.train:
             if name not in mods:
                 raise CellbenchError(
                     f"checkpoint has weights of an unknown network {name!r}",
                     path=ckpt / TRAIN_STATE_FILE,
                 )
-            load_module_state(mods[name], state, ckpt / TRAIN_STATE_FILE)
-        flat, _ = read_safetensors(ckpt / MODEL_FILE)
-        state = _read_json(ckpt / STATE_FILE, "checkpoint state.json")
-        for name, ema_state in _split_prefixed(flat, list(self.emas)).items():
+        for name, module in mods.items():
+            load_module_state(module, saved.train.get(name, {}), ckpt / TRAIN_STATE_FILE)
+        state = saved.state
+        for name in saved.ema:
             if name not in self.emas:
                 raise CellbenchError(f"unexpected EMA network {name!r}", path=ckpt / MODEL_FILE)
+        for name, ema in self.emas.items():
             try:
-                self.emas[name].load_state_dict(ema_state, state["ema_updates"][name])
+                ema.load_state_dict(saved.ema.get(name, {}), state["ema_updates"][name])
             except (RuntimeError, KeyError) as exc:
                 raise CellbenchError(
                     f"EMA weights do not fit ({type(exc).__name__})", path=ckpt / MODEL_FILE
                 ) from None
-        try:
-            opt_states = torch.load(
-                ckpt / OPTIMIZER_FILE, map_location=self.device, weights_only=True
-            )
-        except Exception as exc:
-            raise CellbenchError(
-                f"unreadable optimizer state ({type(exc).__name__})",
-                path=ckpt / OPTIMIZER_FILE,
-                fix="delete this checkpoint folder to resume from the one before",
-            ) from None
+        opt_states = saved.optimizers
         for name, opt in self.model.optimizers().items():
             # the hyperparameters (lr, betas, weight decay) are the config's, not the stored ones:
             # the same on a resume, and the new recipe's after --init-from
