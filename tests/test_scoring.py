@@ -211,3 +211,24 @@ def test_reward_model_refuses_bad_input(reward_model, crops: np.ndarray) -> None
         reward_model(crops[:, :48, :48], moas)
     with pytest.raises(CellbenchError, match="dtype"):
         reward_model(crops.astype(np.int32), moas)
+
+
+@pytest.mark.slow
+def test_rollout_rewards_in_worker_processes_match_inline(reward_model, crops: np.ndarray) -> None:
+    """CellFluxRL's rollout scorer: features computed in a spawned worker give the inline rewards."""
+    from cellbench_baselines.cellflux_rl import RolloutRewards
+
+    moas = [MOAS[0]] * 4 + [MOAS[5]] * 4
+    weights = {"nuc_in_cyto": 1.0, "roundness": 1.0}  # no moa: the workers only segment
+    inline = RolloutRewards(reward_model.dataset, weights, workers=0)
+    pooled = RolloutRewards(reward_model.dataset, weights, workers=1)
+    try:
+        a = inline.collect([inline.submit(crops[:5], moas[:5]), inline.submit(crops[5:], moas[5:])])
+        b = pooled.collect([pooled.submit(crops[:5], moas[:5]), pooled.submit(crops[5:], moas[5:])])
+    finally:
+        pooled.close()
+    expected = reward_model(crops, moas)
+    assert set(b) == set(expected)
+    for k in expected:
+        np.testing.assert_array_equal(a[k], expected[k].numpy())
+        np.testing.assert_array_equal(b[k], expected[k].numpy())
