@@ -12,7 +12,7 @@ __all__ = ["CellbenchError", "RewardModel", "__version__", "evaluate"]
 def __getattr__(name: str):
     """Heavy parts on first use: ``cellbench.evaluate`` and ``cellbench.RewardModel``."""
     if name == "RewardModel":
-        from cellbench.rewards import RewardModel
+        from cellbench.scoring.reward_model import RewardModel
 
         return RewardModel
     raise AttributeError(f"module 'cellbench' has no attribute {name!r}")

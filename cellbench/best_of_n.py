@@ -1,7 +1,7 @@
 """Best-of-N test-time scaling: N candidates per task, keep the one with the highest reward.
 
 CellFluxRL's test-time scaling (docs/cellfluxrl.md, "Best-of-N"): a generator draws N candidates
-for every task, each is scored with :class:`cellbench.rewards.RewardModel` (the ``overall`` reward
+for every task, each is scored with :class:`cellbench.scoring.RewardModel` (the ``overall`` reward
 by default, the pipeline of ``cellbench eval``) and the best is kept. Selecting with the metric
 inflates that metric: FID/KID are the independent check, and the image folder says that N > 1 was
 used in its ``generation.json`` record (:mod:`cellbench.generation`), which ``cellbench eval``
@@ -75,7 +75,7 @@ def write_generated_best_of_n(
 
     ``gen`` is a loaded generator (its checkpoint hash and settings go into the record, see
     :func:`cellbench.generation.generation_record`; ``dataset`` and ``protocol_path`` too).
-    ``reward_model`` is a :class:`cellbench.rewards.RewardModel` (built for ``ds`` when None);
+    ``reward_model`` is a :class:`cellbench.scoring.RewardModel` (built for ``ds`` when None);
     candidates are ranked by its ``selection_reward`` output. ``generation.json`` is written last
     (atomically), after every image, and a stale one is removed first, so a folder whose record
     exists is complete. Returns the record.
@@ -83,7 +83,7 @@ def write_generated_best_of_n(
     if n < 1:
         raise CellbenchError("--best-of must be at least 1")
     if reward_model is None:
-        from cellbench.rewards import RewardModel
+        from cellbench.scoring import RewardModel
 
         reward_model = RewardModel(ds.name, data_dir=ds.root)
     out = Path(out)

@@ -11,14 +11,12 @@ merged result equals the unsharded one exactly.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +29,12 @@ from cellbench.data.layout import MOAS
 from cellbench.errors import CellbenchError, ProtocolError
 from cellbench.io import atomic_path, atomic_write_text, sha256_bytes
 from cellbench.metrics.bootstrap import bootstrap_mean, grouped_bootstrap
-from cellbench.metrics.rewards import OVERALL_WEIGHTS, REWARD_NAMES, SUITE_VERSION, compute_rewards
-from cellbench.paths import cache_dir
+from cellbench.metrics.rewards import OVERALL_WEIGHTS, REWARD_NAMES, SUITE_VERSION
 from cellbench.protocol import PROTOCOL_VERSION, build_protocol, protocol_sha256, read_protocol
+from cellbench.scoring.arrays import ImageArrays, concat_arrays
+from cellbench.scoring.artifacts import Artifacts
+from cellbench.scoring.images import reference_arrays, score_images
+from cellbench.scoring.scorer import Scorer
 
 RESULT_SCHEMA = "cellbench.results/1"
 METRIC_ORDER: tuple[str, ...] = (*REWARD_NAMES, "overall", "moa_accuracy")
@@ -44,222 +45,6 @@ Progress = Callable[[str, int, int], None]
 
 def _noop(phase: str, done: int, total: int) -> None:
     return None
-
-
-# ------------------------------------------------------------------------------------- scoring
-class Scorer:
-    """Per-image features of uint8 crops: segmentation features, Inception features, MoA probs.
-
-    Shared by ``cellbench eval`` and by :class:`cellbench.rewards.RewardModel` (training loops).
-    """
-
-    def __init__(
-        self,
-        ds: BBBC021Dataset,
-        *,
-        backend: str = "classical",
-        device: str = "cpu",
-        use_inception: bool = True,
-    ):
-        from cellbench.features.reference import find_artifact, load_reference, reference_filename
-        from cellbench.features.segment.backends import get_backend
-
-        self.ds = ds
-        self.backend = get_backend(backend)
-        self.reference_path = find_artifact(ds, reference_filename(self.backend.name))
-        self.reference, self.reference_sha256 = load_reference(
-            self.reference_path, backend_identity=self.backend.identity()
-        )
-        self.inception = None
-        self.head = None
-        self.classifier_card: dict | None = None
-        if use_inception:
-            from cellbench.features.classifier import load_classifier
-            from cellbench.features.inception import InceptionFeatures
-
-            self.inception = InceptionFeatures(device=device)
-            self.head, self.classifier_card = load_classifier(find_artifact(ds, "classifier"))
-            if self.classifier_card.get("inception_sha256") not in (None, self.inception.sha256):
-                raise CellbenchError(
-                    "the MoA classifier was trained on another feature network",
-                    path=find_artifact(ds, "classifier"),
-                    fix=f"retrain with `cellbench classifier train --dataset {ds.name}`",
-                )
-
-    @property
-    def feature_names(self) -> tuple[str, ...]:
-        return self.backend.feature_names
-
-    def segment_features(
-        self, images: np.ndarray, on_progress: Callable[[int, int], None] | None = None
-    ) -> np.ndarray:
-        return self.backend.features(
-            images, dna_channel=self.ds.card.dna_channel, on_progress=on_progress
-        )
-
-    def inception_features(
-        self, images: np.ndarray, on_progress: Callable[[int, int], None] | None = None
-    ) -> np.ndarray:
-        """float32-rounded Inception features (the precision stored in shard files)."""
-        assert self.inception is not None
-        out = np.zeros((len(images), 2048), np.float32)
-        step = 64
-        for start in range(0, len(images), step):
-            out[start : start + step] = self.inception(images[start : start + step])
-            if on_progress is not None:
-                on_progress(min(start + step, len(images)), len(images))
-        return out
-
-    def moa_probs(self, inception_feats: np.ndarray) -> np.ndarray:
-        from cellbench.features.classifier import predict_proba
-
-        assert self.head is not None
-        return predict_proba(self.head, inception_feats)
-
-    def rewards(
-        self, seg_features: np.ndarray, probs: np.ndarray | None, moas: np.ndarray
-    ) -> dict[str, np.ndarray]:
-        """Per-image rewards (and ``moa_accuracy`` as 0/1) from precomputed features."""
-        feats = {name: seg_features[:, j] for j, name in enumerate(self.feature_names)}
-        moa_idx = np.array([MOAS.index(m) for m in moas])
-        p_true = None if probs is None else probs[np.arange(len(moas)), moa_idx]
-        out = compute_rewards(feats, p_true, moas, self.reference["per_moa"])
-        out["moa_accuracy"] = (
-            np.full(len(moas), np.nan)
-            if probs is None
-            else (probs.argmax(1) == moa_idx).astype(np.float64)
-        )
-        return out
-
-    def identity(self) -> dict[str, Any]:
-        return {
-            "segmenter": self.backend.identity(),
-            "weights": {
-                "classifier": None
-                if self.classifier_card is None
-                else self.classifier_card["weights_sha256"],
-                "inception": None if self.inception is None else self.inception.sha256,
-                "segmenter": self.backend.weights(),
-            },
-            "feature_network": None if self.inception is None else self.inception.identity(),
-            "reference_stats_sha256": self.reference_sha256,
-        }
-
-
-# ------------------------------------------------------------------------------ per-image arrays
-@dataclass
-class ImageArrays:
-    """Everything per image that the aggregate needs, in protocol order."""
-
-    task_ids: list[str]
-    paths: list[str]
-    pixel_sha256: list[str]
-    seg: np.ndarray
-    inception: np.ndarray | None
-    problems: list[dict] = field(default_factory=list)
-
-    def save(self, path: Path) -> None:
-        with atomic_path(path, suffix=".npz") as tmp, open(tmp, "wb") as fh:
-            np.savez(
-                fh,
-                task_ids=np.array(self.task_ids, dtype=str),
-                paths=np.array(self.paths, dtype=str),
-                pixel_sha256=np.array(self.pixel_sha256, dtype=str),
-                seg=self.seg,
-                inception=self.inception
-                if self.inception is not None
-                else np.zeros((0, 2048), np.float32),
-                has_inception=np.array(self.inception is not None),
-                problems=np.array(json.dumps(self.problems)),
-            )
-
-    @classmethod
-    def load(cls, path: Path) -> ImageArrays:
-        try:
-            z = np.load(path, allow_pickle=False)
-            has_inc = bool(z["has_inception"])
-            return cls(
-                task_ids=[str(t) for t in z["task_ids"]],
-                paths=[str(p) for p in z["paths"]],
-                pixel_sha256=[str(p) for p in z["pixel_sha256"]],
-                seg=z["seg"],
-                inception=z["inception"] if has_inc else None,
-                problems=json.loads(str(z["problems"])),
-            )
-        except (OSError, ValueError, KeyError) as exc:
-            raise CellbenchError(
-                f"unreadable shard arrays ({exc})", path=path, fix="re-run that shard"
-            ) from None
-
-
-def _concat(parts: list[ImageArrays], order: dict[str, int]) -> ImageArrays:
-    rows = [
-        (order[t], p, i, j)
-        for i, a in enumerate(parts)
-        for j, (t, p) in enumerate(zip(a.task_ids, a.paths, strict=True))
-    ]
-    rows.sort()
-    pick = [(i, j) for _, _, i, j in rows]
-    has_inc = all(a.inception is not None for a in parts)
-    return ImageArrays(
-        task_ids=[parts[i].task_ids[j] for i, j in pick],
-        paths=[parts[i].paths[j] for i, j in pick],
-        pixel_sha256=[parts[i].pixel_sha256[j] for i, j in pick],
-        seg=np.stack([parts[i].seg[j] for i, j in pick]) if pick else np.zeros((0, 6)),
-        inception=(
-            np.stack([parts[i].inception[j] for i, j in pick])
-            if pick
-            else np.zeros((0, 2048), np.float32)
-        )
-        if has_inc
-        else None,
-        problems=sorted(
-            {(p["path"], p["problem"]): p for a in parts for p in a.problems}.values(),
-            key=lambda p: (p["path"], p["problem"]),
-        ),  # files no shard could place are reported by every shard: keep one report each
-    )
-
-
-# ------------------------------------------------------------------------------- reference row
-def reference_arrays(
-    scorer: Scorer, protocol: pd.DataFrame, *, use_inception: bool, progress: Progress = _noop
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Features of the protocol's real target crops, cached in the user cache folder.
-
-    The cache key hashes the dataset index, the protocol, the segmenter identity and the feature
-    network identity, so a change to any of them computes the features again.
-    """
-    ident = {
-        "dataset_index": scorer.ds.index_sha256,
-        "protocol": protocol_sha256(protocol),
-        "segmenter": scorer.backend.identity(),
-        "inception": None if not use_inception else scorer.inception.identity(),
-        "suite": SUITE_VERSION,
-    }
-    key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]
-    path = cache_dir() / "reference-features" / f"{key}.npz"
-    if path.is_file():
-        try:
-            z = np.load(path, allow_pickle=False)
-            inc = z["inception"] if use_inception else None
-            if len(z["seg"]) == len(protocol):
-                return z["seg"], inc
-        except (OSError, ValueError, KeyError):
-            pass  # a damaged cache entry is recomputed below
-    keys = protocol["target_key"].tolist()
-    seg = scorer.backend.features_of_keys(
-        scorer.ds, keys, on_progress=lambda d, t: progress("reference: segmenting", d, t)
-    )
-    inc = None
-    if use_inception:
-        inc = np.zeros((len(keys), 2048), np.float32)
-        for start in range(0, len(keys), 256):
-            crops = scorer.ds.load_crops(keys[start : start + 256])
-            inc[start : start + len(crops)] = scorer.inception_features(crops)
-            progress("reference: Inception", start + len(crops), len(keys))
-    with atomic_path(path, suffix=".npz") as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, seg=seg, inception=inc if inc is not None else np.zeros((0, 2048), np.float32))
-    return seg, inc
 
 
 # ------------------------------------------------------------------------------------ aggregate
@@ -280,6 +65,7 @@ def aggregate(
     protocol: pd.DataFrame,
     arrays: ImageArrays,
     *,
+    ds: BBBC021Dataset,
     seed: int,
     fid: bool,
     progress: Progress = _noop,
@@ -303,7 +89,9 @@ def aggregate(
         else {m: np.zeros(0) for m in METRIC_ORDER}
     )
 
-    ref_seg, ref_inc = reference_arrays(scorer, protocol, use_inception=use_inc, progress=progress)
+    ref_seg, ref_inc = reference_arrays(
+        scorer, ds, protocol, use_inception=use_inc, progress=progress
+    )
     ref_probs = scorer.moa_probs(ref_inc) if use_inc else None
     ref_moas = protocol["moa"].to_numpy().astype(str)
     ref_compounds = protocol["compound"].to_numpy().astype(str)
@@ -413,54 +201,6 @@ def load_protocol_for(
     }
 
 
-def score_images(
-    scorer: Scorer,
-    images_dir: str | Path,
-    protocol: pd.DataFrame,
-    *,
-    strict: bool,
-    use_inception: bool,
-    full_protocol: pd.DataFrame | None = None,
-    progress: Progress = _noop,
-) -> tuple[ImageArrays, dict]:
-    """Match, check and featurise the images of ``protocol``'s tasks.
-
-    For a shard, ``protocol`` holds the shard's tasks and ``full_protocol`` all of them, so files
-    of other shards' tasks are not reported as strangers.
-    """
-    from cellbench.images import discover_images, load_images
-
-    found = discover_images(images_dir, full_protocol if full_protocol is not None else protocol)
-    if full_protocol is not None:  # a shard: keep its own tasks, leave the rest to other shards
-        mine = set(protocol["task_id"])
-        found.files = {t: v for t, v in found.files.items() if t in mine}
-        found.missing = [t for t in found.missing if t in mine]
-        found.problems = [p for p in found.problems if p.task_id is None or p.task_id in mine]
-    loaded = load_images(
-        found, strict=strict, on_progress=lambda d, t: progress("reading images", d, t)
-    )
-    imgs = loaded.images
-    seg = scorer.segment_features(imgs, on_progress=lambda d, t: progress("segmenting", d, t))
-    inc = None
-    if use_inception:
-        inc = scorer.inception_features(imgs, on_progress=lambda d, t: progress("Inception", d, t))
-    folder = Path(images_dir)
-    arrays = ImageArrays(
-        task_ids=loaded.task_ids,
-        paths=[
-            str(p.relative_to(folder)) if p.is_relative_to(folder) else str(p) for p in loaded.paths
-        ],
-        pixel_sha256=[sha256_bytes(np.ascontiguousarray(im).tobytes()) for im in imgs],
-        seg=seg,
-        inception=inc,
-        problems=[
-            {"path": p.path, "task_id": p.task_id, "problem": p.problem} for p in loaded.problems
-        ],
-    )
-    info = {"layout": found.layout, "folder": str(images_dir)}
-    return arrays, info
-
-
 def images_digest(arrays: ImageArrays) -> str:
     """A hash of the submitted pixels, independent of file format and order."""
     lines = sorted(f"{t}\t{s}" for t, s in zip(arrays.task_ids, arrays.pixel_sha256, strict=True))
@@ -549,7 +289,9 @@ def build_document(
     if shard is not None:
         doc, per_image = {}, pd.DataFrame()
     else:
-        doc, per_image = aggregate(scorer, protocol, arrays, seed=seed, fid=fid, progress=progress)
+        doc, per_image = aggregate(
+            scorer, protocol, arrays, ds=ds, seed=seed, fid=fid, progress=progress
+        )
     base.update(doc)
     base["environment"] = _environment(device)
     base["wall_time_s"] = round(time.perf_counter() - started, 2)
@@ -600,7 +342,7 @@ def evaluate(
     shard_t = parse_shard(shard) if isinstance(shard, str) or shard is None else shard
     ds = open_dataset(dataset, data_dir, create_sim=True)
     table, proto_info = load_protocol_for(ds, protocol, split, seed)
-    scorer = Scorer(ds, backend=backend, device=device, use_inception=fid)
+    scorer = Scorer(Artifacts.for_dataset(ds), backend=backend, device=device, use_inception=fid)
     part = shard_tasks(table, shard_t)
     arrays, img_info = score_images(
         scorer,
@@ -702,9 +444,14 @@ def merge_shards(
     if protocol_sha256(table) != proto_info["sha256"]:
         raise ProtocolError("protocol changed since the shards ran", fix="re-run the shards")
     seg_name = first["segmenter"]["name"]
-    scorer = Scorer(ds, backend=seg_name, device=device, use_inception=first["fid_computed"])
+    scorer = Scorer(
+        Artifacts.for_dataset(ds),
+        backend=seg_name,
+        device=device,
+        use_inception=first["fid_computed"],
+    )
     order = {t: i for i, t in enumerate(table["task_id"])}
-    arrays = _concat(parts, order)
+    arrays = concat_arrays(parts, order)
     img_info = {"layout": docs[0]["images"]["layout"], "folder": docs[0]["images"]["folder"]}
     doc, per_image = build_document(
         scorer,

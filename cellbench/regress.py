@@ -4,7 +4,7 @@ The regression set (``tests/regress/`` in the source tree) holds a few ``bbbc021
 some deliberately damaged copies of them (``images.npy``, described in ``images.csv``), a disjoint
 set of real crops of the same compounds for FID/KID (``real.npy``, ``real.csv``) and the expected
 scores (``expected.json``). :func:`run_regress` scores them with the real pipeline (the
-:class:`cellbench.evaluation.Scorer` that ``cellbench eval`` uses: segmenter, shipped reference
+:class:`cellbench.scoring.Scorer` that ``cellbench eval`` uses: segmenter, shipped reference
 statistics, Inception network and MoA classifier; bootstrap means; FID/KID) and compares every
 number with its tolerance (:data:`TOLERANCES`).
 
@@ -80,19 +80,6 @@ def default_folder() -> Path:
 
 
 # ------------------------------------------------------------------------------ the image set
-@dataclass(frozen=True)
-class _ArtifactsOnly:
-    """The parts of a dataset the scorer needs: its name, card and an artifact root.
-
-    The regression set scores committed arrays, so no dataset folder is needed; artifacts are
-    the ones shipped in the package (``root`` holds no ``cellbench_artifacts/`` folder).
-    """
-
-    name: str
-    root: Path
-    card: Any
-
-
 def _read_table(path: Path) -> list[dict[str, str]]:
     try:
         with open(path, newline="", encoding="utf-8") as fh:
@@ -132,25 +119,23 @@ def load_set(folder: Path) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------- scoring
 def score_set(folder: Path) -> dict[str, Any]:
     """Score the committed set with the real pipeline; returns the document ``expected.json`` holds."""
-    from cellbench.data.catalog import get_card
-    from cellbench.evaluation import METRIC_ORDER, Scorer
+    from cellbench.evaluation import METRIC_ORDER
     from cellbench.metrics.bootstrap import bootstrap_mean
     from cellbench.metrics.fid import fid_kid_summary
     from cellbench.metrics.rewards import SUITE_VERSION
+    from cellbench.scoring import Artifacts, Scorer
 
     data = load_set(folder)
-    ds = _ArtifactsOnly(DATASET, folder, get_card(DATASET))
-    scorer = Scorer(ds, use_inception=True)  # type: ignore[arg-type]
+    scorer = Scorer(Artifacts.shipped(DATASET), use_inception=True)
     images, table = data["images"], data["images_table"]
     moas = np.array([r["moa"] for r in table])
     compounds = np.array([r["compound"] for r in table])
-    seg = scorer.segment_features(images)
-    inc = scorer.inception_features(images)
+    feats = scorer.features(images)
+    seg = feats.seg
     real_inc = scorer.inception_features(data["real"])
-    probs = scorer.moa_probs(inc)
-    rewards = scorer.rewards(seg, probs, moas)
+    rewards = scorer.rewards(seg, feats.probs, moas)
     fid = fid_kid_summary(
-        inc, compounds, real_inc, [r["compound"] for r in data["real_table"]], seed=SEED
+        feats.inception, compounds, real_inc, [r["compound"] for r in data["real_table"]], seed=SEED
     )
     per_image: dict[str, list[float | None]] = {
         f"feature:{name}": _finite_list(seg[:, j]) for j, name in enumerate(scorer.feature_names)

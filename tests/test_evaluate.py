@@ -204,7 +204,7 @@ def test_reward_model_matches_eval(world) -> None:
     import torch
 
     from cellbench.data.torch_dataset import to_model_range
-    from cellbench.rewards import RewardModel
+    from cellbench.scoring import RewardModel
 
     model = RewardModel("bbbc021-sim", data_dir=world["data"])
     table = world["table"].iloc[:8]

@@ -20,7 +20,7 @@ FOLDER = regress.default_folder()
 @pytest.fixture(scope="module")
 def baseline() -> dict:
     """One real scoring of the committed set, with the Inception features it computed."""
-    from cellbench.evaluation import Scorer
+    from cellbench.scoring import Scorer
 
     captured: list[np.ndarray] = []
     original = Scorer.inception_features
@@ -78,9 +78,9 @@ def test_a_perturbed_metric_fails_through_the_pipeline(
     baseline: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Change a real metric definition (the z clip of suite 1+): regress names what moved."""
-    from cellbench.evaluation import Scorer
     from cellbench.features import inception
     from cellbench.metrics import rewards
+    from cellbench.scoring import Scorer
 
     # reuse the baseline's Inception features (and skip the network's start-up optimisation):
     # segmentation, rewards, means and FID/KID run for real, only the rewards' definition changes

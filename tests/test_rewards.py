@@ -176,7 +176,8 @@ def test_reference_build_and_classifier_train_commands(tmp_path: Path) -> None:
     """The commands that make a dataset's artifacts, on a tiny simulated dataset."""
     from cellbench.data.bbbc021 import open_dataset
     from cellbench.data.sim import write_sim_dataset
-    from cellbench.features.reference import find_artifact, load_reference
+    from cellbench.features.reference import load_reference
+    from cellbench.scoring.artifacts import find_artifact
     from tests.conftest import run_cli
 
     data = tmp_path / "data"

@@ -9,7 +9,7 @@ and CSV log):
    is repeated ``group_size`` (K) times, the control noised (``x0 = control + N(0, noise_std^2)``,
    a fresh draw per sample) and carried to ``x1`` by the *old policy* with the base model's
    deterministic solver and time grid at ``rollout_steps`` steps, without guidance;
-2. **rewards** of every rollout from :class:`cellbench.rewards.RewardModel` (the pipeline of
+2. **rewards** of every rollout from :class:`cellbench.scoring.RewardModel` (the pipeline of
    ``cellbench eval``), combined with the config's ``reward`` weights (default
    ``{"overall": 1}``; ``{"nuc_in_cyto": 1}`` etc. for single-reward ablations). With
    ``reward_workers > 0`` the segmentation (and on CPU the Inception pass) runs in worker
@@ -244,7 +244,7 @@ def _init_reward_worker(dataset: str, root: str, use_moa: bool) -> None:
 
     os.environ["CELLBENCH_WORKERS"] = "1"
     torch.set_num_threads(1)
-    from cellbench.rewards import RewardModel
+    from cellbench.scoring import RewardModel
 
     _WORKER["model"] = RewardModel(dataset, data_dir=root, device="cpu", use_moa=use_moa)
 
@@ -255,16 +255,12 @@ def _worker_ready() -> bool:
 
 def _worker_features(crops: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     """In a worker: segmentation features and (if this worker has the classifier) MoA probs."""
-    scorer = _WORKER["model"].scorer
-    seg = scorer.segment_features(crops)
-    probs = None
-    if scorer.inception is not None:
-        probs = scorer.moa_probs(scorer.inception_features(crops))
-    return seg, probs
+    features = _WORKER["model"].scorer.features(crops)
+    return features.seg, features.probs  # the Inception features stay here (not sent back)
 
 
 class RolloutRewards:
-    """Scores rollouts with :class:`cellbench.rewards.RewardModel`, inline or in worker processes.
+    """Scores rollouts with :class:`cellbench.scoring.RewardModel`, inline or in worker processes.
 
     Args:
         dataset: the dataset whose reference statistics and classifier define the rewards.
@@ -282,7 +278,7 @@ class RolloutRewards:
         workers: int = 0,
         device: torch.device | str = "cpu",
     ):
-        from cellbench.rewards import RewardModel
+        from cellbench.scoring import RewardModel
 
         self.weights = dict(weights)
         self.use_moa = "overall" in weights or "moa" in weights
@@ -333,8 +329,8 @@ class RolloutRewards:
                 parts.append({k: v.numpy() for k, v in self.model(crops, moas).items()})
                 continue
             seg, probs = _result(fut)
-            if self._main_moa:
-                probs = scorer.moa_probs(scorer.inception_features(crops))
+            if self._main_moa:  # the workers segmented; the Inception pass runs here (GPU)
+                probs = scorer.features(crops, seg=seg).probs
             parts.append(scorer.rewards(seg, probs, np.asarray(moas).astype(str)))
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 

@@ -38,8 +38,9 @@ def main() -> None:
 
     from cellbench.data.bbbc021 import open_dataset
     from cellbench.data.sim import write_sim_dataset
-    from cellbench.evaluation import Scorer, evaluate
+    from cellbench.evaluation import evaluate
     from cellbench.protocol import build_protocol, write_protocol
+    from cellbench.scoring import Artifacts, Scorer
 
     root = Path(args.data_dir) / "bbbc021-sim"
     if not (root / "metadata").exists():
@@ -53,7 +54,7 @@ def main() -> None:
     )
 
     # 1. rewards without FID
-    scorer = Scorer(ds, use_inception=False)
+    scorer = Scorer(Artifacts.for_dataset(ds), use_inception=False)
     rows = table.iloc[: args.n_rewards]
     crops = ds.load_crops(rows["control_key"].tolist())
     from cellbench.features.segment.backends import POOL_MIN_IMAGES
@@ -64,8 +65,7 @@ def main() -> None:
     scorer.segment_features(crops[:POOL_MIN_IMAGES])
     print(f"warm-up incl. worker pool start: {time.perf_counter() - t0:.2f} s")
     t0 = time.perf_counter()
-    seg = scorer.segment_features(crops)
-    scorer.rewards(seg, None, rows["moa"].to_numpy())
+    scorer.score(crops, rows["moa"].to_numpy())
     dt = time.perf_counter() - t0
     print(
         f"rewards without FID: {len(crops)} images in {dt:.2f} s = {len(crops) / dt:.0f} images/s"

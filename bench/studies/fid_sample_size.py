@@ -35,7 +35,7 @@ from cellbench.metrics.fid import fid_kid_overall
 if TYPE_CHECKING:
     import pandas as pd
 
-    from cellbench.evaluation import Scorer
+    from cellbench.scoring import Scorer
 
 DEFAULT_SIZES = (515, 1000, 2000, 5000)
 
@@ -141,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from cellbench.data.bbbc021 import open_dataset
-    from cellbench.evaluation import Scorer, load_protocol_for, reference_arrays
+    from cellbench.evaluation import load_protocol_for
+    from cellbench.scoring import Artifacts, Scorer, reference_arrays
 
     try:
         ds = open_dataset(args.dataset, args.data_dir)
@@ -152,8 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         for k in args.controls:
             draws = subsets(len(table), [args.controls_size], args.reps, args.seed, controls, k)
             analyses.append((f"{k} controls", draws))
-        scorer = Scorer(ds)
-        _, real = reference_arrays(scorer, table, use_inception=True)
+        scorer = Scorer(Artifacts.for_dataset(ds))
+        _, real = reference_arrays(scorer, ds, table, use_inception=True)
         result: dict = {"n_tasks": len(table), "analyses": {}}
         for label, draws in analyses:
             distinct: dict[int, list[int]] = {}

@@ -200,13 +200,9 @@ def reference_build(
 ) -> None:
     """Per-MoA mean and std of each feature over the real training split (versioned, hashed)."""
     from cellbench.data.bbbc021 import open_dataset
-    from cellbench.features.reference import (
-        ARTIFACT_DIR,
-        build_reference,
-        reference_filename,
-        save_reference,
-    )
+    from cellbench.features.reference import build_reference, reference_filename, save_reference
     from cellbench.features.segment.backends import get_backend
+    from cellbench.scoring.artifacts import ARTIFACT_DIR
     from cellbench.ui import info, progress
 
     ds = open_dataset(dataset, data_dir, create_sim=True)

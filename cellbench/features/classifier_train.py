@@ -47,7 +47,7 @@ def train_and_save(
 ) -> tuple[Path, dict]:
     """Train on the train split's treated crops, test on the test split, save the artifact."""
     from cellbench.features.inception import InceptionFeatures
-    from cellbench.features.reference import ARTIFACT_DIR
+    from cellbench.scoring.artifacts import ARTIFACT_DIR
 
     extractor = InceptionFeatures(device=device)
     train, test = _treated(ds, "train"), _treated(ds, "test")
@@ -101,7 +101,7 @@ def evaluate_classifier(
 ) -> dict:
     """Accuracy, macro-F1, per-class scores and confusion matrix on the real crops of ``split``."""
     from cellbench.features.inception import InceptionFeatures
-    from cellbench.features.reference import find_artifact
+    from cellbench.scoring.artifacts import find_artifact
 
     head, _card = load_classifier(find_artifact(ds, "classifier"))
     rows = _treated(ds, split)

@@ -1,22 +1,15 @@
-"""Reference statistics for the z-scored rewards, and where cellbench finds its artifacts.
+"""Reference statistics for the z-scored rewards.
 
 The reference statistics of a dataset + segmenter are the per-MoA mean and standard deviation of
-each per-image feature over the real **training-split** crops (docs/scoring.md). They are written as a
-canonical JSON file whose sha256 is recorded in every result.
-
-Artifacts (reference statistics, the MoA classifier) are looked up in this order:
-
-1. ``<dataset root>/cellbench_artifacts/`` (what ``cellbench reference build`` and
-   ``cellbench classifier train`` write for a dataset on this machine);
-2. the copies shipped inside the package for ``bbbc021-sim``
-   (``cellbench/resources/bbbc021-sim/``), built from the simulator at scale ``small``, seed 0.
+each per-image feature over the real **training-split** crops (``docs/scoring.md``). They are written
+as a canonical JSON file whose sha256 is recorded in every result. Where the file of a dataset is
+found: :mod:`cellbench.scoring.artifacts`.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -26,39 +19,12 @@ from cellbench.errors import CellbenchError
 from cellbench.io import atomic_write_text, sha256_bytes
 from cellbench.metrics.rewards import SUITE_VERSION
 
-ARTIFACT_DIR = "cellbench_artifacts"
 REFERENCE_SCHEMA = "cellbench.reference-stats/1"
 
 
 def reference_filename(backend: str) -> str:
+    """File name of the reference statistics made with segmentation backend ``backend``."""
     return f"reference_{backend}.json"
-
-
-def packaged_artifacts(dataset: str) -> Path | None:
-    """The folder of artifacts shipped for ``dataset``, if any."""
-    ref = resources.files("cellbench") / "resources" / dataset
-    path = Path(str(ref))
-    return path if path.is_dir() else None
-
-
-def find_artifact(ds: BBBC021Dataset, name: str) -> Path:
-    """Locate artifact ``name`` (a file or folder) for ``ds``; raise with the command that makes it."""
-    local = ds.root / ARTIFACT_DIR / name
-    if local.exists():
-        return local
-    packaged = packaged_artifacts(ds.name)
-    if packaged is not None and (packaged / name).exists():
-        return packaged / name
-    maker = (
-        "cellbench classifier train"
-        if name.startswith("classifier")
-        else "cellbench reference build"
-    )
-    raise CellbenchError(
-        f"no {name} for dataset {ds.name}",
-        path=ds.root / ARTIFACT_DIR,
-        fix=f"run `{maker} --dataset {ds.name}` first",
-    )
 
 
 def compute_reference_stats(

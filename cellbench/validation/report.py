@@ -4,7 +4,7 @@ For ``bbbc021-sim`` (or any dataset with reference statistics and a classifier),
 the protocol's tasks is answered with the real target crops (the undamaged baseline, which scores
 exactly the real reference row) and with the same crops damaged by each defect of
 :mod:`cellbench.validation.defects`. Every image set goes through the same
-:class:`~cellbench.evaluation.Scorer` (segmentation, Inception, MoA classifier) and the same
+:class:`~cellbench.scoring.Scorer` (segmentation, Inception, MoA classifier) and the same
 :func:`~cellbench.evaluation.aggregate` (rewards, bootstrap, FID/KID) as ``cellbench eval``.
 
 Sensitivity of metric r to defect d at severity s: the mean over images of the paired per-image
@@ -132,11 +132,13 @@ class SimSuite:
         progress: Progress = _noop,
     ):
         from cellbench.data.bbbc021 import open_dataset
-        from cellbench.evaluation import Scorer
         from cellbench.protocol import build_protocol
+        from cellbench.scoring import Artifacts, Scorer
 
         self.ds = open_dataset(dataset, data_dir, create_sim=True)
-        self.scorer = Scorer(self.ds, backend=backend, device=device, use_inception=fid)
+        self.scorer = Scorer(
+            Artifacts.for_dataset(self.ds), backend=backend, device=device, use_inception=fid
+        )
         self.fid = fid
         self.seed = seed
         self.progress = progress
@@ -157,19 +159,21 @@ class SimSuite:
         """The result document, per-image table and per-image features of ``images`` (one per
         subset task). The features are returned apart: in the per-image table the reward columns
         ``nuc_count``, ``roundness`` and ``nuc_in_cyto`` replace the features of the same name."""
-        from cellbench.evaluation import ImageArrays, aggregate
+        from cellbench.evaluation import aggregate
+        from cellbench.scoring import ImageArrays
 
-        seg = self.scorer.segment_features(images)
-        inc = self.scorer.inception_features(images) if self.fid else None
+        features = self.scorer.features(images, use_inception=self.fid)
         arrays = ImageArrays(
             task_ids=self.protocol["task_id"].tolist(),
             paths=[label] * len(images),
             pixel_sha256=[sha256_bytes(np.ascontiguousarray(im).tobytes()) for im in images],
-            seg=seg,
-            inception=inc,
+            seg=features.seg,
+            inception=features.inception,
         )
-        doc, per_image = aggregate(self.scorer, self.protocol, arrays, seed=self.seed, fid=self.fid)
-        feats = {n: seg[:, j] for j, n in enumerate(self.scorer.feature_names)}
+        doc, per_image = aggregate(
+            self.scorer, self.protocol, arrays, ds=self.ds, seed=self.seed, fid=self.fid
+        )
+        feats = {n: features.seg[:, j] for j, n in enumerate(self.scorer.feature_names)}
         return doc, per_image, feats
 
     def damage(self, defect: str, severity: float) -> np.ndarray:

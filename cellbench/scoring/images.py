@@ -1,0 +1,130 @@
+"""Features of image sets: a generator's image folder and the protocol's real target crops.
+
+Both go through :meth:`cellbench.scoring.Scorer.features`, the same per-image path as every other
+scorer of cellbench (``docs/scoring.md``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from cellbench.io import atomic_path, sha256_bytes
+from cellbench.metrics.rewards import SUITE_VERSION
+from cellbench.paths import cache_dir
+from cellbench.protocol import protocol_sha256
+from cellbench.scoring.arrays import ImageArrays
+from cellbench.scoring.scorer import Scorer
+
+if TYPE_CHECKING:
+    from cellbench.data.bbbc021 import BBBC021Dataset
+
+Progress = Callable[[str, int, int], None]
+#: real crops read (and featurised) at a time; a multiple of the Inception batch, large enough to
+#: keep a segmentation worker pool busy
+REFERENCE_CHUNK = 1024
+
+
+def _noop(phase: str, done: int, total: int) -> None:
+    return None
+
+
+def score_images(
+    scorer: Scorer,
+    images_dir: str | Path,
+    protocol: pd.DataFrame,
+    *,
+    strict: bool,
+    use_inception: bool,
+    full_protocol: pd.DataFrame | None = None,
+    progress: Progress = _noop,
+) -> tuple[ImageArrays, dict]:
+    """Match, check and featurise the images of ``protocol``'s tasks.
+
+    For a shard, ``protocol`` holds the shard's tasks and ``full_protocol`` all of them, so files
+    of other shards' tasks are not reported as strangers.
+    """
+    from cellbench.images import discover_images, load_images
+
+    found = discover_images(images_dir, full_protocol if full_protocol is not None else protocol)
+    if full_protocol is not None:  # a shard: keep its own tasks, leave the rest to other shards
+        mine = set(protocol["task_id"])
+        found.files = {t: v for t, v in found.files.items() if t in mine}
+        found.missing = [t for t in found.missing if t in mine]
+        found.problems = [p for p in found.problems if p.task_id is None or p.task_id in mine]
+    loaded = load_images(
+        found, strict=strict, on_progress=lambda d, t: progress("reading images", d, t)
+    )
+    imgs = loaded.images
+    feats = scorer.features(imgs, on_progress=progress, use_inception=use_inception)
+    folder = Path(images_dir)
+    arrays = ImageArrays(
+        task_ids=loaded.task_ids,
+        paths=[
+            str(p.relative_to(folder)) if p.is_relative_to(folder) else str(p) for p in loaded.paths
+        ],
+        pixel_sha256=[sha256_bytes(np.ascontiguousarray(im).tobytes()) for im in imgs],
+        seg=feats.seg,
+        inception=feats.inception,
+        problems=[
+            {"path": p.path, "task_id": p.task_id, "problem": p.problem} for p in loaded.problems
+        ],
+    )
+    info = {"layout": found.layout, "folder": str(images_dir)}
+    return arrays, info
+
+
+def reference_arrays(
+    scorer: Scorer,
+    ds: BBBC021Dataset,
+    protocol: pd.DataFrame,
+    *,
+    use_inception: bool,
+    progress: Progress = _noop,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Features of the protocol's real target crops (read from ``ds``), cached in the user cache.
+
+    The cache key hashes the dataset index, the protocol, the segmenter identity and the feature
+    network identity, so a change to any of them computes the features again.
+    """
+    ident = {
+        "dataset_index": ds.index_sha256,
+        "protocol": protocol_sha256(protocol),
+        "segmenter": scorer.backend.identity(),
+        "inception": None if not use_inception else scorer.inception.identity(),
+        "suite": SUITE_VERSION,
+    }
+    key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]
+    path = cache_dir() / "reference-features" / f"{key}.npz"
+    if path.is_file():
+        try:
+            z = np.load(path, allow_pickle=False)
+            inc = z["inception"] if use_inception else None
+            if len(z["seg"]) == len(protocol):
+                return z["seg"], inc
+        except (OSError, ValueError, KeyError):
+            pass  # a damaged cache entry is recomputed below
+    keys = protocol["target_key"].tolist()
+    seg = np.zeros((len(keys), len(scorer.feature_names)))
+    inc = np.zeros((len(keys), 2048), np.float32) if use_inception else None
+    for start in range(0, len(keys), REFERENCE_CHUNK):
+        crops = ds.load_crops(keys[start : start + REFERENCE_CHUNK])
+        feats = scorer.features(
+            crops,
+            use_inception=use_inception,
+            on_progress=lambda phase, d, t, s=start: progress(
+                f"reference: {phase}", s + d, len(keys)
+            ),
+        )
+        seg[start : start + len(crops)] = feats.seg
+        if inc is not None:
+            inc[start : start + len(crops)] = feats.inception
+    with atomic_path(path, suffix=".npz") as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, seg=seg, inception=inc if inc is not None else np.zeros((0, 2048), np.float32))
+    return seg, inc
