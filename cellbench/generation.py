@@ -4,7 +4,7 @@ Every image folder ``cellbench generate`` writes holds one ``generation.json`` s
 the images and how: the generator (name, version, parameter count), the sha256 of the weights it
 loaded, its sampler settings, the dataset, the protocol's sha256, the seed, the batch size, the
 images per task and best-of-N. ``cellbench eval`` copies it into the result (``generation``,
-``best_of_n``; docs/results.md). The same record is what ``--resume`` compares against: a resumed
+``best_of_n``; docs/generators.md). The same record is what ``--resume`` compares against: a resumed
 run must have the settings of the run that started the folder (:func:`check_resumable`).
 
 A plain run writes the record before the first image with ``complete: false`` and rewrites it
