@@ -155,6 +155,16 @@ def result_schema() -> dict[str, Any]:
     }
 
 
+def result_problems(doc: Any) -> list[tuple[str, str]]:
+    """Every violation of ``doc`` against :func:`result_schema`, as ``(json_pointer, message)``.
+
+    The schema is generated from the current registry, which the committed file equals (tested).
+    """
+    from cellbench.submission.schema import Validator
+
+    return Validator(result_schema()).problems(doc)
+
+
 def schema_text() -> str:
     """:func:`result_schema` as the committed file's text."""
     return json.dumps(result_schema(), indent=2, ensure_ascii=False) + "\n"

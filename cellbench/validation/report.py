@@ -35,6 +35,7 @@ import numpy as np
 from cellbench.errors import CellbenchError
 from cellbench.io import atomic_path, atomic_write_text, sha256_bytes
 from cellbench.metrics.bootstrap import bootstrap_mean
+from cellbench.metrics import registry
 from cellbench.metrics.rewards import REWARD_NAMES, SUITE_VERSION
 from cellbench.validation.defects import DEFECTS, apply_defect
 
@@ -43,7 +44,7 @@ REPORT_SCHEMA = "cellbench.validation/1"
 DEFAULT_SEVERITIES: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
 REWARDS_AND_OVERALL: tuple[str, ...] = (*REWARD_NAMES, "overall")
 SET_METRICS: tuple[str, ...] = ("fid_o", "kid_o")
-LOWER_IS_BETTER = set(SET_METRICS)
+LOWER_IS_BETTER = registry.lower_is_better()  # the metric registry says which way is worse
 
 
 def _noop(phase: str, done: int, total: int) -> None:
