@@ -65,7 +65,9 @@ def columns() -> tuple[Column, ...]:
     from cellbench.metrics.registry import RANK_METRIC, specs
 
     ordered = sorted(specs(), key=lambda s: s.name != RANK_METRIC)  # stable: registry order
-    return tuple(Column(s.name, s.label, s.higher_is_better, s.digits, s.per_image) for s in ordered)
+    return tuple(
+        Column(s.name, s.label, s.higher_is_better, s.digits, s.per_image) for s in ordered
+    )
 
 
 def breakdown_columns() -> tuple[Column, ...]:

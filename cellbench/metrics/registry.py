@@ -264,7 +264,12 @@ register_metric(
     )
 )
 for _name, _label, _digits, _summary in (
-    ("fid_o", "FID_o", 2, "FID of all generated vs all real test targets of the evaluated compounds"),
+    (
+        "fid_o",
+        "FID_o",
+        2,
+        "FID of all generated vs all real test targets of the evaluated compounds",
+    ),
     ("fid_c", "FID_c", 2, "mean over compounds of the per-compound FID"),
     ("kid_o", "KID_o", 4, "KID (polynomial kernel MMD^2, subsets of min(100, n)) overall"),
     ("kid_c", "KID_c", 4, "mean over compounds of the per-compound KID"),

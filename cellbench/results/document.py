@@ -213,9 +213,7 @@ class ResultDocument(TypedDict):
     reference_stats_sha256: Sha256
     fid_computed: bool
     metrics: NotRequired[
-        Annotated[
-            dict[str, Estimate | Distance], MetricMap("estimate", "distance", require=True)
-        ]
+        Annotated[dict[str, Estimate | Distance], MetricMap("estimate", "distance", require=True)]
     ]
     per_moa: NotRequired[dict[str, Estimates]]
     per_compound: NotRequired[dict[str, Estimates]]

@@ -86,7 +86,9 @@ def matrix_table(doc: dict, source: str) -> list[str]:
     res = doc[source]
     top = str(doc["severities"][-1])
     cols = [  # the registered metrics the report computed, in registry order
-        c for c in METRICS.names() if any(c in r["severities"][top] for r in res["defects"].values())
+        c
+        for c in METRICS.names()
+        if any(c in r["severities"][top] for r in res["defects"].values())
     ]
     cols = [c for c in cols if res["baseline"].get(c) is not None]
     rows = [["*undamaged value*", *(_num(res["baseline"][c], 3) for c in cols)]]

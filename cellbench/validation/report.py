@@ -34,8 +34,8 @@ import numpy as np
 
 from cellbench.errors import CellbenchError
 from cellbench.io import atomic_path, atomic_write_text, sha256_bytes
-from cellbench.metrics.bootstrap import bootstrap_mean
 from cellbench.metrics import registry
+from cellbench.metrics.bootstrap import bootstrap_mean
 from cellbench.metrics.rewards import REWARD_NAMES, SUITE_VERSION
 from cellbench.validation.defects import DEFECTS, apply_defect
 
