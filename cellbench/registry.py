@@ -78,6 +78,12 @@ class Registry(Generic[T]):
             )
         self._entries[name] = Entry(name, target, summary, dict(meta))
 
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (unknown names raise with the closest matches)."""
+        self.entry(name)
+        del self._entries[name]
+        self._loaded.pop(name, None)
+
     def entry(self, name: str) -> Entry:
         """The entry for ``name``; unknown names raise with the closest matches."""
         self._scan()

@@ -56,15 +56,12 @@ BUMP_REMINDER = (
 
 
 def _family(name: str) -> str:
-    if name in ("fid_o", "fid_c"):
-        return "fid"
-    if name in ("kid_o", "kid_c"):
-        return "kid"
-    if name in ("moa", "overall", "moa_accuracy"):
-        return name
+    """The tolerance class of a compared number: a metric's is in its registry entry."""
+    from cellbench.metrics.registry import METRICS, spec
+
     if name.startswith("feature:"):
         return "features"
-    return "rewards"
+    return spec(name).tolerance if name in METRICS else "rewards"
 
 
 def default_folder() -> Path:

@@ -216,3 +216,52 @@ def test_reward_model_matches_eval(world) -> None:
         np.testing.assert_allclose(
             out[m].numpy(), per_image.loc[table["task_id"], m].to_numpy(), rtol=1e-5, atol=1e-5
         )
+
+
+def test_every_written_document_validates_against_the_published_schema(world) -> None:
+    from cellbench.results.schema import result_problems
+
+    for name in world["results"]:
+        doc = json.loads((world["root"] / f"{name}.json").read_text())
+        assert result_problems(doc) == [], name
+    broken = json.loads((world["root"] / "identity.json").read_text())
+    broken["metrics"]["overall"]["extra"] = 1  # the estimate is a closed object
+    broken["surprise"] = True
+    assert sorted(result_problems(broken)) == [
+        ("/", "unknown field 'surprise'"),
+        ("/metrics/overall", "unknown field 'extra'"),
+    ]
+
+
+def test_sharded_best_of_n_merge_equals_the_unsharded_result(world) -> None:
+    """Shards of a best-of-N folder merge to the unsharded document, every field included."""
+    import shutil
+
+    from cellbench.data.bbbc021 import open_dataset
+    from cellbench.generation import GENERATION_FILE, generation_record
+    from cellbench.generators import get_generator_class
+    from cellbench.results.schema import result_problems
+
+    root, data = world["root"], world["data"]
+    folder = root / "best-of-4"
+    shutil.copytree(root / "identity", folder)
+    gen = get_generator_class("identity").load(open_dataset("bbbc021-sim", data))
+    record = generation_record(gen, model="identity", seed=0, batch_size=64, best_of_n=4)
+    (folder / GENERATION_FILE).write_text(json.dumps(record))
+    whole = evaluate(folder, "bbbc021-sim", data_dir=data, seed=0, out=root / "bon.json")
+    parts = []
+    for k in (1, 2):
+        out = root / f"bon-shard{k}.json"
+        evaluate(folder, "bbbc021-sim", data_dir=data, seed=0, shard=f"{k}/2", out=out)
+        parts.append(out)
+    merged = merge_shards(parts, data_dir=data, out=root / "bon-merged.json")
+    assert whole["best_of_n"] == merged["best_of_n"] == 4
+    assert merged["generation"] == whole["generation"] == json.loads(json.dumps(record))
+    assert merged["merged_from"] == [str(p) for p in parts]
+    assert set(merged) - {"merged_from"} == set(whole)
+    for key in set(whole) - {"wall_time_s", "command"}:
+        assert merged[key] == whole[key], key
+    merged_csv = (root / "bon-merged.per_image.csv").read_text()
+    assert merged_csv == (root / "bon.per_image.csv").read_text()
+    for path in (root / "bon.json", *parts, root / "bon-merged.json"):
+        assert result_problems(json.loads(path.read_text())) == [], path

@@ -10,7 +10,7 @@ import pytest
 
 from cellbench.errors import CellbenchError
 from cellbench.leaderboard import build_leaderboard
-from cellbench.leaderboard.build import COLUMNS, MARKER, VALIDATION_DOC
+from cellbench.leaderboard.build import MARKER, VALIDATION_DOC, columns
 from cellbench.metrics.rewards import SUITE_VERSION
 from tests.conftest import REPO, run_cli
 from tests.test_submission import edit_json, make_submission, metadata
@@ -103,7 +103,7 @@ def test_every_metric_with_direction_and_interval(site: tuple[Path, Path]) -> No
     _, out = site
     html = (out / "index.html").read_text()
     head = html.split('<tbody class="reference">', 1)[0].rsplit("<thead>", 1)[1]
-    for col in COLUMNS:
+    for col in columns():
         arrow = "↑" if col.higher_is_better else "↓"
         assert re.search(rf">{re.escape(col.label)} <span class=\"dir\"[^>]*>{arrow}<", head), col
     assert "real reference" in html and "split half" in html

@@ -21,11 +21,11 @@ import pytest
 from cellbench._version import __version__
 from cellbench.data.layout import MOAS
 from cellbench.metrics.bootstrap import bootstrap_mean, grouped_bootstrap
+from cellbench.metrics.registry import per_image_names
 from cellbench.metrics.rewards import OVERALL_WEIGHTS, REWARD_NAMES, SUITE_VERSION
 from cellbench.submission import validate_submission
 from cellbench.submission.schema import SchemaDefinitionError, Validator, load_schema
 from cellbench.submission.validate import (
-    METRICS,
     accepted_protocols,
     mean_tolerance,
     shipped_artifacts,
@@ -85,17 +85,19 @@ def results_doc(table: pd.DataFrame) -> dict:
     moas = np.array([MOAS[i % 12] for i in range(n)])
     lines = sorted(f"{t}\t{s}" for t, s in zip(table.task_id, table.pixel_sha256, strict=True))
 
+    metric_names = per_image_names()
+
     def grouped(groups: np.ndarray) -> dict:
         out: dict = {}
-        for m in METRICS:
+        for m in metric_names:
             for g, est in grouped_bootstrap(table[m].to_numpy(), groups).items():
                 out.setdefault(g, {})[m] = est.as_dict()
         return out
 
-    metrics = {m: bootstrap_mean(table[m].to_numpy()).as_dict() for m in METRICS}
+    metrics = {m: bootstrap_mean(table[m].to_numpy()).as_dict() for m in metric_names}
     for name, value in (("fid_o", 40.0), ("fid_c", 90.0), ("kid_o", 0.01), ("kid_c", 0.02)):
         metrics[name] = {"value": value, "n_gen": n, "n_real": n}
-    reference = {m: {"value": 0.5, "ci": [0.4, 0.6], "n": n} for m in METRICS}
+    reference = {m: {"value": 0.5, "ci": [0.4, 0.6], "n": n} for m in metric_names}
     reference.update({k: {"value": 1.0} for k in ("fid_o", "fid_c", "kid_o", "kid_c")})
     return {
         "schema": "cellbench.results/1",
@@ -155,7 +157,7 @@ def make_submission(
     parent: Path, name: str = FOLDER, *, seed: int = 0, meta: dict | None = None
 ) -> Path:
     """A valid submission folder written with cellbench's own result writer."""
-    from cellbench.evaluation import write_results
+    from cellbench.results.builder import write_results
 
     n = next(p for p in accepted_protocols() if p["dataset"] == "bbbc021-sim")["n_tasks"]
     table = _per_image(n, seed)

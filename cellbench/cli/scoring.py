@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -20,9 +21,6 @@ app.add_typer(reference_app, name="reference")
 app.add_typer(classifier_app, name="classifier")
 
 
-ARROWS = {"fid_o": "↓", "fid_c": "↓", "kid_o": "↓", "kid_c": "↓"}
-
-
 def _fmt(est: dict | None, digits: int = 3) -> str:
     if not est or est.get("value") is None:
         return "-"
@@ -33,49 +31,104 @@ def _fmt(est: dict | None, digits: int = 3) -> str:
     return v
 
 
-def print_results_table(doc: dict) -> None:
-    """The model's numbers beside the real reference row."""
-    from rich.table import Table
+RESULT_HEADERS: tuple[str, ...] = ("metric", "", "model", "real reference")
 
-    from cellbench.evaluation import FID_ORDER, METRIC_ORDER
-    from cellbench.ui import out_console
 
+def results_rows(doc: dict) -> list[list[str]]:
+    """The rows of the results table: every registered metric the document holds.
+
+    Per-image metrics always, set-level distances when FID/KID were computed; direction and
+    digits come from the metric registry (:mod:`cellbench.metrics.registry`).
+    """
+    from cellbench.metrics.registry import specs
+
+    ref = doc["reference"]["metrics"]
+    rows = []
+    for s in specs():
+        if not s.per_image and not doc.get("fid_computed"):
+            continue
+        real = _fmt(ref.get(s.name), s.digits) + ("" if s.per_image else " (split half)")
+        rows.append([s.name, s.arrow, _fmt(doc["metrics"].get(s.name), s.digits), real])
+    return rows
+
+
+def _results_notes(doc: dict) -> list[str]:
+    im = doc["images"]
+    notes = [
+        f"{im['n_images']} images, {im['n_tasks_covered']}/{im['n_tasks_expected']} tasks, "
+        f"{im['missing_tasks']} missing, {im['n_problems']} problem(s); "
+        f"{'complete' if doc['complete'] else 'NOT complete'}"
+    ]
+    if doc.get("best_of_n", 1) > 1:
+        sel = (doc.get("generation") or {}).get("selection_reward", "overall")
+        notes.append(
+            f"best-of-{doc['best_of_n']} (selected by {sel}): the reward metrics "
+            "are inflated by the selection; FID/KID are the independent check"
+        )
+    return notes
+
+
+def _results_title(doc: dict) -> tuple[str, str]:
     ds = doc["dataset"]
     title = f"cellbench eval: {ds['name']}" + (" (simulated)" if ds["simulated"] else "")
-    t = Table(
-        title=title,
-        caption=f"metric suite v{doc['metric_suite_version']}, segmenter "
-        f"{doc['segmenter']['name']} v{doc['segmenter']['version']}, 95% bootstrap CI",
+    caption = (
+        f"metric suite v{doc['metric_suite_version']}, segmenter "
+        f"{doc['segmenter']['name']} v{doc['segmenter']['version']}, 95% bootstrap CI"
     )
+    return title, caption
+
+
+def results_markdown(doc: dict) -> str:
+    """The results table as Markdown (``cellbench eval --format markdown``), via ``tabulate``."""
+    from tabulate import tabulate
+
+    title, caption = _results_title(doc)
+    table = tabulate(
+        results_rows(doc),
+        headers=list(RESULT_HEADERS),
+        tablefmt="pipe",
+        colalign=("left", "center", "right", "right"),
+        disable_numparse=True,
+    )
+    notes = "\n".join(f"- {n}" for n in _results_notes(doc))
+    return f"## {title}\n\n{table}\n\n{caption}.\n\n{notes}\n"
+
+
+def print_results_table(doc: dict, fmt: str = "table") -> None:
+    """The model's numbers beside the real reference row (``fmt``: ``table`` or ``markdown``)."""
+    from cellbench.ui import out_console
+
+    if fmt == "markdown":
+        typer.echo(results_markdown(doc), nl=False)
+        return
+    from rich.table import Table
+
+    title, caption = _results_title(doc)
+    t = Table(title=title, caption=caption)
     t.add_column("metric")
     t.add_column("", justify="center")
     t.add_column("model", justify="right")
     t.add_column("real reference", justify="right")
-    ref = doc["reference"]["metrics"]
-    for m in METRIC_ORDER:
-        t.add_row(m, ARROWS.get(m, "↑"), _fmt(doc["metrics"].get(m)), _fmt(ref.get(m)))
-    if doc.get("fid_computed"):
-        for m in FID_ORDER:
-            digits = 4 if m.startswith("kid") else 2
-            t.add_row(
-                m,
-                "↓",
-                _fmt(doc["metrics"].get(m), digits),
-                _fmt(ref.get(m), digits) + " (split half)",
-            )
+    for row in results_rows(doc):
+        t.add_row(*row)
     out_console.print(t)
-    im = doc["images"]
-    out_console.print(
-        f"{im['n_images']} images, {im['n_tasks_covered']}/{im['n_tasks_expected']} tasks, "
-        f"{im['missing_tasks']} missing, {im['n_problems']} problem(s); "
-        f"{'complete' if doc['complete'] else 'NOT complete'}"
-    )
-    if doc.get("best_of_n", 1) > 1:
-        sel = (doc.get("generation") or {}).get("selection_reward", "overall")
-        out_console.print(
-            f"[yellow]best-of-{doc['best_of_n']}[/yellow] (selected by {sel}): the reward metrics "
-            "are inflated by the selection; FID/KID are the independent check"
-        )
+    first, *rest = _results_notes(doc)
+    out_console.print(first)
+    for note in rest:
+        out_console.print(f"[yellow]{note}[/yellow]")
+
+
+class TableFormat(str, Enum):
+    """How the results table is printed."""
+
+    table = "table"
+    markdown = "markdown"
+
+
+FormatOpt = Annotated[
+    TableFormat,
+    typer.Option("--format", help="Results table as a terminal table or as Markdown."),
+]
 
 
 @app.command("eval")
@@ -104,6 +157,7 @@ def eval_cmd(
         typer.Option(help="Score only shard K/N of the tasks (merge with `cellbench eval merge`)."),
     ] = None,
     device: DeviceOpt = "cpu",
+    fmt: FormatOpt = TableFormat.table,
 ) -> None:
     """Score a generator's images: seven rewards, overall, MoA accuracy, FID/KID, real reference row."""
     from cellbench.evaluation import evaluate
@@ -137,7 +191,7 @@ def eval_cmd(
             f"merge all shards with `cellbench eval merge`"
         )
     else:
-        print_results_table(doc)
+        print_results_table(doc, fmt.value)
     from cellbench.ui import info
 
     info(f"[green]wrote[/green] {out}")
@@ -152,6 +206,7 @@ def eval_merge_cmd(
     data_dir: DataDirOpt = None,
     device: DeviceOpt = "cpu",
     as_json: JsonOpt = False,
+    fmt: FormatOpt = TableFormat.table,
 ) -> None:
     """Merge `cellbench eval --shard K/N` results into the unsharded result (`cellbench eval merge`)."""
     from cellbench.evaluation import merge_shards
@@ -164,7 +219,7 @@ def eval_merge_cmd(
     if as_json:
         typer.echo(json.dumps(doc, indent=2))
     else:
-        print_results_table(doc)
+        print_results_table(doc, fmt.value)
 
 
 @app.command("segment")
@@ -283,19 +338,21 @@ def classifier_eval(
 
 @ls_app.command("metrics")
 def ls_metrics(as_json: JsonOpt = False) -> None:
-    """List the metrics of the suite with version and direction."""
-    from cellbench.metrics.registry import METRICS
+    """List the metrics of the suite: version, family, direction, kind and what each needs."""
+    from dataclasses import asdict
 
-    rows = [{"name": e.name, "summary": e.summary, **e.meta} for e in METRICS.entries()]
+    from cellbench.metrics.registry import specs
+
+    rows = [asdict(s) for s in specs()]
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
     from cellbench.ui import out_console
 
-    for r in rows:
-        arrow = "↑" if r["higher_is_better"] else "↓"
+    for s in specs():
         out_console.print(
-            f"[bold]{r['name']:<13}[/bold] {arrow} v{r['version']} needs {r['needs']}: {r['summary']}"
+            f"[bold]{s.name:<13}[/bold] {s.arrow} v{s.version} {s.family}, {s.kind}, "
+            f"needs {s.needs}: {s.summary}"
         )
 
 

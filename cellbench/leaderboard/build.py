@@ -33,7 +33,7 @@ from typing import Any
 from cellbench._version import __version__
 from cellbench.errors import CellbenchError
 from cellbench.io import atomic_write_text
-from cellbench.metrics.rewards import REWARD_NAMES, SUITE_VERSION
+from cellbench.metrics.rewards import SUITE_VERSION
 from cellbench.submission.validate import (
     METADATA_NAME,
     PER_IMAGE_NAME,
@@ -59,16 +59,20 @@ class Column:
     interval: bool = True
 
 
-COLUMNS: tuple[Column, ...] = (
-    Column("overall", "overall", True, 2),
-    *(Column(name, name, True, 3) for name in REWARD_NAMES),
-    Column("moa_accuracy", "MoA acc.", True, 3),
-    Column("fid_o", "FID_o", False, 2, interval=False),
-    Column("fid_c", "FID_c", False, 2, interval=False),
-    Column("kid_o", "KID_o", False, 4, interval=False),
-    Column("kid_c", "KID_c", False, 4, interval=False),
-)
-BREAKDOWN_COLUMNS: tuple[Column, ...] = tuple(c for c in COLUMNS if c.interval)
+def columns() -> tuple[Column, ...]:
+    """One column per registered metric (:mod:`cellbench.metrics.registry`), the ranking metric
+    first and the others in registry order; per-image metrics carry an interval."""
+    from cellbench.metrics.registry import RANK_METRIC, specs
+
+    ordered = sorted(specs(), key=lambda s: s.name != RANK_METRIC)  # stable: registry order
+    return tuple(
+        Column(s.name, s.label, s.higher_is_better, s.digits, s.per_image) for s in ordered
+    )
+
+
+def breakdown_columns() -> tuple[Column, ...]:
+    """The columns of the per-MoA and per-compound tables (per-image metrics only)."""
+    return tuple(c for c in columns() if c.interval)
 
 
 # ------------------------------------------------------------------------------- formatting
@@ -116,7 +120,7 @@ def metric_cell(doc: dict, col: Column) -> Cell:
 def reference_cells(doc: dict) -> list[Cell]:
     ref = doc.get("reference", {}).get("metrics", {})
     cells = []
-    for col in COLUMNS:
+    for col in columns():
         est = ref.get(col.key) or {}
         value = est.get("value")
         lo, hi = (est.get("ci") or [None, None])[:2]
@@ -160,7 +164,7 @@ class Row:
         return v if isinstance(v, int | float) and math.isfinite(v) else None
 
     def cells(self) -> list[Cell]:
-        return [metric_cell(self.doc, c) for c in COLUMNS]
+        return [metric_cell(self.doc, c) for c in columns()]
 
 
 @dataclass
@@ -473,7 +477,7 @@ def build_leaderboard(
         "style_hash": style_hash,
         "script": script,
         "script_hash": script_hash,
-        "columns": COLUMNS,
+        "columns": columns(),
         "validation_doc": VALIDATION_DOC,
         "repo_url": REPO_URL,
         "suite_version": SUITE_VERSION,
@@ -511,7 +515,7 @@ def _per_group(doc: dict, key: str) -> list[dict]:
     out = []
     for name, ests in sorted((doc.get(key) or {}).items()):
         cells = []
-        for col in BREAKDOWN_COLUMNS:
+        for col in breakdown_columns():
             est = ests.get(col.key) or {}
             lo, hi = (est.get("ci") or [None, None])[:2]
             interval = (

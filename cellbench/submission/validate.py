@@ -40,17 +40,19 @@ from typing import Any
 
 from cellbench._version import __version__
 from cellbench.io import sha256_bytes
-from cellbench.metrics.rewards import REWARD_NAMES, SUITE_VERSION
+from cellbench.metrics.registry import per_image_names, set_names
+from cellbench.metrics.rewards import SUITE_VERSION
+from cellbench.results.document import RESULT_SCHEMA, SCORE_FIELDS
+from cellbench.results.schema import result_problems
 from cellbench.submission.schema import validate as schema_problems
 
 METADATA_NAME = "metadata.json"
 RESULTS_NAME = "results.json"
 PER_IMAGE_NAME = "results.per_image.csv"
 README_NAME = "README.md"
-RESULT_SCHEMA = "cellbench.results/1"
 METADATA_SCHEMA = "cellbench.submission/1"
-METRICS: tuple[str, ...] = (*REWARD_NAMES, "overall", "moa_accuracy")
-DISTANCES: tuple[str, ...] = ("fid_o", "fid_c", "kid_o", "kid_c")
+# the metrics checked (per-image means, FID/KID present) are the registry's
+# (cellbench.metrics.registry), read when a submission is checked
 
 KiB, MiB = 1024, 1024 * 1024
 #: size caps in bytes, checked with ``lstat`` before a file is opened
@@ -312,10 +314,21 @@ def _check_results(r: _Reader, files: set[str], *, require_current_suite: bool) 
             "schema",
         )
         return
-    found = schema_problems(doc, "results")
+    found = result_problems(doc)
     for ptr, msg in found:
         r.add(path, f"{ptr}: {msg}", "schema")
     if found or not isinstance(doc, dict):
+        return
+    unscored = [k for k in SCORE_FIELDS if k not in doc]
+    if unscored:  # the schema allows this for a --shard part only
+        shard = (doc.get("partial") or {}).get("shard")
+        r.add(
+            path,
+            f"is a --shard {shard} part: combine all shards with `cellbench eval merge` first"
+            if shard
+            else f"/: missing required field {unscored[0]!r}",
+            "partial" if shard else "schema",
+        )
         return
     sub.results = doc
 
@@ -378,9 +391,9 @@ def _check_results(r: _Reader, files: set[str], *, require_current_suite: bool) 
         and not img["n_problems"]
     ):
         r.add(path, "is marked incomplete by cellbench eval", "partial")
-    if not doc["fid_computed"] or any(k not in doc["metrics"] for k in DISTANCES):
+    if not doc["fid_computed"] or any(k not in doc["metrics"] for k in set_names()):
         r.add(path, "has no FID/KID (scored with --no-fid): re-score without --no-fid", "partial")
-    for name in METRICS:
+    for name in per_image_names():
         est = doc["metrics"][name]
         if est["value"] is None:
             r.add(path, f"/metrics/{name}/value is null (metric not computed)", "partial")
@@ -515,7 +528,7 @@ def _check_per_image(r: _Reader, files: set[str]) -> None:
         r.add(path, "is empty", "table")
         return
     header, body = rows[0], rows[1:]
-    need = ["task_id", "compound", "pixel_sha256", *METRICS]
+    need = ["task_id", "compound", "pixel_sha256", *per_image_names()]
     missing = [c for c in need if c not in header]
     if missing:
         r.add(path, f"lacks column(s) {', '.join(missing)} written by cellbench eval", "table")
@@ -543,7 +556,7 @@ def _check_per_image(r: _Reader, files: set[str]) -> None:
     by_compound: dict[str, list[list[str]]] = {}
     for row in body:
         by_compound.setdefault(row[col["compound"]], []).append(row)
-    for metric in METRICS:
+    for metric in per_image_names():
         values = [v for v in (_finite(row[col[metric]]) for row in body) if v is not None]
         if metric == "moa_accuracy" and any(v not in (0.0, 1.0) for v in values):
             r.add(path, "moa_accuracy must be 0 or 1 per image", "numbers")

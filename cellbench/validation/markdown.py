@@ -1,13 +1,26 @@
-"""The markdown text of the validation report (``report.md``)."""
+"""The markdown text of the validation report (``report.md``); tables are written by ``tabulate``.
+
+Every cell is formatted here first (``_num``) and handed to ``tabulate`` as text, so the numbers
+in the report are exactly these strings.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from cellbench.metrics.rewards import REWARD_NAMES
+from tabulate import tabulate
+
+from cellbench.metrics.registry import METRICS
 from cellbench.validation.defects import DEFECTS
 
-MATRIX_COLS: tuple[str, ...] = (*REWARD_NAMES, "overall", "moa_accuracy", "fid_o", "kid_o")
+
+def md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """A Markdown (pipe) table of preformatted cells, as lines."""
+    text = tabulate(
+        [list(r) for r in rows], headers=list(header), tablefmt="pipe", disable_numparse=True
+    )
+    return text.splitlines()
 
 
 def _num(v: float | None, digits: int = 3) -> str:
@@ -43,11 +56,14 @@ def _verdict_text(info: dict) -> str:
 def summary_table(doc: dict) -> list[str]:
     """One row per defect and target: the drop at the top severity and the verdict, per source."""
     sources = [s for s in ("sim", "real") if s in doc]
-    head = "| defect | target | " + " | ".join(
-        f"{s}: change at {doc['severities'][-1]:g} [95% CI] | {s}: monotonic | {s}: verdict"
-        for s in sources
-    )
-    lines = [head + " |", "|" + "---|" * (2 + 3 * len(sources))]
+    head = ["defect", "target"]
+    for s in sources:
+        head += [
+            f"{s}: change at {doc['severities'][-1]:g} [95% CI]",
+            f"{s}: monotonic",
+            f"{s}: verdict",
+        ]
+    rows = []
     for d in doc["sim"]["defects"]:
         for t in DEFECTS[d].targets:
             cells = [d, f"`{t}`"]
@@ -61,41 +77,36 @@ def summary_table(doc: dict) -> list[str]:
                 if ci and ci[0] is not None:
                     txt += f" [{_num(ci[0], 3)}, {_num(ci[1], 3)}]"
                 cells += [txt, "yes" if info["monotonic"] else "no", _verdict_text(info)]
-            lines.append("| " + " | ".join(cells) + " |")
-    return lines
+            rows.append(cells)
+    return md_table(head, rows)
 
 
 def matrix_table(doc: dict, source: str) -> list[str]:
     """Defect x metric: change at the highest severity (bold: the defect's target)."""
     res = doc[source]
     top = str(doc["severities"][-1])
-    cols = [
-        c for c in MATRIX_COLS if any(c in r["severities"][top] for r in res["defects"].values())
+    cols = [  # the registered metrics the report computed, in registry order
+        c
+        for c in METRICS.names()
+        if any(c in r["severities"][top] for r in res["defects"].values())
     ]
     cols = [c for c in cols if res["baseline"].get(c) is not None]
-    lines = [
-        "| defect | " + " | ".join(f"`{c}`" for c in cols) + " |",
-        "|---|" + "---|" * len(cols),
-        "| *undamaged value* | " + " | ".join(_num(res["baseline"][c], 3) for c in cols) + " |",
-    ]
+    rows = [["*undamaged value*", *(_num(res["baseline"][c], 3) for c in cols)]]
     for d, r in res["defects"].items():
         row = r["severities"][top]
-        cells = [_cell(row.get(c), c in DEFECTS[d].targets) for c in cols]
-        lines.append(f"| {d} | " + " | ".join(cells) + " |")
-    return lines
+        rows.append([d, *(_cell(row.get(c), c in DEFECTS[d].targets) for c in cols)])
+    return md_table(["defect", *(f"`{c}`" for c in cols)], rows)
 
 
 def curve_table(doc: dict, source: str) -> list[str]:
     """The target metric's mean at every severity (0 = undamaged)."""
     sev = [0.0, *doc["severities"]]
-    lines = [
-        "| defect | target | " + " | ".join(f"s={s:g}" for s in sev) + " |",
-        "|---|---|" + "---|" * len(sev),
+    rows = [
+        [d, f"`{t}`", *(_num(v, 3) for v in info["curve"])]
+        for d, r in doc[source]["defects"].items()
+        for t, info in r["targets"].items()
     ]
-    for d, r in doc[source]["defects"].items():
-        for t, info in r["targets"].items():
-            lines.append(f"| {d} | `{t}` | " + " | ".join(_num(v, 3) for v in info["curve"]) + " |")
-    return lines
+    return md_table(["defect", "target", *(f"s={s:g}" for s in sev)], rows)
 
 
 def feature_table(doc: dict, source: str) -> list[str]:
@@ -103,16 +114,12 @@ def feature_table(doc: dict, source: str) -> list[str]:
     top = doc["severities"][-1]
     feats = doc[source]["feature_means"]
     names = list(feats["baseline"])
-    lines = [
-        "| image set | " + " | ".join(f"`{n}`" for n in names) + " |",
-        "|---|" + "---|" * len(names),
-        "| undamaged | " + " | ".join(_num(feats["baseline"][n], 3) for n in names) + " |",
-    ]
+    rows = [["undamaged", *(_num(feats["baseline"][n], 3) for n in names)]]
     for d in doc[source]["defects"]:
         key = f"{d}@{top}"
         if key in feats:
-            lines.append(f"| {key} | " + " | ".join(_num(feats[key][n], 3) for n in names) + " |")
-    return lines
+            rows.append([key, *(_num(feats[key][n], 3) for n in names)])
+    return md_table(["image set", *(f"`{n}`" for n in names)], rows)
 
 
 def _passed(doc: dict, source: str) -> tuple[list[str], list[str]]:
@@ -210,21 +217,34 @@ def render_report(doc: dict[str, Any]) -> str:
             "",
             f"Segmenter `{seg['segmenter']['name']}` v{seg['segmenter']['version']}.",
             "",
-            "| | F1 @ IoU 0.5 | F1 @ IoU 0.75 |",
-            "|---|---|---|",
-            f"| mean over images | {ov['mean_f1_50']:.3f} | {ov['mean_f1_75']:.3f} |",
-            f"| pooled over nuclei | {ov['pooled_f1_50']:.3f} | {ov['pooled_f1_75']:.3f} |",
+            *md_table(
+                ["", "F1 @ IoU 0.5", "F1 @ IoU 0.75"],
+                [
+                    ["mean over images", f"{ov['mean_f1_50']:.3f}", f"{ov['mean_f1_75']:.3f}"],
+                    [
+                        "pooled over nuclei",
+                        f"{ov['pooled_f1_50']:.3f}",
+                        f"{ov['pooled_f1_75']:.3f}",
+                    ],
+                ],
+            ),
             "",
             "Per image (`segmentation_f1.csv` has the counts):",
             "",
-            "| image | size | nuclei (true / found) | F1 @ 0.5 | F1 @ 0.75 |",
-            "|---|---|---|---|---|",
+            *md_table(
+                ["image", "size", "nuclei (true / found)", "F1 @ 0.5", "F1 @ 0.75"],
+                [
+                    [
+                        f"{r['image'][:16]}…",
+                        f"{r['height']}×{r['width']}",
+                        f"{r['n_true']} / {r['n_pred']}",
+                        f"{r['f1_50']:.3f}",
+                        f"{r['f1_75']:.3f}",
+                    ]
+                    for r in seg["per_image"]
+                ],
+            ),
         ]
-        for r in seg["per_image"]:
-            out.append(
-                f"| {r['image'][:16]}… | {r['height']}×{r['width']} | {r['n_true']} / "
-                f"{r['n_pred']} | {r['f1_50']:.3f} | {r['f1_75']:.3f} |"
-            )
         out.append("")
     if "segmentation_overlays" in figs:
         out += [

@@ -34,6 +34,7 @@ import numpy as np
 
 from cellbench.errors import CellbenchError
 from cellbench.io import atomic_path, atomic_write_text, sha256_bytes
+from cellbench.metrics import registry
 from cellbench.metrics.bootstrap import bootstrap_mean
 from cellbench.metrics.rewards import REWARD_NAMES, SUITE_VERSION
 from cellbench.validation.defects import DEFECTS, apply_defect
@@ -43,7 +44,7 @@ REPORT_SCHEMA = "cellbench.validation/1"
 DEFAULT_SEVERITIES: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
 REWARDS_AND_OVERALL: tuple[str, ...] = (*REWARD_NAMES, "overall")
 SET_METRICS: tuple[str, ...] = ("fid_o", "kid_o")
-LOWER_IS_BETTER = set(SET_METRICS)
+LOWER_IS_BETTER = registry.lower_is_better()  # the metric registry says which way is worse
 
 
 def _noop(phase: str, done: int, total: int) -> None:
@@ -159,7 +160,7 @@ class SimSuite:
         """The result document, per-image table and per-image features of ``images`` (one per
         subset task). The features are returned apart: in the per-image table the reward columns
         ``nuc_count``, ``roundness`` and ``nuc_in_cyto`` replace the features of the same name."""
-        from cellbench.evaluation import aggregate
+        from cellbench.results.builder import aggregate
         from cellbench.scoring import ImageArrays
 
         features = self.scorer.features(images, use_inception=self.fid)

