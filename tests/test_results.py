@@ -37,3 +37,30 @@ def test_committed_submissions_validate_against_the_generated_schema() -> None:
     assert len(files) >= 8
     for f in files:
         assert result_problems(json.loads(f.read_text())) == [], f
+
+
+def test_results_table_as_markdown(capsys) -> None:
+    from cellbench.cli.scoring import print_results_table
+
+    doc = json.loads((REPO / "submissions/2026-11-21_identity/results.json").read_text())
+    print_results_table(doc, "markdown")
+    text = capsys.readouterr().out
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    assert [c.strip() for c in lines[0].strip("|").split("|")] == [
+        "metric",
+        "",
+        "model",
+        "real reference",
+    ]
+    assert len(lines) == 2 + 13  # header, rule, 9 per-image metrics and 4 distances
+    o, ref = doc["metrics"]["overall"], doc["reference"]["metrics"]["overall"]
+    overall = [c.strip() for c in lines[2 + 7].strip("|").split("|")]
+    assert overall == [
+        "overall",
+        "↑",
+        f"{o['value']:.2f} [{o['ci'][0]:.2f}, {o['ci'][1]:.2f}]",
+        f"{ref['value']:.2f} [{ref['ci'][0]:.2f}, {ref['ci'][1]:.2f}]",
+    ]
+    fid = [c.strip() for c in lines[2 + 9].strip("|").split("|")]
+    assert fid[:3] == ["fid_o", "↓", f"{doc['metrics']['fid_o']['value']:.2f}"]
+    assert fid[3].endswith("(split half)")
