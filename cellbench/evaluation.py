@@ -17,10 +17,10 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -34,6 +34,9 @@ from cellbench.metrics.bootstrap import bootstrap_mean, grouped_bootstrap
 from cellbench.metrics.rewards import OVERALL_WEIGHTS, REWARD_NAMES, SUITE_VERSION, compute_rewards
 from cellbench.paths import cache_dir
 from cellbench.protocol import PROTOCOL_VERSION, build_protocol, protocol_sha256, read_protocol
+
+if TYPE_CHECKING:
+    import torch
 
 RESULT_SCHEMA = "cellbench.results/1"
 METRIC_ORDER: tuple[str, ...] = (*REWARD_NAMES, "overall", "moa_accuracy")
@@ -577,9 +580,10 @@ def write_results(
 
 
 def evaluate(
-    images: str | Path,
+    images: str | Path | np.ndarray | torch.Tensor,
     dataset: str = "bbbc021-sim",
     *,
+    task_ids: Sequence[str] | None = None,
     data_dir: str | Path | None = None,
     protocol: str | Path | None = None,
     split: str = "test",
@@ -592,10 +596,72 @@ def evaluate(
     out: str | Path | None = None,
     progress: Progress = _noop,
 ) -> dict:
-    """Score a folder of generated images; return the result document (and write it to ``out``).
+    """Score generated images on a dataset's protocol; return the result document of ``cellbench eval``.
 
-    See ``cellbench eval --help`` for the meaning of each argument.
+    ``images`` is either a folder (any layout of docs/scoring.md, matched to the protocol's tasks
+    by file name or manifest, each file checked) or a batch in memory: a uint8 tensor or array of
+    shape (B, 96, 96, 3) or (B, 3, 96, 96) with ``task_ids``, one protocol task id per image,
+    scored through :class:`cellbench.scoring.metric.CellbenchMetric` (the same pipeline, so the
+    same images give the same numbers either way).
+
+    Args:
+        images: folder of image files, or a uint8 batch (then ``task_ids`` is required).
+        dataset: dataset name (``cellbench ls datasets``).
+        task_ids: the task of each image of an in-memory batch; not for a folder.
+        data_dir: data folder (see ``cellbench.paths``).
+        protocol: protocol CSV; without it the protocol of ``split`` and ``seed`` is built.
+        split: split of a built protocol.
+        seed: protocol seed of a built protocol, and the seed of the bootstrap and KID subsets.
+        backend: segmentation backend.
+        fid: compute FID/KID, the ``moa`` reward and MoA accuracy (the Inception pass).
+        strict: raise if any image has a problem or any task has no image.
+        shard: ``"K/N"``: score only shard K of N of the tasks (folders only; see
+            ``cellbench eval merge``).
+        device: device of the Inception network.
+        out: where to write ``results.json`` (and its per-image CSV beside it).
+        progress: called as ``progress(phase, done, total)`` (folders only).
+
+    Returns:
+        The result document (docs/scoring.md); an in-memory batch gives ``images.layout``
+        ``"memory"`` and ``images.folder`` ``None``.
     """
+    if not isinstance(images, (str, Path)):
+        if task_ids is None or shard is not None:
+            raise CellbenchError(
+                "an in-memory batch needs task_ids and takes no shard",
+                fix="call evaluate(images, dataset, task_ids=[...]) (split batches with "
+                "CellbenchMetric instead of shards)",
+            )
+        from cellbench.scoring.metric import CellbenchMetric
+
+        metric = CellbenchMetric(
+            dataset,
+            data_dir=data_dir,
+            protocol=protocol,
+            split=split,
+            seed=seed,
+            backend=backend,
+            fid=fid,
+            device=device,
+            sync_on_compute=False,  # exactly this batch, also inside a torchrun process
+        )
+        metric.update(images, task_ids)
+        doc = metric.compute()
+        if strict and not doc["complete"]:
+            raise CellbenchError(
+                f"{doc['images']['n_problems']} problem(s), {doc['images']['missing_tasks']} "
+                "task(s) without an image",
+                fix="answer every task with a non-constant image, or drop strict",
+            )
+        if out is not None:
+            write_results(doc, metric.per_image, None, out)
+        return doc
+    if task_ids is not None:
+        raise CellbenchError(
+            "task_ids are for an in-memory batch; a folder's files name their tasks",
+            path=images,
+            fix="drop task_ids",
+        )
     started = time.perf_counter()
     shard_t = parse_shard(shard) if isinstance(shard, str) or shard is None else shard
     ds = open_dataset(dataset, data_dir, create_sim=True)
