@@ -598,11 +598,11 @@ def evaluate(
 ) -> dict:
     """Score generated images on a dataset's protocol; return the result document of ``cellbench eval``.
 
-    ``images`` is either a folder (any layout of docs/scoring.md, matched to the protocol's tasks
-    by file name or manifest, each file checked) or a batch in memory: a uint8 tensor or array of
+    ``images`` is either a folder (a layout of :mod:`cellbench.images`: manifest, files named by
+    task or compound folders; each file checked) or a batch in memory: a uint8 tensor or array of
     shape (B, 96, 96, 3) or (B, 3, 96, 96) with ``task_ids``, one protocol task id per image,
     scored through :class:`cellbench.scoring.metric.CellbenchMetric` (the same pipeline, so the
-    same images give the same numbers either way).
+    same images give the same numbers either way; docs/scoring.md, "Scoring from Python").
 
     Args:
         images: folder of image files, or a uint8 batch (then ``task_ids`` is required).
