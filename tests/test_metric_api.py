@@ -4,6 +4,7 @@ metrics and ``torch.distributed`` processes (gloo, 2 CPU processes)."""
 
 from __future__ import annotations
 
+import copy
 import datetime
 import json
 import socket
@@ -174,6 +175,10 @@ def test_update_refuses_bad_input(world, metric) -> None:
     metric.merge_state(metric.metric_state)  # the same image merged in twice
     with pytest.raises(CellbenchError, match=r"more than one image \(merged or gathered\)"):
         metric.compute()
+    other_seed = copy.copy(metric)  # the same networks, another bootstrap seed
+    other_seed.seed = 1
+    with pytest.raises(CellbenchError, match="cannot merge metrics of different"):
+        metric.merge_state(other_seed)
 
 
 def test_import_cellbench_leaves_torchmetrics_unloaded() -> None:

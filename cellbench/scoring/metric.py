@@ -69,6 +69,7 @@ class _Pipeline:
         self.table, self.protocol_info = load_protocol_for(self.ds, protocol, split, seed)
         self.scorer = Scorer(self.ds, backend=backend, device=device, use_inception=fid)
         self.n_seg = len(self.scorer.feature_names)
+        self.backend = backend
 
     def features(self, crops: np.ndarray, *, fid: bool) -> tuple[np.ndarray, np.ndarray | None]:
         """(segmentation features float64, Inception features float32 or None) of uint8 HWC crops."""
@@ -278,6 +279,33 @@ class CellbenchMetric(Metric):
         """``metric(images, task_ids)`` is :meth:`update` (a document per batch would cost a whole
         aggregate, bootstrap and FID included, for a number nobody reports)."""
         self.update(images, task_ids)
+
+    def _scoring(self) -> tuple:
+        """What must agree between metrics whose states are merged."""
+        pipe = self._pipeline
+        return (
+            pipe.ds.index_sha256,
+            pipe.protocol_info["sha256"],
+            self.seed,
+            self.fid,
+            pipe.backend,
+        )
+
+    def merge_state(self, incoming_state: dict[str, Any] | Metric) -> None:
+        """Add another metric's images (or a ``metric_state`` dict of one) to this one's.
+
+        A metric of another dataset, protocol, seed, backend or ``fid`` setting is refused: its
+        task positions and features mean something else.
+        """
+        if (
+            isinstance(incoming_state, CellbenchMetric)
+            and incoming_state._scoring() != self._scoring()
+        ):
+            raise CellbenchError(
+                "cannot merge metrics of different datasets, protocols, seeds, backends or fid",
+                fix="merge metrics built with the same arguments",
+            )
+        super().merge_state(incoming_state)
 
     def _arrays(self) -> dict[str, Any]:
         """The (synchronised) states as ``ImageArrays`` fields, in protocol order."""
