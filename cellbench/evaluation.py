@@ -626,15 +626,16 @@ def evaluate(
         ``"memory"`` and ``images.folder`` ``None``.
     """
     if not isinstance(images, (str, Path)):
-        if task_ids is None or shard is not None:
+        if shard is not None:
             raise CellbenchError(
-                "an in-memory batch needs task_ids and takes no shard",
-                fix="call evaluate(images, dataset, task_ids=[...]) (split batches with "
-                "CellbenchMetric instead of shards)",
+                "an in-memory batch takes no shard",
+                fix="split the work over batches or processes with CellbenchMetric",
             )
-        from cellbench.scoring.metric import CellbenchMetric
+        from cellbench.scoring.metric import evaluate_batch
 
-        metric = CellbenchMetric(
+        return evaluate_batch(
+            images,
+            task_ids,
             dataset,
             data_dir=data_dir,
             protocol=protocol,
@@ -642,20 +643,10 @@ def evaluate(
             seed=seed,
             backend=backend,
             fid=fid,
+            strict=strict,
             device=device,
-            sync_on_compute=False,  # exactly this batch, also inside a torchrun process
+            out=out,
         )
-        metric.update(images, task_ids)
-        doc = metric.compute()
-        if strict and not doc["complete"]:
-            raise CellbenchError(
-                f"{doc['images']['n_problems']} problem(s), {doc['images']['missing_tasks']} "
-                "task(s) without an image",
-                fix="answer every task with a non-constant image, or drop strict",
-            )
-        if out is not None:
-            write_results(doc, metric.per_image, None, out)
-        return doc
     if task_ids is not None:
         raise CellbenchError(
             "task_ids are for an in-memory batch; a folder's files name their tasks",

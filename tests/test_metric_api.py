@@ -181,6 +181,19 @@ def test_update_refuses_bad_input(world, metric) -> None:
         metric.merge_state(other_seed)
 
 
+def test_evaluate_batch_arguments(world) -> None:
+    images, ids = world["images"], world["task_ids"]
+    opts = {"data_dir": world["data"], "protocol": world["protocol"]}
+    with pytest.raises(CellbenchError, match="needs task_ids"):
+        cellbench.evaluate(images, "bbbc021-sim", **opts)
+    with pytest.raises(CellbenchError, match="takes no shard"):
+        cellbench.evaluate(images, "bbbc021-sim", task_ids=ids, shard="1/2", **opts)
+    with pytest.raises(CellbenchError, match="task_ids are for an in-memory batch"):
+        cellbench.evaluate(world["root"] / "images", "bbbc021-sim", task_ids=ids, **opts)
+    with pytest.raises(CellbenchError, match=r"0 problem\(s\), 7 task\(s\) without an image"):
+        cellbench.evaluate(images[:1], task_ids=ids[:1], fid=False, strict=True, **opts)
+
+
 def test_import_cellbench_leaves_torchmetrics_unloaded() -> None:
     import subprocess
     import sys

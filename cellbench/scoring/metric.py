@@ -105,6 +105,13 @@ class _Pipeline:
         doc["generation"] = None
         return doc, per_image
 
+    @staticmethod
+    def write(doc: dict, per_image: pd.DataFrame, out: str | Path) -> None:
+        """Write ``results.json`` and its per-image CSV as ``cellbench eval --out`` does."""
+        from cellbench.evaluation import write_results
+
+        write_results(doc, per_image, None, out)
+
 
 def as_crops(images: Any) -> np.ndarray:
     """A batch of uint8 crops, (B, 96, 96, 3) or (B, 3, 96, 96), as a uint8 (B, 96, 96, 3) array.
@@ -371,3 +378,52 @@ class CellbenchMetric(Metric):
                 setattr(self, name, [torch.zeros((0, *shape), dtype=dtype, device=self.device)])
         kwargs = {} if dist_sync_fn is None else {"dist_sync_fn": dist_sync_fn}
         super()._sync_dist(process_group=process_group, **kwargs)
+
+
+def evaluate_batch(
+    images: torch.Tensor | np.ndarray,
+    task_ids: Sequence[str] | None,
+    dataset: str = "bbbc021-sim",
+    *,
+    data_dir: str | Path | None = None,
+    protocol: str | Path | None = None,
+    split: str = "test",
+    seed: int = 0,
+    backend: str = "classical",
+    fid: bool = True,
+    strict: bool = False,
+    device: str = "cpu",
+    out: str | Path | None = None,
+) -> dict:
+    """``cellbench.evaluate`` of an in-memory batch: the document of exactly these images.
+
+    The arguments are those of :func:`cellbench.evaluation.evaluate`; ``strict`` raises unless
+    the result is complete (every task answered, no one-value image).
+    """
+    if task_ids is None:
+        raise CellbenchError(
+            "an in-memory batch needs task_ids",
+            fix="call evaluate(images, dataset, task_ids=[...]), one protocol task id per image",
+        )
+    metric = CellbenchMetric(
+        dataset,
+        data_dir=data_dir,
+        protocol=protocol,
+        split=split,
+        seed=seed,
+        backend=backend,
+        fid=fid,
+        device=device,
+        sync_on_compute=False,  # exactly this batch, also inside a torchrun process
+    )
+    metric.update(images, task_ids)
+    doc = metric.compute()
+    if strict and not doc["complete"]:
+        raise CellbenchError(
+            f"{doc['images']['n_problems']} problem(s), {doc['images']['missing_tasks']} "
+            "task(s) without an image",
+            fix="answer every task with an image that is not one constant value, or drop strict",
+        )
+    if out is not None:
+        metric._pipeline.write(doc, metric.per_image, out)
+    return doc
