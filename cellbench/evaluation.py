@@ -17,10 +17,10 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -34,9 +34,6 @@ from cellbench.metrics.bootstrap import bootstrap_mean, grouped_bootstrap
 from cellbench.metrics.rewards import OVERALL_WEIGHTS, REWARD_NAMES, SUITE_VERSION, compute_rewards
 from cellbench.paths import cache_dir
 from cellbench.protocol import PROTOCOL_VERSION, build_protocol, protocol_sha256, read_protocol
-
-if TYPE_CHECKING:
-    import torch
 
 RESULT_SCHEMA = "cellbench.results/1"
 METRIC_ORDER: tuple[str, ...] = (*REWARD_NAMES, "overall", "moa_accuracy")
@@ -580,10 +577,9 @@ def write_results(
 
 
 def evaluate(
-    images: str | Path | np.ndarray | torch.Tensor,
+    images: str | Path,
     dataset: str = "bbbc021-sim",
     *,
-    task_ids: Sequence[str] | None = None,
     data_dir: str | Path | None = None,
     protocol: str | Path | None = None,
     split: str = "test",
@@ -596,63 +592,10 @@ def evaluate(
     out: str | Path | None = None,
     progress: Progress = _noop,
 ) -> dict:
-    """Score generated images on a dataset's protocol; return the result document of ``cellbench eval``.
+    """Score a folder of generated images; return the result document (and write it to ``out``).
 
-    ``images`` is either a folder (a layout of :mod:`cellbench.images`: manifest, files named by
-    task or compound folders; each file checked) or a batch in memory: a uint8 tensor or array of
-    shape (B, 96, 96, 3) or (B, 3, 96, 96) with ``task_ids``, one protocol task id per image,
-    scored through :class:`cellbench.scoring.metric.CellbenchMetric` (the same pipeline, so the
-    same images give the same numbers either way; docs/scoring.md, "Scoring from Python").
-
-    Args:
-        images: folder of image files, or a uint8 batch (then ``task_ids`` is required).
-        dataset: dataset name (``cellbench ls datasets``).
-        task_ids: the task of each image of an in-memory batch; not for a folder.
-        data_dir: data folder (see ``cellbench.paths``).
-        protocol: protocol CSV; without it the protocol of ``split`` and ``seed`` is built.
-        split: split of a built protocol.
-        seed: protocol seed of a built protocol, and the seed of the bootstrap and KID subsets.
-        backend: segmentation backend.
-        fid: compute FID/KID, the ``moa`` reward and MoA accuracy (the Inception pass).
-        strict: raise if any image has a problem or any task has no image.
-        shard: ``"K/N"``: score only shard K of N of the tasks (folders only; see
-            ``cellbench eval merge``).
-        device: device of the Inception network.
-        out: where to write ``results.json`` (and its per-image CSV beside it).
-        progress: called as ``progress(phase, done, total)`` (folders only).
-
-    Returns:
-        The result document (docs/scoring.md); an in-memory batch gives ``images.layout``
-        ``"memory"`` and ``images.folder`` ``None``.
+    See ``cellbench eval --help`` for the meaning of each argument.
     """
-    if not isinstance(images, (str, Path)):
-        if shard is not None:
-            raise CellbenchError(
-                "an in-memory batch takes no shard",
-                fix="split the work over batches or processes with CellbenchMetric",
-            )
-        from cellbench.scoring.metric import evaluate_batch
-
-        return evaluate_batch(
-            images,
-            task_ids,
-            dataset,
-            data_dir=data_dir,
-            protocol=protocol,
-            split=split,
-            seed=seed,
-            backend=backend,
-            fid=fid,
-            strict=strict,
-            device=device,
-            out=out,
-        )
-    if task_ids is not None:
-        raise CellbenchError(
-            "task_ids are for an in-memory batch; a folder's files name their tasks",
-            path=images,
-            fix="drop task_ids",
-        )
     started = time.perf_counter()
     shard_t = parse_shard(shard) if isinstance(shard, str) or shard is None else shard
     ds = open_dataset(dataset, data_dir, create_sim=True)

@@ -397,7 +397,7 @@ def evaluate_batch(
 ) -> dict:
     """``cellbench.evaluate`` of an in-memory batch: the document of exactly these images.
 
-    The arguments are those of :func:`cellbench.evaluation.evaluate`; ``strict`` raises unless
+    The arguments are those of :func:`cellbench.evaluate`; ``strict`` raises unless
     the result is complete (every task answered, no one-value image).
     """
     if task_ids is None:
