@@ -385,37 +385,23 @@ def evaluate_batch(
     task_ids: Sequence[str] | None,
     dataset: str = "bbbc021-sim",
     *,
-    data_dir: str | Path | None = None,
-    protocol: str | Path | None = None,
-    split: str = "test",
-    seed: int = 0,
-    backend: str = "classical",
-    fid: bool = True,
     strict: bool = False,
-    device: str = "cpu",
     out: str | Path | None = None,
+    **options: Any,
 ) -> dict:
     """``cellbench.evaluate`` of an in-memory batch: the document of exactly these images.
 
-    The arguments are those of :func:`cellbench.evaluate`; ``strict`` raises unless
-    the result is complete (every task answered, no one-value image).
+    ``options`` are those of :class:`CellbenchMetric` (``data_dir``, ``protocol``, ``seed`` ...);
+    ``strict`` raises unless the result is complete (every task answered, no one-value image);
+    ``out`` is written as ``cellbench eval --out`` writes it.
     """
     if task_ids is None:
         raise CellbenchError(
             "an in-memory batch needs task_ids",
             fix="call evaluate(images, dataset, task_ids=[...]), one protocol task id per image",
         )
-    metric = CellbenchMetric(
-        dataset,
-        data_dir=data_dir,
-        protocol=protocol,
-        split=split,
-        seed=seed,
-        backend=backend,
-        fid=fid,
-        device=device,
-        sync_on_compute=False,  # exactly this batch, also inside a torchrun process
-    )
+    # sync_on_compute=False: exactly this batch, also inside a torchrun process
+    metric = CellbenchMetric(dataset, sync_on_compute=False, **options)
     metric.update(images, task_ids)
     doc = metric.compute()
     if strict and not doc["complete"]:
