@@ -1,16 +1,31 @@
 """cellbench: benchmark toolkit and leaderboard for virtual cell image generators.
 
-``import cellbench`` is light (no torch); heavy parts load when first used.
+``import cellbench`` is light (no torch, no torchmetrics); heavy parts load when first used.
 """
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from cellbench._version import __version__
 from cellbench.errors import CellbenchError
 
-__all__ = ["CellbenchError", "RewardModel", "__version__", "evaluate"]
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+__all__ = ["CellbenchError", "CellbenchMetric", "RewardModel", "__version__", "evaluate"]
 
 
 def __getattr__(name: str):
-    """Heavy parts on first use: ``cellbench.evaluate`` and ``cellbench.RewardModel``."""
+    """Heavy parts on first use: :class:`cellbench.CellbenchMetric` (the in-memory metric,
+    torchmetrics-based) and :class:`cellbench.RewardModel` (per-image rewards)."""
+    if name == "CellbenchMetric":
+        from cellbench.scoring.metric import CellbenchMetric
+
+        return CellbenchMetric
     if name == "RewardModel":
         from cellbench.scoring.reward_model import RewardModel
 
@@ -18,8 +33,81 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'cellbench' has no attribute {name!r}")
 
 
-def evaluate(*args, **kwargs):
-    """Score a folder of generated images; see :func:`cellbench.evaluation.evaluate`."""
-    from cellbench.evaluation import evaluate as _evaluate
+def evaluate(
+    images: str | os.PathLike | np.ndarray | torch.Tensor,
+    dataset: str = "bbbc021-sim",
+    *,
+    task_ids: Sequence[str] | None = None,
+    data_dir: str | os.PathLike | None = None,
+    protocol: str | os.PathLike | None = None,
+    split: str = "test",
+    seed: int = 0,
+    backend: str = "classical",
+    fid: bool = True,
+    strict: bool = False,
+    shard: str | tuple[int, int] | None = None,
+    device: str = "cpu",
+    out: str | os.PathLike | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict:
+    """Score generated images on a dataset's protocol; return the result document of ``cellbench eval``.
 
-    return _evaluate(*args, **kwargs)
+    ``images`` is either a folder (a layout of :mod:`cellbench.images`: manifest, files named by
+    task or compound folders; each file checked), scored by :func:`cellbench.evaluation.evaluate`,
+    or a batch in memory: a uint8 tensor or array of shape (B, 96, 96, 3) or (B, 3, 96, 96) with
+    ``task_ids``, one protocol task id per image, scored through
+    :class:`cellbench.CellbenchMetric`. Both run the same pipeline, so the same images give the
+    same document either way (docs/scoring.md, "Scoring from Python").
+
+    Args:
+        images: folder of image files, or a uint8 batch (then ``task_ids`` is required).
+        dataset: dataset name (``cellbench ls datasets``).
+        task_ids: the task of each image of an in-memory batch; not for a folder.
+        data_dir: data folder (see ``cellbench.paths``).
+        protocol: protocol CSV; without it the protocol of ``split`` and ``seed`` is built.
+        split: split of a built protocol.
+        seed: protocol seed of a built protocol, and the seed of the bootstrap and KID subsets.
+        backend: segmentation backend.
+        fid: compute FID/KID, the ``moa`` reward and MoA accuracy (the Inception pass).
+        strict: raise if any image has a problem or any task has no image.
+        shard: ``"K/N"``: score only shard K of N of a folder's tasks (``cellbench eval merge``
+            combines the shards); an in-memory batch takes none.
+        device: device of the Inception network.
+        out: where to write ``results.json`` (and its per-image CSV beside it).
+        progress: called as ``progress(phase, done, total)`` while a folder is scored.
+
+    Returns:
+        The result document; an in-memory batch gives ``images.layout`` ``"memory"`` and
+        ``images.folder`` ``None``.
+    """
+    options = {
+        "data_dir": data_dir,
+        "protocol": protocol,
+        "split": split,
+        "seed": seed,
+        "backend": backend,
+        "fid": fid,
+        "strict": strict,
+        "device": device,
+        "out": out,
+    }
+    if isinstance(images, (str, os.PathLike)):
+        if task_ids is not None:
+            raise CellbenchError(
+                "task_ids are for an in-memory batch; a folder's files name their tasks",
+                path=images,
+                fix="drop task_ids",
+            )
+        from cellbench.evaluation import evaluate as evaluate_folder
+
+        if progress is not None:
+            options["progress"] = progress
+        return evaluate_folder(images, dataset, shard=shard, **options)
+    if shard is not None:
+        raise CellbenchError(
+            "an in-memory batch takes no shard",
+            fix="split the work over batches or processes with cellbench.CellbenchMetric",
+        )
+    from cellbench.scoring.metric import evaluate_batch
+
+    return evaluate_batch(images, task_ids, dataset, **options)
