@@ -8,8 +8,6 @@ from pathlib import Path
 from tests.conftest import REPO
 
 SOURCE_DIRS = ("cellbench", "baselines", "bench", "tests")
-#: files another change owns that still cite the missing specification (remove when fixed)
-SPEC_PENDING = {"cellbench/cli/scoring.py"}
 
 
 def _sources() -> list[Path]:
@@ -28,7 +26,7 @@ def test_comments_cite_the_projects_docs_not_a_missing_spec() -> None:
         for p in files
         if p.name != "test_docs.py" and re.search(r"\bSPEC\b", p.read_text(encoding="utf-8"))
     }
-    assert citing <= SPEC_PENDING, f"cite docs/*.md instead of SPEC in {sorted(citing)}"
+    assert not citing, f"cite docs/*.md instead of SPEC in {sorted(citing)}"
 
 
 def test_cited_docs_pages_exist() -> None:

@@ -156,7 +156,7 @@ def test_update_refuses_bad_input(world, metric) -> None:
         (images[:2].astype(np.float32), ids[:2], "dtype float32"),
         (images[:2, :64], ids[:2], "shape (2, 64, 96, 3)"),
         (images[0], ids[:1], "shape (96, 96, 3)"),
-        (images[:2].tolist(), ids[:2], "torch.Tensor or numpy array"),
+        (images[:2].tolist(), ids[:2], "not an array"),
         (images[:2], ids[:1], "2 images but 1 task ids"),
         (images[:1], ids[0], "one string"),
         (images[:2], [ids[0], "t-nope"], "not in the protocol (first: 't-nope')"),

@@ -273,7 +273,10 @@ def reference_build(
 def classifier_train(
     dataset: DatasetOpt = "bbbc021-sim",
     data_dir: DataDirOpt = None,
-    epochs: Annotated[int, typer.Option(help="Training epochs (SPEC: 10).")] = 10,
+    epochs: Annotated[
+        int,
+        typer.Option(help="Training epochs (10 in the CellFlux group's recipe, docs/scoring.md)."),
+    ] = 10,
     seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
     out: Annotated[
         Path | None,

@@ -29,7 +29,7 @@ _SHAPE_HELP = (
 )
 
 
-def _as_numpy(images: Any) -> np.ndarray:
+def as_numpy(images: Any) -> np.ndarray:
     """A numpy view of a numpy array or torch tensor (bfloat16/float16 tensors as float32)."""
     if isinstance(images, np.ndarray):
         return images
@@ -55,7 +55,7 @@ def check_crops(images: Any, value_range: tuple[float, float] | None = None) -> 
             ``(-1, 1)`` for floats. Floats are mapped to uint8 by
             ``round((x - low) * 255 / (high - low))``, clipped to ``[0, 255]``.
     """
-    arr = _as_numpy(images)
+    arr = as_numpy(images)
     kind = arr.dtype.kind
     if arr.dtype != np.uint8 and kind != "f":
         raise CellbenchError(

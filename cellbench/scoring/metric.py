@@ -37,8 +37,8 @@ import torch
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from cellbench.data.layout import CROP_SHAPE
 from cellbench.errors import CellbenchError
+from cellbench.scoring.inputs import as_numpy, check_crops
 
 #: what an in-memory result puts in ``images.layout`` (a folder result names its folder layout)
 MEMORY_LAYOUT = "memory"
@@ -121,32 +121,19 @@ def as_crops(images: Any) -> np.ndarray:
     """A batch of uint8 crops, (B, 96, 96, 3) or (B, 3, 96, 96), as a uint8 (B, 96, 96, 3) array.
 
     Raises :class:`CellbenchError` for anything else: floats are refused rather than guessed at
-    (``cellbench.data.torch_dataset.from_model_range`` turns model-range floats into crops).
+    (``cellbench.data.torch_dataset.from_model_range`` turns model-range floats into crops); the
+    shape checks are those of :func:`cellbench.scoring.inputs.check_crops`.
     """
-    if isinstance(images, torch.Tensor):
-        arr = images.detach().cpu().numpy()
-    elif isinstance(images, np.ndarray):
-        arr = images
-    else:
-        raise CellbenchError(
-            f"images must be a torch.Tensor or numpy array, got {type(images).__name__}",
-            fix="pass a uint8 tensor of shape (B, 96, 96, 3) or (B, 3, 96, 96)",
-        )
+    arr = as_numpy(images)
     if arr.dtype != np.uint8:
         raise CellbenchError(
             f"images have dtype {arr.dtype}, expected uint8",
             fix="convert model outputs in [-1, 1] with "
             "cellbench.data.torch_dataset.from_model_range(x)",
         )
-    chw = (CROP_SHAPE[2], *CROP_SHAPE[:2])
-    if arr.ndim == 4 and arr.shape[1:] == chw:
+    if arr.ndim == 4 and arr.shape[1] == 3 and arr.shape[-1] != 3:  # channels-first
         arr = arr.transpose(0, 2, 3, 1)
-    elif arr.ndim != 4 or arr.shape[1:] != CROP_SHAPE:
-        raise CellbenchError(
-            f"images have shape {tuple(arr.shape)}, expected (B, 96, 96, 3) or (B, 3, 96, 96)",
-            fix="pass a batch of 96x96 crops with the three stains as channels",
-        )
-    return np.ascontiguousarray(arr)
+    return check_crops(arr)
 
 
 class CellbenchMetric(Metric):
