@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -153,3 +154,23 @@ def test_ls_help_names_everything_it_lists() -> None:
     assert set(ls.commands) == {"datasets", "models", "metrics", "segmenters"}
     for sub in ls.commands:
         assert sub in (ls.help or ""), f"`cellbench ls --help` does not name {sub!r}"
+
+
+def test_help_lists_every_command_in_workflow_order() -> None:
+    """`cellbench --help` follows a user's workflow; a new command must be placed in the order."""
+    import click
+    import typer.main
+
+    from cellbench.cli.app import WORKFLOW_ORDER
+    from cellbench.cli.main import app
+
+    group = typer.main.get_command(app)
+    with click.Context(group) as ctx:
+        listed = group.list_commands(ctx)
+    visible = [n for n in listed if not group.get_command(ctx, n).hidden]
+    assert visible == list(WORKFLOW_ORDER)
+    out = run_cli("--help")
+    assert out.returncode == 0
+    # a command's row starts "│ name"; wrapped help lines start "│" and many spaces
+    shown = [m.group(1) for m in re.finditer(r"^│ (\S+)", out.stdout, re.M)]
+    assert [n for n in shown if n in WORKFLOW_ORDER] == list(WORKFLOW_ORDER)

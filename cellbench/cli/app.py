@@ -9,12 +9,45 @@ from __future__ import annotations
 import os
 from typing import Annotated
 
+import click
 import typer
+from typer.core import TyperGroup
 
 from cellbench._version import __version__
 
+#: the order of ``cellbench --help``: a user's workflow, then the maintainers' commands
+WORKFLOW_ORDER: tuple[str, ...] = (
+    "ls",
+    "data",
+    "protocol",
+    "generate",
+    "images",
+    "eval",
+    "compare",
+    "submission",
+    "leaderboard",
+    "train",
+    "rl",
+    "segment",
+    "reference",
+    "classifier",
+    "validate-metrics",
+    "regress",
+)
+
+
+class _WorkflowGroup(TyperGroup):
+    """Lists commands in :data:`WORKFLOW_ORDER` (any command not named there comes last)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        names = super().list_commands(ctx)
+        rank = {n: i for i, n in enumerate(WORKFLOW_ORDER)}
+        return sorted(names, key=lambda n: (rank.get(n, len(rank)), names.index(n)))
+
+
 app = typer.Typer(
     name="cellbench",
+    cls=_WorkflowGroup,
     help="Benchmark virtual cell image generators on BBBC021: data, protocol, scoring, leaderboard.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,

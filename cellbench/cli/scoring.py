@@ -159,7 +159,10 @@ def eval_cmd(
     device: DeviceOpt = "cpu",
     fmt: FormatOpt = TableFormat.table,
 ) -> None:
-    """Score a generator's images: seven rewards, overall, MoA accuracy, FID/KID, real reference row."""
+    """Score a generator's images: seven rewards, overall, MoA accuracy, FID/KID, real reference row.
+
+    `cellbench eval merge SHARD.json...` combines the results of `--shard K/N` runs.
+    """
     from cellbench.evaluation import evaluate
 
     update, stop = phase_progress()
