@@ -68,7 +68,7 @@ class _WorkerProcess(multiprocessing.context.SpawnProcess):
     """A ``spawn`` process whose interpreter does not import the parent's ``__main__``."""
 
     @staticmethod
-    def _Popen(process_obj):  # noqa: N802 (the name multiprocessing calls)
+    def _Popen(process_obj):  # the name multiprocessing calls
         with _without_user_main():
             return multiprocessing.context.SpawnProcess._Popen(process_obj)
 

@@ -56,7 +56,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
-import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
