@@ -301,12 +301,13 @@ class RolloutRewards:
         )
         self.pool = None
         if self.workers > 0:
-            import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
+
+            from cellbench.workers import worker_context
 
             self.pool = ProcessPoolExecutor(
                 self.workers,
-                mp_context=multiprocessing.get_context("spawn"),
+                mp_context=worker_context(),
                 initializer=_init_reward_worker,
                 initargs=(dataset.name, str(dataset.root), self.use_moa and not main_moa),
             )

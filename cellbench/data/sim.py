@@ -85,7 +85,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
 import os
 import secrets
 import shutil
@@ -1008,7 +1007,9 @@ def _render_all(
             if on_progress is not None:
                 on_progress(done, total)
         return
-    ctx = multiprocessing.get_context("spawn")
+    from cellbench.workers import worker_context
+
+    ctx = worker_context()  # workers never re-run the caller's __main__ (cellbench.workers)
     with ctx.Pool(processes=min(workers, len(chunks))) as pool:
         args = [(root, seed, chunk, styles) for chunk in chunks]
         for n_done in pool.imap_unordered(_render_chunk, args):

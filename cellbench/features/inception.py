@@ -56,7 +56,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
-import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -441,10 +440,9 @@ def _num_threads(n: int | None) -> Iterator[None]:
 
 def _default_threads() -> int | None:
     """Cap torch's threads at the CPUs this process may use (containers often report more)."""
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        usable = os.cpu_count() or 1
+    from cellbench.workers import usable_cpus
+
+    usable = usable_cpus()
     return usable if torch.get_num_threads() > usable else None
 
 

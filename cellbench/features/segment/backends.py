@@ -23,31 +23,28 @@ from cellbench.registry import Registry
 
 CHUNK = 256
 #: batches at least this large are segmented by a pool of worker processes (one per CPU, at most
-#: $CELLBENCH_WORKERS); each image's features are the same either way
+#: $CELLBENCH_WORKERS, :func:`cellbench.workers.worker_count`); each image's features are the
+#: same either way
 POOL_MIN_IMAGES = 256
 POOL_CHUNK = 64
 _POOL: list = []
 
 
-def _workers() -> int:
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        n = os.cpu_count() or 1
-    env = os.environ.get("CELLBENCH_WORKERS")
-    return max(1, min(n, int(env))) if env and env.isdigit() else n
-
-
 def _pool():
-    """A process pool kept for the life of the process (None with one CPU)."""
-    if _workers() < 2:
+    """A process pool kept for the life of the process (None with one worker).
+
+    Its workers never import the caller's ``__main__`` (:mod:`cellbench.workers`), so a script
+    without an ``if __name__ == "__main__":`` guard works.
+    """
+    from cellbench.workers import worker_context, worker_count
+
+    if worker_count() < 2:
         return None
     if not _POOL:
         import atexit
-        import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        pool = ProcessPoolExecutor(_workers(), mp_context=multiprocessing.get_context("spawn"))
+        pool = ProcessPoolExecutor(worker_count(), mp_context=worker_context())
         atexit.register(pool.shutdown, cancel_futures=True)
         _POOL.append(pool)
     return _POOL[0]
