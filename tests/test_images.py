@@ -200,10 +200,13 @@ def test_compound_folder_names_that_fit_no_single_task(out: Path, protocol: pd.D
     _save(out / "taxol" / f"{t[noc]}.png", 3)  # nocodazole's task id
     _save(out / "taxol" / "Week9_99999_X_1.png", 4)  # no such key
     _save(out / "taxol" / f"{t[6]}.png", 6)  # the one good file
+    proto.loc[7, "target_key"] = proto.loc[6, "target_key"] + "_1"  # <key>_1: a key, or image 1?
+    _save(out / "taxol" / f"{proto.loc[7, 'target_key']}.png", 7)
     found = discover_images(out, proto)
     assert list(found.files) == [t[6]]
     by_file = {Path(p.path).name: p.problem for p in found.problems}
-    assert len(by_file) == 5
+    assert len(by_file) == 6
+    assert "ambiguous name" in by_file[f"{proto.loc[7, 'target_key']}.png"]
     assert "never by order" in by_file["img0.png"]
     assert f"fits 2 tasks ({t[4]}, {t[5]})" in by_file[f"{proto.loc[4, 'target_key']}.png"]
     assert "is of a nocodazole task, not of taxol" in by_file[f"{proto.loc[noc, 'target_key']}.png"]
