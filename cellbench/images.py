@@ -346,8 +346,7 @@ class _Matched:
             self.files.setdefault(task, []).append(p)
 
     def walk_compound_folders(self, subdirs: list[Path]) -> None:
-        """Read compound folders, nested where a compound name holds ``/``
-        (``mevinolin/lovastatin/``)."""
+        """Read compound folders (nested where a name holds ``/``: ``mevinolin/lovastatin/``)."""
         for d in subdirs:
             real = d.resolve()
             if real in self.visited:
