@@ -4,9 +4,14 @@ Three folder layouts are accepted, tried in this order:
 
 1. ``manifest.csv`` with columns ``task_id, path`` (paths relative to the folder);
 2. files named by task: ``<task_id>.png`` or ``<task_id>_<k>.png`` for several images per task
-   (PNG 8-bit RGB, TIFF, or ``.npy`` uint8 HWC);
-3. one sub-folder per compound (``taxol/``, ``cytochalasin_B/`` ...): files named ``<task_id>.*``
-   go to that task, other files are dealt to the compound's tasks in sorted order.
+   (PNG 8-bit RGB, TIFF, or ``.npy`` uint8 HWC), or by the task's target ``SAMPLE_KEY``;
+3. one sub-folder per compound (``taxol/``, ``cytochalasin_B/``, nested where the name holds a
+   ``/``: ``mevinolin/lovastatin/``), as CellFlux writes them: files named by task id, by target
+   ``SAMPLE_KEY`` (CellFlux), or ``<control key>_to_<compound>`` (PhenDiff).
+
+A file goes to the task its name names and to no other: a name that fits no task of its folder, or
+several tasks, is a problem with its file (files are never dealt out by order). A symbolic link
+that leaves the image folder is refused.
 
 Every image is checked: readable, 96x96x3, uint8 or convertible to uint8 without loss, finite, not
 one constant value. Each problem is reported with its file; good images stay usable unless the
@@ -167,73 +172,213 @@ def check_image_array(
 
 
 def discover_images(folder: str | Path, protocol: pd.DataFrame) -> ImageSet:
-    """Match the files of ``folder`` to the tasks of ``protocol`` (no pixels are read)."""
+    """Match the files of ``folder`` to the tasks of ``protocol`` by name (no pixels are read).
+
+    A file is matched only by what its name says (a task id, a target key, a PhenDiff source
+    name); a name that fits no task, or several, is a problem with its file, never a guess.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise ImageError(
             "image folder not found", path=folder, fix="pass the folder your generator wrote"
         )
     tasks = protocol["task_id"].astype(str).tolist()
-    task_set = set(tasks)
     if (folder / MANIFEST_NAME).is_file():
-        files, problems = _from_manifest(folder, task_set)
+        files, problems = _from_manifest(folder, set(tasks))
         layout = "manifest"
     else:
-        top = sorted(
-            p
-            for p in folder.iterdir()
-            if p.is_file() and not p.name.startswith(".") and p.name != GENERATION_FILE
-        )
-        subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-        if any(_task_of(p, task_set) for p in top) or not subdirs:
-            files, problems = _from_task_names(top, task_set)
-            layout = "task_id"
-        else:
-            files, problems = _from_compound_folders(subdirs, protocol)
+        names = _Names.of(protocol)
+        matched = _Matched(folder, names)
+        top, subdirs = matched.list_folder(folder)
+        top = [p for p in top if p.name != GENERATION_FILE]
+        matched.add(top, None)
+        if subdirs and not matched.files:
+            matched.walk_compound_folders(subdirs)
             layout = "compound-folders"
+        else:
+            layout = "task_id"
+        files, problems = matched.files, matched.problems
     ordered = {t: sorted(files[t]) for t in tasks if t in files}
     missing = [t for t in tasks if t not in files]
     return ImageSet(folder, layout, ordered, problems, missing)
 
 
-def _task_of(path: Path, task_set: set[str]) -> str | None:
-    if path.suffix.lower() not in IMAGE_SUFFIXES:
+def _key(name: str) -> str:
+    """A SAMPLE_KEY without the ``.npy`` suffix some indexes carry (docs/scoring.md)."""
+    return name[:-4] if name.endswith(".npy") else name
+
+
+@dataclass(frozen=True)
+class _Names:
+    """What a file name can refer to in a protocol: its task ids, target keys and controls."""
+
+    compound_of: dict[str, str]  # task_id -> compound
+    by_target: dict[str, list[str]]  # target key (no ``.npy`` suffix) -> task_ids
+    by_control: dict[tuple[str, str], list[str]]  # (normalised compound, control key) -> task_ids
+    compound_by_norm: dict[str, str]  # normalised compound name -> compound
+
+    @classmethod
+    def of(cls, protocol: pd.DataFrame) -> _Names:
+        n = len(protocol)
+
+        def column(name: str) -> list[str]:
+            return protocol[name].astype(str).tolist() if name in protocol else [""] * n
+
+        tasks, compounds = column("task_id"), column("compound")
+        by_target: dict[str, list[str]] = {}
+        by_control: dict[tuple[str, str], list[str]] = {}
+        for task, compound, target, control in zip(
+            tasks, compounds, column("target_key"), column("control_key"), strict=True
+        ):
+            if target:
+                by_target.setdefault(_key(target), []).append(task)
+            if control:
+                by_control.setdefault((_norm(compound), _key(control)), []).append(task)
+        return cls(
+            dict(zip(tasks, compounds, strict=True)),
+            by_target,
+            by_control,
+            {_norm(c): c for c in compounds},
+        )
+
+    def lookup(self, base: str) -> tuple[str, str, tuple[str, ...]] | None:
+        """What a name (stem without an image index) says: (kind, name, the tasks it fits)."""
+        if base in self.compound_of:
+            return ("task_id", base, (base,))
+        if _key(base) in self.by_target:
+            return ("target key", _key(base), tuple(self.by_target[_key(base)]))
+        m = _PHENDIFF.match(base)
+        if m:
+            pair = (_norm(m["cls"]), _key(m["source"]))
+            if pair in self.by_control:
+                return ("PhenDiff source (control key)", pair[1], tuple(self.by_control[pair]))
         return None
-    stem = path.stem
-    if stem in task_set:
-        return stem
-    m = _MULTI.match(stem)
-    if m and m.group("task") in task_set:
-        return m.group("task")
-    return None
 
+    def resolve(self, path: Path, compound: str | None) -> tuple[str, int | None] | str:
+        """The (task, image index) a file's name gives, or the problem with the name.
 
-def _from_task_names(
-    paths: list[Path], task_set: set[str]
-) -> tuple[dict[str, list[Path]], list[ImageProblem]]:
-    files: dict[str, list[Path]] = {}
-    problems: list[ImageProblem] = []
-    seen_stems: dict[str, Path] = {}
-    for p in paths:
-        task = _task_of(p, task_set)
-        if task is None:
-            why = (
-                f"unsupported file type {p.suffix!r}"
-                if p.suffix.lower() not in IMAGE_SUFFIXES
-                else "file name is not a task_id of the protocol"
+        ``compound``: the compound of the folder the file is in (None at the top of the folder).
+        """
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            return f"unsupported file type {path.suffix!r}"
+        m = _MULTI.match(path.stem)
+        readings = [(path.stem, None)] + ([(m["task"], int(m["k"]))] if m else [])
+        hits = [(hit, k) for base, k in readings if (hit := self.lookup(base)) is not None]
+        if not hits:
+            where = f"of a {compound} task" if compound is not None else "of the protocol"
+            return (
+                f"file name is neither a task_id nor a target key {where}"
+                " (files are matched by name, never by order)"
             )
-            problems.append(ImageProblem(str(p), why))
-            continue
-        if p.stem in seen_stems:
-            problems.append(
-                ImageProblem(
-                    str(p), f"duplicate of {seen_stems[p.stem].name} (same task and index)", task
+        if len(hits) == 2 and hits[0][0][2] != hits[1][0][2]:
+            (a, _), (b, k) = hits
+            return (
+                f"ambiguous name: {a[0]} {a[1]!r}, or image {k} of {b[0]} {b[1]!r};"
+                " name the file by task_id"
+            )
+        (kind, name, fits), k = hits[0]
+        if compound is not None:
+            here = tuple(t for t in fits if self.compound_of[t] == compound)
+            if not here:
+                other = " / ".join(sorted({self.compound_of[t] for t in fits}))
+                return f"{kind} {name!r} is of a {other} task, not of {compound}"
+            fits = here
+        if len(fits) > 1:
+            return (
+                f"{kind} {name!r} fits {len(fits)} tasks ({', '.join(fits)});"
+                " name the files by task_id so each lands on its own task"
+            )
+        return fits[0], k
+
+
+# PhenDiff names a translated image ``<source image name>_to_<target class>.png`` (docs/scoring.md)
+_PHENDIFF = re.compile(r"^(?P<source>.+?)_to_(?P<cls>.+)$")
+# CellFlux writes ``fid_samples/epoch-<N>/<compound>/<target SAMPLE_KEY>.png`` (docs/scoring.md)
+_CELLFLUX_EPOCH = re.compile(r"^epoch-\d+$")
+
+
+@dataclass
+class _Matched:
+    """Files matched to tasks so far under ``root``, and the problems met."""
+
+    root: Path
+    names: _Names
+    files: dict[str, list[Path]] = field(default_factory=dict)
+    problems: list[ImageProblem] = field(default_factory=list)
+    slots: dict[tuple[str, int | None], Path] = field(default_factory=dict)
+    visited: set[Path] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.visited.add(self.root.resolve())
+
+    def list_folder(self, d: Path) -> tuple[list[Path], list[Path]]:
+        """The visible files and sub-folders of ``d``; a link that leaves ``root`` is a problem."""
+        files: list[Path] = []
+        subdirs: list[Path] = []
+        for p in sorted(d.iterdir()):
+            if p.name.startswith("."):
+                continue
+            if p.is_symlink() and not is_within(p, self.root):
+                self.problems.append(
+                    ImageProblem(str(p), "symbolic link points outside the image folder")
                 )
-            )
-            continue
-        seen_stems[p.stem] = p
-        files.setdefault(task, []).append(p)
-    return files, problems
+            elif p.is_dir():
+                subdirs.append(p)
+            elif p.is_file():
+                files.append(p)
+        return files, subdirs
+
+    def add(self, paths: list[Path], compound: str | None) -> None:
+        """Match files by name; a name that fits no single task is a problem."""
+        for p in paths:
+            got = self.names.resolve(p, compound)
+            if isinstance(got, str):
+                self.problems.append(ImageProblem(str(p), got))
+                continue
+            task, k = got
+            if (task, k) in self.slots:
+                first = self.slots[task, k].relative_to(self.root)
+                self.problems.append(
+                    ImageProblem(str(p), f"duplicate of {first} (same task and index)", task)
+                )
+                continue
+            self.slots[task, k] = p
+            self.files.setdefault(task, []).append(p)
+
+    def walk_compound_folders(self, subdirs: list[Path]) -> None:
+        """Read compound folders (nested where a name holds ``/``: ``mevinolin/lovastatin/``)."""
+        for d in subdirs:
+            real = d.resolve()
+            if real in self.visited:
+                self.problems.append(ImageProblem(str(d), "folder reached twice through a link"))
+                continue
+            self.visited.add(real)
+            rel = d.relative_to(self.root).as_posix()
+            if _CELLFLUX_EPOCH.match(rel):
+                self.problems.append(
+                    ImageProblem(
+                        str(d),
+                        "a CellFlux epoch folder: pass this folder itself, it holds the"
+                        " compound folders",
+                    )
+                )
+                continue
+            files, inner = self.list_folder(d)
+            compound = self.names.compound_by_norm.get(_norm(rel))
+            if compound is not None:
+                self.add(files, compound)
+            elif files or not inner:  # a folder on the way to a nested compound says nothing
+                self.problems.append(ImageProblem(str(d), self._not_a_compound(rel)))
+            self.walk_compound_folders(inner)
+
+    def _not_a_compound(self, rel: str) -> str:
+        import difflib
+
+        close = difflib.get_close_matches(
+            rel, [compound_folder_name(c) for c in self.names.compound_by_norm.values()], n=2
+        )
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        return f"folder name is not a compound of the protocol{hint}"
 
 
 def _from_manifest(
@@ -270,50 +415,6 @@ def _from_manifest(
             continue
         seen.add(p.resolve())
         files.setdefault(task, []).append(p)
-    return files, problems
-
-
-def _from_compound_folders(
-    subdirs: list[Path], protocol: pd.DataFrame
-) -> tuple[dict[str, list[Path]], list[ImageProblem]]:
-    by_norm: dict[str, str] = {}
-    for compound in protocol["compound"].astype(str).unique():
-        by_norm[_norm(compound)] = compound
-    files: dict[str, list[Path]] = {}
-    problems: list[ImageProblem] = []
-    for d in subdirs:
-        compound = by_norm.get(_norm(d.name))
-        if compound is None:
-            import difflib
-
-            close = difflib.get_close_matches(
-                d.name, [compound_folder_name(c) for c in by_norm.values()], n=2
-            )
-            hint = f"; did you mean {' or '.join(close)}?" if close else ""
-            problems.append(
-                ImageProblem(str(d), f"folder name is not a compound of the protocol{hint}")
-            )
-            continue
-        tasks = protocol.loc[protocol["compound"] == compound, "task_id"].astype(str).tolist()
-        named, rest = _from_task_names(
-            sorted(p for p in d.iterdir() if p.is_file() and not p.name.startswith(".")),
-            set(tasks),
-        )
-        for t, ps in named.items():
-            files.setdefault(t, []).extend(ps)
-        dealt = [
-            ImageProblem(pr.path, pr.problem)
-            for pr in rest
-            if pr.problem != "file name is not a task_id of the protocol"
-        ]
-        problems.extend(dealt)
-        leftovers = [
-            Path(pr.path)
-            for pr in rest
-            if pr.problem == "file name is not a task_id of the protocol"
-        ]
-        for i, p in enumerate(leftovers):
-            files.setdefault(tasks[i % len(tasks)], []).append(p)
     return files, problems
 
 
