@@ -322,6 +322,8 @@ def read_fingerprint_csv(path: str | Path) -> pd.DataFrame:
         table = pd.read_csv(path, index_col=0)
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         raise DataError(f"unreadable fingerprint CSV ({exc})", path=path) from None
+    if table.empty:
+        raise DataError("fingerprint CSV has no rows", path=path)
     table.index = table.index.astype(str)
     values = table.to_numpy()
     if not np.issubdtype(values.dtype, np.number) or not np.isfinite(values).all():

@@ -190,7 +190,11 @@ def check_fingerprint_file(path: str | Path, compounds: Iterable[str] | None = N
     path = Path(path)
     if not path.is_file():
         raise DataError("no such fingerprint file", path=path, fix=_FP_FIX)
-    table = read_fingerprint_csv(path)
+    try:
+        table = read_fingerprint_csv(path)
+    except DataError as exc:
+        exc.fix = _FP_FIX  # a user's file: the fix is another file, not a re-download
+        raise
     expected = [str(i) for i in range(layout.FINGERPRINT_DIM)]
     if [str(c) for c in table.columns] != expected:
         raise DataError(
@@ -199,8 +203,6 @@ def check_fingerprint_file(path: str | Path, compounds: Iterable[str] | None = N
             path=path,
             fix=_FP_FIX,
         )
-    if table.empty:
-        raise DataError("fingerprint CSV has no rows", path=path, fix=_FP_FIX)
     dup = table.index[table.index.duplicated()]
     if len(dup):
         raise DataError(
