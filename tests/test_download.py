@@ -437,9 +437,7 @@ def test_fingerprints_missing_a_compound_leave_nothing_installed(served: Served,
     assert served.state.bytes_served < 70_000  # the central directory only, never the tar again
 
 
-def test_fingerprints_added_to_an_installed_dataset_without_network(
-    served: Served, tmp_path: Path
-):
+def test_fingerprints_added_to_an_installed_dataset_without_network(served: Served, tmp_path: Path):
     served.serve(make_zip(include_fp=False))
     dest = download_bbbc021(tmp_path / "bbbc021", url=served.url, timeout=TIMEOUT)
     check_dataset(dest, None)
@@ -563,3 +561,33 @@ def test_cli_download_unreachable_is_one_line(tmp_path: Path):
     assert sum(ln.startswith("error:") for ln in lines) == 1
     assert "Traceback" not in res.stderr
     assert not (tmp_path / "bbbc021" / "metadata").exists()
+
+
+def test_cli_download_without_fingerprints_warns_then_adds_them(served: Served, tmp_path: Path):
+    from tests.conftest import run_cli
+
+    served.serve(make_zip(include_fp=False))
+    data = ("data", "download", "bbbc021", "--data-dir", str(tmp_path), "--url", served.url)
+    res = run_cli(*data)
+    assert res.returncode == 0, res.stderr
+    dest = tmp_path / "bbbc021"
+    check_dataset(dest, None)
+    warning = [ln for ln in res.stderr.splitlines() if ln.startswith("warning:")]
+    assert len(warning) == 1 and "scoring does not need them" in warning[0]
+    assert f"--data-dir {dest} --fingerprints emb_fp.csv" in warning[0]
+    # A bad file: one line naming it and the fix, the dataset unchanged.
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(b",0,1\nDMSO,0,1\n")
+    res = run_cli(*data, "--fingerprints", str(bad))
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert lines[-1].startswith(f"error: {bad}: fingerprint CSV has 2 value columns")
+    assert "fix: pass the IMPA repository's emb_fp.csv" in lines[-1]
+    check_dataset(dest, None)
+    # The good file is added to the installed dataset; no warning any more.
+    good = tmp_path / "emb_fp.csv"
+    good.write_bytes(_fp_csv())
+    res = run_cli(*data, "--fingerprints", str(good))
+    assert res.returncode == 0, res.stderr
+    assert "warning" not in res.stderr and "Adding fingerprints" in res.stderr
+    check_dataset(dest)
