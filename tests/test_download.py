@@ -575,6 +575,12 @@ def test_cli_download_without_fingerprints_warns_then_adds_them(served: Served, 
     warning = [ln for ln in res.stderr.splitlines() if ln.startswith("warning:")]
     assert len(warning) == 1 and "scoring does not need them" in warning[0]
     assert f"--data-dir {dest} --fingerprints emb_fp.csv" in warning[0]
+    proto = run_cli(
+        "protocol", "--dataset", "bbbc021", "--data-dir", str(tmp_path), "--split", "train",
+        "--out", str(tmp_path / "p.csv"),
+    )  # fmt: skip
+    assert proto.returncode == 0, proto.stderr  # the evaluation side needs no fingerprints
+    assert len((tmp_path / "p.csv").read_text().splitlines()) == 3
     # A bad file: one line naming it and the fix, the dataset unchanged.
     bad = tmp_path / "bad.csv"
     bad.write_bytes(b",0,1\nDMSO,0,1\n")
