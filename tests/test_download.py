@@ -1,7 +1,9 @@
 """Tests for cellbench.data.download against a local HTTP server on 127.0.0.1.
 
 The served zip mimics IMPA_reproducibility.zip (Zenodo 8307629) in miniature: a BBBC021 tar, the
-fingerprint CSV and unrelated dataset tars that must never be fetched when ranges work.
+fingerprint CSV and unrelated dataset tars that must never be fetched when ranges work. The zip comes
+in two variants, with and without the fingerprint member (``make_zip(include_fp=...)``): CellFlux
+reads ``emb_fp.csv`` from the IMPA git repository, so the real archive may lack it.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ import numpy as np
 import pytest
 
 from cellbench.data import layout
-from cellbench.data.download import download_bbbc021
+from cellbench.data.bbbc021 import BBBC021Dataset
+from cellbench.data.catalog import get_card
+from cellbench.data.download import download_bbbc021, has_fingerprints
 from cellbench.data.remote_zip import RemoteZip
-from cellbench.errors import DownloadError
+from cellbench.errors import DataError, DownloadError
 from tests.loopback_http import Served, loopback_server
 
 TAR_NAME = "IMPA_reproducibility/datasets/bbbc021_all.tar"
@@ -54,11 +58,11 @@ def _index_csv() -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-def _fp_csv() -> bytes:
+def _fp_csv(names: tuple[str, ...] = ("DMSO", "taxol"), shift: int = 0) -> bytes:
     header = "," + ",".join(str(i) for i in range(layout.FINGERPRINT_DIM))
     rows = [
-        f"{c}," + ",".join(str((i + j) % 3) for j in range(1024))
-        for i, c in enumerate(("DMSO", "taxol"))
+        f"{c}," + ",".join(str((i + j + shift) % 3) for j in range(1024))
+        for i, c in enumerate(names)
     ]
     return ("\n".join([header, *rows]) + "\n").encode()
 
@@ -146,9 +150,14 @@ def served() -> Iterator[Served]:
         yield s
 
 
-def check_dataset(root: Path) -> None:
+def check_dataset(root: Path, fp: bytes | None = _fp_csv()) -> None:
+    """The dataset at ``root`` is the served one, with fingerprint bytes ``fp`` (None: none)."""
     assert (root / layout.INDEX_RELPATH).read_bytes() == _index_csv()
-    assert (root / layout.FINGERPRINT_RELPATH).read_bytes() == _fp_csv()
+    if fp is None:
+        assert not (root / layout.FINGERPRINT_RELPATH).exists() and not has_fingerprints(root)
+        assert not (root / "embeddings").exists()
+    else:
+        assert (root / layout.FINGERPRINT_RELPATH).read_bytes() == fp
     for i, key in enumerate(KEYS):
         arr = np.load(root / layout.sample_key_to_relpath(key))
         assert arr.dtype == np.uint8 and arr.shape == layout.CROP_SHAPE
@@ -339,11 +348,119 @@ def test_fingerprints_chosen_among_several_candidates(served: Served, tmp_path: 
     check_dataset(download_bbbc021(tmp_path / "two", url=served.url, timeout=TIMEOUT))
 
 
-def test_missing_fingerprints_is_an_error(served: Served, tmp_path: Path):
+@pytest.mark.parametrize("ranges", [True, False])
+@pytest.mark.parametrize("include_fp", [True, False])
+def test_download_finishes_with_or_without_the_fingerprint_member(
+    served: Served, tmp_path: Path, include_fp: bool, ranges: bool
+):
+    served.serve(make_zip(include_fp=include_fp))
+    served.state.ranges = ranges
+    dest = download_bbbc021(tmp_path / "bbbc021", url=served.url, timeout=TIMEOUT)
+    check_dataset(dest, _fp_csv() if include_fp else None)
+    ds = BBBC021Dataset(dest, get_card("bbbc021"))
+    assert ds.has_fingerprints is include_fp
+    assert ds.load_crop(KEYS[2]).shape == layout.CROP_SHAPE  # what scoring reads is there
+    if include_fp:
+        np.testing.assert_array_equal(ds.fingerprint("taxol")[:4], [1, 2, 0, 1])
+    else:  # what needs them says where they go and how to get them, in one line
+        with pytest.raises(DataError) as err:
+            ds.fingerprint("taxol")
+        text = str(err.value)
+        assert "\n" not in text and str(dest / layout.FINGERPRINT_RELPATH) in text
+        assert f"cellbench data download bbbc021 --data-dir {dest} --fingerprints emb_fp.csv" in (
+            text
+        )
+
+
+@pytest.mark.parametrize("include_fp", [True, False])
+def test_fingerprints_option_installs_the_users_file(
+    served: Served, tmp_path: Path, include_fp: bool
+):
+    mine = tmp_path / "emb_fp.csv"
+    mine.write_bytes(_fp_csv(("taxol", "DMSO", "aspirin"), shift=1))
+    served.serve(make_zip(include_fp=include_fp))
+    dest = download_bbbc021(
+        tmp_path / "bbbc021", url=served.url, timeout=TIMEOUT, fingerprints=mine
+    )
+    check_dataset(dest, mine.read_bytes())  # the user's file wins over the archive's
+    ds = BBBC021Dataset(dest, get_card("bbbc021"))
+    np.testing.assert_array_equal(ds.fingerprint("taxol")[:4], [1, 2, 0, 1])
+    assert FP_NAME.encode() not in b"".join(  # the archive's member was never fetched
+        r.encode() for r in served.state.requests if r
+    )
+
+
+def _bad_fingerprint_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    """name -> (a bad fingerprint file, what its error says)."""
+    files = {
+        "narrow": (b",0,1\nDMSO,0,1\ntaxol,1,0\n", "2 value columns, expected the 1024"),
+        "text": (_fp_csv().replace(b"taxol,1,", b"taxol,x,"), "non-numeric"),
+        "empty": (_fp_csv(()), "no rows"),
+        "twice": (_fp_csv(("DMSO", "taxol", "taxol")), "'taxol' more than once"),
+        "binary": (b"\x00\xff\x00PK\x03\x04", "fingerprint CSV"),
+    }
+    out = {}
+    for name, (data, says) in files.items():
+        path = tmp_path / f"{name}.csv"
+        path.write_bytes(data)
+        out[name] = (path, says)
+    out["absent"] = (tmp_path / "nowhere.csv", "no such fingerprint file")
+    return out
+
+
+@pytest.mark.parametrize("kind", ["narrow", "text", "empty", "twice", "binary", "absent"])
+def test_bad_fingerprints_refused_before_any_request(served: Served, tmp_path: Path, kind: str):
+    path, says = _bad_fingerprint_files(tmp_path)[kind]
     served.serve(make_zip(include_fp=False))
-    with pytest.raises(DownloadError, match=r"emb_fp\.csv"):
-        download_bbbc021(tmp_path / "bbbc021", url=served.url, timeout=TIMEOUT)
-    assert not (tmp_path / "bbbc021").exists()
+    dest = tmp_path / "data" / "bbbc021"
+    with pytest.raises(DataError) as err:
+        download_bbbc021(dest, url=served.url, timeout=TIMEOUT, fingerprints=path)
+    text = str(err.value)
+    assert says in text and str(path) in text and "fix: pass the IMPA repository's" in text
+    assert served.state.requests == [] and not (tmp_path / "data").exists()
+
+
+def test_fingerprints_missing_a_compound_leave_nothing_installed(served: Served, tmp_path: Path):
+    partial = tmp_path / "partial.csv"
+    partial.write_bytes(_fp_csv(("DMSO", "nocodazole")))
+    served.serve(make_zip(include_fp=False))
+    dest = tmp_path / "bbbc021"
+    with pytest.raises(DataError, match=r"covers 0 of the dataset's 1 compounds; missing: 'taxol'"):
+        download_bbbc021(dest, url=served.url, timeout=TIMEOUT, fingerprints=partial)
+    assert not dest.exists() and not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
+    # The verified tar stays in the work folder: the retry with a good file fetches nothing.
+    served.reset_log()
+    good = tmp_path / "good.csv"
+    good.write_bytes(_fp_csv())
+    download_bbbc021(dest, url=served.url, timeout=TIMEOUT, fingerprints=good)
+    check_dataset(dest)
+    assert served.state.bytes_served < 70_000  # the central directory only, never the tar again
+
+
+def test_fingerprints_added_to_an_installed_dataset_without_network(served: Served, tmp_path: Path):
+    served.serve(make_zip(include_fp=False))
+    dest = download_bbbc021(tmp_path / "bbbc021", url=served.url, timeout=TIMEOUT)
+    check_dataset(dest, None)
+    served.state.status = 500  # any request would now fail
+    served.reset_log()
+    bad = tmp_path / "partial.csv"
+    bad.write_bytes(_fp_csv(("DMSO",)))
+    with pytest.raises(DataError, match="missing: 'taxol'"):
+        download_bbbc021(dest, url=served.url, timeout=TIMEOUT, fingerprints=bad)
+    check_dataset(dest, None)  # a bad file leaves the dataset as it was
+    good = tmp_path / "emb_fp.csv"
+    good.write_bytes(_fp_csv())
+    for _ in range(2):  # the second call finds the same bytes in place: a no-op
+        assert download_bbbc021(dest, url=served.url, timeout=TIMEOUT, fingerprints=good) == dest
+        check_dataset(dest)
+    other = tmp_path / "other.csv"
+    other.write_bytes(_fp_csv(shift=2))
+    with pytest.raises(DataError, match="already has different fingerprints") as err:
+        download_bbbc021(dest, url=served.url, timeout=TIMEOUT, fingerprints=other)
+    assert f"remove {dest / layout.FINGERPRINT_RELPATH} first" in str(err.value)
+    check_dataset(dest)
+    assert served.state.requests == []
+    assert [p.name for p in (dest / "embeddings" / "csv").iterdir()] == ["emb_fp.csv"]
 
 
 def test_second_call_is_idempotent_without_network(served: Served, tmp_path: Path):
@@ -444,3 +561,39 @@ def test_cli_download_unreachable_is_one_line(tmp_path: Path):
     assert sum(ln.startswith("error:") for ln in lines) == 1
     assert "Traceback" not in res.stderr
     assert not (tmp_path / "bbbc021" / "metadata").exists()
+
+
+def test_cli_download_without_fingerprints_warns_then_adds_them(served: Served, tmp_path: Path):
+    from tests.conftest import run_cli
+
+    served.serve(make_zip(include_fp=False))
+    data = ("data", "download", "bbbc021", "--data-dir", str(tmp_path), "--url", served.url)
+    res = run_cli(*data)
+    assert res.returncode == 0, res.stderr
+    dest = tmp_path / "bbbc021"
+    check_dataset(dest, None)
+    warning = [ln for ln in res.stderr.splitlines() if ln.startswith("warning:")]
+    assert len(warning) == 1 and "scoring does not need them" in warning[0]
+    assert f"--data-dir {dest} --fingerprints emb_fp.csv" in warning[0]
+    proto = run_cli(
+        "protocol", "--dataset", "bbbc021", "--data-dir", str(tmp_path), "--split", "train",
+        "--out", str(tmp_path / "p.csv"),
+    )  # fmt: skip
+    assert proto.returncode == 0, proto.stderr  # the evaluation side needs no fingerprints
+    assert len((tmp_path / "p.csv").read_text().splitlines()) == 3
+    # A bad file: one line naming it and the fix, the dataset unchanged.
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(b",0,1\nDMSO,0,1\n")
+    res = run_cli(*data, "--fingerprints", str(bad))
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert lines[-1].startswith(f"error: {bad}: fingerprint CSV has 2 value columns")
+    assert "fix: pass the IMPA repository's emb_fp.csv" in lines[-1]
+    check_dataset(dest, None)
+    # The good file is added to the installed dataset; no warning any more.
+    good = tmp_path / "emb_fp.csv"
+    good.write_bytes(_fp_csv())
+    res = run_cli(*data, "--fingerprints", str(good))
+    assert res.returncode == 0, res.stderr
+    assert "warning" not in res.stderr and "Adding fingerprints" in res.stderr
+    check_dataset(dest)

@@ -55,8 +55,20 @@ def data_download(
     url: Annotated[
         str | None, typer.Option(help="Override the source URL (a mirror of the IMPA zip).")
     ] = None,
+    fingerprints: Annotated[
+        Path | None,
+        typer.Option(
+            "--fingerprints",
+            help="Compound fingerprint CSV to install as emb_fp.csv (the IMPA repository's); "
+            "also adds it to an already installed dataset, without a download.",
+        ),
+    ] = None,
 ) -> None:
-    """Fetch BBBC021 (only its member of the IMPA Zenodo zip, resumable, verified)."""
+    """Fetch BBBC021 (only its member of the IMPA Zenodo zip, resumable, verified).
+
+    Fingerprints are optional: without --fingerprints and without emb_fp.csv in the archive the
+    dataset installs with a warning; scoring does not need them.
+    """
     from cellbench.data.catalog import get_card
     from cellbench.ui import info, progress
 
@@ -68,10 +80,21 @@ def data_download(
     from cellbench.data import download
 
     root = card.root(data_dir)
-    info(f"Downloading {name} to {root}")
+    installed = download.is_complete(root)
+    if installed and fingerprints is not None:
+        info(f"Adding fingerprints {fingerprints} to {root}")
+    elif not installed:
+        info(f"Downloading {name} to {root}")
     kwargs = {"url": url} if url else {}
     with progress("download", None) as update:
-        download.download_bbbc021(root, on_progress=update, **kwargs)
+        download.download_bbbc021(root, fingerprints=fingerprints, on_progress=update, **kwargs)
+    if not download.has_fingerprints(root):
+        info(
+            "[yellow]warning[/yellow]: installed without compound fingerprints (emb_fp.csv); "
+            "scoring does not need them, generators conditioning on compounds (cellflux, impa, "
+            f"cellfluxrl) do: add the IMPA repository's emb_fp.csv with `cellbench data download "
+            f"{name} --data-dir {root} --fingerprints emb_fp.csv`"
+        )
     info(f"[green]done[/green]: {root}")
 
 

@@ -157,29 +157,27 @@ class BBBC021Dataset:
         return out
 
     # ------------------------------------------------------------------ fingerprints
+    @property
+    def has_fingerprints(self) -> bool:
+        """Whether the dataset folder holds the fingerprint CSV (``emb_fp.csv``; optional)."""
+        return (self.root / layout.FINGERPRINT_RELPATH).is_file()
+
     @functools.cached_property
     def fingerprints(self) -> pd.DataFrame:
-        """Compound x 1024 fingerprint table (float32), indexed by compound name."""
+        """Compound x 1024 fingerprint table (float32), indexed by compound name.
+
+        Only the generators that condition on a compound (CellFlux, IMPA, CellFluxRL) read it;
+        scoring never does, so a dataset installed without ``emb_fp.csv`` scores normally.
+        """
         path = self.root / layout.FINGERPRINT_RELPATH
         if not path.is_file():
             raise DataError(
-                f"no fingerprint CSV at {layout.FINGERPRINT_RELPATH}",
-                path=self.root,
-                fix=_missing_fix(self.card),
-            )
-        try:
-            table = pd.read_csv(path, index_col=0)
-        except (OSError, ValueError, pd.errors.ParserError) as exc:
-            raise DataError(f"unreadable fingerprint CSV ({exc})", path=path) from None
-        table.index = table.index.astype(str)
-        values = table.to_numpy()
-        if not np.issubdtype(values.dtype, np.number) or not np.isfinite(values).all():
-            raise DataError(
-                "fingerprint CSV has non-numeric or non-finite values",
+                "no compound fingerprints (emb_fp.csv); a generator conditioning on compounds "
+                "needs them, scoring does not",
                 path=path,
-                fix="regenerate or re-download the dataset",
+                fix=_missing_fingerprints_fix(self.card, self.root),
             )
-        return table.astype(np.float32)
+        return read_fingerprint_csv(path)
 
     def fingerprint(self, compound: str) -> np.ndarray:
         """The fingerprint vector of ``compound`` (float32)."""
@@ -311,6 +309,40 @@ def _read_index(path: Path) -> pd.DataFrame:
         }
     )
     return out.reset_index(drop=True)
+
+
+def read_fingerprint_csv(path: str | Path) -> pd.DataFrame:
+    """Read a fingerprint CSV (first column the compound name) as a float32 table, checked.
+
+    Raises:
+        DataError: the file is unreadable or holds non-numeric or non-finite values.
+    """
+    path = Path(path)
+    try:
+        table = pd.read_csv(path, index_col=0)
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise DataError(f"unreadable fingerprint CSV ({exc})", path=path) from None
+    if table.empty:
+        raise DataError("fingerprint CSV has no rows", path=path)
+    table.index = table.index.astype(str)
+    values = table.to_numpy()
+    if not np.issubdtype(values.dtype, np.number) or not np.isfinite(values).all():
+        raise DataError(
+            "fingerprint CSV has non-numeric or non-finite values",
+            path=path,
+            fix="regenerate or re-download the dataset",
+        )
+    return table.astype(np.float32)
+
+
+def _missing_fingerprints_fix(card: DatasetCard, root: Path) -> str:
+    if card.simulated:
+        return "regenerate the dataset with `cellbench data sim --out DIR`"
+    return (
+        f"get emb_fp.csv from the IMPA repository and run `cellbench data download {card.name} "
+        f"--data-dir {root} --fingerprints emb_fp.csv`, or copy it to "
+        f"{root / layout.FINGERPRINT_RELPATH}"
+    )
 
 
 def _missing_fix(card: DatasetCard) -> str:

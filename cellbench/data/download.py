@@ -9,8 +9,15 @@ work folder beside the destination and read with :class:`~cellbench.data.remote_
 
 :func:`download_bbbc021` then extracts ``bbbc021_all.tar`` into a temporary sibling of the
 destination (refusing absolute paths, ``..``, links and device files), strips the tar's top folder,
-adds ``embeddings/csv/emb_fp.csv`` (from the tar or from another zip member), checks the layout of
-:mod:`cellbench.data.layout`, and only then renames the folder into place.
+adds ``embeddings/csv/emb_fp.csv``, checks the layout of :mod:`cellbench.data.layout`, and only then
+renames the folder into place.
+
+The fingerprints are optional (README, "Download"): CellFlux's own configuration reads ``emb_fp.csv``
+from the IMPA git repository, so the archive may lack it. They come from a file the user passes
+(``fingerprints=``, checked by :func:`check_fingerprint_file` against the dataset's compounds), else
+from the tar or another zip member; without either the dataset installs without them (scoring never
+reads them; a generator conditioning on compounds says how to add them, see
+:func:`install_fingerprints`).
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ from cellbench.data.remote_zip import (
     check_free_space,
     download_whole,
 )
-from cellbench.errors import DownloadError
+from cellbench.errors import DataError, DownloadError
 from cellbench.io import is_within
 
 IMPA_ZENODO_URL = "https://zenodo.org/records/8307629/files/IMPA_reproducibility.zip"
@@ -127,23 +134,19 @@ def _fetch_fingerprints(
     index_csv: Path,
     work: Path,
     *,
-    where: str,
     on_progress: ProgressFn | None,
-) -> Path:
-    """Find, fetch and return the BBBC021 ``emb_fp.csv`` among the zip members."""
+) -> Path | None:
+    """Find, fetch and return the BBBC021 ``emb_fp.csv`` among the zip members (None if absent).
+
+    None also where several candidates exist and none covers half of the index's compounds.
+    """
     candidates = [
         m
         for m in members
         if not m.is_dir and m.name.lower().endswith(_FP_NAME) and not _unsafe_reason(m.name)
     ]
     if not candidates:
-        csvs = [m.name for m in members if m.name.lower().endswith(".csv")]
-        raise DownloadError(
-            f"no {_FP_NAME} in the BBBC021 tar nor in the zip; csv members: "
-            + _candidates_text(csvs),
-            path=where,
-            fix="check the URL (BBBC021 is in Zenodo record 8307629, IMPA_reproducibility.zip)",
-        )
+        return None
     preferred = [m for m in candidates if "bbbc021" in m.name.lower()] or candidates
     preferred.sort(key=lambda m: len(m.name))
     if len(preferred) == 1:
@@ -158,13 +161,100 @@ def _fetch_fingerprints(
         if best is None or cover > best[0]:
             best = (cover, path)
     if best is None or best[0] < 0.5:
-        raise DownloadError(
-            f"none of the {_FP_NAME} members matches the BBBC021 compounds; candidates: "
-            + _candidates_text(m.name for m in preferred),
-            path=where,
-            fix="report this to the cellbench developers",
-        )
+        return None
     return best[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Fingerprints a user supplies
+
+_FP_FIX = (
+    "pass the IMPA repository's emb_fp.csv (header ',0,1,...,1023', one row per compound), "
+    "or leave out --fingerprints"
+)
+
+
+def check_fingerprint_file(path: str | Path, compounds: Iterable[str] | None = None) -> int:
+    """Check a user's fingerprint CSV; return the number of compounds (rows) it holds.
+
+    The file must read as the layout's ``emb_fp.csv`` (:mod:`cellbench.data.layout`): a first column
+    of compound names, then exactly the value columns ``0 .. 1023``, numeric and finite, no
+    compound twice. With ``compounds`` (the dataset index's CPD_NAME values), every treated
+    compound must have a row (the control, DMSO, may be absent).
+
+    Raises:
+        DataError: one line naming the file, what is wrong with it and the fix.
+    """
+    from cellbench.data.bbbc021 import read_fingerprint_csv
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("no such fingerprint file", path=path, fix=_FP_FIX)
+    try:
+        table = read_fingerprint_csv(path)
+    except DataError as exc:
+        exc.fix = _FP_FIX  # a user's file: the fix is another file, not a re-download
+        raise
+    expected = [str(i) for i in range(layout.FINGERPRINT_DIM)]
+    if [str(c) for c in table.columns] != expected:
+        raise DataError(
+            f"fingerprint CSV has {table.shape[1]} value columns, expected the "
+            f"{layout.FINGERPRINT_DIM} columns 0..{layout.FINGERPRINT_DIM - 1}",
+            path=path,
+            fix=_FP_FIX,
+        )
+    dup = table.index[table.index.duplicated()]
+    if len(dup):
+        raise DataError(
+            f"fingerprint CSV lists compound {dup[0]!r} more than once", path=path, fix=_FP_FIX
+        )
+    if compounds is not None:
+        treated = sorted(set(compounds) - {layout.CONTROL_COMPOUND})
+        missing = [c for c in treated if c not in set(table.index)]
+        if missing:
+            raise DataError(
+                f"fingerprint CSV covers {len(treated) - len(missing)} of the dataset's "
+                f"{len(treated)} compounds; missing: {_candidates_text(missing, limit=6)}",
+                path=path,
+                fix=_FP_FIX,
+            )
+    return len(table)
+
+
+def install_fingerprints(root: str | Path, path: str | Path) -> Path:
+    """Check ``path`` against the dataset at ``root`` and copy it to ``embeddings/csv/emb_fp.csv``.
+
+    The copy is written beside its destination and renamed into place, so a failure leaves the
+    dataset as it was. The same bytes already in place are a no-op; different fingerprints
+    already in place are refused (remove the file first to replace them).
+
+    Returns:
+        The installed file.
+
+    Raises:
+        DataError: a bad file (see :func:`check_fingerprint_file`) or differing fingerprints.
+    """
+    root, path = Path(root), Path(path)
+    check_fingerprint_file(path, _read_index_compounds(root / layout.INDEX_RELPATH))
+    dest = root / layout.FINGERPRINT_RELPATH
+    if dest.is_file():
+        if dest.read_bytes() == path.read_bytes():
+            return dest
+        raise DataError(
+            "the dataset already has different fingerprints",
+            path=dest,
+            fix=f"remove {dest} first to replace them with {path}",
+        )
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
+    os.close(fd)
+    try:
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return dest
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,17 +346,11 @@ def _extract_tar(tar_path: Path, target: Path) -> None:
 
 
 def _verify_layout(root: Path) -> None:
-    """Check an extracted dataset: the index CSV, the fingerprints and the first crops exist."""
+    """Check an extracted dataset: the index CSV and the first crops exist."""
     index = root / layout.INDEX_RELPATH
     if not index.is_file():
         raise DownloadError(
             f"the extracted dataset has no {layout.INDEX_RELPATH}", path=root, fix=REDOWNLOAD_FIX
-        )
-    if not (root / layout.FINGERPRINT_RELPATH).is_file():
-        raise DownloadError(
-            f"the extracted dataset has no {layout.FINGERPRINT_RELPATH}",
-            path=root,
-            fix=REDOWNLOAD_FIX,
         )
     with open(index, newline="", encoding="utf-8", errors="replace") as fh:
         reader = csv.reader(fh)
@@ -293,9 +377,17 @@ def _verify_layout(root: Path) -> None:
 
 
 def is_complete(root: str | Path) -> bool:
-    """True if ``root`` holds the index CSV and the fingerprints of a BBBC021 dataset."""
-    root = Path(root)
-    return (root / layout.INDEX_RELPATH).is_file() and (root / layout.FINGERPRINT_RELPATH).is_file()
+    """True if ``root`` holds an installed BBBC021 dataset (its index CSV; fingerprints optional).
+
+    A dataset folder appears only by renaming a verified staging folder into place, so its index
+    marks a finished download.
+    """
+    return (Path(root) / layout.INDEX_RELPATH).is_file()
+
+
+def has_fingerprints(root: str | Path) -> bool:
+    """True if the dataset at ``root`` holds ``embeddings/csv/emb_fp.csv``."""
+    return (Path(root) / layout.FINGERPRINT_RELPATH).is_file()
 
 
 def _zip_filename(url: str) -> str:
@@ -323,19 +415,25 @@ def download_bbbc021(
     dest_root: str | Path,
     *,
     url: str = IMPA_ZENODO_URL,
+    fingerprints: str | Path | None = None,
     on_progress: ProgressFn | None = None,
     timeout: float = 60.0,
 ) -> Path:
     """Fetch only the BBBC021 members of the IMPA zip and leave the dataset at ``dest_root``.
 
     ``dest_root`` is the folder that will contain ``metadata/``, ``embeddings/`` and ``Week*/``. If
-    it already holds a complete dataset (index CSV + fingerprints) it is returned at once, without a
-    network request. Partial downloads are kept in ``.<name>.download/`` beside ``dest_root`` and
-    resumed by the next call; the dataset folder appears only once it is complete and verified.
+    it already holds an installed dataset it is returned at once, without a network request (after
+    installing ``fingerprints`` into it, if given). Partial downloads are kept in
+    ``.<name>.download/`` beside ``dest_root`` and resumed by the next call; the dataset folder
+    appears only once it is complete and verified. The fingerprints are optional: check
+    :func:`has_fingerprints` afterwards.
 
     Args:
         dest_root: the dataset folder to create.
         url: the zip's URL (default: Zenodo record 8307629).
+        fingerprints: a fingerprint CSV to install as ``emb_fp.csv`` (e.g. the IMPA repository's);
+            its form is checked before any network request, its compounds once the index is
+            extracted. Without it the archive's ``emb_fp.csv`` is used where there is one.
         on_progress: called as ``on_progress(done_bytes, total_bytes)`` while bytes arrive; the
             total grows if a further member (the fingerprints) must be fetched.
         timeout: seconds to wait for the server on each network operation.
@@ -346,9 +444,15 @@ def download_bbbc021(
     Raises:
         DownloadError: network/HTTP failures, data failing verification, unsafe archive members,
             a zip without BBBC021, or a non-empty ``dest_root`` that is not a complete dataset.
+        DataError: a bad ``fingerprints`` file (nothing is installed then).
     """
     dest_root = Path(dest_root).expanduser().absolute()
+    fp_file = None if fingerprints is None else Path(fingerprints).expanduser().absolute()
+    if fp_file is not None:
+        check_fingerprint_file(fp_file)  # its form, before any byte is fetched
     if is_complete(dest_root):
+        if fp_file is not None:
+            install_fingerprints(dest_root, fp_file)
         return dest_root
     if dest_root.exists() and (not dest_root.is_dir() or any(dest_root.iterdir())):
         raise DownloadError(
@@ -364,7 +468,9 @@ def download_bbbc021(
         shutil.rmtree(stale, ignore_errors=True)
 
     try:
-        _fetch_and_install(dest_root, work, url=url, on_progress=on_progress, timeout=timeout)
+        _fetch_and_install(
+            dest_root, work, url=url, fp_file=fp_file, on_progress=on_progress, timeout=timeout
+        )
     finally:
         with contextlib.suppress(OSError):
             work.rmdir()  # only if empty: partial downloads stay for the next run
@@ -372,7 +478,13 @@ def download_bbbc021(
 
 
 def _fetch_and_install(
-    dest_root: Path, work: Path, *, url: str, on_progress: ProgressFn | None, timeout: float
+    dest_root: Path,
+    work: Path,
+    *,
+    url: str,
+    fp_file: Path | None,
+    on_progress: ProgressFn | None,
+    timeout: float,
 ) -> None:
     """Fetch the members into ``work``, extract into a staging folder, rename onto ``dest_root``."""
     parent = dest_root.parent
@@ -402,8 +514,12 @@ def _fetch_and_install(
     staging = Path(tempfile.mkdtemp(prefix=f".{dest_root.name}.partial-", dir=parent))
     try:
         _extract_tar(tar_path, staging)
+        _verify_layout(staging)
         fp_dest = staging / layout.FINGERPRINT_RELPATH
-        if not fp_dest.is_file():
+        if fp_file is not None:  # the user's file wins over the archive's
+            fp_dest.unlink(missing_ok=True)
+            install_fingerprints(staging, fp_file)
+        elif not fp_dest.is_file():
             if isinstance(source, RemoteZip):
                 offset = tar_member.compressed_size
             fp_path = _fetch_fingerprints(
@@ -411,12 +527,11 @@ def _fetch_and_install(
                 members,
                 staging / layout.INDEX_RELPATH,
                 work,
-                where=url,
                 on_progress=report if isinstance(source, RemoteZip) else None,
             )
-            fp_dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(fp_path, fp_dest)
-        _verify_layout(staging)
+            if fp_path is not None:
+                fp_dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(fp_path, fp_dest)
         if dest_root.is_dir():
             dest_root.rmdir()  # checked empty above
         os.replace(staging, dest_root)

@@ -33,6 +33,9 @@ class PairedCropDataset(Dataset):
     Items are dicts: ``control`` and ``target`` (float32 3x96x96 in [-1, 1]), ``fingerprint``
     (float32 1024), ``compound_idx`` (index into :attr:`compounds`), ``moa_idx`` (index into
     :data:`cellbench.data.layout.MOAS`), ``dose`` (float), ``target_key``, ``control_key``.
+    A dataset installed without fingerprints (README, "Download") gives items without
+    ``fingerprint``: a generator conditioning on classes trains, one reading fingerprints stops
+    earlier at ``dataset.fingerprints`` with the message saying how to add them.
     """
 
     def __init__(self, dataset: BBBC021Dataset, split: str = "train", seed: int = 0):
@@ -44,7 +47,11 @@ class PairedCropDataset(Dataset):
         self._controls = rows[rows["is_control"]]
         self.compounds: list[str] = sorted(self._treated["CPD_NAME"].unique())
         self._compound_idx = {c: i for i, c in enumerate(self.compounds)}
-        self._fingerprints = np.stack([dataset.fingerprint(c) for c in self.compounds])
+        self._fingerprints = (
+            np.stack([dataset.fingerprint(c) for c in self.compounds])
+            if dataset.has_fingerprints
+            else None
+        )
         self.epoch = 0
         self._pair()
 
@@ -65,13 +72,14 @@ class PairedCropDataset(Dataset):
         c_idx = self._compound_idx[row["CPD_NAME"]]
         target = self.dataset.load_crop(row["SAMPLE_KEY"])
         control = self.dataset.load_crop(self._control_keys[i])
-        return {
-            "control": to_model_range(control),
-            "target": to_model_range(target),
-            "fingerprint": torch.from_numpy(self._fingerprints[c_idx]),
-            "compound_idx": c_idx,
-            "moa_idx": MOAS.index(row["ANNOT"]) if row["ANNOT"] in MOAS else -1,
-            "dose": float(row["DOSE"]),
-            "target_key": row["SAMPLE_KEY"],
-            "control_key": self._control_keys[i],
-        }
+        item: dict = {"control": to_model_range(control), "target": to_model_range(target)}
+        if self._fingerprints is not None:  # absent where the dataset has no emb_fp.csv
+            item["fingerprint"] = torch.from_numpy(self._fingerprints[c_idx])
+        item.update(
+            compound_idx=c_idx,
+            moa_idx=MOAS.index(row["ANNOT"]) if row["ANNOT"] in MOAS else -1,
+            dose=float(row["DOSE"]),
+            target_key=row["SAMPLE_KEY"],
+            control_key=self._control_keys[i],
+        )
+        return item
