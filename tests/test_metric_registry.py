@@ -139,3 +139,20 @@ def test_toy_metric_on_the_leaderboard_page(toy, tmp_path: Path) -> None:
     assert re.search(r'>Toy nuclei <span class="dir"[^>]*>↑<', html)
     value = json.loads((folder / "results.json").read_text())["metrics"]["toy_nuclei"]["value"]
     assert f">{value:.3f}<" in html
+
+
+def test_a_set_metric_the_builder_cannot_compute_is_refused_at_registration() -> None:
+    """A set-level entry other than fid_kid_summary's distances fails when registered, not
+    in the middle of an evaluation; an unknown kind likewise."""
+    from dataclasses import replace
+
+    from cellbench.metrics.registry import DISTANCE_FUNCTION, register_metric
+
+    swd = replace(TOY, name="swd", kind="set", function="tests.test_metric_registry:toy_nuclei")
+    with pytest.raises(ValueError, match=r"only the .* distances"):
+        register_metric(swd)
+    with pytest.raises(ValueError, match=r"only the .* distances"):
+        register_metric(replace(swd, function=DISTANCE_FUNCTION))  # not one of its fields
+    with pytest.raises(ValueError, match="unknown kind"):
+        register_metric(replace(TOY, kind="pairwise"))
+    assert "swd" not in METRICS and TOY.name not in METRICS

@@ -39,6 +39,8 @@ MetricKind = Literal["suite", "per_image", "set"]
 SUITE_FUNCTION = "cellbench.metrics.rewards:compute_rewards"
 #: target of the set-level distances
 DISTANCE_FUNCTION = "cellbench.metrics.fid:fid_kid_summary"
+#: the set-level distances :func:`cellbench.metrics.fid.fid_kid_summary` computes (its fields)
+DISTANCE_NAMES: tuple[str, ...] = ("fid_o", "fid_c", "kid_o", "kid_c")
 #: the metric the leaderboard ranks by (its first column)
 RANK_METRIC = "overall"
 
@@ -104,7 +106,22 @@ class PerImageInputs:
 
 
 def register_metric(spec: MetricSpec) -> None:
-    """Add ``spec`` to :data:`METRICS` (its name must be new)."""
+    """Add ``spec`` to :data:`METRICS` (its name must be new).
+
+    A ``kind="set"`` entry must be one of the distances the builder computes
+    (:data:`DISTANCE_NAMES`, through :data:`DISTANCE_FUNCTION`): another set-level metric needs its
+    own code in :mod:`cellbench.results.builder`, so it is refused here, at registration, rather
+    than in the middle of an evaluation.
+    """
+    if spec.kind not in ("suite", "per_image", "set"):
+        raise ValueError(f"metric {spec.name!r}: unknown kind {spec.kind!r}")
+    if spec.kind == "set" and (
+        spec.function != DISTANCE_FUNCTION or spec.name not in DISTANCE_NAMES
+    ):
+        raise ValueError(
+            f"set-level metric {spec.name!r}: only the {DISTANCE_FUNCTION} distances "
+            f"{', '.join(DISTANCE_NAMES)} are computed by cellbench.results.builder"
+        )
     fields = asdict(spec)
     name, summary, function = fields.pop("name"), fields.pop("summary"), fields.pop("function")
     METRICS.register(name, function, summary=summary, **fields)
