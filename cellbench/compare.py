@@ -26,11 +26,18 @@ from typing import Any
 import numpy as np
 
 from cellbench.errors import CellbenchError
-from cellbench.evaluation import FID_ORDER, METRIC_ORDER, RESULT_SCHEMA, result_paths
 from cellbench.metrics.bootstrap import CI_LEVEL, N_BOOTSTRAP, Estimate, bootstrap_mean
+from cellbench.metrics.registry import per_image_names, set_names
+from cellbench.results.builder import result_paths
+from cellbench.results.document import RESULT_SCHEMA
 
 #: the per-image metrics compared task by task, in the order they are reported
-PAIRED_METRICS: tuple[str, ...] = ("overall", *(m for m in METRIC_ORDER if m != "overall"))
+
+
+def paired_metrics() -> tuple[str, ...]:
+    """The per-image metrics compared, ``overall`` first, then the registry's order."""
+    return ("overall", *(m for m in per_image_names() if m != "overall"))
+
 
 #: per task id, per metric: the task's value (the mean over its images)
 TaskValues = dict[str, dict[str, float]]
@@ -105,14 +112,14 @@ def check_comparable(a: Mapping[str, Any], b: Mapping[str, Any], b_path: str | P
             )
 
 
-def read_task_values(csv_path: str | Path, metrics: Iterable[str] = PAIRED_METRICS) -> TaskValues:
+def read_task_values(csv_path: str | Path, metrics: Iterable[str] | None = None) -> TaskValues:
     """Per task, per metric, the mean over the task's images in a per-image CSV of ``eval``.
 
     Empty cells (a metric not computed, e.g. ``moa`` in a result scored with ``--no-fid``) are
     skipped, so a task has only the metrics that were scored.
     """
     csv_path = Path(csv_path)
-    metrics = tuple(metrics)
+    metrics = paired_metrics() if metrics is None else tuple(metrics)
     sums: dict[str, dict[str, list[float]]] = {}
     try:
         with open(csv_path, newline="", encoding="utf-8") as fh:
@@ -156,7 +163,7 @@ def read_task_values(csv_path: str | Path, metrics: Iterable[str] = PAIRED_METRI
 def paired_differences(
     a: TaskValues,
     b: TaskValues,
-    metrics: Iterable[str] = PAIRED_METRICS,
+    metrics: Iterable[str] | None = None,
     *,
     seed: int = 0,
     n_boot: int = N_BOOTSTRAP,
@@ -169,7 +176,7 @@ def paired_differences(
     """
     shared = sorted(set(a) & set(b))
     out: dict[str, Estimate] = {}
-    for m in metrics:
+    for m in paired_metrics() if metrics is None else metrics:
         tasks = [t for t in shared if m in a[t] and m in b[t]]
         if tasks:
             diff = np.array([b[t][m] - a[t][m] for t in tasks], dtype=np.float64)
@@ -214,7 +221,7 @@ def compare_results(
         )
     paired = paired_differences(tasks_a, tasks_b, seed=seed, n_boot=n_boot)
     set_level = {}
-    for m in FID_ORDER:
+    for m in set_names():
         va, vb = _set_value(doc_a, m), _set_value(doc_b, m)
         if va is not None and vb is not None:
             set_level[m] = {"a": va, "b": vb, "difference": round(vb - va, 6)}

@@ -20,7 +20,6 @@ import pandas as pd
 
 from cellbench.data.bbbc021 import BBBC021Dataset, open_dataset
 from cellbench.errors import CellbenchError, ProtocolError
-from cellbench.metrics.registry import per_image_names, set_names
 from cellbench.protocol import PROTOCOL_VERSION, build_protocol, protocol_sha256, read_protocol
 from cellbench.results.builder import (
     aggregate,
@@ -36,14 +35,7 @@ from cellbench.scoring.artifacts import Artifacts
 from cellbench.scoring.images import reference_arrays, score_images
 from cellbench.scoring.scorer import Scorer
 
-#: the built-in metrics, in document order (the registry, :mod:`cellbench.metrics.registry`, is
-#: the source: these are its names when cellbench is imported, kept for older callers)
-METRIC_ORDER: tuple[str, ...] = per_image_names()
-FID_ORDER: tuple[str, ...] = set_names()
-
 __all__ = [
-    "FID_ORDER",
-    "METRIC_ORDER",
     "RESULT_SCHEMA",
     "ImageArrays",
     "Scorer",

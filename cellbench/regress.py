@@ -116,10 +116,11 @@ def load_set(folder: Path) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------- scoring
 def score_set(folder: Path) -> dict[str, Any]:
     """Score the committed set with the real pipeline; returns the document ``expected.json`` holds."""
-    from cellbench.evaluation import METRIC_ORDER
     from cellbench.metrics.bootstrap import bootstrap_mean
     from cellbench.metrics.fid import fid_kid_summary
+    from cellbench.metrics.registry import set_names
     from cellbench.metrics.rewards import SUITE_VERSION
+    from cellbench.results.builder import per_image_values
     from cellbench.scoring import Artifacts, Scorer
 
     data = load_set(folder)
@@ -130,15 +131,15 @@ def score_set(folder: Path) -> dict[str, Any]:
     feats = scorer.features(images)
     seg = feats.seg
     real_inc = scorer.inception_features(data["real"])
-    rewards = scorer.rewards(seg, feats.probs, moas)
+    rewards = per_image_values(scorer, seg, feats.probs, moas)  # every registered per-image metric
     fid = fid_kid_summary(
         feats.inception, compounds, real_inc, [r["compound"] for r in data["real_table"]], seed=SEED
     )
     per_image: dict[str, list[float | None]] = {
         f"feature:{name}": _finite_list(seg[:, j]) for j, name in enumerate(scorer.feature_names)
     }
-    for m in METRIC_ORDER:
-        per_image[m] = _finite_list(rewards[m])
+    for m, values in rewards.items():
+        per_image[m] = _finite_list(values)
     return {
         "schema": SCHEMA,
         "metric_suite_version": SUITE_VERSION,
@@ -151,11 +152,8 @@ def score_set(folder: Path) -> dict[str, Any]:
         "tolerances": TOLERANCES,
         "labels": [r["label"] for r in table],
         "per_image": per_image,
-        "means": {m: bootstrap_mean(rewards[m], seed=SEED).as_dict() for m in METRIC_ORDER},
-        "fid_kid": {
-            name: _finite_list([getattr(fid, name)])[0]
-            for name in ("fid_o", "fid_c", "kid_o", "kid_c")
-        },
+        "means": {m: bootstrap_mean(v, seed=SEED).as_dict() for m, v in rewards.items()},
+        "fid_kid": {name: _finite_list([getattr(fid, name)])[0] for name in set_names()},
     }
 
 
