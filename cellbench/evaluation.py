@@ -22,36 +22,17 @@ from cellbench.data.bbbc021 import BBBC021Dataset, open_dataset
 from cellbench.errors import CellbenchError, ProtocolError
 from cellbench.protocol import PROTOCOL_VERSION, build_protocol, protocol_sha256, read_protocol
 from cellbench.results.builder import (
-    aggregate,
     build_document,
-    images_digest,
     result_paths,
     shard_tasks,
     write_results,
 )
-from cellbench.results.document import RESULT_SCHEMA
 from cellbench.scoring.arrays import ImageArrays, concat_arrays
 from cellbench.scoring.artifacts import Artifacts
-from cellbench.scoring.images import reference_arrays, score_images
+from cellbench.scoring.images import score_images
 from cellbench.scoring.scorer import Scorer
 
-__all__ = [
-    "RESULT_SCHEMA",
-    "ImageArrays",
-    "Scorer",
-    "aggregate",
-    "build_document",
-    "evaluate",
-    "images_digest",
-    "load_protocol_for",
-    "merge_shards",
-    "parse_shard",
-    "reference_arrays",
-    "result_paths",
-    "score_images",
-    "shard_tasks",
-    "write_results",
-]
+__all__ = ["evaluate", "load_protocol_for", "merge_shards", "parse_shard"]
 
 Progress = Callable[[str, int, int], None]
 

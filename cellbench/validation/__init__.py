@@ -3,7 +3,7 @@
 * :mod:`cellbench.validation.defects`: each defect is a pure function
   ``(crops, severity, rng, ...) -> crops`` aimed at one reward (or at FID/KID);
 * :mod:`cellbench.validation.report`: every defect at several severities through the same
-  :class:`~cellbench.scoring.Scorer` and :func:`~cellbench.evaluation.aggregate` as
+  :class:`~cellbench.scoring.Scorer` and :func:`~cellbench.results.builder.aggregate` as
   ``cellbench eval``, written as a markdown report with figures (``cellbench validate-metrics``).
 """
 

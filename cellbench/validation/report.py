@@ -5,7 +5,7 @@ the protocol's tasks is answered with the real target crops (the undamaged basel
 exactly the real reference row) and with the same crops damaged by each defect of
 :mod:`cellbench.validation.defects`. Every image set goes through the same
 :class:`~cellbench.scoring.Scorer` (segmentation, Inception, MoA classifier) and the same
-:func:`~cellbench.evaluation.aggregate` (rewards, bootstrap, FID/KID) as ``cellbench eval``.
+:func:`~cellbench.results.builder.aggregate` (rewards, bootstrap, FID/KID) as ``cellbench eval``.
 
 Sensitivity of metric r to defect d at severity s: the mean over images of the paired per-image
 change r(damaged) - r(undamaged), with a 95% percentile bootstrap interval (the same
