@@ -84,6 +84,24 @@ def build_mini_dataset(root: Path, *, state_style: str = "int", seed: int = 0) -
     return root
 
 
+def make_tiny_sim(root: Path, mp: pytest.MonkeyPatch):
+    """A tiny ``bbbc021-sim`` (seed 0) under ``root/data`` and its test protocol (seed 0).
+
+    ``mp`` points the reference-feature cache at ``root/cache`` and silences progress for as long
+    as the caller keeps it. Returns ``(dataset, protocol table)``.
+    """
+    from cellbench.data.bbbc021 import BBBC021Dataset
+    from cellbench.data.catalog import get_card
+    from cellbench.data.sim import write_sim_dataset
+    from cellbench.protocol import build_protocol
+
+    mp.setenv("CELLBENCH_CACHE_DIR", str(root / "cache"))
+    mp.setenv("CELLBENCH_PROGRESS", "0")
+    write_sim_dataset(root / "data" / "bbbc021-sim", seed=0, scale="tiny")
+    ds = BBBC021Dataset(root / "data" / "bbbc021-sim", get_card("bbbc021-sim"))
+    return ds, build_protocol(ds, "test", 0)
+
+
 @pytest.fixture
 def mini_root(tmp_path: Path) -> Path:
     return build_mini_dataset(tmp_path / "mini")

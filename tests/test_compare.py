@@ -11,14 +11,11 @@ import pandas as pd
 import pytest
 
 from cellbench.compare import compare_results, paired_differences, read_task_values
-from cellbench.data.bbbc021 import BBBC021Dataset
-from cellbench.data.catalog import get_card
-from cellbench.data.sim import write_sim_dataset
 from cellbench.errors import CellbenchError
 from cellbench.evaluation import evaluate
 from cellbench.metrics.bootstrap import bootstrap_mean
-from cellbench.protocol import build_protocol, write_protocol
-from tests.conftest import run_cli
+from cellbench.protocol import write_protocol
+from tests.conftest import make_tiny_sim, run_cli
 
 MORPHOLOGY = ("roundness", "nuc_size", "cyto_size", "nuc_count", "cyto_count")
 
@@ -28,12 +25,8 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Two results on one tiny protocol (no Inception pass): `identity` and noise images."""
     mp = pytest.MonkeyPatch()
     root = tmp_path_factory.mktemp("compare")
-    mp.setenv("CELLBENCH_CACHE_DIR", str(root / "cache"))
-    mp.setenv("CELLBENCH_PROGRESS", "0")
     data = root / "data"
-    write_sim_dataset(data / "bbbc021-sim", seed=0, scale="tiny")
-    ds = BBBC021Dataset(data / "bbbc021-sim", get_card("bbbc021-sim"))
-    table = build_protocol(ds, "test", 0)
+    ds, table = make_tiny_sim(root, mp)
     write_protocol(table, root / "protocol.csv")
     out = {"root": root}
     rng = np.random.default_rng(0)

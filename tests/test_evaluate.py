@@ -9,13 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cellbench.data.bbbc021 import BBBC021Dataset
-from cellbench.data.catalog import get_card
-from cellbench.data.sim import write_sim_dataset
 from cellbench.evaluation import evaluate, merge_shards
 from cellbench.metrics.bootstrap import bootstrap_mean
-from cellbench.protocol import build_protocol, write_protocol
-from tests.conftest import run_cli
+from cellbench.protocol import write_protocol
+from tests.conftest import make_tiny_sim, run_cli
 
 REWARDS = ("moa", "nuc_in_cyto", "roundness", "nuc_size", "cyto_size", "nuc_count", "cyto_count")
 
@@ -25,12 +22,8 @@ def world(tmp_path_factory: pytest.TempPathFactory):
     """A tiny simulated dataset, its protocol and the image folders of a few fake generators."""
     mp = pytest.MonkeyPatch()
     root = tmp_path_factory.mktemp("eval")
-    mp.setenv("CELLBENCH_CACHE_DIR", str(root / "cache"))
-    mp.setenv("CELLBENCH_PROGRESS", "0")
     data = root / "data"
-    write_sim_dataset(data / "bbbc021-sim", seed=0, scale="tiny")
-    ds = BBBC021Dataset(data / "bbbc021-sim", get_card("bbbc021-sim"))
-    table = build_protocol(ds, "test", 0)
+    ds, table = make_tiny_sim(root, mp)
     write_protocol(table, root / "protocol.csv")
     rng = np.random.default_rng(0)
     # "wrong compounds": each task gets the real target of a task with another MoA

@@ -18,13 +18,10 @@ import pytest
 import torch
 
 import cellbench
-from cellbench.data.bbbc021 import BBBC021Dataset
-from cellbench.data.catalog import get_card
-from cellbench.data.sim import write_sim_dataset
 from cellbench.errors import CellbenchError
-from cellbench.protocol import build_protocol, write_protocol
+from cellbench.protocol import write_protocol
 from cellbench.scoring.metric import CellbenchMetric
-from tests.conftest import run_cli
+from tests.conftest import make_tiny_sim, run_cli
 
 #: two compounds of the tiny sim with 4 test tasks each: 8 images, the fewest that give every
 #: FID/KID number (each compound's split half needs 2 crops a side)
@@ -37,12 +34,8 @@ def world(tmp_path_factory: pytest.TempPathFactory):
     folder scored by the real ``cellbench eval`` and as a tensor scored by ``cellbench.evaluate``."""
     mp = pytest.MonkeyPatch()
     root = tmp_path_factory.mktemp("metric")
-    mp.setenv("CELLBENCH_CACHE_DIR", str(root / "cache"))
-    mp.setenv("CELLBENCH_PROGRESS", "0")
     data = root / "data"
-    write_sim_dataset(data / "bbbc021-sim", seed=0, scale="tiny")
-    ds = BBBC021Dataset(data / "bbbc021-sim", get_card("bbbc021-sim"))
-    full = build_protocol(ds, "test", 0)
+    ds, full = make_tiny_sim(root, mp)
     table = full[full["compound"].isin(COMPOUNDS)].reset_index(drop=True)
     assert len(table) == 8
     protocol = root / "protocol.csv"

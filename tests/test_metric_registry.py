@@ -70,18 +70,11 @@ def test_registry_entries_carry_everything_consumers_need() -> None:
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory):
-    from cellbench.data.bbbc021 import BBBC021Dataset
-    from cellbench.data.catalog import get_card
-    from cellbench.data.sim import write_sim_dataset
-    from cellbench.protocol import build_protocol
+    from tests.conftest import make_tiny_sim
 
     mp = pytest.MonkeyPatch()
     root = tmp_path_factory.mktemp("toy")
-    mp.setenv("CELLBENCH_CACHE_DIR", str(root / "cache"))
-    mp.setenv("CELLBENCH_PROGRESS", "0")
-    write_sim_dataset(root / "data" / "bbbc021-sim", seed=0, scale="tiny")
-    ds = BBBC021Dataset(root / "data" / "bbbc021-sim", get_card("bbbc021-sim"))
-    table = build_protocol(ds, "test", 0)
+    ds, table = make_tiny_sim(root, mp)
     (root / "identity").mkdir()
     for r in table.itertuples():
         np.save(root / "identity" / f"{r.task_id}.npy", ds.load_crop(r.control_key))
