@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from cellbench.errors import CellbenchError
-from cellbench.io import atomic_write_text, sha256_file
+from cellbench.io import atomic_write_text, read_json_object, sha256_file
 
 #: the file name of the record (ignored by the image matching of :mod:`cellbench.images`)
 GENERATION_FILE = "generation.json"
@@ -99,20 +99,10 @@ def read_generation_record(folder: str | Path) -> dict[str, Any] | None:
     path = Path(folder) / GENERATION_FILE
     if not path.is_file():
         return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise CellbenchError(
-            f"unreadable generation record ({type(exc).__name__})",
-            path=path,
-            fix="regenerate the images or delete the file",
-        ) from None
-    if not isinstance(data, dict) or data.get("format") != GENERATION_FORMAT:
-        raise CellbenchError(
-            "not a cellbench generation record",
-            path=path,
-            fix="regenerate the images or delete the file",
-        )
+    fix = "regenerate the images or delete the file"
+    data = read_json_object(path, "generation record", fix)
+    if data.get("format") != GENERATION_FORMAT:
+        raise CellbenchError("not a cellbench generation record", path=path, fix=fix)
     n = data.get("best_of_n")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise CellbenchError(

@@ -1,4 +1,4 @@
-"""Small file helpers: atomic writes and content hashes.
+"""Small file helpers: atomic writes, content hashes and a checked JSON-object reader.
 
 Outputs are written to a temporary file in the destination folder and renamed into place, so an
 interrupted run never leaves a file that looks complete.
@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+from cellbench.errors import CellbenchError
 
 _CHUNK = 1 << 20
 
@@ -72,3 +76,17 @@ def is_within(path: str | Path, folder: str | Path) -> bool:
     except ValueError:
         return False
     return True
+
+
+def read_json_object(path: str | Path, what: str, fix: str) -> dict[str, Any]:
+    """The JSON object in ``path``; unreadable, not JSON or not an object: a one-line
+    :class:`~cellbench.errors.CellbenchError` that names ``what``, the file and ``fix``."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CellbenchError(
+            f"unreadable {what} ({type(exc).__name__})", path=path, fix=fix
+        ) from None
+    if not isinstance(data, dict):
+        raise CellbenchError(f"{what} is not a JSON object", path=path, fix=fix)
+    return data

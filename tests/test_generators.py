@@ -153,3 +153,23 @@ def test_generate_cli_resume_checks_the_settings(mini_root: Path, tmp_path: Path
     (out / "generation.json").write_text("[1, 2")
     torn = run_cli(*gen, "--out", str(out), "--seed", "3", "--resume")
     assert torn.returncode == 2 and "unreadable settings of the earlier run" in torn.stderr
+
+
+def test_read_generation_record_refuses_what_is_not_a_record(tmp_path: Path) -> None:
+    """Torn JSON, a JSON list and a foreign object each give one line naming the file."""
+    import re
+
+    from cellbench.errors import CellbenchError
+    from cellbench.generation import GENERATION_FILE, read_generation_record
+
+    assert read_generation_record(tmp_path) is None
+    path = tmp_path / GENERATION_FILE
+    for text, message in (
+        ('{"format": "cellbench-gen', "unreadable generation record (JSONDecodeError)"),
+        ("[1, 2]", "generation record is not a JSON object"),
+        ('{"format": "other"}', "not a cellbench generation record"),
+    ):
+        path.write_text(text)
+        with pytest.raises(CellbenchError, match=re.escape(message)) as exc:
+            read_generation_record(tmp_path)
+        assert str(path) in str(exc.value)

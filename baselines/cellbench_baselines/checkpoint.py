@@ -41,7 +41,7 @@ from torch import nn
 from cellbench.data.bbbc021 import BBBC021Dataset
 from cellbench.errors import CellbenchError
 from cellbench.generators import Generator
-from cellbench.io import sha256_file
+from cellbench.io import read_json_object, sha256_file
 from cellbench_baselines.common import resolve_device
 from cellbench_baselines.config import resolve_config
 
@@ -105,15 +105,7 @@ def read_json(path: Path, what: str) -> dict:
     """A JSON object file of a checkpoint; missing, unreadable or not an object: CellbenchError."""
     if not path.is_file():
         raise CellbenchError(f"{what} is missing", path=path, fix="check the checkpoint path")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise CellbenchError(
-            f"unreadable {what} ({type(exc).__name__})", path=path, fix="re-run training"
-        ) from None
-    if not isinstance(data, dict):
-        raise CellbenchError(f"{what} is not a JSON object", path=path, fix="re-run training")
-    return data
+    return read_json_object(path, what, "re-run training")
 
 
 def complete_checkpoints(run_dir: str | Path) -> list[Path]:
