@@ -26,7 +26,7 @@ CHUNK = 256
 #: $CELLBENCH_WORKERS, :func:`cellbench.workers.worker_count`); each image's features are the
 #: same either way
 POOL_MIN_IMAGES = 256
-POOL_CHUNK = 64
+POOL_CHUNK = 128
 _POOL: list = []
 
 

@@ -1,60 +1,67 @@
-"""The default ``classical`` segmentation backend, version 2 (scikit-image, no weights).
+"""The default ``classical`` segmentation backend, version 3 (scikit-image, no weights).
 
-Scale-aware nuclei, cells by a seeded watershed.
+Scale-aware nuclei, cells by a seeded watershed, every step run once per batch of crops.
 
-Nuclei (:func:`segment_nuclei`, one 2-D DNA image of any size and dtype). Every length is a multiple
-of the nucleus radius ``r``, so the same parameters serve 96x96 crops (nuclei 10-25 px across) and
-1000-px fields (nuclei 8-50 px across):
+Nuclei (:func:`segment_nuclei_stack`, a stack of 2-D DNA images of one size; :func:`segment_nuclei`
+for one image of any size and dtype). Every length is a multiple of the nucleus radius ``r``, so
+the same parameters serve 96x96 crops (nuclei 10-25 px across) and 1000-px fields (nuclei 6-100 px
+across):
 
-1. ``r`` is estimated from the image (:func:`estimate_radius`): for candidate radii 4, 6, 9, 13, 20
-   and 30 px, the background is removed at the candidate's scale and the radius of what Otsu's
-   threshold then finds is measured (1.2 x the median over blobs of the largest inscribed distance,
-   which touching nuclei do not inflate); the answer is the measurement at the largest candidate
-   that agrees with it (measurement within 0.8-1.5 x the candidate, and not a jump of more than
-   2.5x over the next smaller candidate, which signals background leaking in);
+1. ``r`` is estimated per image (:func:`estimate_radii`) as the largest self-consistent scale: start
+   from the largest radius the image allows (``max_radius``, 64 px, or a quarter of the longer
+   side); remove the background at that scale (step 2), threshold at Otsu's level and measure the
+   radius of what is found (1.2 x the median over blobs of the largest inscribed distance; touching
+   nuclei do not inflate it, and 1.2 turns the inscribed radius of a typical elongated nucleus into
+   the radius of the disk of the same area). A measurement within 0.8-1.25 x the candidate accepts
+   it; a smaller one becomes the next candidate; a larger one (background let in) or none halves
+   it. Too small a scale breaks textured nuclei into bits, too large a one lets the background in;
+   coming down from above stops at the first scale that explains its own measurement. Radii are
+   rounded to a geometric grid (factor 2^(1/4)), so a batch of crops shares each filter pass among
+   the crops of one radius;
 2. smoothing (Gaussian, sigma max(0.1 r, 1 px)) and background removal: the image minus its
    morphological opening by a 4r-px square, blurred with sigma r (uneven illumination, tissue
    autofluorescence);
-3. foreground = above 0.5 x Otsu's threshold AND above 0.35 x the local maximum over a 2r-px
-   square: dim nuclei beside bright ones are kept, each with its own half-maximum-like border;
-   holes are filled and blobs smaller than 0.15 pi r^2 (or 10 px) dropped;
-4. touching nuclei are split by a watershed of -m seeded by the h-maxima (h = 0.02) of
+3. foreground = above 0.5 x Otsu's threshold AND above ``local_fraction`` x the local maximum over
+   a 2r-px square: dim nuclei beside bright ones are kept, each with its own half-maximum-like
+   border; holes are filled and blobs smaller than 0.15 pi r^2 (or 10 px) dropped;
+4. touching nuclei are split by a watershed of -m seeded by the h-maxima (h = ``h``) of
    m = 0.4 x distance-to-background / r + 0.6 x intensity normalised to its 99th percentile
    (sigma 0.2 r): both the shape (necks) and the brightness (dark gaps) separate nuclei;
 5. nuclei smaller than 0.15 pi r^2 (or 10 px), or whose peak contrast is below 3x the pixel noise
    (median absolute deviation of neighbour differences), are dropped.
 
-On the 66 DSB2018 fluorescence images (``bench/studies/segment_f1.py``, 5,094 nuclei, sizes 256x256 to
-1040x1388) this reaches a mean F1 of 0.851 at IoU 0.5 and 0.697 at IoU 0.75 (version 1: 0.773 /
-0.517). The parameters are round values on flat optima chosen on those 66 images, never per image.
+**Batches.** Filters run on the (N, H, W) stack with no smoothing across its first axis; the
+steps that need a 2-D image (labelling, distance transform, reconstruction, watershed) run once on
+the *strip*: the stack padded with one background pixel on every side and laid end to end, which
+keeps every image's objects apart. A single image is a batch of one, so an image's labels do not
+depend on the other images of its batch (tested), and shards merge exactly.
 
-Speed (one process, 96x96x3 crops): about 150 crops/s with the per-image radius estimate, which
-takes half the time; about 210-330 crops/s (as fast as version 1) with a fixed radius,
-``NucleusParams(radius=...)``, e.g. one radius per dataset.
+Cells (:func:`segment_stack`; cytoplasm = mean of every channel but DNA; the DNA channel itself for
+a one-channel image): the signal is normalised per image (0.5 / 99.8 percentiles) and smoothed
+(sigma 1.5 px); the cytoplasm foreground is above half its Otsu threshold, holes filled (so the
+area under a nucleus enclosed by cytoplasm counts as cytoplasm); cells are the seeded watershed of
+the inverted signal inside (foreground or nuclei), seeded by the nuclei; foreground blobs holding
+no nucleus become cells of their own if at least as large as the image's median nucleus.
 
-Cells (:func:`segment_crop`, cytoplasm = mean of every channel but DNA; the DNA channel itself for
-a one-channel image): the signal is normalised (0.5 / 99.8 percentiles) and smoothed (sigma
-1.5 px); the cytoplasm foreground is above half its Otsu threshold, holes filled (so the area
-under a nucleus enclosed by cytoplasm counts as cytoplasm); cells are the seeded watershed of the
-inverted signal inside (foreground or nuclei), seeded by the nuclei; foreground blobs holding no
-nucleus become cells of their own if at least as large as the median nucleus.
+Per-image features (docs/scoring.md, :func:`features_from_masks` for one image,
+:func:`stack_features` for a batch): ``nuc_count``, ``cell_count``, ``nuc_max_area`` and
+``cell_max_area`` (pixels), ``roundness`` = mean over nuclei of 4 pi area / perimeter^2 clipped to
+[0, 1], with scikit-image's perimeter estimator (4-connected border pixels; straight, diagonal and
+corner steps weighted 1, sqrt(2) and (1 + sqrt(2)) / 2; see :func:`_perimeters`), and
+``nuc_in_cyto`` = fraction of nucleus pixels inside the cytoplasm foreground. An image with no
+nucleus gets roundness 0 and nuc_in_cyto 0; the reward layer gives it the clipped minimum.
 
-Per-image features (docs/scoring.md, :func:`features_from_masks`): ``nuc_count``, ``cell_count``,
-``nuc_max_area`` and ``cell_max_area`` (pixels), ``roundness`` = mean over nuclei of
-4 pi area / perimeter^2 clipped to [0, 1], with scikit-image's perimeter estimator (4-connected
-border pixels; straight, diagonal and corner steps weighted 1, sqrt(2) and (1 + sqrt(2)) / 2; see
-:func:`_perimeters`), and ``nuc_in_cyto`` = fraction of nucleus pixels inside the cytoplasm
-foreground. An image with no nucleus gets roundness 0 and nuc_in_cyto 0; the reward layer gives it
-the clipped minimum.
+Accuracy and speed are in docs/benchmarks.md (``bench/studies/segment_f1.py``,
+``bench/perf/segment_speed.py``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
-from skimage.morphology import h_maxima
+from skimage.morphology import reconstruction
 from skimage.segmentation import watershed
 
 from cellbench.errors import ImageError
@@ -66,18 +73,23 @@ __all__ = [
     "FEATURE_NAMES",
     "NucleusParams",
     "SegmentationResult",
+    "StackSegmentation",
     "estimate_radii",
     "estimate_radius",
     "features_from_masks",
     "segment_batch",
     "segment_crop",
     "segment_nuclei",
+    "segment_nuclei_stack",
+    "segment_stack",
+    "stack_features",
 ]
 
 BACKEND_NAME = "classical"
 #: bumped whenever outputs can change (reference statistics made with another version are refused);
-#: version 1 (metric suite 1) used a fixed-fraction threshold and h-maxima on the distance alone
-BACKEND_VERSION = "2"
+#: version 1 (metric suite 1) used a fixed-fraction threshold and h-maxima on the distance alone;
+#: version 2 estimated the radius bottom-up from six fixed candidates (30 px at most)
+BACKEND_VERSION = "3"
 FEATURE_NAMES: tuple[str, ...] = (
     "nuc_count",
     "cell_count",
@@ -98,22 +110,45 @@ class SegmentationResult:
 
 
 @dataclass(frozen=True)
+class StackSegmentation:
+    """A batch of segmentations: (N, H, W) nuclei and cells (int32, numbered 1..k in each image)
+    and the (N, H, W) cytoplasm foreground."""
+
+    nuclei: np.ndarray
+    cells: np.ndarray
+    cyto_mask: np.ndarray
+
+    def __getitem__(self, i: int) -> SegmentationResult:
+        return SegmentationResult(self.nuclei[i], self.cells[i], self.cyto_mask[i])
+
+
+@dataclass(frozen=True)
 class NucleusParams:
     """Parameters of :func:`segment_nuclei`; lengths are multiples of the nucleus radius ``r``.
 
-    The defaults define ``BACKEND_VERSION`` "2".
+    The defaults define ``BACKEND_VERSION`` "3".
     """
 
-    #: nucleus radius in pixels; None estimates it per image (:func:`estimate_radius`)
+    #: nucleus radius in pixels; None estimates it per image (:func:`estimate_radii`)
     radius: float | None = None
-    #: radii tried by the estimator (geometric, factor about 1.5)
-    radius_candidates: tuple[float, ...] = (4.0, 6.0, 9.0, 13.0, 20.0, 30.0)
-    #: candidates c with max_window x c wider than the image's longer side are not tried
+    #: the estimate starts at min(max_radius, longer side / max_window) and never goes below min_radius
+    max_radius: float = 64.0
+    min_radius: float = 2.0
     max_window: float = 4.0
-    #: a candidate c agrees with its measurement e when lo x c <= e <= hi x c ...
-    consistency: tuple[float, float] = (0.8, 1.5)
-    #: ... and the measurement at the next smaller candidate is at least max_jump x e
+    #: a candidate c is accepted when its measurement e is within lo x c <= e <= hi x c
+    consistency: tuple[float, float] = (0.8, 1.25)
+    #: the radius is inscribed_factor x the median largest inscribed distance of the blobs ...
+    inscribed_factor: float = 1.2
+    #: ... above measure_fraction x Otsu's threshold
+    measure_fraction: float = 1.0
+    #: each candidate is measured on the image block-averaged by a power of 2 that leaves it at
+    #: least measure_pixels px of radius
+    measure_pixels: float = 5.0
+    #: an agreeing candidate c is refused when the measurement at c / 2 is below max_jump x its
+    #: own (the blobs at c were background let in)
     max_jump: float = 0.4
+    #: at most this many candidates per image (then the last one)
+    max_steps: int = 8
     #: smoothing sigma = max(smooth x r, 1 px)
     smooth: float = 0.1
     #: background = opening by a (background x r)-px square, blurred with sigma r
@@ -138,67 +173,70 @@ class NucleusParams:
 
 DEFAULT_PARAMS = NucleusParams()
 
+#: radii are rounded to the grid 2^(k / RADIUS_GRID)
+RADIUS_GRID = 8
+
+
+def _round_radius(r: float) -> float:
+    return float(2.0 ** (round(np.log2(r) * RADIUS_GRID) / RADIUS_GRID))
+
 
 # ------------------------------------------------------------------------------------------------
-# helpers; each works on one 2-D image or on an (N, H, W) stack of images, each on its own
+# helpers on an (N, H, W) stack (each image on its own) and on its strip
 
 
 def _gauss(x: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian blur within each image; for sigma > 3 px three box passes of the same variance."""
-    lead = (0,) * (x.ndim - 2)
+    """Gaussian blur within each image of a stack; for sigma > 3 px three box passes of the same
+    variance."""
     if sigma <= 3.0:
-        return ndi.gaussian_filter(x, (*lead, sigma, sigma), mode="nearest")
+        return ndi.gaussian_filter(x, (0, sigma, sigma), mode="nearest")
     width = 2 * round(np.sqrt(4.0 * sigma * sigma + 1.0) / 2.0) + 1
-    size = (*(1,) * len(lead), width, width)
     for _ in range(3):
-        x = ndi.uniform_filter(x, size=size, mode="nearest")
+        x = ndi.uniform_filter(x, size=(1, width, width), mode="nearest")
     return x
 
 
-def _planar(ndim: int) -> np.ndarray:
-    """4-connectivity within each image, none across the images of a stack."""
-    st = ndi.generate_binary_structure(2, 1)
-    if ndim == 2:
-        return st
-    out = np.zeros((3, 3, 3), bool)
-    out[1] = st
-    return out
+_PLANAR = np.zeros((3, 3, 3), bool)
+_PLANAR[1] = ndi.generate_binary_structure(2, 1)
 
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
-    """``mask`` plus its holes: background components that do not touch the image border."""
-    bg, n = ndi.label(~mask, structure=_planar(mask.ndim))
+    """``mask`` plus its holes (background components not touching their image's border)."""
+    bg, n = ndi.label(~mask, structure=_PLANAR)
     if n == 0:
         return mask.copy()
     border = np.zeros(n + 1, bool)
-    for edge in (bg[..., 0, :], bg[..., -1, :], bg[..., :, 0], bg[..., :, -1]):
+    for edge in (bg[:, 0, :], bg[:, -1, :], bg[:, :, 0], bg[:, :, -1]):
         border[edge] = True
     border[0] = False  # label 0 is the mask itself
     return ~border[bg]
 
 
-def _max_per_label(values: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
-    """Maximum of ``values`` per label 0..n (0 where a label is absent)."""
-    out = np.zeros(n + 1, np.float64)
-    np.maximum.at(out, labels.ravel(), values.ravel())
+def _strip(x: np.ndarray) -> np.ndarray:
+    """(N, H, W) -> (N (H + 2), W + 2): each image padded with one zero pixel, laid end to end."""
+    return np.pad(x, ((0, 0), (1, 1), (1, 1))).reshape(-1, x.shape[2] + 2)
+
+
+def _unstrip(s: np.ndarray, n: int) -> np.ndarray:
+    """Inverse of :func:`_strip`."""
+    return s.reshape(n, -1, s.shape[1])[:, 1:-1, 1:-1]
+
+
+def _per_label_max(values: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
+    """Maximum of ``values`` per label 0..n (-inf where a label is absent)."""
+    out = np.full(n + 1, -np.inf)
+    inside = labels > 0
+    np.maximum.at(out, labels[inside], values[inside])
     return out
 
 
-def _contrast(x: np.ndarray, r: float, p: NucleusParams, cache: dict | None = None) -> np.ndarray:
-    """Smoothed image minus its background (opening by a square much wider than a nucleus).
-
-    ``cache`` keeps the smoothed image per sigma (radii up to 10 px all use sigma 1 px).
-    """
-    sigma = max(p.smooth * r, 1.0)
-    s = None if cache is None else cache.get(sigma)
-    if s is None:
-        s = _gauss(x, sigma)
-        if cache is not None:
-            cache[sigma] = s
-    k = max(int(p.background * r), 3)
-    size = (*(1,) * (x.ndim - 2), k, k)
-    bg = ndi.maximum_filter(ndi.minimum_filter(s, size=size), size=size)
-    return s - _gauss(bg, r)
+def _edt(fg: np.ndarray) -> np.ndarray:
+    """Distance of each foreground pixel to the nearest background pixel of its own image (the
+    image's edge is not background), float32. One 3-D transform whose first axis is too coarse
+    to matter; an image with no background pixel gets H + W everywhere."""
+    big = float(fg.shape[1] + fg.shape[2])
+    dist = ndi.distance_transform_edt(fg, sampling=(big, 1.0, 1.0))
+    return np.minimum(dist, big).astype(np.float32)
 
 
 def _otsu_stack(x: np.ndarray, bins: int = 256) -> np.ndarray:
@@ -223,113 +261,152 @@ def _otsu_stack(x: np.ndarray, bins: int = 256) -> np.ndarray:
     return np.where(ok, thr, np.nan)
 
 
-def _otsu(x: np.ndarray) -> float | None:
-    """Otsu's threshold of one 2-D image (None for a constant image)."""
-    thr = float(_otsu_stack(x[None])[0])
-    return None if np.isnan(thr) else thr
+def _contrast(x: np.ndarray, r: float, p: NucleusParams) -> np.ndarray:
+    """Smoothed stack minus its background (opening by a square much wider than a nucleus)."""
+    s = _gauss(x, max(p.smooth * r, 1.0))
+    k = max(int(p.background * r), 3)
+    bg = ndi.maximum_filter(ndi.minimum_filter(s, size=(1, k, k)), size=(1, k, k))
+    return s - _gauss(bg, r)
 
 
 # ------------------------------------------------------------------------------------------------
 # nucleus radius
 
 
-def _radii_at(stack: np.ndarray, candidate: float, p: NucleusParams, cache: dict) -> np.ndarray:
-    """Per image of an (N, H, W) stack, the radius Otsu's foreground suggests once the background
-    is removed at the scale of ``candidate`` (NaN where nothing is found).
-
-    1.2 x the median over blobs of the largest inscribed distance: touching nuclei do not inflate
-    it, and 1.2 turns the inscribed radius of a typical (elongated) nucleus into the radius of the
-    disk of the same area.
-    """
-    n_img = stack.shape[0]
+def _measure_radii(
+    t: np.ndarray, r: float, fraction: float = 1.0, factor: float = 1.2
+) -> np.ndarray:
+    """Per image of a background-free stack ``t``, the radius of what Otsu's threshold finds
+    (1.2 x the median over blobs of the largest inscribed distance; NaN where nothing is found)."""
+    n_img = t.shape[0]
     out = np.full(n_img, np.nan)
-    t = _contrast(stack, candidate, p, cache)
     thr = _otsu_stack(t)
-    fg = _fill_holes(t > np.nan_to_num(thr, nan=np.inf)[:, None, None])
-    comp, n = ndi.label(fg, structure=_planar(3))
+    fg = _strip(_fill_holes(t > fraction * np.nan_to_num(thr, nan=np.inf)[:, None, None]))
+    comp, n = ndi.label(fg)
     if n == 0:
         return out
-    dist = np.zeros(fg.shape, np.float64)
-    for i in range(n_img):  # 2-D transforms (a 3-D one is much slower)
-        dist[i] = ndi.distance_transform_edt(fg[i])
-    inscribed = _max_per_label(dist[fg], comp[fg], n)[1:]
+    inscribed = _per_label_max(ndi.distance_transform_edt(fg), comp, n)[1:]
     sizes = np.bincount(comp.ravel(), minlength=n + 1)[1:]
-    owner = np.zeros(n + 1, np.intp)
-    owner[comp.ravel()] = np.repeat(np.arange(n_img), comp[0].size)
-    keep = sizes >= max(0.1 * np.pi * candidate**2, 8.0)
-    owner, inscribed = owner[1:][keep], inscribed[keep]
-    order = np.argsort(owner, kind="stable")
+    owner = _image_of(comp, n, n_img)[1:]
+    keep = sizes >= max(0.1 * np.pi * r * r, 8.0)
+    owner, inscribed = owner[keep], inscribed[keep]
+    # median per image: blobs sorted by (image, inscribed distance), middle one(s) of each image
+    order = np.lexsort((inscribed, owner))
     owner, inscribed = owner[order], inscribed[order]
     bounds = np.searchsorted(owner, np.arange(n_img + 1))
-    for i in range(n_img):
-        if bounds[i + 1] > bounds[i]:
-            out[i] = 1.2 * float(np.median(inscribed[bounds[i] : bounds[i + 1]]))
+    count = np.diff(bounds)
+    has = count > 0
+    lo = bounds[:-1][has] + (count[has] - 1) // 2
+    hi = bounds[:-1][has] + count[has] // 2
+    out[has] = factor * 0.5 * (inscribed[lo] + inscribed[hi])
     return out
+
+
+def _factor(c: float, p: NucleusParams) -> int:
+    """Downsampling factor for measuring at candidate radius ``c``: the largest power of 2 that
+    leaves at least ``p.measure_pixels`` px of radius."""
+    f = 1
+    while c / (2 * f) >= p.measure_pixels:
+        f *= 2
+    return f
+
+
+def _downsample(x: np.ndarray, f: int) -> np.ndarray:
+    """Block means of f x f pixels of each image of a stack (rows and columns beyond a multiple
+    of f are dropped)."""
+    if f == 1:
+        return x
+    n, h, w = x.shape
+    h2, w2 = max(h // f, 1), max(w // f, 1)
+    if h < f or w < f:
+        return x
+    return x[:, : h2 * f, : w2 * f].reshape(n, h2, f, w2, f).mean((2, 4), dtype=np.float32)
+
+
+def _radii_and_contrast(
+    x: np.ndarray, p: NucleusParams
+) -> tuple[np.ndarray, list[tuple[float, np.ndarray, np.ndarray | None]]]:
+    """Per image radius (:func:`estimate_radii`) and groups (radius, image indices, contrast
+    stack, or None where the radius differs from the candidate that measured it) of the images
+    accepted at one radius in one step (the nucleus pass reuses the contrast)."""
+    n_img = x.shape[0]
+    lo, hi = p.consistency
+    r_min = _round_radius(max(p.min_radius, 1.0))
+    start = _round_radius(max(min(p.max_radius, max(x.shape[1:]) / p.max_window), r_min))
+    cand = np.full(n_img, start)
+    out = np.full(n_img, np.nan)
+    # the best disagreeing measurement so far (closest in ratio to its candidate), for images
+    # where no candidate agrees
+    best_err = np.full(n_img, np.inf)
+    best = np.full(n_img, np.nan)
+    reuse: list[tuple[float, np.ndarray, np.ndarray | None]] = []
+    open_ = np.arange(n_img)
+    for step in range(p.max_steps):
+        if len(open_) == 0:
+            break
+        nxt = []
+        for c in np.unique(cand[open_]):
+            rows = open_[cand[open_] == c]
+            f = _factor(c, p)
+            t = _contrast(_downsample(x[rows], f), c / f, p)
+            e = f * _measure_radii(t, c / f, p.measure_fraction, p.inscribed_factor)
+            with np.errstate(invalid="ignore"):
+                ok = (e >= lo * c) & (e <= hi * c) & (e <= p.max_radius)
+                big = ~np.isfinite(e) | (e > hi * c) | (e > p.max_radius)
+            # ... and the blobs persist at half the scale (no background let in at this one)
+            half = _round_radius(c / 2.0)
+            if ok.any() and half >= r_min:
+                fh = _factor(half, p)
+                th = _contrast(_downsample(x[rows[ok]], fh), half / fh, p)
+                eh = fh * _measure_radii(th, half / fh, p.measure_fraction, p.inscribed_factor)
+                with np.errstate(invalid="ignore"):
+                    leak = ~(eh >= p.max_jump * e[ok])
+                big[np.flatnonzero(ok)[leak]] = True
+                ok[np.flatnonzero(ok)[leak]] = False
+            last = step == p.max_steps - 1
+            done = ok | (c <= r_min) | last
+            with np.errstate(invalid="ignore", divide="ignore"):
+                err = np.where(np.isfinite(e), np.abs(np.log(e / c)), np.inf)
+            better = err < best_err[rows]
+            best_err[rows[better]] = err[better]
+            best[rows[better]] = e[better]
+            # an accepted candidate gives the radius it measured (on the grid); without one, the
+            # best measurement seen, else the candidate
+            fallback = np.where(np.isfinite(best[rows]), best[rows], c)
+            final = np.array(
+                [
+                    _round_radius(max(v if a else b, r_min))
+                    for v, a, b in zip(e, ok, fallback, strict=True)
+                ]
+            )
+            out[rows[done]] = final[done]
+            for fin in np.unique(final[done]):
+                sel = done & (final == fin)
+                reuse.append((float(fin), rows[sel], t[sel] if fin == c and f == 1 else None))
+            todo = ~done
+            # candidates only decrease: the next one is the measurement, or half (background)
+            new = np.where(big, c / 2.0, np.nan_to_num(e, nan=c / 2.0))
+            for i, v in zip(rows[todo], new[todo], strict=True):
+                cand[i] = _round_radius(max(float(v), r_min))
+            nxt.append(rows[todo])
+        open_ = np.sort(np.concatenate(nxt)) if nxt else open_[:0]
+    return out, reuse
 
 
 def estimate_radii(stack: np.ndarray, params: NucleusParams = DEFAULT_PARAMS) -> np.ndarray:
-    """:func:`estimate_radius` of every image of an (N, H, W) stack (the same values, faster)."""
+    """Typical nucleus radius (pixels) of every image of an (N, H, W) stack, each on its own.
+
+    The largest self-consistent scale, from the largest the image allows down (module docstring,
+    step 1); nucleus radii from about 3 to 50 px are found (tests/test_segment.py).
+    """
     x = np.asarray(stack, np.float32)
     if x.ndim != 3:
         raise ValueError(f"expected an (N, H, W) stack, got shape {x.shape}")
-    p = params
-    n_img = x.shape[0]
-    cands = [c for c in sorted(p.radius_candidates) if p.max_window * c <= max(x.shape[1:])]
-    cands = cands or [min(p.radius_candidates)]
-    lo, hi = p.consistency
-    est = np.full((n_img, len(cands)), np.nan)
-    done = np.zeros((n_img, len(cands)), bool)
-    caches: dict[tuple[int, ...], dict] = {}
-
-    def measure(rows: np.ndarray, k: int) -> np.ndarray:
-        todo = rows[~done[rows, k]]
-        if len(todo):
-            cache = caches.setdefault(tuple(todo), {})
-            est[todo, k] = _radii_at(x[todo], cands[k], p, cache)
-            done[todo, k] = True
-        return est[rows, k]
-
-    out = np.full(n_img, np.nan)
-    open_ = np.arange(n_img)
-    # from the largest candidate down: the first that agrees with its measurement wins
-    for k in range(len(cands) - 1, -1, -1):
-        if len(open_) == 0:
-            break
-        e = measure(open_, k)
-        with np.errstate(invalid="ignore"):
-            agree = np.isfinite(e) & (e >= lo * cands[k]) & (e <= hi * cands[k])
-        if k > 0 and agree.any():
-            prev = measure(open_[agree], k - 1)
-            with np.errstate(invalid="ignore"):
-                jump = np.isfinite(prev) & (prev < p.max_jump * e[agree])
-            agree[np.flatnonzero(agree)[jump]] = False
-        out[open_[agree]] = e[agree]
-        open_ = open_[~agree]
-    # no agreeing candidate: the measurement closest (in ratio) to its candidate
-    for k in range(len(cands)):
-        measure(open_, k)
-    c = np.asarray(cands, float)
-    for i in open_:
-        if np.isfinite(est[i]).any():
-            with np.errstate(invalid="ignore", divide="ignore"):
-                out[i] = est[i, np.nanargmin(np.abs(np.log(est[i] / c)))]
-        else:
-            out[i] = cands[0]
-    return out
+    return _radii_and_contrast(x, params)[0]
 
 
 def estimate_radius(dna: np.ndarray, params: NucleusParams = DEFAULT_PARAMS) -> float:
-    """Typical nucleus radius (pixels) of a 2-D DNA image, for any nucleus size.
-
-    Each candidate radius c (``params.radius_candidates``, those no wider than the image allows)
-    removes the background at its scale and measures the radius of what Otsu's threshold then
-    finds. The answer is that measurement at the largest candidate it agrees with (measurement
-    within ``params.consistency`` x c, and at most 1 / ``params.max_jump`` times the measurement
-    at the next smaller candidate). Too small a candidate breaks textured nuclei into bits, too
-    large a one lets the background in; the largest agreeing one avoids both. Without any
-    agreeing candidate: the measurement closest (in ratio) to its candidate. Candidates are
-    measured from the largest down, only as far as needed.
-    """
+    """:func:`estimate_radii` of one 2-D image."""
     x = np.asarray(dna, np.float32)
     if x.ndim != 2:
         raise ValueError(f"expected a 2-D image, got shape {x.shape}")
@@ -340,21 +417,115 @@ def estimate_radius(dna: np.ndarray, params: NucleusParams = DEFAULT_PARAMS) -> 
 # nuclei
 
 
-def _noise_sigma(x: np.ndarray) -> float:
-    """Pixel noise: median absolute deviation of horizontal neighbour differences / sqrt(2)."""
-    if x.shape[1] < 2:
-        return 0.0
-    d = np.diff(x, axis=1).ravel()
-    return float(1.4826 * np.median(np.abs(d - np.median(d))) / np.sqrt(2.0))
+def _noise_sigma(x: np.ndarray) -> np.ndarray:
+    """Pixel noise per image: median absolute deviation of horizontal neighbour differences
+    (every other row) / sqrt(2)."""
+    if x.shape[2] < 2:
+        return np.zeros(x.shape[0])
+    d = np.diff(x[:, ::2], axis=2).reshape(x.shape[0], -1)
+    med = np.median(d, axis=1)
+    return 1.4826 * np.median(np.abs(d - med[:, None]), axis=1).astype(np.float64) / np.sqrt(2.0)
 
 
-def _relabel(labels: np.ndarray, keep: np.ndarray) -> np.ndarray:
-    """Keep the labels flagged in ``keep`` (indexed by label), renumbered 1..k in order."""
+def _image_of(strip_labels: np.ndarray, n: int, n_img: int) -> np.ndarray:
+    """The image (0..N-1) of each label 0..n of a strip (index 0 and absent labels: 0)."""
+    img_of = np.zeros(n + 1, np.intp)
+    flat = strip_labels.ravel()
+    nz = np.flatnonzero(flat)
+    img_of[flat[nz]] = nz // (strip_labels.size // n_img)
+    return img_of
+
+
+def _number_per_image(strip_labels: np.ndarray, keep: np.ndarray, n_img: int) -> np.ndarray:
+    """Keep the strip's labels flagged in ``keep`` and number them 1..k within each image in the
+    order of their strip labels; returns the (N, H, W) stack."""
     keep = keep.copy()
     keep[0] = False
+    ids = np.flatnonzero(keep)
     lut = np.zeros(len(keep), np.int32)
-    lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-    return lut[labels]
+    if len(ids):
+        img = _image_of(strip_labels, len(keep) - 1, n_img)[ids]
+        order = np.argsort(img, kind="stable")
+        start = np.searchsorted(img[order], img[order], side="left")
+        lut[ids[order]] = (np.arange(len(ids)) - start + 1).astype(np.int32)
+    return _unstrip(lut[strip_labels], n_img)
+
+
+def _nuclei_at(x: np.ndarray, t: np.ndarray, r: float, p: NucleusParams) -> np.ndarray:
+    """Nucleus labels of a stack whose images share the radius ``r`` (``t``: its contrast)."""
+    n_img = x.shape[0]
+    thr = _otsu_stack(t)
+    valid = np.isfinite(thr)
+    thr = np.nan_to_num(thr, nan=np.inf)[:, None, None]
+    local_max = _gauss(
+        ndi.maximum_filter(t, size=(1, *(2 * [max(int(p.local_window * r), 3)]))), 0.5 * r
+    )
+    fg = (t > p.otsu_fraction * thr) & (t > p.local_fraction * local_max) & valid[:, None, None]
+    min_size = max(p.min_area * np.pi * r * r, 10.0)
+    fg_s = _strip(_fill_holes(fg))
+    comp, n = ndi.label(fg_s)
+    if n == 0:
+        return np.zeros(x.shape, np.int32)
+    fg_s &= (np.bincount(comp.ravel(), minlength=n + 1) > min_size)[comp]
+    fg = _unstrip(fg_s, n_img)
+    dist = _edt(fg)
+    if p.distance_sigma > 0:
+        dist = _gauss(dist, max(p.distance_sigma * r, 0.5))
+    marker_fn = dist / r
+    if p.intensity_weight > 0:
+        it = _gauss(t, max(p.intensity_sigma * r, 0.5))
+        top = np.zeros(n_img, np.float32)
+        for i in range(n_img):
+            if fg[i].any():
+                top[i] = np.percentile(it[i][fg[i]], 99)
+        inorm = np.clip(it / np.where(top > 0, top, np.inf)[:, None, None], 0.0, 1.0)
+        marker_fn = (1.0 - p.intensity_weight) * marker_fn + p.intensity_weight * inorm
+    # markers: the h-maxima, tops that rise at least h above every path to a higher top, by
+    # reconstruction (seed clipped at 0, so that the strip's zero padding keeps images apart)
+    f = _strip(marker_fn).astype(np.float64)
+    fg_s = _strip(fg)
+    rec = reconstruction(np.maximum(f - p.h, 0.0), f, method="dilation")
+    markers, _ = ndi.label(fg_s & (f - rec >= p.h - 1e-9), structure=np.ones((3, 3), bool))
+    labels = watershed(-f, markers, mask=fg_s)
+    n = int(labels.max())
+    if n == 0:
+        return np.zeros(x.shape, np.int32)
+    keep = np.bincount(labels.ravel(), minlength=n + 1) > min_size
+    if p.snr > 0:
+        noise = _noise_sigma(x)
+        peak = _per_label_max(_strip(t), labels, n)
+        img_of = _image_of(labels, n, n_img)
+        keep &= ~((noise[img_of] > 0) & (peak < p.snr * noise[img_of]))
+    return _number_per_image(labels, keep, n_img)
+
+
+def segment_nuclei_stack(
+    stack: np.ndarray, *, params: NucleusParams = DEFAULT_PARAMS
+) -> np.ndarray:
+    """Nucleus labels (N, H, W) int32 of an (N, H, W) stack of DNA images, each on its own
+    (numbered 1..k in each image; the steps are in the module docstring)."""
+    x = np.asarray(stack, np.float32)
+    if x.ndim != 3:
+        raise ValueError(f"expected an (N, H, W) stack, got shape {x.shape}")
+    out = np.zeros(x.shape, np.int32)
+    if x.size == 0:
+        return out
+    flat = x.reshape(len(x), -1)
+    good = np.isfinite(flat).all(1)
+    good[good] = flat[good].max(1) - flat[good].min(1) >= 1e-6
+    rows = np.flatnonzero(good)
+    if len(rows) == 0:
+        return out
+    p = params
+    if p.radius is not None:
+        r = _round_radius(max(float(p.radius), 1.5))
+        groups = [(r, np.arange(len(rows)), _contrast(x[rows], r, p))]
+    else:
+        groups = _radii_and_contrast(x[rows], p)[1]
+    for r, idx, t in groups:
+        xs = x[rows[idx]]
+        out[rows[idx]] = _nuclei_at(xs, _contrast(xs, r, p) if t is None else t, r, p)
+    return out
 
 
 def segment_nuclei(dna: np.ndarray, *, params: NucleusParams = DEFAULT_PARAMS) -> np.ndarray:
@@ -366,72 +537,24 @@ def segment_nuclei(dna: np.ndarray, *, params: NucleusParams = DEFAULT_PARAMS) -
     x = np.asarray(dna, np.float32)
     if x.ndim != 2:
         raise ValueError(f"expected a 2-D image, got shape {x.shape}")
-    empty = np.zeros(x.shape, np.int32)
-    if x.size == 0 or not np.isfinite(x).all() or float(x.max()) - float(x.min()) < 1e-6:
-        return empty
-    p = params
-    r = max(float(p.radius) if p.radius is not None else estimate_radius(x, p), 1.5)
-    t = _contrast(x, r, p)
-    thr = _otsu(t)
-    if thr is None:
-        return empty
-    local_max = _gauss(ndi.maximum_filter(t, size=max(int(p.local_window * r), 3)), 0.5 * r)
-    fg = (t > p.otsu_fraction * thr) & (t > p.local_fraction * local_max)
-    min_size = max(p.min_area * np.pi * r * r, 10.0)
-    comp, _ = ndi.label(_fill_holes(fg))
-    fg = _relabel(comp, np.bincount(comp.ravel()) > min_size) > 0
-    if not fg.any():
-        return empty
-    dist = ndi.distance_transform_edt(fg)
-    if p.distance_sigma > 0:
-        dist = _gauss(dist, max(p.distance_sigma * r, 0.5))
-    marker_fn = dist / r
-    if p.intensity_weight > 0:
-        it = _gauss(t, max(p.intensity_sigma * r, 0.5))
-        top = float(np.percentile(it[fg], 99))
-        inorm = np.clip(it / top, 0.0, 1.0) if top > 0 else np.zeros_like(it)
-        marker_fn = (1.0 - p.intensity_weight) * marker_fn + p.intensity_weight * inorm
-    # markers and watershed on the foreground's bounding box only (the mask is empty outside)
-    rows, cols = np.flatnonzero(fg.any(1)), np.flatnonzero(fg.any(0))
-    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
-    f, m = marker_fn[box], fg[box]
-    markers, _ = ndi.label(h_maxima(f, p.h) & m)
-    labels = empty.copy()
-    labels[box] = watershed(-f, markers, mask=m)
-    n = int(labels.max())
-    if n == 0:
-        return empty
-    keep = np.bincount(labels.ravel(), minlength=n + 1) > min_size
-    noise = _noise_sigma(x)
-    if noise > 0 and p.snr > 0:
-        inside = labels > 0
-        keep &= _max_per_label(t[inside], labels[inside], n) >= p.snr * noise
-    return _relabel(labels, keep)
+    return segment_nuclei_stack(x[None], params=params)[0]
 
 
 # ------------------------------------------------------------------------------------------------
 # crops: nuclei, cells, cytoplasm
 
 
-def _normalise(img: np.ndarray) -> np.ndarray:
-    x = np.asarray(img, np.float32)
-    lo, hi = np.percentile(x, (0.5, 99.8))
-    if hi <= lo:
-        return np.zeros_like(x)
-    return np.clip((x - lo) / (hi - lo), 0.0, 1.0)
-
-
-def _channels(image: np.ndarray, dna_channel: int) -> tuple[np.ndarray, np.ndarray]:
-    """(DNA, cytoplasm signal) of an HxW, HxWx1 or HxWxC image."""
-    img = np.asarray(image)
-    if img.ndim == 3 and img.shape[-1] == 1:
+def _split_channels(images: np.ndarray, dna_channel: int) -> tuple[np.ndarray, np.ndarray]:
+    """(DNA, cytoplasm signal) stacks of an (N, H, W, C), (N, H, W, 1) or (N, H, W) stack."""
+    img = np.asarray(images)
+    if img.ndim == 4 and img.shape[-1] == 1:
         img = img[..., 0]
-    if img.ndim == 2:
-        return img, img
-    if img.ndim != 3:
+    if img.ndim == 3:
+        return img, img.astype(np.float32)
+    if img.ndim != 4:
         raise ImageError(
-            f"expected an HxW, HxWx1 or HxWxC image, got shape {img.shape}",
-            fix="pass one image at a time (segment_batch takes a stack)",
+            f"expected an (N, H, W, C) or (N, H, W) stack of images, got shape {img.shape}",
+            fix="stack crops of one size along a new first axis",
         )
     if not -img.shape[-1] <= dna_channel < img.shape[-1]:
         raise ImageError(
@@ -440,7 +563,64 @@ def _channels(image: np.ndarray, dna_channel: int) -> tuple[np.ndarray, np.ndarr
         )
     dna_channel %= img.shape[-1]
     others = [k for k in range(img.shape[-1]) if k != dna_channel]
-    return img[..., dna_channel], img[..., others].astype(np.float32).mean(-1)
+    cyto = img[..., others].astype(np.float32).mean(-1)
+    return img[..., dna_channel], cyto
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    """Each image of a stack to [0, 1] between its 0.5 and 99.8 percentiles (0 if flat)."""
+    lo, hi = np.percentile(x.reshape(len(x), -1), (0.5, 99.8), axis=1)
+    span = hi - lo
+    scale = np.where(span > 0, 1.0 / np.where(span > 0, span, 1.0), 0.0).astype(np.float32)
+    return np.clip((x - lo[:, None, None].astype(np.float32)) * scale[:, None, None], 0.0, 1.0)
+
+
+def _cell_pass(cyto_src: np.ndarray, nuclei: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cells and cytoplasm foreground of an (N, H, W) stack from its cytoplasm signal and nuclei.
+
+    Seeded watershed of the smoothed, normalised signal (module docstring), once on the strip.
+    """
+    n_img = len(nuclei)
+    cyto = ndi.gaussian_filter(_normalise(cyto_src), (0, 1.5, 1.5))
+    thr = _otsu_stack(cyto)
+    cyto_mask = _fill_holes(cyto > 0.5 * np.nan_to_num(thr, nan=np.inf)[:, None, None])
+    # nuclei numbered across the strip, so that each image's seeds are its own
+    offsets = np.r_[0, np.cumsum(nuclei.reshape(n_img, -1).max(1))[:-1]].astype(np.int32)
+    seeds = _strip(np.where(nuclei > 0, nuclei + offsets[:, None, None], 0))
+    mask = _strip(cyto_mask | (nuclei > 0))
+    cells = watershed(-_strip(cyto), seeds, mask=mask)
+    orphan = mask & (cells == 0)
+    n_seeds = int(seeds.max())
+    if orphan.any():
+        comp, n = ndi.label(orphan)
+        sizes = np.bincount(comp.ravel(), minlength=n + 1)
+        img_of = _image_of(comp, n, n_img)
+        # median nucleus size per image (30 px without nuclei)
+        med = np.full(n_img, 30.0)
+        areas = np.bincount(seeds.ravel(), minlength=n_seeds + 1)
+        for i in range(n_img):
+            k = int(nuclei[i].max())
+            if k:
+                med[i] = float(np.median(areas[offsets[i] + 1 : offsets[i] + k + 1]))
+        big = sizes >= med[img_of]
+        big[0] = False
+        lut = np.zeros(n + 1, np.int32)
+        lut[big] = n_seeds + np.arange(1, int(big.sum()) + 1, dtype=np.int32)
+        cells = np.where(orphan, lut[comp], cells)
+    keep = np.ones(int(cells.max()) + 1, bool)
+    return _number_per_image(cells, keep, n_img), cyto_mask
+
+
+def segment_stack(
+    images: np.ndarray, *, dna_channel: int = 2, params: NucleusParams = DEFAULT_PARAMS
+) -> StackSegmentation:
+    """Segment a stack of crops of one size: (N, H, W, C) (``dna_channel`` names DNA; the other
+    channels are cytoplasm) or (N, H, W) (nuclei, and cells from the same channel)."""
+    dna, cyto_src = _split_channels(images, dna_channel)
+    nuclei = segment_nuclei_stack(dna, params=params)
+    # ---- the cell pass: one call, cytoplasm signal + nucleus labels -> cells, cytoplasm mask ----
+    cells, cyto_mask = _cell_pass(cyto_src, nuclei)
+    return StackSegmentation(nuclei, cells.astype(np.int32), cyto_mask)
 
 
 def segment_crop(
@@ -448,25 +628,13 @@ def segment_crop(
 ) -> SegmentationResult:
     """Segment one crop: HxWxC (``dna_channel`` names DNA; the other channels are cytoplasm),
     or HxW / HxWx1 (nuclei, and cells from the same channel)."""
-    dna, cyto_src = _channels(image, dna_channel)
-    nuclei = segment_nuclei(dna, params=params)
-    cyto = ndi.gaussian_filter(_normalise(cyto_src), 1.5)
-    t = _otsu(cyto)
-    cyto_mask = np.zeros(cyto.shape, bool) if t is None else _fill_holes(cyto > 0.5 * t)
-    mask = cyto_mask | (nuclei > 0)
-    cells = watershed(-cyto, nuclei, mask=mask)
-    orphan = mask & (cells == 0)
-    if orphan.any():
-        comp, n = ndi.label(orphan)
-        sizes = np.bincount(comp.ravel())
-        nuc_sizes = np.bincount(nuclei.ravel())[1:]
-        min_size = float(np.median(nuc_sizes)) if len(nuc_sizes) else 30.0
-        next_id = int(cells.max()) + 1
-        for k in range(1, n + 1):
-            if sizes[k] >= min_size:
-                cells[comp == k] = next_id
-                next_id += 1
-    return SegmentationResult(nuclei.astype(np.int32), cells.astype(np.int32), cyto_mask)
+    img = np.asarray(image)
+    if img.ndim not in (2, 3):
+        raise ImageError(
+            f"expected an HxW, HxWx1 or HxWxC image, got shape {img.shape}",
+            fix="pass one image at a time (segment_batch takes a stack)",
+        )
+    return segment_stack(img[None], dna_channel=dna_channel, params=params)[0]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -532,8 +700,50 @@ def features_from_masks(seg: SegmentationResult) -> dict[str, float]:
     }
 
 
-#: segment_batch estimates the nucleus radii of this many crops at a time
-BATCH_CHUNK = 64
+def _global_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """(N, H, W) labels numbered per image -> the same numbered across the stack, the image of
+    each global label (index 0 unused) and their count."""
+    n_img = len(labels)
+    per = labels.reshape(n_img, -1).max(1).astype(np.int64)
+    offsets = np.r_[0, np.cumsum(per)[:-1]]
+    glob = np.where(labels > 0, labels + offsets[:, None, None], 0)
+    img_of = np.r_[-1, np.repeat(np.arange(n_img), per)]
+    return glob, img_of, int(per.sum())
+
+
+def stack_features(seg: StackSegmentation) -> np.ndarray:
+    """(N, 6) features in FEATURE_NAMES order of a batch, the values of
+    :func:`features_from_masks` image by image (tested), computed on the whole batch at once."""
+    n_img = len(seg.nuclei)
+    out = np.zeros((n_img, len(FEATURE_NAMES)))
+    nuc, nuc_img, n_nuc = _global_labels(seg.nuclei)
+    cells, cell_img, n_cells = _global_labels(seg.cells)
+    nuc_area = np.bincount(nuc.ravel(), minlength=n_nuc + 1).astype(np.float64)
+    cell_area = np.bincount(cells.ravel(), minlength=n_cells + 1).astype(np.float64)
+    nuc_p = nuc_area[1:] > 0
+    cell_p = cell_area[1:] > 0
+    counts = np.bincount(nuc_img[1:][nuc_p], minlength=n_img).astype(np.float64)
+    out[:, 0] = counts
+    out[:, 1] = np.bincount(cell_img[1:][cell_p], minlength=n_img)
+    np.maximum.at(out[:, 2], nuc_img[1:][nuc_p], nuc_area[1:][nuc_p])
+    np.maximum.at(out[:, 3], cell_img[1:][cell_p], cell_area[1:][cell_p])
+    if n_nuc:
+        per = _perimeters(_strip(nuc), n_nuc)[1:][nuc_p]
+        area = nuc_area[1:][nuc_p]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rounds = np.where(per > 0, np.minimum(4.0 * np.pi * area / per**2, 1.0), 1.0)
+        sums = np.bincount(nuc_img[1:][nuc_p], weights=rounds, minlength=n_img)
+        inside = nuc > 0
+        n_in = inside.reshape(n_img, -1).sum(1)
+        n_in_cyto = (inside & seg.cyto_mask).reshape(n_img, -1).sum(1)
+        has = counts > 0
+        out[has, 4] = sums[has] / counts[has]
+        out[has, 5] = n_in_cyto[has] / n_in[has]
+    return out
+
+
+#: segment_batch segments this many crops at a time (one strip per chunk)
+BATCH_CHUNK = 256
 
 
 def segment_batch(
@@ -541,8 +751,8 @@ def segment_batch(
 ) -> np.ndarray:
     """(N, H, W, C) (or (N, H, W)) crops -> (N, 6) float64 features in FEATURE_NAMES order.
 
-    The same features as :func:`segment_crop` one crop at a time; the nucleus radii are estimated
-    for a chunk of crops at once, which is faster.
+    The same features as :func:`segment_crop` and :func:`features_from_masks` one crop at a time,
+    computed ``BATCH_CHUNK`` crops at a time.
     """
     imgs = np.asarray(images)
     if imgs.ndim not in (3, 4):
@@ -553,14 +763,7 @@ def segment_batch(
     out = np.zeros((len(imgs), len(FEATURE_NAMES)))
     for start in range(0, len(imgs), BATCH_CHUNK):
         chunk = imgs[start : start + BATCH_CHUNK]
-        dna = np.stack([_channels(img, dna_channel)[0] for img in chunk])
-        radii = (
-            estimate_radii(dna, params)
-            if params.radius is None
-            else np.full(len(chunk), params.radius)
+        out[start : start + len(chunk)] = stack_features(
+            segment_stack(chunk, dna_channel=dna_channel, params=params)
         )
-        for i, (img, r) in enumerate(zip(chunk, radii, strict=True)):
-            seg = segment_crop(img, dna_channel=dna_channel, params=replace(params, radius=r))
-            f = features_from_masks(seg)
-            out[start + i] = [f[k] for k in FEATURE_NAMES]
     return out
