@@ -1,4 +1,4 @@
-"""The classical segmenter (version 2) and its features: synthetic and simulated ground truth,
+"""The classical segmenter (version 3) and its features: synthetic and simulated ground truth,
 real nuclei, real BBBC021 crops."""
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from cellbench.features.segment.classical import (
     segment_batch,
     segment_crop,
     segment_nuclei,
+    segment_stack,
+    stack_features,
 )
 from cellbench.features.segment.evaluate import f1_at_iou, match_instances
 from tests.conftest import shared_data_or_skip
@@ -106,20 +108,62 @@ def test_dna_channel_batch_and_single_agree() -> None:
         segment_crop(crops[0], dna_channel=3)
 
 
-@pytest.mark.parametrize("radius", [5, 8, 12, 20])
-def test_radius_estimate_follows_nucleus_size(radius: int) -> None:
-    rng = np.random.default_rng(radius)
-    yy, xx = np.mgrid[:320, :320]
-    img = rng.normal(10, 3, (320, 320))
-    step = 3 * radius + 20
-    n = 0
-    for cy in range(40, 290, step):
-        for cx in range(40, 290, step):
-            img[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2] += 150
-            n += 1
-    # 1.2 x the inscribed radius: the radius of an elongated nucleus's equal-area disk
-    assert 0.9 * radius <= estimate_radius(img) <= 1.4 * radius
-    assert segment_nuclei(img).max() == n
+def _synthetic_nuclei(radius: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A noisy image of elliptic nuclei (semi-axes 0.85-1.15 x ``radius``, brightness 60-160 above
+    a background of 20) on a grid, and their labels."""
+    rng = np.random.default_rng(seed)
+    size = max(160, int(radius * 13))
+    yy, xx = np.mgrid[:size, :size]
+    img = rng.normal(20, 4, (size, size))
+    truth = np.zeros((size, size), np.int32)
+    margin = int(1.5 * radius) + 3
+    for cy in range(margin, size - margin, int(3 * radius + 6)):
+        for cx in range(margin, size - margin, int(3 * radius + 6)):
+            a, b = radius * rng.uniform(0.85, 1.15, size=2)
+            inside = ((yy - cy) / a) ** 2 + ((xx - cx) / b) ** 2 <= 1
+            truth[inside] = truth.max() + 1
+            img[inside] += rng.uniform(60, 160)
+    return img, truth
+
+
+@pytest.mark.parametrize("radius", [3, 6, 12, 25, 47])
+def test_radius_estimate_and_nuclei_from_3_to_47_px(radius: int) -> None:
+    """The scale estimate follows nucleus radii over more than a decade (version 2 chose 6 px for
+    47-px nuclei and cut each into pieces): every nucleus found once, borders at IoU 0.75."""
+    img, truth = _synthetic_nuclei(radius)
+    # measured with BACKEND_VERSION 3: 3.7, 7.3, 13.5, 26.9, 53.8 px (1.2 x the inscribed radius
+    # is the radius of an elongated nucleus's equal-area disk, so a little above the semi-axes)
+    assert 1.0 * radius <= estimate_radius(img) <= 1.25 * radius
+    pred = segment_nuclei(img)
+    assert pred.max() == truth.max()
+    # measured: 1.0 at IoU 0.5 for every radius; at 0.75 0.96 for 3 px, 1.0 above
+    assert f1_at_iou(pred, truth, 0.5) == 1.0
+    assert f1_at_iou(pred, truth, 0.75) >= 0.95
+
+
+def test_labels_do_not_depend_on_the_batch() -> None:
+    """A crop's labels are the same alone and within any batch (shards merge exactly)."""
+    from cellbench.data import sim
+
+    rng = np.random.default_rng(3)
+    style = sim.plate_style(rng)
+    moas = ["DMSO", "Aurora kinase inhibitors", "Actin disruptors", "DMSO", "Eg5 inhibitors"]
+    crops = np.stack([sim.render_crop(rng, m, 1.0, style) for m in moas])
+    crops[3] = 0  # an empty crop among them
+    crops[4, ..., 2] = (crops[4, ..., 2] // 3).astype(np.uint8)  # a dim one
+    batch = segment_stack(crops, dna_channel=2)
+    for i in range(len(crops)):
+        alone = segment_crop(crops[i], dna_channel=2)
+        np.testing.assert_array_equal(batch.nuclei[i], alone.nuclei)
+        np.testing.assert_array_equal(batch.cells[i], alone.cells)
+        np.testing.assert_array_equal(batch.cyto_mask[i], alone.cyto_mask)
+    assert batch.nuclei[[0, 1, 2, 4]].reshape(4, -1).max(1).min() >= 1
+    assert batch.nuclei[3].max() == 0
+    reordered = segment_stack(crops[::-1], dna_channel=2)
+    np.testing.assert_array_equal(reordered.nuclei[::-1], batch.nuclei)
+    feats = stack_features(batch)
+    single = [[features_from_masks(batch[i])[k] for k in FEATURE_NAMES] for i in range(len(crops))]
+    np.testing.assert_array_equal(feats, np.array(single))
 
 
 def test_perimeter_matches_scikit_image() -> None:

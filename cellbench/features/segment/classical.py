@@ -61,7 +61,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
-from skimage.morphology import reconstruction
+from skimage.morphology import local_maxima
 from skimage.segmentation import watershed
 
 from cellbench.errors import ImageError
@@ -164,7 +164,7 @@ class NucleusParams:
     #: the distance transform is smoothed with sigma max(distance_sigma x r, 0.5 px)
     distance_sigma: float = 0.05
     #: h of the h-maxima markers (the marker function spans about 0..1)
-    h: float = 0.02
+    h: float = 0.05
     #: blobs and nuclei of at most max(min_area x pi r^2, 10 px) are dropped
     min_area: float = 0.15
     #: nuclei whose peak contrast is below snr x the pixel noise are dropped (0: keep all)
@@ -480,12 +480,13 @@ def _nuclei_at(x: np.ndarray, t: np.ndarray, r: float, p: NucleusParams) -> np.n
                 top[i] = np.percentile(it[i][fg[i]], 99)
         inorm = np.clip(it / np.where(top > 0, top, np.inf)[:, None, None], 0.0, 1.0)
         marker_fn = (1.0 - p.intensity_weight) * marker_fn + p.intensity_weight * inorm
-    # markers: the h-maxima, tops that rise at least h above every path to a higher top, by
-    # reconstruction (seed clipped at 0, so that the strip's zero padding keeps images apart)
-    f = _strip(marker_fn).astype(np.float64)
+    # markers: regional maxima (8-connected) of the marker function quantised in steps of h, so
+    # tops about h above their surroundings; -1 outside the foreground keeps images and blobs apart
+    f = _strip(marker_fn)
     fg_s = _strip(fg)
-    rec = reconstruction(np.maximum(f - p.h, 0.0), f, method="dilation")
-    markers, _ = ndi.label(fg_s & (f - rec >= p.h - 1e-9), structure=np.ones((3, 3), bool))
+    q = np.where(fg_s, np.floor(f / p.h), -1.0).astype(np.int32)
+    peaks = local_maxima(q, connectivity=2, allow_borders=True) & fg_s
+    markers, _ = ndi.label(peaks, structure=np.ones((3, 3), bool))
     labels = watershed(-f, markers, mask=fg_s)
     n = int(labels.max())
     if n == 0:
