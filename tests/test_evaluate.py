@@ -116,7 +116,7 @@ def test_result_has_provenance(world) -> None:
         assert key in doc, key
     assert doc["dataset"]["name"] == "bbbc021-sim" and doc["dataset"]["simulated"] is True
     assert len(doc["weights"]["inception"]) == 64 and len(doc["weights"]["classifier"]) == 64
-    assert doc["segmenter"] == {"name": "classical", "version": "2"}
+    assert doc["segmenter"] == {"name": "classical", "version": "3"}
     assert doc["metric_suite_version"] == "2"
     per_image = pd.read_csv(world["root"] / "identity.per_image.csv")
     assert len(per_image) == len(world["table"])

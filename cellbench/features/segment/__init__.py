@@ -1,7 +1,7 @@
 """Segmentation backends and per-image features (docs/scoring.md).
 
-* :mod:`cellbench.features.segment.classical`: the default ``classical`` backend (version 2: scale-aware
-  nuclei, seeded-watershed cells).
+* :mod:`cellbench.features.segment.classical`: the default ``classical`` backend (version 3: scale-aware
+  nuclei, seeded-watershed cells, every step once per batch).
 * :mod:`cellbench.features.segment.evaluate`: instance matching and F1 against ground truth (real DSB2018
   nuclei, simulated crops with known nuclei).
 * :mod:`cellbench.features.segment.convert`: other crops to the 96x96 uint8 convention.

@@ -13,10 +13,13 @@ across):
    radius of what is found (1.2 x the median over blobs of the largest inscribed distance; touching
    nuclei do not inflate it, and 1.2 turns the inscribed radius of a typical elongated nucleus into
    the radius of the disk of the same area). A measurement within 0.8-1.25 x the candidate accepts
-   it; a smaller one becomes the next candidate; a larger one (background let in) or none halves
-   it. Too small a scale breaks textured nuclei into bits, too large a one lets the background in;
+   it, unless the measurement at half the candidate is below 0.4 x its own (the blobs were
+   background let in); a smaller one becomes the next candidate; a larger one or none halves it;
+   without any agreement, the measurement closest in ratio to its candidate. Candidates above
+   10 px are measured on the image block-averaged by a power of 2 (at least 5 px of radius left).
+   Too small a scale breaks textured nuclei into bits, too large a one lets the background in;
    coming down from above stops at the first scale that explains its own measurement. Radii are
-   rounded to a geometric grid (factor 2^(1/4)), so a batch of crops shares each filter pass among
+   rounded to a geometric grid (factor 2^(1/8)), so a batch of crops shares each filter pass among
    the crops of one radius;
 2. smoothing (Gaussian, sigma max(0.1 r, 1 px)) and background removal: the image minus its
    morphological opening by a 4r-px square, blurred with sigma r (uneven illumination, tissue
@@ -24,9 +27,11 @@ across):
 3. foreground = above 0.5 x Otsu's threshold AND above ``local_fraction`` x the local maximum over
    a 2r-px square: dim nuclei beside bright ones are kept, each with its own half-maximum-like
    border; holes are filled and blobs smaller than 0.15 pi r^2 (or 10 px) dropped;
-4. touching nuclei are split by a watershed of -m seeded by the h-maxima (h = ``h``) of
-   m = 0.4 x distance-to-background / r + 0.6 x intensity normalised to its 99th percentile
-   (sigma 0.2 r): both the shape (necks) and the brightness (dark gaps) separate nuclei;
+4. touching nuclei are split by a watershed of -m seeded by its markers, the regional maxima
+   (8-connected) of m quantised in steps of h = 0.05, where m = 0.4 x distance-to-background / r
+   + 0.6 x intensity normalised to its 99th percentile (sigma 0.2 r): both the shape (necks) and
+   the brightness (dark gaps) separate nuclei. The distance is measured within each image, whose
+   edge is not background;
 5. nuclei smaller than 0.15 pi r^2 (or 10 px), or whose peak contrast is below 3x the pixel noise
    (median absolute deviation of neighbour differences), are dropped.
 
