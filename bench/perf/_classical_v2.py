@@ -569,3 +569,11 @@ def segment_batch(
             f = features_from_masks(seg)
             out[start + i] = [f[k] for k in FEATURE_NAMES]
     return out
+
+
+if __name__ == "__main__":
+    import argparse
+
+    argparse.ArgumentParser(
+        description="The frozen classical v2 segmenter (a module imported by segment_speed.py)."
+    ).parse_args()
