@@ -33,11 +33,9 @@ takes half the time; about 210-330 crops/s (as fast as version 1) with a fixed r
 ``NucleusParams(radius=...)``, e.g. one radius per dataset.
 
 Cells (:func:`segment_crop`, cytoplasm = mean of every channel but DNA; the DNA channel itself for
-a one-channel image): the signal is normalised (0.5 / 99.8 percentiles) and smoothed (sigma
-1.5 px); the cytoplasm foreground is above half its Otsu threshold, holes filled (so the area
-under a nucleus enclosed by cytoplasm counts as cytoplasm); cells are the seeded watershed of the
-inverted signal inside (foreground or nuclei), seeded by the nuclei; foreground blobs holding no
-nucleus become cells of their own if at least as large as the median nucleus.
+a one-channel image): :func:`cellbench.features.segment.cells.segment_cells`, from the cytoplasm's
+own evidence with the nuclei as one input among others (a cell with two nuclei counts once, a cell
+body without a visible nucleus counts).
 
 Per-image features (docs/scoring.md, :func:`features_from_masks`): ``nuc_count``, ``cell_count``,
 ``nuc_max_area`` and ``cell_max_area`` (pixels), ``roundness`` = mean over nuclei of
@@ -58,6 +56,7 @@ from skimage.morphology import h_maxima
 from skimage.segmentation import watershed
 
 from cellbench.errors import ImageError
+from cellbench.features.segment.cells import segment_cells
 
 __all__ = [
     "BACKEND_NAME",
@@ -450,22 +449,8 @@ def segment_crop(
     or HxW / HxWx1 (nuclei, and cells from the same channel)."""
     dna, cyto_src = _channels(image, dna_channel)
     nuclei = segment_nuclei(dna, params=params)
-    cyto = ndi.gaussian_filter(_normalise(cyto_src), 1.5)
-    t = _otsu(cyto)
-    cyto_mask = np.zeros(cyto.shape, bool) if t is None else _fill_holes(cyto > 0.5 * t)
-    mask = cyto_mask | (nuclei > 0)
-    cells = watershed(-cyto, nuclei, mask=mask)
-    orphan = mask & (cells == 0)
-    if orphan.any():
-        comp, n = ndi.label(orphan)
-        sizes = np.bincount(comp.ravel())
-        nuc_sizes = np.bincount(nuclei.ravel())[1:]
-        min_size = float(np.median(nuc_sizes)) if len(nuc_sizes) else 30.0
-        next_id = int(cells.max()) + 1
-        for k in range(1, n + 1):
-            if sizes[k] >= min_size:
-                cells[comp == k] = next_id
-                next_id += 1
+    # cells: the cytoplasm's own evidence, nuclei one input among others (cells.py)
+    cells, cyto_mask = segment_cells(cyto_src, nuclei)
     return SegmentationResult(nuclei.astype(np.int32), cells.astype(np.int32), cyto_mask)
 
 
