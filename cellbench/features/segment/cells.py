@@ -7,7 +7,9 @@ dataset card's order) and a nucleus label image into cell labels and the cytopla
    (:func:`cyto_levels`, one pair of levels per crop): 0 = the crop's background (0.5th
    percentile), 1 = Otsu's threshold of the crop's smoothed signal. Every later step works in these
    units, so nothing depends on how many crops one call sees: a mosaic of crops, each in its own
-   units, separated by zero gutters, gives each crop the cells it gets alone;
+   units, separated by gutters of 8 px or more that are 0 in crop units (levels (0, 1) there and a
+   zero signal), gives each crop the cells it gets alone: every filter treats outside the image
+   as background, as a gutter is (a cell may reach 3 px into a gutter: cut the tiles out);
 2. foreground = the signal smoothed with sigma 1.5 px above 0.5, holes filled (the area under a
    nucleus enclosed by cytoplasm counts as cytoplasm); cells live in foreground or nuclei;
 3. the marker function is the signal smoothed with sigma 2 px in which every nucleus is filled
@@ -112,6 +114,11 @@ def cyto_levels(
     return lo, thr
 
 
+def _smooth(u: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur in crop units; outside the image counts as background (0), as a gutter does."""
+    return ndi.gaussian_filter(u, sigma, mode="constant", cval=0.0)
+
+
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
     bg, n = ndi.label(~mask)
     if n == 0:
@@ -208,9 +215,9 @@ def segment_cells(
     else:
         lo, thr = levels
     u = (c - lo) / (np.asarray(thr, np.float32) - lo)
-    fg = _fill_holes(ndi.gaussian_filter(u, p.fg_sigma) > p.fg_level)
+    fg = _fill_holes(_smooth(u, p.fg_sigma) > p.fg_level)
     mask = fg | (nuc > 0)
-    f = ndi.gaussian_filter(u, p.marker_sigma)
+    f = _smooth(u, p.marker_sigma)
     n_nuc = int(nuc.max()) if nuc.size else 0
     near = np.zeros(c.shape, bool)
     if n_nuc > 0:
@@ -222,11 +229,13 @@ def segment_cells(
         f[inside] = np.maximum(f[inside], fill[nuc[inside]])
         width = 2 * p.seed_clearance + 1
         near = ndi.maximum_filter(inside, size=width) if p.seed_clearance > 0 else inside
-    g = f + p.distance_weight * ndi.distance_transform_edt(mask) if p.distance_weight else f
+    g = f
+    if p.distance_weight:  # the image border counts as background, as a gutter does
+        g = f + p.distance_weight * ndi.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
     extra, _ = ndi.label(h_maxima(g, p.h) & mask & ~near)
     seeds = nuc.astype(np.int32)
     seeds = np.where(extra > 0, extra + n_nuc, seeds)
-    w = ndi.gaussian_filter(u, p.watershed_sigma)
+    w = _smooth(u, p.watershed_sigma)
     labels = watershed(-w, seeds, mask=mask)
     if p.merge_ratio > 0:
         labels = _merge(labels, seeds, f, p)
