@@ -78,25 +78,23 @@ def test_a_mosaic_with_zero_gutters_gives_each_crop_its_own_cells() -> None:
     nuclei = np.zeros((96, width), np.int32)
     lo_map = np.zeros_like(mosaic)
     thr_map = np.ones_like(mosaic)
+    valid = np.zeros(mosaic.shape, bool)
     offset = 0
     for i, seg in enumerate(segs):
         x = slice(i * (96 + gutter), i * (96 + gutter) + 96)
         mosaic[:, x] = cyto[i]
         lo_map[:, x], thr_map[:, x] = lo[i], thr[i]
+        valid[:, x] = True
         nuclei[:, x] = np.where(seg.nuclei > 0, seg.nuclei + offset, 0)
         offset += int(seg.nuclei.max())
-    cells, fg = segment_cells(mosaic, nuclei, levels=(lo_map, thr_map))
+    cells, fg = segment_cells(mosaic, nuclei, levels=(lo_map, thr_map), valid=valid)
     for i, seg in enumerate(segs):
         x = slice(i * (96 + gutter), i * (96 + gutter) + 96)
         tile = cells[:, x]
         assert len(np.unique(tile[tile > 0])) == seg.cells.max()
-        assert f1_at_iou(tile, seg.cells, 0.9) == 1.0
-        assert np.mean(fg[:, x] == seg.cyto_mask) > 0.995
-    # smoothing lets a cell reach at most 3 px into a gutter (cut the tiles out)
-    middle = np.ones(width, bool)
-    for i in range(len(crops)):
-        middle[max(i * (96 + gutter) - 3, 0) : i * (96 + gutter) + 96 + 3] = False
-    assert middle.any() and not cells[:, middle].any()
+        assert f1_at_iou(tile, seg.cells, 0.9) == 1.0  # watershed ties may fall otherwise
+        assert np.array_equal(fg[:, x], seg.cyto_mask)
+    assert not cells[:, ~valid[0]].any() and not fg[:, ~valid[0]].any()
 
 
 def test_levels_and_shapes_are_checked() -> None:

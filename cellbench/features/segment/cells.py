@@ -7,9 +7,9 @@ dataset card's order) and a nucleus label image into cell labels and the cytopla
    (:func:`cyto_levels`, one pair of levels per crop): 0 = the crop's background (0.5th
    percentile), 1 = Otsu's threshold of the crop's smoothed signal. Every later step works in these
    units, so nothing depends on how many crops one call sees: a mosaic of crops, each in its own
-   units, separated by gutters of 8 px or more that are 0 in crop units (levels (0, 1) there and a
-   zero signal), gives each crop the cells it gets alone: every filter treats outside the image
-   as background, as a gutter is (a cell may reach 3 px into a gutter: cut the tiles out);
+   units, separated by gutters of 8 px or more (``valid`` False there), gives each crop the cells
+   it gets alone: every filter is a weighted mean over crop pixels only, so neither the image
+   border nor a gutter counts as anything;
 2. foreground = the signal smoothed with sigma 1.5 px above 0.5, holes filled (the area under a
    nucleus enclosed by cytoplasm counts as cytoplasm); cells live in foreground or nuclei;
 3. the marker function is the signal smoothed with sigma 2 px in which every nucleus is filled
@@ -114,9 +114,17 @@ def cyto_levels(
     return lo, thr
 
 
-def _smooth(u: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian blur in crop units; outside the image counts as background (0), as a gutter does."""
-    return ndi.gaussian_filter(u, sigma, mode="constant", cval=0.0)
+def _smooth(u: np.ndarray, sigma: float, valid: np.ndarray | None) -> np.ndarray:
+    """Gaussian blur of the crop pixels only: a weighted mean over the pixels of ``valid`` (all
+    pixels when None); what lies outside the image or in a gutter does not count."""
+    if valid is None:
+        ones = np.ones(u.shape, np.float32)
+        return ndi.gaussian_filter(u, sigma, mode="constant") / ndi.gaussian_filter(
+            ones, sigma, mode="constant"
+        )
+    v = valid.astype(np.float32)
+    weight = ndi.gaussian_filter(v, sigma, mode="constant")
+    return ndi.gaussian_filter(u * v, sigma, mode="constant") / np.maximum(weight, 1e-6) * v
 
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
@@ -190,6 +198,7 @@ def segment_cells(
     nuclei: np.ndarray,
     *,
     levels: tuple[np.ndarray | float, np.ndarray | float] | None = None,
+    valid: np.ndarray | None = None,
     params: CellParams = DEFAULT_CELL_PARAMS,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Cell labels (int32, 0 = background, 1..k) and the cytoplasm foreground (bool).
@@ -200,6 +209,9 @@ def segment_cells(
         levels: (background, Otsu level) of the signal (:func:`cyto_levels`), each a number or an
             HxW map (a mosaic of crops: each tile filled with its crop's levels). Default: the
             levels of ``cyto`` as one crop.
+        valid: for a mosaic, HxW bool, True on crop pixels and False in the gutters (at least
+            8 px wide) between them; filters then use crop pixels only, so each crop gets the
+            cells it gets alone. Default: every pixel is a crop pixel.
         params: the parameters (steps in the module docstring).
     """
     c = np.asarray(cyto, np.float32)
@@ -215,11 +227,16 @@ def segment_cells(
     else:
         lo, thr = levels
     u = (c - lo) / (np.asarray(thr, np.float32) - lo)
-    fg = _fill_holes(_smooth(u, p.fg_sigma) > p.fg_level)
+    if valid is not None:
+        u = np.where(valid, u, 0.0).astype(np.float32)
+    fg = _fill_holes(_smooth(u, p.fg_sigma, valid) > p.fg_level)
     mask = fg | (nuc > 0)
-    f = _smooth(u, p.marker_sigma)
+    f = _smooth(u, p.marker_sigma, valid)
     n_nuc = int(nuc.max()) if nuc.size else 0
     near = np.zeros(c.shape, bool)
+    if valid is not None:
+        fg &= valid
+        mask &= valid
     if n_nuc > 0:
         inside = nuc > 0
         grown = ndi.grey_dilation(nuc, size=(2 * p.ring + 1,) * 2)
@@ -232,10 +249,13 @@ def segment_cells(
     g = f
     if p.distance_weight:  # the image border counts as background, as a gutter does
         g = f + p.distance_weight * ndi.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
-    extra, _ = ndi.label(h_maxima(g, p.h) & mask & ~near)
+    # a frame of background (0) around the image, as a gutter is: a maximum's height is measured
+    # against the background the same way alone and in a mosaic
+    peaks = h_maxima(np.pad(g, 1), p.h)[1:-1, 1:-1].astype(bool)
+    extra, _ = ndi.label(peaks & mask & ~near)
     seeds = nuc.astype(np.int32)
     seeds = np.where(extra > 0, extra + n_nuc, seeds)
-    w = _smooth(u, p.watershed_sigma)
+    w = _smooth(u, p.watershed_sigma, valid)
     labels = watershed(-w, seeds, mask=mask)
     if p.merge_ratio > 0:
         labels = _merge(labels, seeds, f, p)
