@@ -30,8 +30,8 @@ nucleus_duplicate   nuc_count     4 copies of the crop's nuclei added (4 x sever
 nucleus_remove      nuc_count     every image keeps one nucleus (fraction of images = severity)
 cell_duplicate      cyto_count    3 copies of whole cells (cytoplasm + nucleus) added
 cell_remove         cyto_count    every image keeps one cell (fraction of images = severity)
-cell_two_nuclei     nuc_count     one cell per image gets a second nucleus (fraction of images =
-                                  severity); cyto_count should stay
+cell_two_nuclei     nuc_count     one cell per image gets a second nucleus beside its own (fraction
+                                  of images = severity); cyto_count should stay
 cell_no_nucleus     nuc_count     one cell per image loses its nucleus (fraction of images =
                                   severity); cyto_count should stay
 moa_swap            moa           every image replaced by a crop of another MoA (fraction = severity)
@@ -723,8 +723,9 @@ def cell_two_nuclei(
     segs: Sequence | None = None,
 ) -> np.ndarray:
     """In round(severity x N) random images, one cell gets a second nucleus: a copy of its own
-    nucleus (DNA channel only) placed wholly inside that cell's cytoplasm, 2 px or more inside
-    its border and touching no nucleus. The cells stay as they are: ``nuc_count`` rises by one,
+    nucleus (DNA channel only) placed beside it (3 to 6 px apart, as the two nuclei of a
+    binucleate cell), wholly inside that cell's cytoplasm, 2 px or more inside its border and
+    touching no other nucleus. The cells stay as they are: ``nuc_count`` rises by one,
     ``cell_count`` should not move. Images with no cell where a copy fits are left as they are.
     """
     crops = _check(crops, severity)
@@ -740,7 +741,11 @@ def cell_two_nuclei(
             k, j = pairs[o]
             m = seg.nuclei == j
             room = ndi.binary_erosion(seg.cells == k, structure=_disk(2))
-            shift = _choose_shift(m, hard=[(occupied, m), (~room, m)], min_in_crop=1.0, rng=rng)
+            # beside the first nucleus: the copy's far side at most 2 r + 6 px from it
+            reach = _dilate(m, round(2.0 * np.sqrt(m.sum() / np.pi)) + 6)
+            shift = _choose_shift(
+                m, hard=[(occupied, m), (~room | ~reach, m)], min_in_crop=1.0, rng=rng
+            )
             if shift is not None:
                 plan = (j, shift)
                 break

@@ -13,7 +13,7 @@ dataset card's order) and a nucleus label image into cell labels and the cytopla
 2. foreground = the signal smoothed with sigma 1.5 px above 0.5, holes filled (the area under a
    nucleus enclosed by cytoplasm counts as cytoplasm); cells live in foreground or nuclei;
 3. the marker function is the signal smoothed with sigma 2 px in which every nucleus is filled
-   with the brightest cytoplasm of a 2-px ring around it (stains are dimmer over a nucleus; filled,
+   with the mean cytoplasm of a 2-px ring around it (stains are dimmer over a nucleus; filled,
    a nucleus is part of its cell's bright body instead of a hole in it), plus 0.05 x the distance to
    the background in px (shape: necks between touching cells);
 4. seeds: every nucleus, and every h-maximum (h = 0.6) of the marker function farther than 2 px
@@ -21,10 +21,14 @@ dataset card's order) and a nucleus label image into cell labels and the cytopla
    focus, or absent);
 5. a watershed of the signal (smoothed with sigma 0.7 px, which keeps the dark lines between
    touching cells) grows the seeds inside foreground-or-nuclei;
-6. two touching regions are one cell when the cytoplasm between their seeds shows no boundary: the
-   lowest value of the filled marker function on the segment joining the two seeds' centres is at
-   least 0.95 x the lower of its values at the two centres (two nuclei in one continuous cell body
-   merge; two cells meeting at a dimmer border stay apart);
+6. two touching regions are one cell when the cytoplasm between their seeds shows no boundary,
+   neither a dip nor a ridge (the bright cortex where two cells meet), and the seeds are close
+   but apart. On the segment joining the two seeds' centres, the part outside both seeds must be
+   between 1 sample and 8 px long (touching nuclei have no cytoplasm between them: the nuclei
+   decide); the lowest value on the segment must be at least 0.95 x the lower of the values at the
+   two centres, and the highest outside the seeds at most 1.15 x the higher (values of the marker
+   function, whose nuclei are filled with the mean of their 2-px ring). Two nuclei side by side in one continuous cell body merge; two
+   cells meeting at a dimmer or brighter border, or nuclei far apart, stay apart;
 7. regions smaller than 120 px (about half a typical nucleus of a 96x96 crop) are dropped.
 
 So ``cell_count`` differs from ``nuc_count`` when the image says so: a cell with two nuclei counts
@@ -59,12 +63,16 @@ class CellParams:
     h: float = 0.6
     #: cytoplasm-only seeds must be farther than this from every nucleus (px)
     seed_clearance: int = 2
-    #: ring around a nucleus whose brightest cytoplasm fills it (px)
+    #: ring around a nucleus whose mean cytoplasm fills it (px)
     ring: int = 2
     #: sigma of the signal the watershed grows on
     watershed_sigma: float = 0.7
     #: two touching regions merge when the path between their seeds stays above this fraction
     merge_ratio: float = 0.95
+    #: ... and the part of that path outside both seeds is at most this long (px; None: any)
+    merge_gap: float | None = 8.0
+    #: ... and nowhere between the seeds above this multiple of the higher end (None: no limit)
+    ridge: float | None = 1.15
     #: points sampled on that path
     path_samples: int = 16
     #: regions smaller than this (px) are dropped
@@ -177,6 +185,16 @@ def _merge(labels: np.ndarray, seeds: np.ndarray, f: np.ndarray, p: CellParams) 
     vals = vals.reshape(len(pairs), p.path_samples)
     ends = np.minimum(vals[:, 0], vals[:, -1])
     join = vals.min(1) >= p.merge_ratio * ends
+    at = ndi.map_coordinates(seeds, pts.reshape(-1, 2).T, order=0, mode="nearest")
+    at = at.reshape(len(pairs), p.path_samples)
+    outside = (at != pairs[:, :1]) & (at != pairs[:, 1:])
+    if p.merge_gap is not None:  # the seeds must also be close: the path outside both is short
+        length = np.hypot(*(b - a).T)
+        join &= outside.mean(1) * length <= p.merge_gap
+    join &= outside.any(1)  # touching nuclei: no cytoplasm between them, the nuclei decide
+    if p.ridge is not None:  # no bright line (a cell cortex) between the seeds either
+        top = np.where(outside, vals, -np.inf).max(1)
+        join &= top <= p.ridge * np.maximum(vals[:, 0], vals[:, -1])
     parent = np.arange(n + 1)
 
     def find(x: int) -> int:
@@ -241,8 +259,9 @@ def segment_cells(
         inside = nuc > 0
         grown = ndi.grey_dilation(nuc, size=(2 * p.ring + 1,) * 2)
         ring = (grown > 0) & ~inside
-        fill = np.full(n_nuc + 1, -np.inf)
-        np.maximum.at(fill, grown[ring], f[ring])
+        total = np.bincount(grown[ring], weights=f[ring], minlength=n_nuc + 1)
+        count = np.bincount(grown[ring], minlength=n_nuc + 1)
+        fill = np.where(count > 0, total / np.maximum(count, 1), -np.inf)
         f[inside] = np.maximum(f[inside], fill[nuc[inside]])
         width = 2 * p.seed_clearance + 1
         near = ndi.maximum_filter(inside, size=width) if p.seed_clearance > 0 else inside
