@@ -175,16 +175,17 @@ def test_sim_every_reward_falls_with_its_defect(sim_world) -> None:
 
 # defect: (direction of nuc_count, nuc_count reward margin, largest |cell_count change| as a
 # fraction of the |nuc_count change|), on the sim as above. Measured when written (segmenter
-# classical v2 nuclei + cells.py cells, 48 targets), feature means 0 / 0.5 / 1 and the rewards'
-# change at severity 1:
-#   cell_two_nuclei: nuc_count 2.79 / 3.17 / 3.46, cell_count 2.75 / 2.94 / 3.10 (ratio 0.52);
-#                    rewards nuc_count -0.47, cyto_count -0.35
-#   cell_no_nucleus: nuc_count 2.79 / 2.27 / 1.73, cell_count 2.75 / 2.60 / 2.48 (ratio 0.25);
-#                    rewards nuc_count -0.86, cyto_count -0.05 (interval reaches 0)
-# With the nucleus-seeded cells of v2 the cell count followed the nucleus count (ratio about 1).
+# classical v2 nuclei + cells.py cells, 48 targets), feature means at severity 0 / 0.5 / 1 and
+# the rewards' change at severity 1 (95% interval):
+#   cell_two_nuclei: nuc_count 2.79 / 3.15 / 3.46, cell_count 2.79 / 2.79 / 2.79 (ratio 0.0);
+#                    rewards nuc_count -0.47 [-0.77, -0.16], cyto_count +0.05 [0.0, 0.14]
+#   cell_no_nucleus: nuc_count 2.79 / 2.27 / 1.73, cell_count 2.79 / 2.60 / 2.40 (ratio 0.37);
+#                    rewards nuc_count -0.86 [-1.22, -0.48], cyto_count +0.09 [-0.10, 0.27]
+# With the nucleus-seeded cells before (cells.py), the cell count followed the nucleus count
+# (ratio about 1: cell_two_nuclei moved both by +0.81 on 52 sim crops).
 CELL_DEFECTS: dict[str, tuple[int, float, float]] = {
-    "cell_two_nuclei": (+1, 0.15, 0.75),
-    "cell_no_nucleus": (-1, 0.3, 0.5),
+    "cell_two_nuclei": (+1, 0.15, 0.25),
+    "cell_no_nucleus": (-1, 0.3, 0.6),
 }
 
 
