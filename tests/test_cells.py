@@ -113,10 +113,10 @@ def test_cell_f1_on_simulated_crops_with_known_cells() -> None:
 
     scores = sim_cell_f1(n_per_moa=8, seed=0)
     assert len(scores) == 13 * 8
-    # measured (2026-12-06): mean F1 0.93 at IoU 0.5 on these 104 crops (0.935 on 325 crops;
-    # the nucleus-seeded cells of segmenter v2 reached 0.915 on the 325)
-    assert scores["f1_50"].mean() >= 0.91
-    # cells are not copies of the nuclei: the two counts differ in a share of crops (27.7% of the
-    # 325 crops; truly in 18.5%; with nucleus-seeded cells in 0.9%)
+    # measured (2026-12-06): mean F1 0.905 at IoU 0.5 on these 104 crops (0.919 on the 325 crops
+    # of sim_cell_f1(n_per_moa=25); the nucleus-seeded cells before reached 0.915 on the 325)
+    assert scores["f1_50"].mean() >= 0.89
+    # cells are not copies of the nuclei: the two counts differ in 19% of these crops (17.8% of
+    # the 325; truly in 18.5%; with the nucleus-seeded cells before in 0.9%)
     differ = (scores["n_pred"] != scores["n_pred_nuclei"]).mean()
-    assert 0.1 <= differ <= 0.45
+    assert 0.1 <= differ <= 0.35
