@@ -1,6 +1,6 @@
 """The default ``classical`` segmentation backend, version 2 (scikit-image, no weights).
 
-Scale-aware nuclei, cells by a seeded watershed.
+Scale-aware nuclei; cells from the cytoplasm's own evidence (:mod:`.cells`).
 
 Nuclei (:func:`segment_nuclei`, one 2-D DNA image of any size and dtype). Every length is a multiple
 of the nucleus radius ``r``, so the same parameters serve 96x96 crops (nuclei 10-25 px across) and
