@@ -38,6 +38,7 @@ once, a cell body without a visible nucleus counts.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -122,14 +123,19 @@ def cyto_levels(
     return lo, thr
 
 
+@lru_cache(maxsize=16)
+def _edge_weight(shape: tuple[int, ...], sigma: float) -> np.ndarray:
+    """The blur of an all-ones image of ``shape`` (0 outside): the weight of in-image pixels."""
+    w = ndi.gaussian_filter(np.ones(shape, np.float32), sigma, mode="constant")
+    w.flags.writeable = False
+    return w
+
+
 def _smooth(u: np.ndarray, sigma: float, valid: np.ndarray | None) -> np.ndarray:
     """Gaussian blur of the crop pixels only: a weighted mean over the pixels of ``valid`` (all
     pixels when None); what lies outside the image or in a gutter does not count."""
     if valid is None:
-        ones = np.ones(u.shape, np.float32)
-        return ndi.gaussian_filter(u, sigma, mode="constant") / ndi.gaussian_filter(
-            ones, sigma, mode="constant"
-        )
+        return ndi.gaussian_filter(u, sigma, mode="constant") / _edge_weight(u.shape, sigma)
     v = valid.astype(np.float32)
     weight = ndi.gaussian_filter(v, sigma, mode="constant")
     return ndi.gaussian_filter(u * v, sigma, mode="constant") / np.maximum(weight, 1e-6) * v
