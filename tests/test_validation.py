@@ -173,6 +173,41 @@ def test_sim_every_reward_falls_with_its_defect(sim_world) -> None:
     }
 
 
+# defect: (direction of nuc_count, nuc_count reward margin, largest |cell_count change| as a
+# fraction of the |nuc_count change|), on the sim as above. Measured when written (segmenter
+# classical v2 nuclei + cells.py cells, 48 targets), feature means at severity 0 / 0.5 / 1 and
+# the rewards' change at severity 1 (95% interval):
+#   cell_two_nuclei: nuc_count 2.79 / 3.15 / 3.46, cell_count 2.79 / 2.79 / 2.79 (ratio 0.0);
+#                    rewards nuc_count -0.47 [-0.77, -0.16], cyto_count +0.05 [0.0, 0.14]
+#   cell_no_nucleus: nuc_count 2.79 / 2.27 / 1.73, cell_count 2.79 / 2.60 / 2.40 (ratio 0.37);
+#                    rewards nuc_count -0.86 [-1.22, -0.48], cyto_count +0.09 [-0.10, 0.27]
+# With the nucleus-seeded cells before (cells.py), the cell count followed the nucleus count
+# (ratio about 1: cell_two_nuclei moved both by +0.81 on 52 sim crops).
+CELL_DEFECTS: dict[str, tuple[int, float, float]] = {
+    "cell_two_nuclei": (+1, 0.15, 0.25),
+    "cell_no_nucleus": (-1, 0.3, 0.6),
+}
+
+
+@pytest.mark.slow
+def test_cell_defects_move_nuc_count_not_cyto_count(sim_world) -> None:
+    """A second nucleus in one cell, or a cell whose nucleus is erased: nuc_count moves at every
+    severity step and its reward falls; cell_count (and the cyto_count reward) moves much less."""
+    doc = sim_world["suite"].run(list(CELL_DEFECTS), SEVERITIES)
+    means = doc["feature_means"]
+    for defect, (sign, margin, ratio) in CELL_DEFECTS.items():
+        keys = ["baseline", *(f"{defect}@{s}" for s in SEVERITIES)]
+        nuc = np.array([means[k]["nuc_count"] for k in keys])
+        cell = np.array([means[k]["cell_count"] for k in keys])
+        assert np.all(sign * np.diff(nuc) > 0), (defect, nuc)
+        assert sign * (nuc[-1] - nuc[0]) >= 0.5, (defect, nuc)
+        assert abs(cell[-1] - cell[0]) <= ratio * abs(nuc[-1] - nuc[0]), (defect, nuc, cell)
+        _check_ladder(doc["defects"][defect], "nuc_count", margin)
+        steady = doc["defects"][defect]["steady"]["cyto_count"]
+        target = doc["defects"][defect]["targets"]["nuc_count"]
+        assert abs(steady["delta_at_max"]) < ratio * abs(target["delta_at_max"]), defect
+
+
 def test_in_memory_scoring_is_cellbench_eval(sim_world, tmp_path: Path) -> None:
     """The suite's scores equal `evaluate` on the same damaged images written as files."""
     from cellbench.evaluation import evaluate

@@ -521,7 +521,8 @@ def render_crop(
     style: PlateStyle,
     *,
     with_nuclei: bool = False,
-) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    with_cells: bool = False,
+) -> np.ndarray | tuple[np.ndarray, ...]:
     """One 96x96x3 uint8 crop (channel order :data:`CHANNELS`).
 
     Args:
@@ -532,6 +533,10 @@ def render_crop(
         with_nuclei: also return the ground-truth nucleus labels (int32 96x96, 0 = background;
             a pixel belongs to the nucleus whose soft mask is largest there, if above 0.5). The
             image is the same either way.
+        with_cells: also return the ground-truth cell labels after the nucleus labels (int32
+            96x96, 0 = background; a pixel belongs to the cell whose territory it is in, more
+            than 0.75 px inside its edge, where the cytoplasm stains reach half their level). The
+            image is the same either way; the nucleus labels are returned too.
     """
     if moa not in _TARGETS:
         raise UnknownNameError(
@@ -580,7 +585,7 @@ def render_crop(
     for i, cell in enumerate(cells):
         field, bright = _nucleus_field(rng, cell, kind, theta[i])
         field = field * (owner == i) * inside
-        if with_nuclei:
+        if with_nuclei or with_cells:
             truth[(field > 0.5) & (field > nuc)] = i + 1
         level = 0.6 * cell.p["dna_gain"] * bright * float(rng.uniform(0.85, 1.15))
         nuc = np.maximum(nuc, field)
@@ -690,12 +695,20 @@ def render_crop(
     noise = rng.standard_normal(img.shape).astype(np.float32)
     img = img + style.noise_sigma * noise * (0.6 + np.sqrt(np.maximum(img, 0.0)))
     out = np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
-    if with_nuclei:
-        lut = np.zeros(n + 1, np.int32)  # renumber the visible nuclei 1..k, in order
-        seen = np.unique(truth[truth > 0])
-        lut[seen] = np.arange(1, len(seen) + 1, dtype=np.int32)
-        return out, lut[truth]
+    if with_nuclei or with_cells:
+        nuclei = _renumber(truth, n)
+        if with_cells:
+            return out, nuclei, _renumber(np.where(to_edge > 0.75, owner + 1, 0), n)
+        return out, nuclei
     return out
+
+
+def _renumber(labels: np.ndarray, n: int) -> np.ndarray:
+    """Labels 0..n renumbered so that the visible ones are 1..k, in order (int32)."""
+    lut = np.zeros(n + 1, np.int32)
+    seen = np.unique(labels[labels > 0])
+    lut[seen] = np.arange(1, len(seen) + 1, dtype=np.int32)
+    return lut[labels]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -30,6 +30,10 @@ nucleus_duplicate   nuc_count     4 copies of the crop's nuclei added (4 x sever
 nucleus_remove      nuc_count     every image keeps one nucleus (fraction of images = severity)
 cell_duplicate      cyto_count    3 copies of whole cells (cytoplasm + nucleus) added
 cell_remove         cyto_count    every image keeps one cell (fraction of images = severity)
+cell_two_nuclei     nuc_count     one cell per image gets a second nucleus beside its own (fraction
+                                  of images = severity); cyto_count should stay
+cell_no_nucleus     nuc_count     one cell per image loses its nucleus (fraction of images =
+                                  severity); cyto_count should stay
 moa_swap            moa           every image replaced by a crop of another MoA (fraction = severity)
 blur                FID/KID       Gaussian blur, sigma 3 px
 noise               FID/KID       additive Gaussian noise, sd 40 grey levels
@@ -56,8 +60,10 @@ __all__ = [
     "blur",
     "cell_duplicate",
     "cell_grow",
+    "cell_no_nucleus",
     "cell_remove",
     "cell_shrink",
+    "cell_two_nuclei",
     "channel_swap",
     "intensity_shift",
     "moa_swap",
@@ -693,6 +699,98 @@ def cell_remove(
     return out
 
 
+def _nucleated_cells(seg) -> list[tuple[int, int]]:
+    """(cell, nucleus) pairs: every cell with the nucleus holding most of its nuclear pixels,
+    when at least half of that nucleus lies in the cell."""
+    out = []
+    for k in _objects(seg.cells):
+        cm = seg.cells == k
+        nuc = seg.nuclei[cm]
+        nuc = nuc[nuc > 0]
+        if nuc.size:
+            j = int(np.bincount(nuc).argmax())
+            if cm[seg.nuclei == j].mean() >= 0.5:
+                out.append((k, j))
+    return out
+
+
+def cell_two_nuclei(
+    crops: np.ndarray,
+    severity: float,
+    rng: np.random.Generator,
+    *,
+    dna_channel: int = 2,
+    segs: Sequence | None = None,
+) -> np.ndarray:
+    """In round(severity x N) random images, one cell gets a second nucleus: a copy of its own
+    nucleus (DNA channel only) placed beside it (3 to 6 px apart, as the two nuclei of a
+    binucleate cell), wholly inside that cell's cytoplasm, 2 px or more inside its border and
+    touching no other nucleus. The cells stay as they are: ``nuc_count`` rises by one,
+    ``cell_count`` should not move. Images with no cell where a copy fits are left as they are.
+    """
+    crops = _check(crops, severity)
+    segs = _segs(crops, segs, dna_channel)
+    hit = set(_affected(rng, len(crops), severity).tolist())
+    out = crops.copy()
+    for i, (img, seg) in enumerate(zip(crops, segs, strict=True)):
+        pairs = _nucleated_cells(seg)
+        order = rng.permutation(len(pairs))  # drawn whatever the severity
+        occupied = _dilate(seg.nuclei > 0, 3)
+        plan = None
+        for o in order:
+            k, j = pairs[o]
+            m = seg.nuclei == j
+            room = ndi.binary_erosion(seg.cells == k, structure=_disk(2))
+            # beside the first nucleus: the copy's far side at most 2 r + 6 px from it
+            reach = _dilate(m, round(2.0 * np.sqrt(m.sum() / np.pi)) + 6)
+            shift = _choose_shift(
+                m, hard=[(occupied, m), (~room | ~reach, m)], min_in_crop=1.0, rng=rng
+            )
+            if shift is not None:
+                plan = (j, shift)
+                break
+        if i not in hit or plan is None:
+            continue
+        j, (dy, dx) = plan
+        m = seg.nuclei == j
+        c = _centroid(m)
+        work = img.astype(np.float32)
+        dst = (c[0] + dy, c[1] + dx)
+        _paste(work, img.astype(np.float32), _dilate(m), c, dst, None, [dna_channel])
+        out[i] = _to_uint8(work)
+    return out
+
+
+def cell_no_nucleus(
+    crops: np.ndarray,
+    severity: float,
+    rng: np.random.Generator,
+    *,
+    dna_channel: int = 2,
+    segs: Sequence | None = None,
+) -> np.ndarray:
+    """In round(severity x N) random images, one cell loses its nucleus: the nucleus's DNA is
+    filled with the crop's own background, the cytoplasm channels are kept. ``nuc_count`` falls by
+    one, ``cell_count`` should not move."""
+    crops = _check(crops, severity)
+    segs = _segs(crops, segs, dna_channel)
+    hit = _affected(rng, len(crops), severity)
+    pick = rng.random(len(crops))
+    out = crops.copy()
+    for i in hit:
+        img, seg = crops[i], segs[i]
+        pairs = _nucleated_cells(seg)
+        if not pairs:
+            continue
+        _, j = pairs[int(pick[i] * len(pairs))]
+        gone = seg.nuclei == j
+        work = img.astype(np.float32)
+        fill = _dilate(gone) & ~((seg.nuclei > 0) & ~gone)
+        _Background(img, seg.nuclei > 0).fill(work, fill, [dna_channel], rng)
+        out[i] = _to_uint8(work)
+    return out
+
+
 # ------------------------------------------------------------------------------ image defects
 def moa_swap(
     crops: np.ndarray,
@@ -787,6 +885,8 @@ class DefectSpec:
     summary: str
     uses_masks: bool = True
     needs_donors: bool = False
+    #: metrics the defect should leave where they are (reported beside the targets)
+    steady: tuple[str, ...] = ()
 
 
 def _spec(fn, targets, summary, **kw) -> DefectSpec:
@@ -808,6 +908,18 @@ DEFECTS: dict[str, DefectSpec] = {
         _spec(nucleus_remove, ["nuc_count"], "all nuclei but one erased, in a fraction of images"),
         _spec(cell_duplicate, ["cyto_count"], "up to 3 extra whole cells"),
         _spec(cell_remove, ["cyto_count"], "all cells but one erased, in a fraction of images"),
+        _spec(
+            cell_two_nuclei,
+            ["nuc_count"],
+            "a second nucleus in one cell, in a fraction of images (cyto_count steady)",
+            steady=("cyto_count",),
+        ),
+        _spec(
+            cell_no_nucleus,
+            ["nuc_count"],
+            "one cell's nucleus erased, in a fraction of images (cyto_count steady)",
+            steady=("cyto_count",),
+        ),
         _spec(
             moa_swap,
             ["moa"],

@@ -116,6 +116,25 @@ def summarise_defect(
     return out
 
 
+def summarise_steady(
+    defect: str, per_severity: dict[float, dict[str, dict]], baseline: dict[str, float]
+) -> dict[str, Any]:
+    """Per metric the defect should leave where it is (``DefectSpec.steady``): its curve over
+    severities and its change at the highest severity, to set beside the targets' fall."""
+    sev = sorted(per_severity)
+    out = {}
+    for m in DEFECTS[defect].steady:
+        if m not in baseline or baseline[m] is None:
+            continue
+        top = per_severity[sev[-1]][m]
+        out[m] = {
+            "curve": [baseline[m], *[per_severity[s][m]["value"] for s in sev]],
+            "delta_at_max": top["delta"],
+            "ci_at_max": top.get("ci"),
+        }
+    return out
+
+
 # ------------------------------------------------------------------------------- scored runs
 class SimSuite:
     """Damage a seeded subset of a dataset's protocol targets and score it like ``cellbench eval``."""
@@ -226,6 +245,7 @@ class SimSuite:
             results[d] = {
                 "severities": {str(s): per_sev[s] for s in severities},
                 "targets": summarise_defect(d, per_sev, baseline),
+                "steady": summarise_steady(d, per_sev, baseline),
             }
         return {
             "source": f"{self.ds.name} (test protocol, seed {self.seed})",
@@ -370,6 +390,7 @@ class RealSuite:
             results[d] = {
                 "severities": {str(s): per_sev[s] for s in severities},
                 "targets": summarise_defect(d, per_sev, baseline),
+                "steady": summarise_steady(d, per_sev, baseline),
             }
         return {
             "source": f"real BBBC021 crops ({self.root.name}), 96x96 uint8",

@@ -34,6 +34,7 @@ _EXPORTS = {
     "f1_at_iou": "evaluate",
     "iou_matrix": "evaluate",
     "match_instances": "evaluate",
+    "sim_cell_f1": "evaluate",
     "sim_f1": "evaluate",
     "to_uint8_crop": "convert",
 }

@@ -1,6 +1,7 @@
 """The default ``classical`` segmentation backend, version 3 (scikit-image, no weights).
 
-Scale-aware nuclei, cells by a seeded watershed, every step run once per batch of crops.
+Scale-aware nuclei, cells from the cytoplasm's own evidence (:mod:`.cells`), every step run once
+per batch of crops.
 
 Nuclei (:func:`segment_nuclei_stack`, a stack of 2-D DNA images of one size; :func:`segment_nuclei`
 for one image of any size and dtype). Every length is a multiple of the nucleus radius ``r``, so
@@ -42,11 +43,10 @@ keeps every image's objects apart. A single image is a batch of one, so an image
 depend on the other images of its batch (tested), and shards merge exactly.
 
 Cells (:func:`segment_stack`; cytoplasm = mean of every channel but DNA; the DNA channel itself for
-a one-channel image): the signal is normalised per image (0.5 / 99.8 percentiles) and smoothed
-(sigma 1.5 px); the cytoplasm foreground is above half its Otsu threshold, holes filled (so the
-area under a nucleus enclosed by cytoplasm counts as cytoplasm); cells are the seeded watershed of
-the inverted signal inside (foreground or nuclei), seeded by the nuclei; foreground blobs holding
-no nucleus become cells of their own if at least as large as the image's median nucleus.
+a one-channel image): :func:`cellbench.features.segment.cells.segment_cells`, from the cytoplasm's
+own evidence with the nuclei as one input among others (a cell with two nuclei counts once, a cell
+body without a visible nucleus counts), once per batch on a strip of crops separated by 8-px
+gutters (each crop gets the cells it gets alone).
 
 Per-image features (docs/scoring.md, :func:`features_from_masks` for one image,
 :func:`stack_features` for a batch): ``nuc_count``, ``cell_count``, ``nuc_max_area`` and
@@ -70,6 +70,7 @@ from skimage.morphology import local_maxima
 from skimage.segmentation import watershed
 
 from cellbench.errors import ImageError
+from cellbench.features.segment.cells import cyto_levels, segment_cells
 
 __all__ = [
     "BACKEND_NAME",
@@ -581,40 +582,45 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     return np.clip((x - lo[:, None, None].astype(np.float32)) * scale[:, None, None], 0.0, 1.0)
 
 
+#: background gutter between the crops of a cell-pass mosaic (cells.py needs at least 8 px)
+CELL_GUTTER = 8
+
+
 def _cell_pass(cyto_src: np.ndarray, nuclei: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Cells and cytoplasm foreground of an (N, H, W) stack from its cytoplasm signal and nuclei.
 
-    Seeded watershed of the smoothed, normalised signal (module docstring), once on the strip.
+    :func:`cellbench.features.segment.cells.segment_cells` once, on a strip of the crops separated
+    by gutters of ``CELL_GUTTER`` px, each crop in its own intensity units; a crop gets the cells
+    it gets alone (cells.py).
     """
-    n_img = len(nuclei)
-    cyto = ndi.gaussian_filter(_normalise(cyto_src), (0, 1.5, 1.5))
-    thr = _otsu_stack(cyto)
-    cyto_mask = _fill_holes(cyto > 0.5 * np.nan_to_num(thr, nan=np.inf)[:, None, None])
-    # nuclei numbered across the strip, so that each image's seeds are its own
+    n_img, h, w = nuclei.shape
+    g = CELL_GUTTER
+    lo, thr = cyto_levels(cyto_src)
+    pad = ((0, 0), (g, 0), (g, g))
+
+    def strip(x: np.ndarray) -> np.ndarray:
+        return np.pad(x, pad).reshape(-1, w + 2 * g)
+
     offsets = np.r_[0, np.cumsum(nuclei.reshape(n_img, -1).max(1))[:-1]].astype(np.int32)
-    seeds = _strip(np.where(nuclei > 0, nuclei + offsets[:, None, None], 0))
-    mask = _strip(cyto_mask | (nuclei > 0))
-    cells = watershed(-_strip(cyto), seeds, mask=mask)
-    orphan = mask & (cells == 0)
-    n_seeds = int(seeds.max())
-    if orphan.any():
-        comp, n = ndi.label(orphan)
-        sizes = np.bincount(comp.ravel(), minlength=n + 1)
-        img_of = _image_of(comp, n, n_img)
-        # median nucleus size per image (30 px without nuclei)
-        med = np.full(n_img, 30.0)
-        areas = np.bincount(seeds.ravel(), minlength=n_seeds + 1)
-        for i in range(n_img):
-            k = int(nuclei[i].max())
-            if k:
-                med[i] = float(np.median(areas[offsets[i] + 1 : offsets[i] + k + 1]))
-        big = sizes >= med[img_of]
-        big[0] = False
-        lut = np.zeros(n + 1, np.int32)
-        lut[big] = n_seeds + np.arange(1, int(big.sum()) + 1, dtype=np.int32)
-        cells = np.where(orphan, lut[comp], cells)
+    nuc_s = strip(np.where(nuclei > 0, nuclei + offsets[:, None, None], 0))
+    valid = strip(np.ones(nuclei.shape, bool))
+    ones = np.ones((n_img, h, w), np.float32)
+    lo_map = strip(ones * lo[:, None, None].astype(np.float32))
+    # gutters: levels (0, 1), never used (valid is False there) but finite
+    thr_map = strip(ones * (thr - 1.0)[:, None, None].astype(np.float32)) + 1.0
+    cells_s, fg_s = segment_cells(
+        np.pad(strip(cyto_src.astype(np.float32)), ((0, g), (0, 0))),
+        np.pad(nuc_s, ((0, g), (0, 0))),
+        levels=(np.pad(lo_map, ((0, g), (0, 0))), np.pad(thr_map, ((0, g), (0, 0)))),
+        valid=np.pad(valid, ((0, g), (0, 0))),
+    )
+
+    def unstrip(x: np.ndarray) -> np.ndarray:
+        return x[:-g].reshape(n_img, h + g, w + 2 * g)[:, g:, g:-g]
+
+    cells = unstrip(cells_s)
     keep = np.ones(int(cells.max()) + 1, bool)
-    return _number_per_image(cells, keep, n_img), cyto_mask
+    return _number_per_image(_strip(cells), keep, n_img), unstrip(fg_s)
 
 
 def segment_stack(

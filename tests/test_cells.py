@@ -1,0 +1,122 @@
+"""Cells from the cytoplasm's own evidence (cellbench.features.segment.cells): a cell with two
+nuclei counts once, a cell body without a visible nucleus counts, touching cells stay apart, a
+mosaic of crops gets each crop's own cells, and the simulator's known cells are found."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cellbench.features.segment.cells import cyto_levels, segment_cells
+from cellbench.features.segment.classical import features_from_masks, segment_crop
+from cellbench.features.segment.evaluate import f1_at_iou
+
+YY, XX = np.mgrid[:96, :96]
+
+
+def _cell(cy: float, cx: float, r: float) -> np.ndarray:
+    """A cell body: brightest in the middle, falling to a third at its edge, 0 outside."""
+    d = np.hypot(YY - cy, XX - cx) / r
+    return np.where(d <= 1.0, 1.0 - 0.66 * d, 0.0)
+
+
+def _crop(cells, nuclei) -> np.ndarray:
+    """uint8 crop (actin, tubulin, DNA): cells as in :func:`_cell`, nuclei as bright disks."""
+    rng = np.random.default_rng(0)
+    body = np.zeros((96, 96))
+    for cy, cx, r in cells:
+        body = np.maximum(body, _cell(cy, cx, r))
+    img = rng.integers(0, 10, size=(96, 96, 3)).astype(np.float64)
+    img[..., 0] += 120 * body
+    img[..., 1] += 160 * body
+    for cy, cx, r in nuclei:
+        img[..., 2][np.hypot(YY - cy, XX - cx) <= r] = 220
+    return img.astype(np.uint8)
+
+
+def _counts(img: np.ndarray) -> tuple[float, float]:
+    f = features_from_masks(segment_crop(img, dna_channel=2))
+    return f["nuc_count"], f["cell_count"]
+
+
+def test_a_cell_with_two_nuclei_counts_once() -> None:
+    img = _crop([(48, 48, 30)], [(48, 36, 7), (48, 60, 7)])
+    assert _counts(img) == (2.0, 1.0)
+
+
+def test_a_cell_without_a_visible_nucleus_counts() -> None:
+    img = _crop([(30, 30, 20), (68, 66, 20)], [(30, 30, 7)])
+    assert _counts(img) == (1.0, 2.0)
+
+
+def test_touching_cells_with_a_nucleus_each_stay_apart() -> None:
+    img = _crop([(48, 27, 20), (48, 67, 20)], [(48, 27, 7), (48, 67, 7)])
+    assert _counts(img) == (2.0, 2.0)
+    # and without their nuclei the two bodies are still two cells
+    assert _counts(_crop([(48, 27, 20), (48, 67, 20)], [])) == (0.0, 2.0)
+
+
+def _sim_crops(n: int) -> np.ndarray:
+    from cellbench.data import sim
+
+    out = []
+    for k in range(n):
+        rng = np.random.default_rng([7, k])
+        style = sim.plate_style(rng)
+        out.append(sim.render_crop(rng, "DMSO" if k % 2 else "Epithelial", 1.0, style))
+    return np.stack(out)
+
+
+def test_a_mosaic_with_zero_gutters_gives_each_crop_its_own_cells() -> None:
+    crops = _sim_crops(6)
+    gutter = 8
+    cyto = crops[..., :2].astype(np.float32).mean(-1)
+    segs = [segment_crop(c, dna_channel=2) for c in crops]
+    lo, thr = cyto_levels(cyto)
+    width = len(crops) * (96 + gutter) - gutter
+    mosaic = np.zeros((96, width), np.float32)
+    nuclei = np.zeros((96, width), np.int32)
+    lo_map = np.zeros_like(mosaic)
+    thr_map = np.ones_like(mosaic)
+    valid = np.zeros(mosaic.shape, bool)
+    offset = 0
+    for i, seg in enumerate(segs):
+        x = slice(i * (96 + gutter), i * (96 + gutter) + 96)
+        mosaic[:, x] = cyto[i]
+        lo_map[:, x], thr_map[:, x] = lo[i], thr[i]
+        valid[:, x] = True
+        nuclei[:, x] = np.where(seg.nuclei > 0, seg.nuclei + offset, 0)
+        offset += int(seg.nuclei.max())
+    cells, fg = segment_cells(mosaic, nuclei, levels=(lo_map, thr_map), valid=valid)
+    for i, seg in enumerate(segs):
+        x = slice(i * (96 + gutter), i * (96 + gutter) + 96)
+        tile = cells[:, x]
+        assert len(np.unique(tile[tile > 0])) == seg.cells.max()
+        assert f1_at_iou(tile, seg.cells, 0.9) == 1.0  # watershed ties may fall otherwise
+        assert np.array_equal(fg[:, x], seg.cyto_mask)
+    assert not cells[:, ~valid[0]].any() and not fg[:, ~valid[0]].any()
+
+
+def test_levels_and_shapes_are_checked() -> None:
+    with pytest.raises(ValueError, match="HxW"):
+        segment_cells(np.zeros((8, 8)), np.zeros((9, 9), np.int32))
+    with pytest.raises(ValueError, match="stack"):
+        cyto_levels(np.zeros((8, 8)))
+    # a flat image has no cell and does not fail
+    cells, fg = segment_cells(np.full((32, 32), 5.0), np.zeros((32, 32), np.int32))
+    assert cells.max() == 0 and not fg.any()
+
+
+@pytest.mark.slow
+def test_cell_f1_on_simulated_crops_with_known_cells() -> None:
+    from cellbench.features.segment.evaluate import sim_cell_f1
+
+    scores = sim_cell_f1(n_per_moa=8, seed=0)
+    assert len(scores) == 13 * 8
+    # measured (2026-12-06): mean F1 0.905 at IoU 0.5 on these 104 crops (0.919 on the 325 crops
+    # of sim_cell_f1(n_per_moa=25); the nucleus-seeded cells before reached 0.915 on the 325)
+    assert scores["f1_50"].mean() >= 0.89
+    # cells are not copies of the nuclei: the two counts differ in 19% of these crops (17.8% of
+    # the 325; truly in 18.5%; with the nucleus-seeded cells before in 0.9%)
+    differ = (scores["n_pred"] != scores["n_pred_nuclei"]).mean()
+    assert 0.1 <= differ <= 0.35
