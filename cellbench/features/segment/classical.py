@@ -64,6 +64,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import edt
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.morphology import local_maxima
@@ -155,17 +156,20 @@ class NucleusParams:
     max_jump: float = 0.4
     #: at most this many candidates per image (then the last one)
     max_steps: int = 8
+    #: ... checked only for candidates of at least this many px (below, the background square
+    #: of a crop-sized image is too small to let background in as blobs)
+    leak_min_radius: float = 12.0
     #: smoothing sigma = max(smooth x r, 1 px)
     smooth: float = 0.1
     #: background = opening by a (background x r)-px square, blurred with sigma r
     background: float = 4.0
     #: foreground: above otsu_fraction x Otsu's threshold of the background-free image ...
-    otsu_fraction: float = 0.5
+    otsu_fraction: float = 0.6
     #: ... and above local_fraction x the local maximum over a (local_window x r)-px square
     local_fraction: float = 0.35
     local_window: float = 2.0
     #: marker function = (1 - w) x distance / r + w x normalised intensity (sigma intensity_sigma r)
-    intensity_weight: float = 0.6
+    intensity_weight: float = 0.5
     intensity_sigma: float = 0.2
     #: the distance transform is smoothed with sigma max(distance_sigma x r, 0.5 px)
     distance_sigma: float = 0.05
@@ -175,6 +179,11 @@ class NucleusParams:
     min_area: float = 0.15
     #: nuclei whose peak contrast is below snr x the pixel noise are dropped (0: keep all)
     snr: float = 3.0
+    #: border refinement: each nucleus is grown by a watershed of the contrast into the pixels
+    #: above refine_low x Otsu's threshold, then keeps the pixels above refine_fraction x its
+    #: mean contrast (0: no refinement)
+    refine_fraction: float = 0.5
+    refine_low: float = 0.25
 
 
 DEFAULT_PARAMS = NucleusParams()
@@ -240,9 +249,11 @@ def _edt(fg: np.ndarray) -> np.ndarray:
     """Distance of each foreground pixel to the nearest background pixel of its own image (the
     image's edge is not background), float32. One 3-D transform whose first axis is too coarse
     to matter; an image with no background pixel gets H + W everywhere."""
-    big = float(fg.shape[1] + fg.shape[2])
-    dist = ndi.distance_transform_edt(fg, sampling=(big, 1.0, 1.0))
-    return np.minimum(dist, big).astype(np.float32)
+    big = np.float32(fg.shape[1] + fg.shape[2])
+    dist = np.empty(fg.shape, np.float32)
+    for i, f in enumerate(fg):
+        dist[i] = edt.edt(np.ascontiguousarray(f), black_border=False, parallel=1)
+    return np.minimum(dist, big, out=dist)
 
 
 def _otsu_stack(x: np.ndarray, bins: int = 256) -> np.ndarray:
@@ -271,8 +282,24 @@ def _contrast(x: np.ndarray, r: float, p: NucleusParams) -> np.ndarray:
     """Smoothed stack minus its background (opening by a square much wider than a nucleus)."""
     s = _gauss(x, max(p.smooth * r, 1.0))
     k = max(int(p.background * r), 3)
-    bg = ndi.maximum_filter(ndi.minimum_filter(s, size=(1, k, k)), size=(1, k, k))
-    return s - _gauss(bg, r)
+    return s - _background(s, k, r)
+
+
+def _background(s: np.ndarray, k: int, r: float) -> np.ndarray:
+    """Morphological opening of each image by a k-px square, blurred with sigma r; for k >= 16
+    the opening runs on the block minima of b = k // 8 px blocks (by k / b blocks)."""
+    b = k // 8
+    if b < 2:
+        bg = ndi.maximum_filter(ndi.minimum_filter(s, size=(1, k, k)), size=(1, k, k))
+        return _gauss(bg, r)
+    n, h, w = s.shape
+    hb, wb = -(-h // b), -(-w // b)
+    sp = np.pad(s, ((0, 0), (0, hb * b - h), (0, wb * b - w)), mode="edge")
+    m = sp.reshape(n, hb, b, wb, b).min((2, 4))
+    kb = max(round(k / b), 1)
+    bg = ndi.maximum_filter(ndi.minimum_filter(m, size=(1, kb, kb)), size=(1, kb, kb))
+    bg = np.repeat(np.repeat(bg, b, axis=1), b, axis=2)[:, :h, :w]
+    return _gauss(bg, r)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -291,7 +318,7 @@ def _measure_radii(
     comp, n = ndi.label(fg)
     if n == 0:
         return out
-    inscribed = _per_label_max(ndi.distance_transform_edt(fg), comp, n)[1:]
+    inscribed = _per_label_max(edt.edt(fg, black_border=False, parallel=1), comp, n)[1:]
     sizes = np.bincount(comp.ravel(), minlength=n + 1)[1:]
     owner = _image_of(comp, n, n_img)[1:]
     keep = sizes >= max(0.1 * np.pi * r * r, 8.0)
@@ -361,7 +388,7 @@ def _radii_and_contrast(
                 big = ~np.isfinite(e) | (e > hi * c) | (e > p.max_radius)
             # ... and the blobs persist at half the scale (no background let in at this one)
             half = _round_radius(c / 2.0)
-            if ok.any() and half >= r_min:
+            if ok.any() and half >= r_min and c >= p.leak_min_radius:
                 fh = _factor(half, p)
                 th = _contrast(_downsample(x[rows[ok]], fh), half / fh, p)
                 eh = fh * _measure_radii(th, half / fh, p.measure_fraction, p.inscribed_factor)
@@ -497,6 +524,15 @@ def _nuclei_at(x: np.ndarray, t: np.ndarray, r: float, p: NucleusParams) -> np.n
     n = int(labels.max())
     if n == 0:
         return np.zeros(x.shape, np.int32)
+    if p.refine_fraction > 0:
+        ts = _strip(t)
+        peak = np.bincount(labels.ravel(), ts.ravel(), minlength=n + 1) / np.maximum(
+            np.bincount(labels.ravel(), minlength=n + 1), 1
+        )
+        peak[0] = np.inf
+        lo_s = _strip(t > p.refine_low * thr)
+        grown = watershed(-ts, labels, mask=lo_s | (labels > 0))
+        labels = np.where(ts >= p.refine_fraction * peak[grown], grown, 0)
     keep = np.bincount(labels.ravel(), minlength=n + 1) > min_size
     if p.snr > 0:
         noise = _noise_sigma(x)
