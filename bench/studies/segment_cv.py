@@ -26,10 +26,10 @@ DEFAULT_ROOT = (
 #: candidate parameter sets (deviations from NucleusParams' defaults)
 CANDIDATES: tuple[dict, ...] = (
     {},
-    {"h": 0.03},
-    {"h": 0.08},
-    {"inscribed_factor": 1.0},
-    {"local_fraction": 0.45},
+    {"refine_fraction": 0.0},
+    {"refine_fraction": 0.6},
+    {"h": 0.065},
+    {"intensity_weight": 0.6},
 )
 
 

@@ -14,8 +14,8 @@ across):
    radius of what is found (1.2 x the median over blobs of the largest inscribed distance; touching
    nuclei do not inflate it, and 1.2 turns the inscribed radius of a typical elongated nucleus into
    the radius of the disk of the same area). A measurement within 0.8-1.25 x the candidate accepts
-   it, unless the measurement at half the candidate is below 0.4 x its own (the blobs were
-   background let in); a smaller one becomes the next candidate; a larger one or none halves it;
+   it, unless (for candidates of 12 px or more) the measurement at half the candidate is below
+   0.4 x its own (the blobs were background let in); a smaller one becomes the next candidate; a larger one or none halves it;
    without any agreement, the measurement closest in ratio to its candidate. Candidates above
    10 px are measured on the image block-averaged by a power of 2 (at least 5 px of radius left).
    Too small a scale breaks textured nuclei into bits, too large a one lets the background in;
@@ -24,16 +24,22 @@ across):
    the crops of one radius;
 2. smoothing (Gaussian, sigma max(0.1 r, 1 px)) and background removal: the image minus its
    morphological opening by a 4r-px square, blurred with sigma r (uneven illumination, tissue
-   autofluorescence);
-3. foreground = above 0.5 x Otsu's threshold AND above ``local_fraction`` x the local maximum over
-   a 2r-px square: dim nuclei beside bright ones are kept, each with its own half-maximum-like
-   border; holes are filled and blobs smaller than 0.15 pi r^2 (or 10 px) dropped;
+   autofluorescence); for squares of 16 px or more the opening and the blur run on the minima of
+   blocks of 1/8 the square's side, interpolated linearly back to every pixel;
+3. foreground = above 0.6 x Otsu's threshold AND above ``local_fraction`` x the local maximum over
+   a 2r-px square blurred with sigma 0.5 r (for squares of 8 px or more on the maxima of blocks
+   of 1/4 the square's side, interpolated linearly): dim nuclei beside bright ones are kept, each
+   with its own half-maximum-like border; holes are filled and blobs smaller than 0.15 pi r^2 (or 10 px) dropped;
 4. touching nuclei are split by a watershed of -m seeded by its markers, the regional maxima
-   (8-connected) of m quantised in steps of h = 0.05, where m = 0.4 x distance-to-background / r
-   + 0.6 x intensity normalised to its 99th percentile (sigma 0.2 r): both the shape (necks) and
+   (8-connected) of m quantised in steps of h = 0.05, where m = 0.5 x distance-to-background / r
+   + 0.5 x intensity normalised to its 99th percentile (sigma 0.2 r): both the shape (necks) and
    the brightness (dark gaps) separate nuclei. The distance is measured within each image, whose
-   edge is not background;
-5. nuclei smaller than 0.15 pi r^2 (or 10 px), or whose peak contrast is below 3x the pixel noise
+   edge is not background (the ``edt`` package's transform);
+5. borders: each nucleus is grown by a watershed of the contrast into the pixels above 0.25 x
+   Otsu's threshold and keeps the pixels above half its own mean contrast, so a dim nucleus gets
+   a border as wide as its glow and a bright one on a blurred halo a border at its edge (the
+   thresholds of step 3 are one level for a whole neighbourhood);
+6. nuclei smaller than 0.15 pi r^2 (or 10 px), or whose peak contrast is below 3x the pixel noise
    (median absolute deviation of neighbour differences), are dropped.
 
 **Batches.** Filters run on the (N, H, W) stack with no smoothing across its first axis; the
@@ -285,21 +291,60 @@ def _contrast(x: np.ndarray, r: float, p: NucleusParams) -> np.ndarray:
     return s - _background(s, k, r)
 
 
+def _upsample(a: np.ndarray, b: int, h: int, w: int) -> np.ndarray:
+    """Linear interpolation of a stack of block values (block centres at (j + 0.5) b - 0.5 px)
+    back to (N, h, w) pixels; edges clamped."""
+
+    def axis(size: int, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        pos = np.clip((np.arange(size) + 0.5) / b - 0.5, 0.0, m - 1)
+        i0 = np.minimum(pos.astype(np.intp), m - 1)
+        i1 = np.minimum(i0 + 1, m - 1)
+        return i0, i1, (pos - i0).astype(np.float32)
+
+    r0, r1, rw = axis(h, a.shape[1])
+    c0, c1, cw = axis(w, a.shape[2])
+    rows = a[:, r0] * (1 - rw)[:, None] + a[:, r1] * rw[:, None]
+    return rows[:, :, c0] * (1 - cw) + rows[:, :, c1] * cw
+
+
+def _blocks(x: np.ndarray, b: int, reduce: str) -> np.ndarray:
+    """Block minima or maxima of b x b px blocks of each image (edge blocks padded by the edge)."""
+    h, w = x.shape[1:]
+    hb, wb = -(-h // b), -(-w // b)
+    xp = np.pad(x, ((0, 0), (0, hb * b - h), (0, wb * b - w)), mode="edge")
+    op = np.minimum if reduce == "min" else np.maximum
+    cols = xp[:, :, 0::b].copy()
+    for j in range(1, b):
+        op(cols, xp[:, :, j::b], out=cols)
+    out = cols[:, 0::b].copy()
+    for j in range(1, b):
+        op(out, cols[:, j::b], out=out)
+    return out
+
+
 def _background(s: np.ndarray, k: int, r: float) -> np.ndarray:
     """Morphological opening of each image by a k-px square, blurred with sigma r; for k >= 16
-    the opening runs on the block minima of b = k // 8 px blocks (by k / b blocks)."""
+    the opening and the blur run on the block minima of b = k // 8 px blocks (the opening by
+    k / b blocks, the blur with sigma r / b), interpolated linearly back to every pixel."""
     b = k // 8
     if b < 2:
         bg = ndi.maximum_filter(ndi.minimum_filter(s, size=(1, k, k)), size=(1, k, k))
         return _gauss(bg, r)
-    n, h, w = s.shape
-    hb, wb = -(-h // b), -(-w // b)
-    sp = np.pad(s, ((0, 0), (0, hb * b - h), (0, wb * b - w)), mode="edge")
-    m = sp.reshape(n, hb, b, wb, b).min((2, 4))
     kb = max(round(k / b), 1)
+    m = _blocks(s, b, "min")
     bg = ndi.maximum_filter(ndi.minimum_filter(m, size=(1, kb, kb)), size=(1, kb, kb))
-    bg = np.repeat(np.repeat(bg, b, axis=1), b, axis=2)[:, :h, :w]
-    return _gauss(bg, r)
+    return _upsample(_gauss(bg, r / b), b, s.shape[1], s.shape[2])
+
+
+def _local_max(t: np.ndarray, k: int, sigma: float) -> np.ndarray:
+    """Maximum over a k-px square blurred with ``sigma``; for k >= 8 both on the block maxima of
+    b = k // 4 px blocks, interpolated linearly back to every pixel."""
+    b = k // 4
+    if b < 2:
+        return _gauss(ndi.maximum_filter(t, size=(1, k, k)), sigma)
+    kb = max(round(k / b), 1)
+    m = ndi.maximum_filter(_blocks(t, b, "max"), size=(1, kb, kb))
+    return _upsample(_gauss(m, sigma / b), b, t.shape[1], t.shape[2])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -490,9 +535,7 @@ def _nuclei_at(x: np.ndarray, t: np.ndarray, r: float, p: NucleusParams) -> np.n
     thr = _otsu_stack(t)
     valid = np.isfinite(thr)
     thr = np.nan_to_num(thr, nan=np.inf)[:, None, None]
-    local_max = _gauss(
-        ndi.maximum_filter(t, size=(1, *(2 * [max(int(p.local_window * r), 3)]))), 0.5 * r
-    )
+    local_max = _local_max(t, max(int(p.local_window * r), 3), 0.5 * r)
     fg = (t > p.otsu_fraction * thr) & (t > p.local_fraction * local_max) & valid[:, None, None]
     min_size = max(p.min_area * np.pi * r * r, 10.0)
     fg_s = _strip(_fill_holes(fg))
