@@ -1,19 +1,25 @@
-"""Cross-validated nucleus F1 of the classical segmenter on the 66 DSB2018 images.
+"""Cross-validated nucleus F1 on the 66 DSB2018 images: naive, classical v2 and classical v3.
 
-A few candidate parameter sets (``CANDIDATES``, round values around the defaults) are run on every
-image once; then, for each of ``--folds`` folds (image i is in fold i mod k, images sorted by id),
-the candidate with the best mean F1 at IoU 0.5 on the OTHER folds is chosen and scored on the fold
-it never saw. The per-fold table, the pooled cross-validated mean (each image scored by a
-parameter set chosen without it) and the defaults' in-sample figure are printed. No per-image
-parameter comes from the ground truth: the radius is estimated from each image.
+For classical v3 a few candidate parameter sets (``CANDIDATES``, round values around the defaults)
+are run on every image once; then, for each of ``--folds`` folds (image i is in fold i mod k,
+images sorted by id), the candidate with the best mean F1 at IoU 0.5 on the OTHER folds is chosen
+and scored on the fold it never saw. Two fixed references are scored on the same folds: ``naive``
+(Otsu's threshold, holes filled, distance-transform watershed with peaks at least 5 px apart: the
+nucleus part of the naive pipeline of ``bench/perf/segment_speed.py``) and ``classical v2`` (the
+frozen suite-2 segmenter in ``bench/perf/_classical_v2.py``, whose parameters were chosen on these
+66 images, so its figure is in-sample). The per-fold table, the pooled cross-validated mean (each
+image scored by a parameter set chosen without it) and every candidate's in-sample figure are
+printed. No per-image parameter comes from the ground truth: the radius is estimated from each
+image.
 
-Usage: python bench/studies/segment_cv.py [--root DIR] [--folds 5] [--workers 2]
+Usage: python bench/studies/segment_cv.py [--root DIR] [--folds 5] [--workers 2] [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -23,14 +29,34 @@ import numpy as np
 DEFAULT_ROOT = (
     Path(__file__).resolve().parents[3] / "shared/data/real_seg/dsb2018_stage1_train_subset"
 )
-#: candidate parameter sets (deviations from NucleusParams' defaults)
+#: candidate parameter sets of classical v3 (deviations from NucleusParams' defaults)
 CANDIDATES: tuple[dict, ...] = (
     {},
     {"refine_fraction": 0.0},
-    {"refine_fraction": 0.6},
-    {"h": 0.065},
-    {"intensity_weight": 0.6},
+    {"min_area": 0.1},
+    {"distance_sigma": 0.1},
+    {"local_fraction": 0.4},
 )
+#: the fixed references (no parameter chosen here)
+REFERENCES = ("naive", "classical v2")
+
+
+def naive_nuclei(dna: np.ndarray) -> np.ndarray:
+    """Otsu's threshold, holes filled, distance-transform watershed (peaks >= 5 px apart)."""
+    from scipy import ndimage as ndi
+    from skimage.feature import peak_local_max
+    from skimage.filters import threshold_otsu
+    from skimage.segmentation import watershed
+
+    x = np.asarray(dna, np.float32)
+    if x.max() <= x.min():
+        return np.zeros(x.shape, np.int32)
+    fg = ndi.binary_fill_holes(x > threshold_otsu(x))
+    dist = ndi.distance_transform_edt(fg)
+    peaks = peak_local_max(dist, min_distance=5, labels=ndi.label(fg)[0])
+    markers = np.zeros(x.shape, np.int32)
+    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+    return watershed(-dist, markers, mask=fg).astype(np.int32)
 
 
 def _score(args: tuple[Path, str, str]) -> list[float]:
@@ -42,7 +68,15 @@ def _score(args: tuple[Path, str, str]) -> list[float]:
     root, name, cand = args
     img = np.asarray(Image.open(root / "images" / name))[..., 0]
     gt = np.asarray(Image.open(root / "labels_derived" / name))
-    pred = segment_nuclei(img, params=replace(DEFAULT_PARAMS, **json.loads(cand)))
+    if cand == "naive":
+        pred = naive_nuclei(img)
+    elif cand == "classical v2":
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "perf"))
+        import _classical_v2
+
+        pred = _classical_v2.segment_nuclei(img)
+    else:
+        pred = segment_nuclei(img, params=replace(DEFAULT_PARAMS, **json.loads(cand)))
     return [f1_at_iou(pred, gt, 0.5), f1_at_iou(pred, gt, 0.75)]
 
 
@@ -58,32 +92,37 @@ def main() -> None:
 
     names = sorted(p.name for p in (args.root / "images").glob("*.png"))
     cands = [json.dumps(c, sort_keys=True) for c in CANDIDATES]
-    jobs = [(args.root, n, c) for c in cands for n in names]
+    runs = list(REFERENCES) + cands
+    jobs = [(args.root, n, c) for c in runs for n in names]
     with ProcessPoolExecutor(args.workers) as pool:
         flat = list(pool.map(_score, jobs, chunksize=1))
-    scores = np.array(flat).reshape(len(cands), len(names), 2)  # candidate, image, (0.5, 0.75)
+    scores = np.array(flat).reshape(len(runs), len(names), 2)  # run, image, (0.5, 0.75)
     if args.json:
-        args.json.write_text(
-            json.dumps({"images": names, "candidates": cands, "f1": scores.tolist()})
-        )
+        args.json.write_text(json.dumps({"images": names, "runs": runs, "f1": scores.tolist()}))
+    refs, v3 = scores[: len(REFERENCES)], scores[len(REFERENCES) :]
 
     fold = np.arange(len(names)) % args.folds
     cv = np.zeros((len(names), 2))
-    print("| fold | images | chosen on the other folds | F1 @ 0.5 | F1 @ 0.75 |")
-    print("|---|---|---|---|---|")
+    head = " | ".join(f"{r} F1 @ 0.5 / 0.75" for r in REFERENCES)
+    print(f"| fold | images | {head} | v3: chosen on the other folds | v3 F1 @ 0.5 / 0.75 |")
+    print("|---|---|" + "---|" * len(REFERENCES) + "---|---|")
     for k in range(args.folds):
         test = fold == k
-        best = int(np.argmax(scores[:, ~test, 0].mean(1)))
-        cv[test] = scores[best, test]
+        best = int(np.argmax(v3[:, ~test, 0].mean(1)))
+        cv[test] = v3[best, test]
+        ref = " | ".join(f"{s[test, 0].mean():.4f} / {s[test, 1].mean():.4f}" for s in refs)
+        chosen = "defaults" if cands[best] == "{}" else cands[best]
         print(
-            f"| {k} | {test.sum()} | {cands[best]} | {scores[best, test, 0].mean():.4f} | "
-            f"{scores[best, test, 1].mean():.4f} |"
+            f"| {k} | {test.sum()} | {ref} | {chosen} | "
+            f"{v3[best, test, 0].mean():.4f} / {v3[best, test, 1].mean():.4f} |"
         )
+    ref = " | ".join(f"**{s[:, 0].mean():.4f}** / {s[:, 1].mean():.4f}" for s in refs)
     print(
-        f"| all (cross-validated) | {len(names)} | | {cv[:, 0].mean():.4f} | {cv[:, 1].mean():.4f} |"
+        f"| all (cross-validated) | {len(names)} | {ref} | | "
+        f"**{cv[:, 0].mean():.4f}** / {cv[:, 1].mean():.4f} |"
     )
-    for c, s in zip(cands, scores, strict=True):
-        print(f"in-sample {c}: F1 @ 0.5 {s[:, 0].mean():.4f}, @ 0.75 {s[:, 1].mean():.4f}")
+    for c, s in zip(cands, v3, strict=True):
+        print(f"v3 in-sample {c}: F1 @ 0.5 {s[:, 0].mean():.4f}, @ 0.75 {s[:, 1].mean():.4f}")
 
 
 if __name__ == "__main__":
