@@ -32,10 +32,10 @@ DEFAULT_ROOT = (
 #: candidate parameter sets of classical v3 (deviations from NucleusParams' defaults)
 CANDIDATES: tuple[dict, ...] = (
     {},
-    {"refine_fraction": 0.0},
-    {"min_area": 0.1},
+    {"consistent_nuclei": 0.0},
+    {"consistent_nuclei": 0.85},
     {"distance_sigma": 0.1},
-    {"local_fraction": 0.4},
+    {"min_area": 0.1},
 )
 #: the fixed references (no parameter chosen here)
 REFERENCES = ("naive", "classical v2")

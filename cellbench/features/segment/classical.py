@@ -40,7 +40,10 @@ across):
    a border as wide as its glow and a bright one on a blurred halo a border at its edge (the
    thresholds of step 3 are one level for a whole neighbourhood);
 6. nuclei smaller than 0.15 pi r^2 (or 10 px), or whose peak contrast is below 3x the pixel noise
-   (median absolute deviation of neighbour differences), are dropped.
+   (median absolute deviation of neighbour differences), are dropped;
+7. the nuclei must have about the radius they were found at: where their median equal-area radius
+   is below 0.9 r (crowded nuclei merged at too large a scale), steps 2-6 run once more at that
+   radius.
 
 **Batches.** Filters run on the (N, H, W) stack with no smoothing across its first axis; the
 steps that need a 2-D image (labelling, distance transform, reconstruction, watershed) run once on
@@ -190,6 +193,9 @@ class NucleusParams:
     #: mean contrast (0: no refinement)
     refine_fraction: float = 0.5
     refine_low: float = 0.25
+    #: with an estimated radius r, an image whose nuclei have a median equal-area radius below
+    #: consistent_nuclei x r is segmented again at that radius (0: never)
+    consistent_nuclei: float = 0.9
 
 
 DEFAULT_PARAMS = NucleusParams()
@@ -608,9 +614,32 @@ def segment_nuclei_stack(
         groups = [(r, np.arange(len(rows)), _contrast(x[rows], r, p))]
     else:
         groups = _radii_and_contrast(x[rows], p)[1]
+    radius = np.zeros(len(x))
     for r, idx, t in groups:
         xs = x[rows[idx]]
         out[rows[idx]] = _nuclei_at(xs, _contrast(xs, r, p) if t is None else t, r, p)
+        radius[rows[idx]] = r
+    if p.radius is None and p.consistent_nuclei > 0:
+        # the nuclei found must have about the radius they were found at: where their median
+        # equal-area radius is below consistent_nuclei x r (touching nuclei merged at too large
+        # a scale), the image is segmented once more at that radius
+        found = _median_radius(out[rows])
+        again = rows[found < p.consistent_nuclei * radius[rows]]
+        redo = np.array([_round_radius(max(v, p.min_radius)) for v in found[np.isin(rows, again)]])
+        for r in np.unique(redo):
+            idx = again[redo == r]
+            out[idx] = _nuclei_at(x[idx], _contrast(x[idx], r, p), r, p)
+    return out
+
+
+def _median_radius(labels: np.ndarray) -> np.ndarray:
+    """Per image of an (N, H, W) label stack, sqrt(median nucleus area / pi) (inf if none)."""
+    out = np.full(len(labels), np.inf)
+    for i, lab in enumerate(labels):
+        area = np.bincount(lab.ravel())[1:]
+        area = area[area > 0]
+        if len(area):
+            out[i] = np.sqrt(np.median(area) / np.pi)
     return out
 
 
