@@ -805,7 +805,10 @@ def features_from_masks(seg: SegmentationResult) -> dict[str, float]:
         with np.errstate(divide="ignore", invalid="ignore"):
             rounds = np.where(per > 0, np.minimum(4.0 * np.pi * area / per**2, 1.0), 1.0)
         inside = nuclei > 0
-        roundness = float(np.mean(rounds))
+        # summed in label order, as stack_features sums them (np.mean's pairwise sum can differ
+        # in the last bit)
+        roundness = float(np.bincount(np.zeros(len(rounds), np.intp), weights=rounds)[0])
+        roundness /= len(rounds)
         nuc_in_cyto = float(np.count_nonzero(inside & seg.cyto_mask) / np.count_nonzero(inside))
         nuc_max = float(area.max())
     else:
