@@ -33,7 +33,7 @@ DEFAULT_ROOT = (
 CANDIDATES: tuple[dict, ...] = (
     {},
     {"consistent_nuclei": 0.0},
-    {"consistent_nuclei": 0.85},
+    {"consistent_rounds": 1},
     {"distance_sigma": 0.1},
     {"min_area": 0.1},
 )

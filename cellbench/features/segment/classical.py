@@ -42,8 +42,8 @@ across):
 6. nuclei smaller than 0.15 pi r^2 (or 10 px), or whose peak contrast is below 3x the pixel noise
    (median absolute deviation of neighbour differences), are dropped;
 7. the nuclei must have about the radius they were found at: where their median equal-area radius
-   is below 0.9 r (crowded nuclei merged at too large a scale), steps 2-6 run once more at that
-   radius.
+   is below 0.9 r (crowded nuclei merged at too large a scale), steps 2-6 run again at that
+   radius, until the nuclei agree (at most 3 times).
 
 **Batches.** Filters run on the (N, H, W) stack with no smoothing across its first axis; the
 steps that need a 2-D image (labelling, distance transform, reconstruction, watershed) run once on
@@ -194,8 +194,10 @@ class NucleusParams:
     refine_fraction: float = 0.5
     refine_low: float = 0.25
     #: with an estimated radius r, an image whose nuclei have a median equal-area radius below
-    #: consistent_nuclei x r is segmented again at that radius (0: never)
+    #: consistent_nuclei x r is segmented again at that radius (0: never), at most
+    #: consistent_rounds times
     consistent_nuclei: float = 0.9
+    consistent_rounds: int = 3
 
 
 DEFAULT_PARAMS = NucleusParams()
@@ -622,13 +624,21 @@ def segment_nuclei_stack(
     if p.radius is None and p.consistent_nuclei > 0:
         # the nuclei found must have about the radius they were found at: where their median
         # equal-area radius is below consistent_nuclei x r (touching nuclei merged at too large
-        # a scale), the image is segmented once more at that radius
-        found = _median_radius(out[rows])
-        again = rows[found < p.consistent_nuclei * radius[rows]]
-        redo = np.array([_round_radius(max(v, p.min_radius)) for v in found[np.isin(rows, again)]])
-        for r in np.unique(redo):
-            idx = again[redo == r]
-            out[idx] = _nuclei_at(x[idx], _contrast(x[idx], r, p), r, p)
+        # a scale), the image is segmented again at that radius, until it agrees (at most
+        # consistent_rounds times)
+        cur = rows
+        for _ in range(p.consistent_rounds):
+            found = _median_radius(out[cur])
+            bad = found < p.consistent_nuclei * radius[cur]
+            again = cur[bad]
+            if len(again) == 0:
+                break
+            redo = np.array([_round_radius(max(v, p.min_radius)) for v in found[bad]])
+            for r in np.unique(redo):
+                idx = again[redo == r]
+                out[idx] = _nuclei_at(x[idx], _contrast(x[idx], r, p), r, p)
+                radius[idx] = r
+            cur = again
     return out
 
 
