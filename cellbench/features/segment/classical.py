@@ -66,6 +66,7 @@ corner steps weighted 1, sqrt(2) and (1 + sqrt(2)) / 2; see :func:`_perimeters`)
 nucleus gets roundness 0 and nuc_in_cyto 0; the reward layer gives it the clipped minimum.
 
 Accuracy and speed are in docs/benchmarks.md (``bench/studies/segment_f1.py``,
+``bench/studies/segment_cv.py``, ``bench/perf/nucleus_pass_speed.py``,
 ``bench/perf/segment_speed.py``).
 """
 
