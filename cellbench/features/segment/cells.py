@@ -110,14 +110,16 @@ def cyto_levels(
     """Per crop of an (N, H, W) stack of cytoplasm signals: (background, Otsu level), each (N,).
 
     Background = the 0.5th percentile; the Otsu level is Otsu's threshold of the crop smoothed with
-    sigma ``params.fg_sigma`` (within the crop). A flat crop gets level = background + 1.
+    sigma ``params.fg_sigma`` (the in-crop weighted mean of step 1, the blur the foreground is
+    thresholded on). A flat crop gets level = background + 1.
     """
     x = np.asarray(signal, np.float32)
     if x.ndim != 3:
         raise ValueError(f"expected an (N, H, W) stack, got shape {x.shape}")
     n = x.shape[0]
     lo = np.percentile(x.reshape(n, -1), 0.5, axis=1)
-    s = ndi.gaussian_filter(x, (0, params.fg_sigma, params.fg_sigma), mode="nearest")
+    sig = params.fg_sigma
+    s = ndi.gaussian_filter(x, (0, sig, sig), mode="constant") / _edge_weight(x.shape[1:], sig)
     thr = _otsu_rows(s.reshape(n, -1))
     thr = np.where(np.isfinite(thr) & (thr > lo + 1e-6), thr, lo + 1.0)
     return lo, thr
@@ -290,3 +292,60 @@ def segment_cells(
     lut = np.zeros(len(sizes), np.int32)
     lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
     return lut[labels], fg
+
+
+def segment_cells_stack(
+    cyto: np.ndarray,
+    nuclei: np.ndarray,
+    *,
+    params: CellParams = DEFAULT_CELL_PARAMS,
+    n_levels: int = 4096,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`segment_cells` of every crop of a stack, compiled: (N, H, W) cell labels (int32,
+    1..k per crop) and cytoplasm foreground (bool).
+
+    Args:
+        cyto: (N, H, W) cytoplasm signals or (N, H, W, K) cytoplasm channels (averaged).
+        nuclei: (N, H, W) nucleus labels.
+        params: the parameters (steps in the module docstring).
+        n_levels: levels of the watershed's bucket queue (its one approximation: pixels whose
+            values differ by less than 1/n_levels of the crop's range are flooded in the order
+            they were reached).
+
+    Each crop is segmented on its own (its result does not depend on the rest of the stack),
+    by the kernels of :mod:`cellbench.features.segment._cell_kernels`.
+    """
+    from cellbench.features.segment import _cell_kernels as k
+
+    c = np.asarray(cyto, np.float32)
+    if c.ndim == 4:
+        c = c.mean(-1)
+    nuc = np.ascontiguousarray(nuclei, np.int32)
+    if c.ndim != 3 or nuc.shape != c.shape:
+        raise ValueError(f"expected (N, H, W(, K)) cytoplasm and (N, H, W) nuclei, got {c.shape}")
+    p = params
+    cells = np.zeros(c.shape, np.int32)
+    fg = np.zeros(c.shape, bool)
+    if c.size == 0:
+        return cells, fg
+    k.cells_stack(
+        np.ascontiguousarray(c, np.float32),
+        nuc,
+        k.gaussian_taps(p.fg_sigma),
+        k.gaussian_taps(p.marker_sigma),
+        k.gaussian_taps(p.watershed_sigma),
+        float(p.fg_level),
+        float(p.distance_weight),
+        float(p.h),
+        int(p.seed_clearance),
+        int(p.ring),
+        float(p.merge_ratio),
+        -1.0 if p.merge_gap is None else float(p.merge_gap),
+        -1.0 if p.ridge is None else float(p.ridge),
+        int(p.path_samples),
+        float(p.min_area),
+        int(n_levels),
+        cells,
+        fg,
+    )
+    return cells, fg

@@ -45,8 +45,8 @@ depend on the other images of its batch (tested), and shards merge exactly.
 Cells (:func:`segment_stack`; cytoplasm = mean of every channel but DNA; the DNA channel itself for
 a one-channel image): :func:`cellbench.features.segment.cells.segment_cells`, from the cytoplasm's
 own evidence with the nuclei as one input among others (a cell with two nuclei counts once, a cell
-body without a visible nucleus counts), once per batch on a strip of crops separated by 8-px
-gutters (each crop gets the cells it gets alone).
+body without a visible nucleus counts), every crop on its own in one compiled loop over the batch
+(:func:`cellbench.features.segment.cells.segment_cells_stack`).
 
 Per-image features (docs/scoring.md, :func:`features_from_masks` for one image,
 :func:`stack_features` for a batch): ``nuc_count``, ``cell_count``, ``nuc_max_area`` and
@@ -70,7 +70,7 @@ from skimage.morphology import local_maxima
 from skimage.segmentation import watershed
 
 from cellbench.errors import ImageError
-from cellbench.features.segment.cells import cyto_levels, segment_cells
+from cellbench.features.segment.cells import segment_cells_stack
 
 __all__ = [
     "BACKEND_NAME",
@@ -582,45 +582,11 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     return np.clip((x - lo[:, None, None].astype(np.float32)) * scale[:, None, None], 0.0, 1.0)
 
 
-#: background gutter between the crops of a cell-pass mosaic (cells.py needs at least 8 px)
-CELL_GUTTER = 8
-
-
 def _cell_pass(cyto_src: np.ndarray, nuclei: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Cells and cytoplasm foreground of an (N, H, W) stack from its cytoplasm signal and nuclei.
-
-    :func:`cellbench.features.segment.cells.segment_cells` once, on a strip of the crops separated
-    by gutters of ``CELL_GUTTER`` px, each crop in its own intensity units; a crop gets the cells
-    it gets alone (cells.py).
-    """
-    n_img, h, w = nuclei.shape
-    g = CELL_GUTTER
-    lo, thr = cyto_levels(cyto_src)
-    pad = ((0, 0), (g, 0), (g, g))
-
-    def strip(x: np.ndarray) -> np.ndarray:
-        return np.pad(x, pad).reshape(-1, w + 2 * g)
-
-    offsets = np.r_[0, np.cumsum(nuclei.reshape(n_img, -1).max(1))[:-1]].astype(np.int32)
-    nuc_s = strip(np.where(nuclei > 0, nuclei + offsets[:, None, None], 0))
-    valid = strip(np.ones(nuclei.shape, bool))
-    ones = np.ones((n_img, h, w), np.float32)
-    lo_map = strip(ones * lo[:, None, None].astype(np.float32))
-    # gutters: levels (0, 1), never used (valid is False there) but finite
-    thr_map = strip(ones * (thr - 1.0)[:, None, None].astype(np.float32)) + 1.0
-    cells_s, fg_s = segment_cells(
-        np.pad(strip(cyto_src.astype(np.float32)), ((0, g), (0, 0))),
-        np.pad(nuc_s, ((0, g), (0, 0))),
-        levels=(np.pad(lo_map, ((0, g), (0, 0))), np.pad(thr_map, ((0, g), (0, 0)))),
-        valid=np.pad(valid, ((0, g), (0, 0))),
-    )
-
-    def unstrip(x: np.ndarray) -> np.ndarray:
-        return x[:-g].reshape(n_img, h + g, w + 2 * g)[:, g:, g:-g]
-
-    cells = unstrip(cells_s)
-    keep = np.ones(int(cells.max()) + 1, bool)
-    return _number_per_image(_strip(cells), keep, n_img), unstrip(fg_s)
+    """Cells and cytoplasm foreground of an (N, H, W) stack from its cytoplasm signal and nuclei:
+    :func:`cellbench.features.segment.cells.segment_cells_stack`, each crop on its own in one
+    compiled loop (the same cells as ``segment_cells`` crop by crop, tested)."""
+    return segment_cells_stack(cyto_src, nuclei)
 
 
 def segment_stack(
