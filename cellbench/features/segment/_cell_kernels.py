@@ -110,13 +110,22 @@ def _fill_holes(fg0, fg, queue):  # pragma: no cover - compiled
         head += 1
         y = p // w
         x = p - y * w
-        for d in range(4):
-            yy = y + (-1, 1, 0, 0)[d]
-            xx = x + (0, 0, -1, 1)[d]
-            if 0 <= yy < h and 0 <= xx < w and fg[yy, xx] and not fg0[yy, xx]:
-                fg[yy, xx] = False
-                queue[tail] = yy * w + xx
-                tail += 1
+        if y > 0 and fg[y - 1, x] and not fg0[y - 1, x]:
+            fg[y - 1, x] = False
+            queue[tail] = p - w
+            tail += 1
+        if y < h - 1 and fg[y + 1, x] and not fg0[y + 1, x]:
+            fg[y + 1, x] = False
+            queue[tail] = p + w
+            tail += 1
+        if x > 0 and fg[y, x - 1] and not fg0[y, x - 1]:
+            fg[y, x - 1] = False
+            queue[tail] = p - 1
+            tail += 1
+        if x < w - 1 and fg[y, x + 1] and not fg0[y, x + 1]:
+            fg[y, x + 1] = False
+            queue[tail] = p + 1
+            tail += 1
 
 
 @njit(cache=True, nogil=True)
@@ -505,22 +514,48 @@ def _levels(c, b, work, hist):  # pragma: no cover - compiled
     b's extremes; a flat crop (or a level not above the background) gets background + 1."""
     h, w = c.shape
     n = h * w
-    k = 0
-    for y in range(h):
-        for x in range(w):
-            work[k] = c[y, x]
-            k += 1
     pos = 0.005 * (n - 1)
     i0 = int(np.floor(pos))
     frac = pos - i0
-    part = np.partition(work[:n], i0)
-    a0 = np.float64(part[i0])
-    a1 = a0
-    if i0 + 1 < n:
-        a1 = np.inf
-        for j in range(i0 + 1, n):
-            if part[j] < a1:
-                a1 = np.float64(part[j])
+    # the i0 + 2 smallest values: a max-heap in ``work`` (the order statistics i0 and i0 + 1)
+    m = min(i0 + 2, n)
+    size = 0
+    for y in range(h):
+        for x in range(w):
+            v = c[y, x]
+            if size < m:
+                j = size
+                size += 1
+                while j > 0 and work[(j - 1) // 2] < v:
+                    work[j] = work[(j - 1) // 2]
+                    j = (j - 1) // 2
+                work[j] = v
+            elif v < work[0]:
+                j = 0
+                while True:
+                    left = 2 * j + 1
+                    if left >= m:
+                        break
+                    big = left
+                    if left + 1 < m and work[left + 1] > work[left]:
+                        big = left + 1
+                    if work[big] <= v:
+                        break
+                    work[j] = work[big]
+                    j = big
+                work[j] = v
+    # work[0] is the largest kept (order statistic m - 1); the next largest is one of its children
+    if m == i0 + 2:
+        a1 = np.float64(work[0])
+        a0 = -np.inf
+        for j in (1, 2):
+            if j < m and work[j] > a0:
+                a0 = np.float64(work[j])
+        if m == 1:
+            a0 = a1
+    else:
+        a0 = np.float64(work[0])
+        a1 = a0
     lo = a0 + (a1 - a0) * frac if frac < 0.5 else a1 - (a1 - a0) * (1.0 - frac)
     bmin = np.inf
     bmax = -np.inf
