@@ -253,9 +253,11 @@ def _h_maxima(
     """h-maxima (8-connected) of the framed image ``flat`` (Hp x wp, raveled, float64) into
     ``out`` (bool, raveled), exact for every maximum above ``level`` + h.
 
-    Only pixels above ``level`` take part: a plateau of value m >= level + h that has not met a
-    strictly higher component above ``level`` meets it at ``level`` or below, i.e. at most m - h,
-    and is kept; so are plateaus never decided (lower ones are not exact and must be ignored)."""
+    A plateau of value m is kept when the level v at which its component first meets a strictly
+    higher one satisfies m - v >= h (scikit-image's residue test), or when it never does. Only
+    pixels above ``level`` take part: a plateau of value m > level + h (by more than rounding)
+    undecided above ``level`` meets the higher one at ``level`` or below, and is kept; lower
+    plateaus are not exact and must be ignored."""
     n = len(flat)
     hp = n // wp
     lo = flat[0]
@@ -307,7 +309,7 @@ def _h_maxima(
                 mp = cmax[rp]
                 if mq > mp:
                     # p's component meets a strictly higher one at level v: its plateaus decided
-                    if v <= mp - h:
+                    if mp - v >= h:
                         c = head[rp]
                         while c >= 0:
                             out[c] = True
@@ -315,7 +317,7 @@ def _h_maxima(
                     parent[rp] = rq
                     rp = rq
                 elif mp > mq:
-                    if v <= mq - h:
+                    if mq - v >= h:
                         c = head[rq]
                         while c >= 0:
                             out[c] = True
@@ -765,7 +767,7 @@ def cells_stack(
                 g,
                 wp,
                 h,
-                lowest - h,
+                lowest - h - 1e-6,
                 peaks,
                 sub,
                 pix,
