@@ -5,18 +5,18 @@ dataset card's order) and a nucleus label image into cell labels and the cytopla
 
 1. the cytoplasm signal (mean of the cytoplasm channels) is put in *crop units*
    (:func:`cyto_levels`, one pair of levels per crop): 0 = the crop's background (0.5th
-   percentile), 1 = Otsu's threshold of the crop's smoothed signal. Every later step works in these
+   percentile), 1 = Otsu's threshold of the crop's signal smoothed as in step 2. Every later step works in these
    units, so nothing depends on how many crops one call sees: a mosaic of crops, each in its own
    units, separated by gutters of 8 px or more (``valid`` False there), gives each crop the cells
    it gets alone: every filter is a weighted mean over crop pixels only, so neither the image
    border nor a gutter counts as anything;
-2. foreground = the signal smoothed with sigma 1.5 px above 0.5, holes filled (the area under a
+2. foreground = the signal smoothed with sigma 1.5 px above 0.6, holes filled (the area under a
    nucleus enclosed by cytoplasm counts as cytoplasm); cells live in foreground or nuclei;
 3. the marker function is the signal smoothed with sigma 2 px in which every nucleus is filled
    with the mean cytoplasm of a 2-px ring around it (stains are dimmer over a nucleus; filled,
-   a nucleus is part of its cell's bright body instead of a hole in it), plus 0.05 x the distance to
+   a nucleus is part of its cell's bright body instead of a hole in it), plus 0.1 x the distance to
    the background in px (shape: necks between touching cells);
-4. seeds: every nucleus, and every h-maximum (h = 0.6) of the marker function farther than 2 px
+4. seeds: every nucleus, and every h-maximum (h = 0.8) of the marker function farther than 4 px
    from any nucleus (a cell body whose nucleus is not visible: cut by the crop border, out of
    focus, or absent);
 5. a watershed of the signal (smoothed with sigma 0.7 px, which keeps the dark lines between
@@ -27,12 +27,18 @@ dataset card's order) and a nucleus label image into cell labels and the cytopla
    between 1 sample and 8 px long (touching nuclei have no cytoplasm between them: the nuclei
    decide); the lowest value on the segment must be at least 0.95 x the lower of the values at the
    two centres, and the highest outside the seeds at most 1.15 x the higher (values of the marker
-   function, whose nuclei are filled with the mean of their 2-px ring). Two nuclei side by side in one continuous cell body merge; two
-   cells meeting at a dimmer or brighter border, or nuclei far apart, stay apart;
-7. regions smaller than 120 px (about half a typical nucleus of a 96x96 crop) are dropped.
+   function, whose nuclei are filled with the mean of their 2-px ring). Two nuclei side by side
+   in one continuous cell body merge; two cells meeting at a dimmer or brighter border, or nuclei far apart, stay apart;
+7. regions smaller than 200 px (about a typical nucleus of a 96x96 crop) are dropped.
 
 So ``cell_count`` differs from ``nuc_count`` when the image says so: a cell with two nuclei counts
 once, a cell body without a visible nucleus counts.
+
+:func:`segment_cells` is the reference, written with scipy and scikit-image. The scoring path,
+:func:`segment_cells_stack`, runs the same steps crop by crop in one compiled loop
+(:mod:`cellbench.features.segment._cell_kernels`, numba) and gives the same cells (tested); its one
+approximation is the watershed's queue (4096 levels over the crop's range instead of a heap), which
+can hand a pixel to the other neighbour where two are within 1/4096 of that range.
 """
 
 from __future__ import annotations
@@ -54,16 +60,16 @@ class CellParams:
 
     #: sigma of the smoothing before the foreground threshold
     fg_sigma: float = 1.5
-    #: foreground = smoothed signal above this many crop units (0.5 = half Otsu's threshold)
-    fg_level: float = 0.5
+    #: foreground = smoothed signal above this many crop units (1 = Otsu's threshold)
+    fg_level: float = 0.6
     #: sigma of the marker function
     marker_sigma: float = 2.0
     #: marker function += distance_weight x distance to the background (px)
-    distance_weight: float = 0.05
+    distance_weight: float = 0.1
     #: h of the h-maxima that seed cells without a nucleus (crop units)
-    h: float = 0.6
+    h: float = 0.8
     #: cytoplasm-only seeds must be farther than this from every nucleus (px)
-    seed_clearance: int = 2
+    seed_clearance: int = 4
     #: ring around a nucleus whose mean cytoplasm fills it (px)
     ring: int = 2
     #: sigma of the signal the watershed grows on
@@ -77,7 +83,7 @@ class CellParams:
     #: points sampled on that path
     path_samples: int = 16
     #: regions smaller than this (px) are dropped
-    min_area: float = 120.0
+    min_area: float = 200.0
 
 
 DEFAULT_CELL_PARAMS = CellParams()
