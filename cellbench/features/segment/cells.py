@@ -10,11 +10,11 @@ dataset card's order) and a nucleus label image into cell labels and the cytopla
    units, separated by gutters of 8 px or more (``valid`` False there), gives each crop the cells
    it gets alone: every filter is a weighted mean over crop pixels only, so neither the image
    border nor a gutter counts as anything;
-2. foreground = the signal smoothed with sigma 1.5 px above 0.6, holes filled (the area under a
+2. foreground = the signal smoothed with sigma 1.5 px above 0.5, holes filled (the area under a
    nucleus enclosed by cytoplasm counts as cytoplasm); cells live in foreground or nuclei;
 3. the marker function is the signal smoothed with sigma 2 px in which every nucleus is filled
    with the mean cytoplasm of a 2-px ring around it (stains are dimmer over a nucleus; filled,
-   a nucleus is part of its cell's bright body instead of a hole in it), plus 0.1 x the distance to
+   a nucleus is part of its cell's bright body instead of a hole in it), plus 0.05 x the distance to
    the background in px (shape: necks between touching cells);
 4. seeds: every nucleus, and every h-maximum (h = 0.8) of the marker function farther than 4 px
    from any nucleus (a cell body whose nucleus is not visible: cut by the crop border, out of
@@ -61,11 +61,11 @@ class CellParams:
     #: sigma of the smoothing before the foreground threshold
     fg_sigma: float = 1.5
     #: foreground = smoothed signal above this many crop units (1 = Otsu's threshold)
-    fg_level: float = 0.6
+    fg_level: float = 0.5
     #: sigma of the marker function
     marker_sigma: float = 2.0
     #: marker function += distance_weight x distance to the background (px)
-    distance_weight: float = 0.1
+    distance_weight: float = 0.05
     #: h of the h-maxima that seed cells without a nucleus (crop units)
     h: float = 0.8
     #: cytoplasm-only seeds must be farther than this from every nucleus (px)
