@@ -151,7 +151,7 @@ def test_kernel_steps_equal_scipy() -> None:
         for sigma in (0.7, 1.5, 2.0):
             taps = k.gaussian_taps(sigma)
             out = np.empty_like(u)
-            k._blur(u, taps, k._weight(*u.shape, taps), np.empty(47, np.float32),
+            k._blur(u, taps, k._weight(*u.shape, taps), np.empty(2 * 47, np.float32),
                     np.zeros(47 + 64, np.float32), out)  # fmt: skip
             ref = ndi.gaussian_filter(u, sigma, mode="constant") / _edge_weight(u.shape, sigma)
             np.testing.assert_allclose(out, ref, rtol=2e-6, atol=2e-6)
