@@ -450,8 +450,9 @@ def _merge(labels, seeds, f, n, samples, ratio, gap, ridge, parent):  # pragma: 
         if cnt[k] > 0:
             sy[k] /= cnt[k]
             sx[k] /= cnt[k]
-    # touching pairs (a < b), 4-connected, each once
-    seen = np.zeros((n + 1) * (n + 1), np.bool_)
+    # touching pairs (a < b), 4-connected, each once, in increasing order of (a, b)
+    codes = np.empty(2 * h * w, np.int64)
+    m = 0
     for y in range(h):
         for x in range(w):
             a = labels[y, x]
@@ -468,48 +469,47 @@ def _merge(labels, seeds, f, n, samples, ratio, gap, ridge, parent):  # pragma: 
                     b = labels[y + 1, x]
                 if b == 0 or b == a:
                     continue
-                lo = min(a, b)
-                hi = max(a, b)
-                seen[lo * (n + 1) + hi] = True
+                codes[m] = np.int64(min(a, b)) * (n + 1) + max(a, b)
+                m += 1
+    pairs = np.unique(codes[:m])
     vals = np.empty(samples)
-    for lo in range(1, n + 1):
-        for hi in range(lo + 1, n + 1):
-            if not seen[lo * (n + 1) + hi]:
+    for code in pairs:
+        lo = code // (n + 1)
+        hi = code - lo * (n + 1)
+        ay, ax, by, bx = sy[lo], sx[lo], sy[hi], sx[hi]
+        n_out = 0
+        top = -np.inf
+        for k in range(samples):
+            t = k / (samples - 1)
+            py = ay + (by - ay) * t
+            px = ax + (bx - ax) * t
+            vals[k] = _bilinear(f, py, px)
+            iy = min(max(int(np.floor(py + 0.5)), 0), h - 1)
+            ix = min(max(int(np.floor(px + 0.5)), 0), w - 1)
+            s = seeds[iy, ix]
+            if s != lo and s != hi:
+                n_out += 1
+                if vals[k] > top:
+                    top = vals[k]
+        if n_out == 0:
+            continue  # touching nuclei: no cytoplasm between them, the nuclei decide
+        ends = min(vals[0], vals[samples - 1])
+        low = vals[0]
+        for k in range(samples):
+            if vals[k] < low:
+                low = vals[k]
+        if low < ratio * ends:
+            continue
+        if gap >= 0.0:
+            length = np.hypot(by - ay, bx - ax)
+            if n_out / samples * length > gap:
                 continue
-            ay, ax, by, bx = sy[lo], sx[lo], sy[hi], sx[hi]
-            n_out = 0
-            top = -np.inf
-            for k in range(samples):
-                t = k / (samples - 1)
-                py = ay + (by - ay) * t
-                px = ax + (bx - ax) * t
-                vals[k] = _bilinear(f, py, px)
-                iy = min(max(int(np.floor(py + 0.5)), 0), h - 1)
-                ix = min(max(int(np.floor(px + 0.5)), 0), w - 1)
-                s = seeds[iy, ix]
-                if s != lo and s != hi:
-                    n_out += 1
-                    if vals[k] > top:
-                        top = vals[k]
-            if n_out == 0:
-                continue  # touching nuclei: no cytoplasm between them, the nuclei decide
-            ends = min(vals[0], vals[samples - 1])
-            low = vals[0]
-            for k in range(samples):
-                if vals[k] < low:
-                    low = vals[k]
-            if low < ratio * ends:
-                continue
-            if gap >= 0.0:
-                length = np.hypot(by - ay, bx - ax)
-                if n_out / samples * length > gap:
-                    continue
-            if ridge >= 0.0 and top > ridge * max(vals[0], vals[samples - 1]):
-                continue
-            ri = _find(parent, lo)
-            rj = _find(parent, hi)
-            if ri != rj:
-                parent[max(ri, rj)] = min(ri, rj)
+        if ridge >= 0.0 and top > ridge * max(vals[0], vals[samples - 1]):
+            continue
+        ri = _find(parent, lo)
+        rj = _find(parent, hi)
+        if ri != rj:
+            parent[max(ri, rj)] = min(ri, rj)
     for k in range(n + 1):
         parent[k] = _find(parent, k)
 
