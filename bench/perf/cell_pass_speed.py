@@ -22,7 +22,11 @@ from skimage.segmentation import watershed
 
 def nucleus_seeded_cells(cyto_src: np.ndarray, nuclei: np.ndarray) -> np.ndarray:
     """The cell pass of segmenter classical v2 before cells.py (the reference)."""
-    from cellbench.features.segment.classical import _fill_holes, _otsu
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _classical_v2 import _fill_holes, _otsu
 
     x = np.asarray(cyto_src, np.float32)
     lo, hi = np.percentile(x, (0.5, 99.8))
