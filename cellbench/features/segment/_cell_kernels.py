@@ -195,44 +195,48 @@ def _order_desc(vals, keys, tmp_keys, order, tmp_order, count):  # pragma: no co
     """Indices of ``vals`` in decreasing order of their float32 values: LSD radix sort of
     order-preserving 32-bit keys, 11 bits a pass (``count``: 2048 slots)."""
     n = len(vals)
-    bits = vals.astype(np.float32).view(np.int32)
+    hist = np.zeros((3, 2048), np.int64)
     for i in range(n):
-        b = np.int64(bits[i])
+        b = np.int64(np.float32(vals[i]).view(np.int32))
         # ascending key: flip every bit of a negative value, the sign bit of a positive one;
         # complemented for a decreasing order
-        k = (~b) & 0xFFFFFFFF if b < 0 else b | 0x80000000
-        keys[i] = 0xFFFFFFFF - k
+        k = 0xFFFFFFFF - ((~b) & 0xFFFFFFFF if b < 0 else b | 0x80000000)
+        keys[i] = k
         order[i] = i
-    for shift in range(0, 33, 11):
-        for j in range(2048):
-            count[j] = 0
-        for i in range(n):
-            count[(keys[i] >> shift) & 2047] += 1
+        hist[0, k & 2047] += 1
+        hist[1, (k >> 11) & 2047] += 1
+        hist[2, (k >> 22) & 2047] += 1
+    for p in range(3):
         total = 0
         for j in range(2048):
-            c = count[j]
-            count[j] = total
+            c = hist[p, j]
+            hist[p, j] = total
             total += c
+    # three passes, ping-pong between (keys, order) and (tmp_keys, tmp_order)
+    for p in range(3):
+        shift = 11 * p
+        if p == 1:
+            src_k, src_o, dst_k, dst_o = tmp_keys, tmp_order, keys, order
+        else:
+            src_k, src_o, dst_k, dst_o = keys, order, tmp_keys, tmp_order
         for i in range(n):
-            d = (keys[i] >> shift) & 2047
-            tmp_keys[count[d]] = keys[i]
-            tmp_order[count[d]] = order[i]
-            count[d] += 1
-        for i in range(n):
-            keys[i] = tmp_keys[i]
-            order[i] = tmp_order[i]
+            k = src_k[i]
+            d = (k >> shift) & 2047
+            j = hist[p, d]
+            dst_k[j] = k
+            dst_o[j] = src_o[i]
+            hist[p, d] = j + 1
+    for i in range(n):
+        order[i] = tmp_order[i]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _find(parent, x):  # pragma: no cover - compiled
-    root = x
-    while parent[root] != root:
-        root = parent[root]
-    while parent[x] != root:
-        nxt = parent[x]
-        parent[x] = root
-        x = nxt
-    return root
+    """Root of x, halving the path on the way."""
+    while parent[x] != x:
+        parent[x] = parent[parent[x]]
+        x = parent[x]
+    return x
 
 
 @njit(cache=True, nogil=True)
@@ -674,6 +678,7 @@ def cells_stack(
     extra = np.empty((hh, ww), np.int32)
     labels = np.empty((hh, ww), np.int32)
     rowmax = np.empty((hh, ww), np.int32)
+    grown_row = np.empty(ww, np.int32)
     b_head = np.empty(n_levels, np.int64)
     b_tail = np.empty(n_levels, np.int64)
     link = np.empty(npx, np.int64)
@@ -710,25 +715,27 @@ def cells_stack(
         if n_nuc > 0:
             total = np.zeros(n_nuc + 1)
             cnt = np.zeros(n_nuc + 1)
-            # grown = the largest label within `ring` px (square window): rows, then columns
+            # grown = the largest label within `ring` px (square window): rows, then columns,
+            # each as a maximum of shifted rows (vectorised)
             for y in range(hh):
                 for x in range(ww):
-                    m = 0
-                    for xx in range(max(0, x - ring), min(ww, x + ring + 1)):
-                        if nuc[y, xx] > m:
-                            m = nuc[y, xx]
-                    rowmax[y, x] = m
+                    rowmax[y, x] = nuc[y, x]
+                for d in range(1, ring + 1):
+                    for x in range(d, ww):
+                        rowmax[y, x] = max(rowmax[y, x], nuc[y, x - d])
+                    for x in range(ww - d):
+                        rowmax[y, x] = max(rowmax[y, x], nuc[y, x + d])
             for y in range(hh):
                 for x in range(ww):
-                    if inside[y, x]:
-                        continue
-                    grown = 0
-                    for yy in range(max(0, y - ring), min(hh, y + ring + 1)):
-                        if rowmax[yy, x] > grown:
-                            grown = rowmax[yy, x]
-                    if grown > 0:
-                        total[grown] += f[y, x]
-                        cnt[grown] += 1.0
+                    grown_row[x] = rowmax[y, x]
+                for yy in range(max(0, y - ring), min(hh, y + ring + 1)):
+                    for x in range(ww):
+                        grown_row[x] = max(grown_row[x], rowmax[yy, x])
+                for x in range(ww):
+                    k = grown_row[x]
+                    if k > 0 and not inside[y, x]:
+                        total[k] += f[y, x]
+                        cnt[k] += 1.0
             for y in range(hh):
                 for x in range(ww):
                     k = nuc[y, x]
