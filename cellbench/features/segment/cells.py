@@ -51,7 +51,13 @@ from scipy import ndimage as ndi
 from skimage.morphology import h_maxima
 from skimage.segmentation import watershed
 
-__all__ = ["DEFAULT_CELL_PARAMS", "CellParams", "cyto_levels", "segment_cells"]
+__all__ = [
+    "DEFAULT_CELL_PARAMS",
+    "CellParams",
+    "cyto_levels",
+    "segment_cells",
+    "segment_cells_stack",
+]
 
 
 @dataclass(frozen=True)
