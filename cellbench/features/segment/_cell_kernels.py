@@ -5,28 +5,30 @@ in one compiled loop, with scratch buffers shared by the crops.
 The steps and their definitions are those of ``cells.py`` (the scipy / scikit-image reference,
 which this module is tested against); what differs is how they are computed:
 
-* Gaussian blurs: separable, taps of ``scipy.ndimage`` (truncate 4), float64 sums, zero outside
-  the crop divided by the blur of the crop's indicator (the in-crop weighted mean);
+* background and Otsu levels: a heap selection of the 0.5th percentile, Otsu's threshold over
+  256 bins of the blurred signal (as ``cells.cyto_levels``);
+* Gaussian blurs: separable, taps of ``scipy.ndimage`` (truncate 4), float32 sums (scipy's are
+  float64: values agree to about 1e-7), zero outside the crop divided by the blur of the crop's
+  indicator (the in-crop weighted mean);
 * hole filling: a flood of the background from the crop's edge (4-connected);
 * distance to the background: exact Euclidean (Felzenszwalb and Huttenlocher's two passes);
 * h-maxima (8-connected; the crop framed by one pixel of 0): one union-find over the pixels in
-  decreasing order (a radix sort of the float64 values), a plateau kept when the level at which its
-  component first meets a strictly higher one is at most its value minus h (the definition of
-  ``skimage.morphology.h_maxima``; the global maximum is kept);
+  decreasing order (a radix sort of their float32 values), a plateau kept when the level v at
+  which its component first meets a strictly higher one satisfies value - v >= h (the residue test
+  of ``skimage.morphology.h_maxima``; the global maximum is kept); only pixels above the lowest
+  maximum that can become a seed, minus h, take part;
 * watershed (4-connected, labels given when a pixel is queued, as scikit-image's): a bucket queue of
   4096 levels over the crop's range instead of a binary heap, so pixels whose values differ by less
   than 1/4096 of that range are flooded first come first served;
 * merging and the size filter: per crop, as the reference.
 
-Nothing here depends on the other crops of the stack: a crop gets the same cells alone.
+No ``fastmath``: the float results do not depend on the CPU's vector width. Nothing here depends on the other crops of the stack: a crop gets the same cells alone.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
-
-_LEVELS = 4096
 
 
 def gaussian_taps(sigma: float) -> np.ndarray:
