@@ -1,7 +1,10 @@
 """Segmentation backends and per-image features (docs/scoring.md).
 
 * :mod:`cellbench.features.segment.classical`: the default ``classical`` backend (version 3: scale-aware
-  nuclei, seeded-watershed cells, every step once per batch).
+  nuclei, every step once per batch; cells from :mod:`.cells`).
+* :mod:`cellbench.features.segment.cells`: cells from the cytoplasm's own evidence (the scipy
+  reference ``segment_cells`` and the compiled scoring path ``segment_cells_stack``, whose numba
+  kernels are in ``_cell_kernels.py``; the features' kernel is ``_feature_kernels.py``).
 * :mod:`cellbench.features.segment.evaluate`: instance matching and F1 against ground truth (real DSB2018
   nuclei, simulated crops with known nuclei).
 * :mod:`cellbench.features.segment.convert`: other crops to the 96x96 uint8 convention.
@@ -30,6 +33,8 @@ _EXPORTS = {
     "segment_stack": "classical",
     "stack_features": "classical",
     "estimate_radii": "classical",
+    "segment_cells": "cells",
+    "segment_cells_stack": "cells",
     "dsb_f1": "evaluate",
     "f1_at_iou": "evaluate",
     "iou_matrix": "evaluate",

@@ -54,8 +54,8 @@ depend on the other images of its batch (tested), and shards merge exactly.
 Cells (:func:`segment_stack`; cytoplasm = mean of every channel but DNA; the DNA channel itself for
 a one-channel image): :func:`cellbench.features.segment.cells.segment_cells`, from the cytoplasm's
 own evidence with the nuclei as one input among others (a cell with two nuclei counts once, a cell
-body without a visible nucleus counts), once per batch on a strip of crops separated by 8-px
-gutters (each crop gets the cells it gets alone).
+body without a visible nucleus counts), every crop on its own in one compiled loop over the batch
+(:func:`cellbench.features.segment.cells.segment_cells_stack`).
 
 Per-image features (docs/scoring.md, :func:`features_from_masks` for one image,
 :func:`stack_features` for a batch): ``nuc_count``, ``cell_count``, ``nuc_max_area`` and
@@ -81,7 +81,7 @@ from skimage.morphology import local_maxima
 from skimage.segmentation import watershed
 
 from cellbench.errors import ImageError
-from cellbench.features.segment.cells import cyto_levels, segment_cells
+from cellbench.features.segment.cells import segment_cells_stack
 
 __all__ = [
     "BACKEND_NAME",
@@ -701,45 +701,11 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     return np.clip((x - lo[:, None, None].astype(np.float32)) * scale[:, None, None], 0.0, 1.0)
 
 
-#: background gutter between the crops of a cell-pass mosaic (cells.py needs at least 8 px)
-CELL_GUTTER = 8
-
-
 def _cell_pass(cyto_src: np.ndarray, nuclei: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Cells and cytoplasm foreground of an (N, H, W) stack from its cytoplasm signal and nuclei.
-
-    :func:`cellbench.features.segment.cells.segment_cells` once, on a strip of the crops separated
-    by gutters of ``CELL_GUTTER`` px, each crop in its own intensity units; a crop gets the cells
-    it gets alone (cells.py).
-    """
-    n_img, h, w = nuclei.shape
-    g = CELL_GUTTER
-    lo, thr = cyto_levels(cyto_src)
-    pad = ((0, 0), (g, 0), (g, g))
-
-    def strip(x: np.ndarray) -> np.ndarray:
-        return np.pad(x, pad).reshape(-1, w + 2 * g)
-
-    offsets = np.r_[0, np.cumsum(nuclei.reshape(n_img, -1).max(1))[:-1]].astype(np.int32)
-    nuc_s = strip(np.where(nuclei > 0, nuclei + offsets[:, None, None], 0))
-    valid = strip(np.ones(nuclei.shape, bool))
-    ones = np.ones((n_img, h, w), np.float32)
-    lo_map = strip(ones * lo[:, None, None].astype(np.float32))
-    # gutters: levels (0, 1), never used (valid is False there) but finite
-    thr_map = strip(ones * (thr - 1.0)[:, None, None].astype(np.float32)) + 1.0
-    cells_s, fg_s = segment_cells(
-        np.pad(strip(cyto_src.astype(np.float32)), ((0, g), (0, 0))),
-        np.pad(nuc_s, ((0, g), (0, 0))),
-        levels=(np.pad(lo_map, ((0, g), (0, 0))), np.pad(thr_map, ((0, g), (0, 0)))),
-        valid=np.pad(valid, ((0, g), (0, 0))),
-    )
-
-    def unstrip(x: np.ndarray) -> np.ndarray:
-        return x[:-g].reshape(n_img, h + g, w + 2 * g)[:, g:, g:-g]
-
-    cells = unstrip(cells_s)
-    keep = np.ones(int(cells.max()) + 1, bool)
-    return _number_per_image(_strip(cells), keep, n_img), unstrip(fg_s)
+    """Cells and cytoplasm foreground of an (N, H, W) stack from its cytoplasm signal and nuclei:
+    :func:`cellbench.features.segment.cells.segment_cells_stack`, each crop on its own in one
+    compiled loop (the same cells as ``segment_cells`` crop by crop, tested)."""
+    return segment_cells_stack(cyto_src, nuclei)
 
 
 def segment_stack(
@@ -834,45 +800,22 @@ def features_from_masks(seg: SegmentationResult) -> dict[str, float]:
     }
 
 
-def _global_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """(N, H, W) labels numbered per image -> the same numbered across the stack, the image of
-    each global label (index 0 unused) and their count."""
-    n_img = len(labels)
-    per = labels.reshape(n_img, -1).max(1).astype(np.int64)
-    offsets = np.r_[0, np.cumsum(per)[:-1]]
-    glob = np.where(labels > 0, labels + offsets[:, None, None], 0)
-    img_of = np.r_[-1, np.repeat(np.arange(n_img), per)]
-    return glob, img_of, int(per.sum())
-
-
 def stack_features(seg: StackSegmentation) -> np.ndarray:
     """(N, 6) features in FEATURE_NAMES order of a batch, the values of
-    :func:`features_from_masks` image by image (tested), computed on the whole batch at once."""
-    n_img = len(seg.nuclei)
-    out = np.zeros((n_img, len(FEATURE_NAMES)))
-    nuc, nuc_img, n_nuc = _global_labels(seg.nuclei)
-    cells, cell_img, n_cells = _global_labels(seg.cells)
-    nuc_area = np.bincount(nuc.ravel(), minlength=n_nuc + 1).astype(np.float64)
-    cell_area = np.bincount(cells.ravel(), minlength=n_cells + 1).astype(np.float64)
-    nuc_p = nuc_area[1:] > 0
-    cell_p = cell_area[1:] > 0
-    counts = np.bincount(nuc_img[1:][nuc_p], minlength=n_img).astype(np.float64)
-    out[:, 0] = counts
-    out[:, 1] = np.bincount(cell_img[1:][cell_p], minlength=n_img)
-    np.maximum.at(out[:, 2], nuc_img[1:][nuc_p], nuc_area[1:][nuc_p])
-    np.maximum.at(out[:, 3], cell_img[1:][cell_p], cell_area[1:][cell_p])
-    if n_nuc:
-        per = _perimeters(_strip(nuc), n_nuc)[1:][nuc_p]
-        area = nuc_area[1:][nuc_p]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            rounds = np.where(per > 0, np.minimum(4.0 * np.pi * area / per**2, 1.0), 1.0)
-        sums = np.bincount(nuc_img[1:][nuc_p], weights=rounds, minlength=n_img)
-        inside = nuc > 0
-        n_in = inside.reshape(n_img, -1).sum(1)
-        n_in_cyto = (inside & seg.cyto_mask).reshape(n_img, -1).sum(1)
-        has = counts > 0
-        out[has, 4] = sums[has] / counts[has]
-        out[has, 5] = n_in_cyto[has] / n_in[has]
+    :func:`features_from_masks` image by image (tested), in one compiled loop
+    (:mod:`cellbench.features.segment._feature_kernels`)."""
+    from cellbench.features.segment._feature_kernels import PERIMETER_WEIGHTS, features_stack
+
+    nuclei = np.ascontiguousarray(seg.nuclei, np.int32)
+    out = np.zeros((len(nuclei), len(FEATURE_NAMES)))
+    if nuclei.size:
+        features_stack(
+            nuclei,
+            np.ascontiguousarray(seg.cells, np.int32),
+            np.ascontiguousarray(seg.cyto_mask, bool),
+            PERIMETER_WEIGHTS,
+            out,
+        )
     return out
 
 

@@ -1,0 +1,862 @@
+"""Compiled (numba) kernels of the cell pass: :func:`cells_stack` runs every step of
+:func:`cellbench.features.segment.cells.segment_cells` on each crop of a stack, one crop at a time
+in one compiled loop, with scratch buffers shared by the crops.
+
+The steps and their definitions are those of ``cells.py`` (the scipy / scikit-image reference,
+which this module is tested against); what differs is how they are computed:
+
+* background and Otsu levels: a heap selection of the 0.5th percentile, Otsu's threshold over
+  256 bins of the blurred signal (as ``cells.cyto_levels``);
+* Gaussian blurs: separable, taps of ``scipy.ndimage`` (truncate 4), float32 sums (scipy's are
+  float64: values agree to about 1e-7), zero outside the crop divided by the blur of the crop's
+  indicator (the in-crop weighted mean);
+* hole filling: a flood of the background from the crop's edge (4-connected);
+* distance to the background: exact Euclidean (Felzenszwalb and Huttenlocher's two passes);
+* h-maxima (8-connected; the crop framed by one pixel of 0): one union-find over the pixels in
+  decreasing order (a radix sort of their float32 values), a plateau kept when the level v at
+  which its component first meets a strictly higher one satisfies value - v >= h (the residue test
+  of ``skimage.morphology.h_maxima``; the global maximum is kept); only pixels above the lowest
+  maximum that can become a seed, minus h, take part;
+* watershed (4-connected, labels given when a pixel is queued, as scikit-image's): a bucket queue of
+  4096 levels over the crop's range instead of a binary heap, so pixels whose values differ by less
+  than 1/4096 of that range are flooded first come first served;
+* merging and the size filter: per crop, as the reference.
+
+No ``fastmath``: the float results do not depend on the CPU's vector width. Nothing here depends on the other crops of the stack: a crop gets the same cells alone.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+
+def gaussian_taps(sigma: float) -> np.ndarray:
+    """The 1-D Gaussian taps scipy.ndimage uses (radius int(4 sigma + 0.5), normalised), float32."""
+    radius = int(4.0 * sigma + 0.5)
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    phi = np.exp(-0.5 / (sigma * sigma) * x * x)
+    return (phi / phi.sum()).astype(np.float32)
+
+
+@njit(cache=True, nogil=True)
+def _blur(u, taps, weight, acc, pad, out):  # pragma: no cover - compiled
+    """In-crop weighted Gaussian mean of ``u`` (H, W): zero outside the crop, divided by
+    ``weight`` (the blur of the crop's indicator). Columns, then rows, each pass a sum of shifted
+    rows (vectorised); float32 sums (scipy sums in float64: the results agree to about 1e-7).
+    ``acc`` (2 W) and ``pad`` (W + len(taps)) are scratch."""
+    h, w = u.shape
+    nt = len(taps)
+    rad = (nt - 1) // 2
+    for x in range(rad):
+        pad[x] = 0.0
+        pad[rad + w + x] = 0.0
+    col = acc[:w]
+    row = acc[w : 2 * w]
+    for y in range(h):
+        for x in range(w):
+            col[x] = 0.0
+        for k in range(max(0, y - rad) - y, min(h - 1, y + rad) - y + 1):
+            t = taps[k + rad]
+            src = u[y + k]
+            for x in range(w):
+                col[x] += t * src[x]
+        for x in range(w):
+            pad[x + rad] = col[x]
+            row[x] = 0.0
+        for k in range(nt):
+            t = taps[k]
+            for x in range(w):
+                row[x] += t * pad[x + k]
+        for x in range(w):
+            out[y, x] = row[x] / weight[y, x]
+
+
+@njit(cache=True, nogil=True)
+def _edge_weights(n, taps):  # pragma: no cover - compiled
+    """Blur of a length-n line of ones with zero outside (per position)."""
+    rad = (len(taps) - 1) // 2
+    out = np.zeros(n)
+    for i in range(n):
+        s = 0.0
+        for k in range(max(0, i - rad) - i, min(n - 1, i + rad) - i + 1):
+            s += taps[k + rad]
+        out[i] = s
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _weight(h, w, taps):  # pragma: no cover - compiled
+    """The blur of an h x w crop's indicator (zero outside), float32."""
+    wr = _edge_weights(h, taps)
+    wc = _edge_weights(w, taps)
+    out = np.empty((h, w), np.float32)
+    for y in range(h):
+        for x in range(w):
+            out[y, x] = np.float32(wr[y] * wc[x])
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _fill_holes(fg0, fg, queue):  # pragma: no cover - compiled
+    """fg = fg0 plus the background components (4-connected) not touching the crop's edge."""
+    h, w = fg0.shape
+    for y in range(h):
+        for x in range(w):
+            fg[y, x] = True
+    head = 0
+    tail = 0
+    for y in range(h):
+        for x in range(w):
+            if (y == 0 or x == 0 or y == h - 1 or x == w - 1) and not fg0[y, x]:
+                fg[y, x] = False
+                queue[tail] = y * w + x
+                tail += 1
+    while head < tail:
+        p = queue[head]
+        head += 1
+        y = p // w
+        x = p - y * w
+        if y > 0 and fg[y - 1, x] and not fg0[y - 1, x]:
+            fg[y - 1, x] = False
+            queue[tail] = p - w
+            tail += 1
+        if y < h - 1 and fg[y + 1, x] and not fg0[y + 1, x]:
+            fg[y + 1, x] = False
+            queue[tail] = p + w
+            tail += 1
+        if x > 0 and fg[y, x - 1] and not fg0[y, x - 1]:
+            fg[y, x - 1] = False
+            queue[tail] = p - 1
+            tail += 1
+        if x < w - 1 and fg[y, x + 1] and not fg0[y, x + 1]:
+            fg[y, x + 1] = False
+            queue[tail] = p + 1
+            tail += 1
+
+
+@njit(cache=True, nogil=True)
+def _edt_framed(mask, out, col, v, z, f1):  # pragma: no cover - compiled
+    """Euclidean distance of each pixel of ``mask`` (H, W) to the nearest background pixel, the
+    pixels just outside the crop counting as background; 0 on the background."""
+    h, w = mask.shape
+    inf = 1e20
+    # columns: squared distance to the nearest background pixel in the column (frame at -1 and h)
+    for x in range(w):
+        last = -1
+        for y in range(h):
+            if not mask[y, x]:
+                last = y
+                col[y, x] = 0.0
+            else:
+                d = y - last
+                col[y, x] = d * d
+        last = h
+        for y in range(h - 1, -1, -1):
+            if not mask[y, x]:
+                last = y
+            else:
+                d = last - y
+                if d * d < col[y, x]:
+                    col[y, x] = d * d
+    # rows: lower envelope of parabolas, frame pixels at -1 and w are background (value 0)
+    n = w + 2
+    for y in range(h):
+        for i in range(n):
+            if i == 0 or i == n - 1:
+                f1[i] = 0.0
+            else:
+                f1[i] = col[y, i - 1]
+        k = 0
+        v[0] = 0
+        z[0] = -inf
+        z[1] = inf
+        for q in range(1, n):
+            while True:
+                p = v[k]
+                s = ((f1[q] + q * q) - (f1[p] + p * p)) / (2.0 * q - 2.0 * p)
+                if s <= z[k]:
+                    k -= 1
+                else:
+                    break
+            k += 1
+            v[k] = q
+            z[k] = s
+            z[k + 1] = inf
+        k = 0
+        for q in range(1, n - 1):
+            while z[k + 1] < q:
+                k += 1
+            p = v[k]
+            d = (q - p) * (q - p) + f1[p]
+            out[y, q - 1] = np.sqrt(d) if mask[y, q - 1] else 0.0
+
+
+@njit(cache=True, nogil=True)
+def _order_desc(vals, keys, tmp_keys, order, tmp_order, count):  # pragma: no cover - compiled
+    """Indices of ``vals`` in decreasing order of their float32 values: LSD radix sort of
+    order-preserving 32-bit keys, 11 bits a pass (``count``: 2048 slots)."""
+    n = len(vals)
+    hist = np.zeros((3, 2048), np.int64)
+    for i in range(n):
+        b = np.int64(np.float32(vals[i]).view(np.int32))
+        # ascending key: flip every bit of a negative value, the sign bit of a positive one;
+        # complemented for a decreasing order
+        k = 0xFFFFFFFF - ((~b) & 0xFFFFFFFF if b < 0 else b | 0x80000000)
+        keys[i] = k
+        order[i] = i
+        hist[0, k & 2047] += 1
+        hist[1, (k >> 11) & 2047] += 1
+        hist[2, (k >> 22) & 2047] += 1
+    for p in range(3):
+        total = 0
+        for j in range(2048):
+            c = hist[p, j]
+            hist[p, j] = total
+            total += c
+    # three passes, ping-pong between (keys, order) and (tmp_keys, tmp_order)
+    for p in range(3):
+        shift = 11 * p
+        if p == 1:
+            src_k, src_o, dst_k, dst_o = tmp_keys, tmp_order, keys, order
+        else:
+            src_k, src_o, dst_k, dst_o = keys, order, tmp_keys, tmp_order
+        for i in range(n):
+            k = src_k[i]
+            d = (k >> shift) & 2047
+            j = hist[p, d]
+            dst_k[j] = k
+            dst_o[j] = src_o[i]
+            hist[p, d] = j + 1
+    for i in range(n):
+        order[i] = tmp_order[i]
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _find(parent, x):  # pragma: no cover - compiled
+    """Root of x, halving the path on the way."""
+    while parent[x] != x:
+        parent[x] = parent[parent[x]]
+        x = parent[x]
+    return x
+
+
+@njit(cache=True, nogil=True)
+def _h_maxima(
+    flat,
+    wp,
+    h,
+    level,
+    out,
+    sub,
+    pix,
+    keys,
+    tmp_keys,
+    order,
+    tmp_order,
+    count,
+    parent,
+    cmax,
+    head,
+    tail,
+    nxt,
+):  # pragma: no cover - compiled
+    """h-maxima (8-connected) of the framed image ``flat`` (Hp x wp, raveled, float64) into
+    ``out`` (bool, raveled), exact for every maximum above ``level`` + h.
+
+    A plateau of value m is kept when the level v at which its component first meets a strictly
+    higher one satisfies m - v >= h (scikit-image's residue test), or when it never does. Only
+    pixels above ``level`` take part: a plateau of value m > level + h (by more than rounding)
+    undecided above ``level`` meets the higher one at ``level`` or below, and is kept; lower
+    plateaus are not exact and must be ignored."""
+    n = len(flat)
+    hp = n // wp
+    lo = flat[0]
+    hi = flat[0]
+    m = 0
+    for i in range(n):
+        out[i] = False
+        parent[i] = -1
+        v = flat[i]
+        if v < lo:
+            lo = v
+        if v > hi:
+            hi = v
+        if v > level:
+            pix[m] = i
+            m += 1
+    if h > hi - lo or m == 0:
+        return
+    for i in range(m):
+        sub[i] = flat[pix[i]]
+    _order_desc(sub[:m], keys, tmp_keys, order, tmp_order, count)
+    for i in range(m):
+        order[i] = pix[order[i]]
+    for t in range(m):
+        p = order[t]
+        v = flat[p]
+        parent[p] = p
+        cmax[p] = v
+        head[p] = p  # the plateau pixels of the component's maximum: a linked list
+        tail[p] = p
+        nxt[p] = -1
+        rp = p  # the root of p's component
+        y = p // wp
+        x = p - y * wp
+        y0 = max(y - 1, 0)
+        y1 = min(y + 1, hp - 1)
+        x0 = max(x - 1, 0)
+        x1 = min(x + 1, wp - 1)
+        for yy in range(y0, y1 + 1):
+            for xx in range(x0, x1 + 1):
+                q = yy * wp + xx
+                rq = parent[q]
+                if rq < 0 or rq == rp or q == p:
+                    continue
+                rq = _find(parent, rq)
+                if rq == rp:
+                    continue
+                mq = cmax[rq]
+                mp = cmax[rp]
+                if mq > mp:
+                    # p's component meets a strictly higher one at level v: its plateaus decided
+                    if mp - v >= h:
+                        c = head[rp]
+                        while c >= 0:
+                            out[c] = True
+                            c = nxt[c]
+                    parent[rp] = rq
+                    rp = rq
+                elif mp > mq:
+                    if mq - v >= h:
+                        c = head[rq]
+                        while c >= 0:
+                            out[c] = True
+                            c = nxt[c]
+                    parent[rq] = rp
+                else:
+                    # equal maxima: one component whose plateaus share their fate
+                    nxt[tail[rq]] = head[rp]
+                    tail[rq] = tail[rp]
+                    parent[rp] = rq
+                    rp = rq
+    # what is left: the global maximum, and plateaus deciding at `level` or below
+    for t in range(m):
+        p = order[t]
+        if parent[p] == p:
+            c = head[p]
+            while c >= 0:
+                out[c] = True
+                c = nxt[c]
+
+
+@njit(cache=True, nogil=True)
+def _watershed(w, width, seeds, mask, labels, bucket_head, bucket_tail, link):  # pragma: no cover
+    """Watershed of -w (raveled rows of ``width``) from ``seeds`` inside ``mask`` (4-connected):
+    a pixel takes the label of the pixel that queues it. Bucket queue of len(bucket_head) levels
+    between the extremes of w; a pixel lower than the level being flooded joins that level."""
+    n = len(w)
+    nb = len(bucket_head)
+    wmax = -np.inf
+    wmin = np.inf
+    for i in range(n):
+        labels[i] = seeds[i]
+        link[i] = -1
+        if mask[i] or seeds[i] > 0:
+            if w[i] > wmax:
+                wmax = w[i]
+            if w[i] < wmin:
+                wmin = w[i]
+    scale = (nb - 1) / (wmax - wmin) if wmax > wmin else 0.0
+    for b in range(nb):
+        bucket_head[b] = -1
+        bucket_tail[b] = -1
+    for i in range(n):
+        if seeds[i] > 0:
+            b = min(max(int((wmax - w[i]) * scale), 0), nb - 1)
+            if bucket_tail[b] < 0:
+                bucket_head[b] = i
+            else:
+                link[bucket_tail[b]] = i
+            bucket_tail[b] = i
+    cur = 0
+    while cur < nb:
+        p = bucket_head[cur]
+        if p < 0:
+            cur += 1
+            continue
+        bucket_head[cur] = link[p]
+        if link[p] < 0:
+            bucket_tail[cur] = -1
+        y = p // width
+        x = p - y * width
+        lab = labels[p]
+        for d in range(4):
+            if d == 0:
+                if y == 0:
+                    continue
+                q = p - width
+            elif d == 1:
+                if x == 0:
+                    continue
+                q = p - 1
+            elif d == 2:
+                if x == width - 1:
+                    continue
+                q = p + 1
+            else:
+                q = p + width
+                if q >= n:
+                    continue
+            if labels[q] != 0 or not mask[q]:
+                continue
+            labels[q] = lab
+            b = min(max(int((wmax - w[q]) * scale), cur), nb - 1)
+            link[q] = -1
+            if bucket_tail[b] < 0:
+                bucket_head[b] = q
+            else:
+                link[bucket_tail[b]] = q
+            bucket_tail[b] = q
+
+
+@njit(cache=True, nogil=True)
+def _bilinear(f, y, x):  # pragma: no cover - compiled
+    h, w = f.shape
+    y = min(max(y, 0.0), h - 1.0)
+    x = min(max(x, 0.0), w - 1.0)
+    y0 = min(int(np.floor(y)), h - 1)
+    x0 = min(int(np.floor(x)), w - 1)
+    y1 = min(y0 + 1, h - 1)
+    x1 = min(x0 + 1, w - 1)
+    fy = y - y0
+    fx = x - x0
+    top = f[y0, x0] * (1.0 - fx) + f[y0, x1] * fx
+    bot = f[y1, x0] * (1.0 - fx) + f[y1, x1] * fx
+    return top * (1.0 - fy) + bot * fy
+
+
+@njit(cache=True, nogil=True)
+def _merge(labels, seeds, f, n, samples, ratio, gap, ridge, parent):  # pragma: no cover
+    """Step 6 of cells.py: union of touching regions whose seeds are joined without a boundary;
+    ``parent`` (n + 1) ends holding each label's root (the smallest label of its group)."""
+    h, w = labels.shape
+    cnt = np.zeros(n + 1)
+    sy = np.zeros(n + 1)
+    sx = np.zeros(n + 1)
+    for y in range(h):
+        for x in range(w):
+            s = seeds[y, x]
+            if s > 0:
+                cnt[s] += 1.0
+                sy[s] += y
+                sx[s] += x
+    for k in range(n + 1):
+        parent[k] = k
+        if cnt[k] > 0:
+            sy[k] /= cnt[k]
+            sx[k] /= cnt[k]
+    # touching pairs (a < b), 4-connected, each once, in increasing order of (a, b)
+    codes = np.empty(2 * h * w, np.int64)
+    m = 0
+    for y in range(h):
+        for x in range(w):
+            a = labels[y, x]
+            if a == 0:
+                continue
+            for d in range(2):
+                if d == 0:
+                    if x + 1 >= w:
+                        continue
+                    b = labels[y, x + 1]
+                else:
+                    if y + 1 >= h:
+                        continue
+                    b = labels[y + 1, x]
+                if b == 0 or b == a:
+                    continue
+                codes[m] = np.int64(min(a, b)) * (n + 1) + max(a, b)
+                m += 1
+    pairs = np.unique(codes[:m])
+    vals = np.empty(samples)
+    for code in pairs:
+        lo = code // (n + 1)
+        hi = code - lo * (n + 1)
+        ay, ax, by, bx = sy[lo], sx[lo], sy[hi], sx[hi]
+        n_out = 0
+        top = -np.inf
+        for k in range(samples):
+            t = k / (samples - 1)
+            py = ay + (by - ay) * t
+            px = ax + (bx - ax) * t
+            vals[k] = _bilinear(f, py, px)
+            iy = min(max(int(np.floor(py + 0.5)), 0), h - 1)
+            ix = min(max(int(np.floor(px + 0.5)), 0), w - 1)
+            s = seeds[iy, ix]
+            if s != lo and s != hi:
+                n_out += 1
+                if vals[k] > top:
+                    top = vals[k]
+        if n_out == 0:
+            continue  # touching nuclei: no cytoplasm between them, the nuclei decide
+        ends = min(vals[0], vals[samples - 1])
+        low = vals[0]
+        for k in range(samples):
+            if vals[k] < low:
+                low = vals[k]
+        if low < ratio * ends:
+            continue
+        if gap >= 0.0:
+            length = np.hypot(by - ay, bx - ax)
+            if n_out / samples * length > gap:
+                continue
+        if ridge >= 0.0 and top > ridge * max(vals[0], vals[samples - 1]):
+            continue
+        ri = _find(parent, lo)
+        rj = _find(parent, hi)
+        if ri != rj:
+            parent[max(ri, rj)] = min(ri, rj)
+    for k in range(n + 1):
+        parent[k] = _find(parent, k)
+
+
+@njit(cache=True, nogil=True)
+def _levels(c, b, work, hist):  # pragma: no cover - compiled
+    """(background, Otsu level) of a crop: the 0.5th percentile of ``c`` (linear between order
+    statistics, as numpy's) and Otsu's threshold of its blur ``b`` over ``len(hist)`` bins between
+    b's extremes; a flat crop (or a level not above the background) gets background + 1."""
+    h, w = c.shape
+    n = h * w
+    pos = 0.005 * (n - 1)
+    i0 = int(np.floor(pos))
+    frac = pos - i0
+    # the i0 + 2 smallest values: a max-heap in ``work`` (the order statistics i0 and i0 + 1)
+    m = min(i0 + 2, n)
+    size = 0
+    for y in range(h):
+        for x in range(w):
+            v = c[y, x]
+            if size < m:
+                j = size
+                size += 1
+                while j > 0 and work[(j - 1) // 2] < v:
+                    work[j] = work[(j - 1) // 2]
+                    j = (j - 1) // 2
+                work[j] = v
+            elif v < work[0]:
+                j = 0
+                while True:
+                    left = 2 * j + 1
+                    if left >= m:
+                        break
+                    big = left
+                    if left + 1 < m and work[left + 1] > work[left]:
+                        big = left + 1
+                    if work[big] <= v:
+                        break
+                    work[j] = work[big]
+                    j = big
+                work[j] = v
+    # work[0] is the largest kept (order statistic m - 1); the next largest is one of its children
+    if m == i0 + 2:
+        a1 = np.float64(work[0])
+        a0 = -np.inf
+        for j in (1, 2):
+            if j < m and work[j] > a0:
+                a0 = np.float64(work[j])
+        if m == 1:
+            a0 = a1
+    else:
+        a0 = np.float64(work[0])
+        a1 = a0
+    lo = a0 + (a1 - a0) * frac if frac < 0.5 else a1 - (a1 - a0) * (1.0 - frac)
+    bmin = np.inf
+    bmax = -np.inf
+    for y in range(h):
+        for x in range(w):
+            v = np.float64(b[y, x])
+            if v < bmin:
+                bmin = v
+            if v > bmax:
+                bmax = v
+    thr = np.nan
+    bins = len(hist)
+    if bmax - bmin >= 1e-6:
+        step = (bmax - bmin) / bins
+        for j in range(bins):
+            hist[j] = 0.0
+        for y in range(h):
+            for x in range(w):
+                q = int((np.float64(b[y, x]) - bmin) / step)
+                hist[min(q, bins - 1)] += 1.0
+        total_w = 0.0
+        total_m = 0.0
+        for j in range(bins):
+            total_w += hist[j]
+            total_m += hist[j] * (bmin + step * (j + 0.5))
+        w0 = 0.0
+        m0 = 0.0
+        best = -np.inf
+        for j in range(bins - 1):
+            centre = bmin + step * (j + 0.5)
+            w0 += hist[j]
+            m0 += hist[j] * centre
+            w1 = total_w - w0
+            if w0 > 0.0 and w1 > 0.0:
+                d = m0 / w0 - (total_m - m0) / w1
+                between = w0 * w1 * d * d
+            else:
+                between = -1.0
+            if between > best:
+                best = between
+                thr = centre
+    if not (thr > lo + 1e-6):
+        thr = lo + 1.0
+    return lo, thr
+
+
+@njit(cache=True, nogil=True)
+def cells_stack(
+    cyto,
+    nuclei,
+    taps_fg,
+    taps_marker,
+    taps_ws,
+    fg_level,
+    distance_weight,
+    h,
+    clearance,
+    ring,
+    ratio,
+    gap,
+    ridge,
+    samples,
+    min_area,
+    n_levels,
+    cells,
+    fg_out,
+):  # pragma: no cover - compiled
+    """The cell pass of cells.py on each crop of ``cyto`` (N, H, W, float32: the cytoplasm signal)
+    with nucleus labels ``nuclei`` (N, H, W); writes ``cells`` (int32, 1..k per crop) and
+    ``fg_out`` (bool, the cytoplasm foreground)."""
+    n_img, hh, ww = cyto.shape
+    npx = hh * ww
+    hp, wp = hh + 2, ww + 2
+    nf = hp * wp
+    acc = np.empty(2 * ww, np.float32)
+    pad = np.zeros(ww + 64, np.float32)
+    ui = np.empty((hh, ww), np.float32)
+    blur_c = np.empty((hh, ww), np.float32)
+    work = np.empty(npx, np.float32)
+    hist = np.empty(256)
+    s_fg = np.empty((hh, ww), np.float32)
+    f = np.empty((hh, ww), np.float32)
+    s_ws = np.empty((hh, ww), np.float32)
+    fg0 = np.empty((hh, ww), np.bool_)
+    fg = np.empty((hh, ww), np.bool_)
+    mask = np.empty((hh, ww), np.bool_)
+    inside = np.empty((hh, ww), np.bool_)
+    queue = np.empty(npx, np.int64)
+    dist = np.empty((hh, ww))
+    col = np.empty((hh, ww))
+    env_v = np.empty(wp + 1, np.int64)
+    env_z = np.empty(wp + 2)
+    env_f = np.empty(wp + 1)
+    g = np.zeros(nf)
+    peaks = np.zeros(nf, np.bool_)
+    sub = np.empty(nf)
+    pix = np.empty(nf, np.int64)
+    keys = np.empty(nf, np.int64)
+    tmp_keys = np.empty(nf, np.int64)
+    order = np.empty(nf, np.int64)
+    tmp_order = np.empty(nf, np.int64)
+    count = np.empty(2048, np.int64)
+    parent = np.empty(nf, np.int64)
+    cmax = np.empty(nf)
+    head = np.empty(nf, np.int64)
+    tail = np.empty(nf, np.int64)
+    nxt = np.empty(nf, np.int64)
+    seeds = np.empty((hh, ww), np.int32)
+    extra = np.empty((hh, ww), np.int32)
+    labels = np.empty((hh, ww), np.int32)
+    rowmax = np.empty((hh, ww), np.int32)
+    grown_row = np.empty(ww, np.int32)
+    b_head = np.empty(n_levels, np.int64)
+    b_tail = np.empty(n_levels, np.int64)
+    link = np.empty(npx, np.int64)
+    w_fg = _weight(hh, ww, taps_fg)
+    w_mk = _weight(hh, ww, taps_marker)
+    w_ws = _weight(hh, ww, taps_ws)
+    for i in range(n_img):
+        ci = cyto[i]
+        nuc = nuclei[i]
+        # 1. crop units: 0 = background, 1 = Otsu's level of the blurred signal
+        _blur(ci, taps_fg, w_fg, acc, pad, blur_c)
+        lo, thr = _levels(ci, blur_c, work, hist)
+        lo32 = np.float32(lo)
+        span = np.float32(thr - lo)
+        for y in range(hh):
+            for x in range(ww):
+                ui[y, x] = (ci[y, x] - lo32) / span
+                s_fg[y, x] = (blur_c[y, x] - lo32) / span
+        # 2. foreground: blur (sigma fg) above fg_level, holes filled; cells live in fg | nuclei
+        for y in range(hh):
+            for x in range(ww):
+                fg0[y, x] = s_fg[y, x] > fg_level
+        _fill_holes(fg0, fg, queue)
+        n_nuc = 0
+        for y in range(hh):
+            for x in range(ww):
+                inside[y, x] = nuc[y, x] > 0
+                mask[y, x] = fg[y, x] or inside[y, x]
+                fg_out[i, y, x] = fg[y, x]
+                if nuc[y, x] > n_nuc:
+                    n_nuc = nuc[y, x]
+        # 3. marker function: blur (sigma marker), nuclei filled with their ring's mean
+        _blur(ui, taps_marker, w_mk, acc, pad, f)
+        if n_nuc > 0:
+            total = np.zeros(n_nuc + 1)
+            cnt = np.zeros(n_nuc + 1)
+            # grown = the largest label within `ring` px (square window): rows, then columns,
+            # each as a maximum of shifted rows (vectorised)
+            for y in range(hh):
+                for x in range(ww):
+                    rowmax[y, x] = nuc[y, x]
+                for d in range(1, ring + 1):
+                    for x in range(d, ww):
+                        rowmax[y, x] = max(rowmax[y, x], nuc[y, x - d])
+                    for x in range(ww - d):
+                        rowmax[y, x] = max(rowmax[y, x], nuc[y, x + d])
+            for y in range(hh):
+                for x in range(ww):
+                    grown_row[x] = rowmax[y, x]
+                for yy in range(max(0, y - ring), min(hh, y + ring + 1)):
+                    for x in range(ww):
+                        grown_row[x] = max(grown_row[x], rowmax[yy, x])
+                for x in range(ww):
+                    k = grown_row[x]
+                    if k > 0 and not inside[y, x]:
+                        total[k] += f[y, x]
+                        cnt[k] += 1.0
+            for y in range(hh):
+                for x in range(ww):
+                    k = nuc[y, x]
+                    if k > 0 and cnt[k] > 0:
+                        fill = total[k] / cnt[k]
+                        if fill > f[y, x]:
+                            f[y, x] = np.float32(fill)
+        # g = f + distance_weight x distance to the background, framed by one pixel of 0
+        if distance_weight != 0.0:
+            _edt_framed(mask, dist, col, env_v, env_z, env_f)
+        for y in range(hh):
+            for x in range(ww):
+                d = distance_weight * dist[y, x] if distance_weight != 0.0 else 0.0
+                g[(y + 1) * wp + x + 1] = np.float64(f[y, x]) + d
+        # 4. seeds: nuclei, and h-maxima in the mask farther than `clearance` from every nucleus
+        # the maxima that can become seeds: pixels of the mask, clear of the nuclei, not below
+        # any neighbour; h-maxima need only what lies above the lowest of them minus h
+        lowest = np.inf
+        for y in range(hh):
+            for x in range(ww):
+                if not mask[y, x] or inside[y, x]:
+                    continue
+                c = (y + 1) * wp + x + 1
+                v = g[c]
+                if v >= lowest:
+                    continue
+                if (
+                    v < g[c - 1]
+                    or v < g[c + 1]
+                    or v < g[c - wp]
+                    or v < g[c + wp]
+                    or v < g[c - wp - 1]
+                    or v < g[c - wp + 1]
+                    or v < g[c + wp - 1]
+                    or v < g[c + wp + 1]
+                ):
+                    continue
+                lowest = v
+        if lowest < np.inf:
+            _h_maxima(
+                g,
+                wp,
+                h,
+                lowest - h - 1e-6,
+                peaks,
+                sub,
+                pix,
+                keys,
+                tmp_keys,
+                order,
+                tmp_order,
+                count,
+                parent,
+                cmax,
+                head,
+                tail,
+                nxt,
+            )
+        else:
+            peaks[:] = False
+        for y in range(hh):
+            for x in range(ww):
+                ok = peaks[(y + 1) * wp + x + 1] and mask[y, x]
+                if ok and n_nuc > 0 and clearance > 0:
+                    for yy in range(max(0, y - clearance), min(hh, y + clearance + 1)):
+                        for xx in range(max(0, x - clearance), min(ww, x + clearance + 1)):
+                            if inside[yy, xx]:
+                                ok = False
+                elif ok and inside[y, x]:
+                    ok = False
+                extra[y, x] = -1 if ok else 0
+        # label the extra seeds (4-connected) in raster order after the nuclei
+        n_seed = n_nuc
+        for y in range(hh):
+            for x in range(ww):
+                if extra[y, x] != -1:
+                    continue
+                n_seed += 1
+                extra[y, x] = n_seed
+                head_q = 0
+                tail_q = 1
+                queue[0] = y * ww + x
+                while head_q < tail_q:
+                    p = queue[head_q]
+                    head_q += 1
+                    py = p // ww
+                    px = p - py * ww
+                    for d in range(4):
+                        qy = py + (-1, 1, 0, 0)[d]
+                        qx = px + (0, 0, -1, 1)[d]
+                        if 0 <= qy < hh and 0 <= qx < ww and extra[qy, qx] == -1:
+                            extra[qy, qx] = n_seed
+                            queue[tail_q] = qy * ww + qx
+                            tail_q += 1
+        for y in range(hh):
+            for x in range(ww):
+                seeds[y, x] = extra[y, x] if extra[y, x] > 0 else nuc[y, x]
+        # 5. watershed of the lightly blurred signal inside fg | nuclei
+        _blur(ui, taps_ws, w_ws, acc, pad, s_ws)
+        _watershed(
+            s_ws.ravel(), ww, seeds.ravel(), mask.ravel(), labels.ravel(), b_head, b_tail, link
+        )
+        # 6. merging, 7. size filter, numbered 1..k in the order of the smallest merged label
+        roots = np.arange(n_seed + 1)
+        if ratio > 0.0 and n_seed > 1:
+            _merge(labels, seeds, f, n_seed, samples, ratio, gap, ridge, roots)
+        area = np.zeros(n_seed + 1)
+        for y in range(hh):
+            for x in range(ww):
+                lab = labels[y, x]
+                if lab > 0:
+                    area[roots[lab]] += 1.0
+        lut = np.zeros(n_seed + 1, np.int32)
+        k = 0
+        for r in range(1, n_seed + 1):
+            if roots[r] == r and area[r] >= min_area:
+                k += 1
+                lut[r] = k
+        for y in range(hh):
+            for x in range(ww):
+                lab = labels[y, x]
+                cells[i, y, x] = lut[roots[lab]] if lab > 0 else 0
