@@ -31,6 +31,7 @@ from cellbench.scoring.arrays import ImageArrays, concat_arrays
 from cellbench.scoring.artifacts import Artifacts
 from cellbench.scoring.images import score_images
 from cellbench.scoring.scorer import Scorer
+from cellbench.ui import step
 
 __all__ = ["evaluate", "load_protocol_for", "merge_shards", "parse_shard"]
 
@@ -103,9 +104,13 @@ def evaluate(
     """
     started = time.perf_counter()
     shard_t = parse_shard(shard) if isinstance(shard, str) or shard is None else shard
-    ds = open_dataset(dataset, data_dir, create_sim=True)
-    table, proto_info = load_protocol_for(ds, protocol, split, seed)
-    scorer = Scorer(Artifacts.for_dataset(ds), backend=backend, device=device, use_inception=fid)
+    with step("reading the dataset index and the protocol"):
+        ds = open_dataset(dataset, data_dir, create_sim=True)
+        table, proto_info = load_protocol_for(ds, protocol, split, seed)
+    with step("loading the segmenter, reference statistics and classifier"):
+        scorer = Scorer(
+            Artifacts.for_dataset(ds), backend=backend, device=device, use_inception=fid
+        )
     part = shard_tasks(table, shard_t)
     arrays, img_info = score_images(
         scorer,

@@ -163,10 +163,12 @@ def eval_cmd(
 
     `cellbench eval merge SHARD.json...` combines the results of `--shard K/N` runs.
     """
-    from cellbench.evaluation import evaluate
+    from cellbench.ui import step
 
     update, stop = phase_progress()
     try:
+        with step("loading the scoring code (torch, scikit-image)"):
+            from cellbench.evaluation import evaluate
         doc = evaluate(
             images,
             dataset,

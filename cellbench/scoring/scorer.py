@@ -27,8 +27,9 @@ from cellbench.scoring.artifacts import Artifacts
 
 #: a phase-aware progress callback: (phase, done, total)
 PhaseProgress = Callable[[str, int, int], None]
-#: images per Inception forward pass
-INCEPTION_BATCH = 64
+#: images per Inception call and progress update (a multiple of the network's own batch of 8, so
+#: the features are the same bits as with any other multiple; small, so the bar moves often)
+INCEPTION_BATCH = 8
 
 
 @dataclass
@@ -81,8 +82,10 @@ class Scorer:
         if use_inception:
             from cellbench.features.classifier import load_classifier
             from cellbench.features.inception import InceptionFeatures
+            from cellbench.ui import step
 
-            self.inception = InceptionFeatures(device=device)
+            with step("loading the Inception network"):
+                self.inception = InceptionFeatures(device=device)
             classifier = artifacts.classifier_path()
             self.head, self.classifier_card = load_classifier(classifier)
             if self.classifier_card.get("inception_sha256") not in (None, self.inception.sha256):
@@ -116,6 +119,8 @@ class Scorer:
                 fix="build it with use_inception=True",
             )
         out = np.zeros((len(images), 2048), np.float32)
+        if on_progress is not None:
+            on_progress(0, len(images))  # the bar shows (and its clock runs) before the first batch
         for start in range(0, len(images), INCEPTION_BATCH):
             out[start : start + INCEPTION_BATCH] = self.inception(
                 images[start : start + INCEPTION_BATCH]

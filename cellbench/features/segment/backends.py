@@ -27,6 +27,9 @@ CHUNK = 256
 #: same either way
 POOL_MIN_IMAGES = 256
 POOL_CHUNK = 64
+#: images per progress update when segmenting in the calling process (the features do not depend
+#: on it; small enough that the bar moves about every second)
+PROGRESS_CHUNK = 32
 _POOL: list = []
 
 
@@ -44,8 +47,14 @@ def _pool():
         import atexit
         from concurrent.futures import ProcessPoolExecutor
 
-        pool = ProcessPoolExecutor(worker_count(), mp_context=worker_context())
+        from cellbench.ui import step
+        from cellbench.workers import warm_up
+
+        n = worker_count()
+        pool = ProcessPoolExecutor(n, mp_context=worker_context())
         atexit.register(pool.shutdown, cancel_futures=True)
+        with step(f"starting {n} segmentation workers"):
+            warm_up(pool, n, "cellbench.features.segment.classical")
         _POOL.append(pool)
     return _POOL[0]
 
@@ -130,8 +139,8 @@ class ClassicalBackend(SegmentationBackend):
         out = np.zeros((len(images), len(self.feature_names)))
         pool = _pool() if len(images) >= POOL_MIN_IMAGES else None
         if pool is None:
-            for start in range(0, len(images), CHUNK):
-                chunk = images[start : start + CHUNK]
+            for start in range(0, len(images), PROGRESS_CHUNK):
+                chunk = images[start : start + PROGRESS_CHUNK]
                 out[start : start + len(chunk)] = segment_batch(chunk, dna_channel=dna_channel)
                 if on_progress is not None:
                     on_progress(start + len(chunk), len(images))
