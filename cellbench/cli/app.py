@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 from typing import Annotated
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -41,7 +40,7 @@ WORKFLOW_ORDER: tuple[str, ...] = (
 class _WorkflowGroup(TyperGroup):
     """Lists commands in :data:`WORKFLOW_ORDER` (any command not named there comes last)."""
 
-    def list_commands(self, ctx: click.Context) -> list[str]:
+    def list_commands(self, ctx: typer.Context) -> list[str]:
         names = super().list_commands(ctx)
         rank = {n: i for i, n in enumerate(WORKFLOW_ORDER)}
         return sorted(names, key=lambda n: (rank.get(n, len(rank)), names.index(n)))
