@@ -106,6 +106,7 @@ class PhaseDisplay:
         self.tasks: dict[str, int] = {}
         self.spans: dict[str, list[float]] = {}  # phase or step -> [start, end]
         self.totals: dict[str, int] = {}
+        self.done: dict[str, int] = {}
         self.bar.start()
 
     def update(self, phase: str, done: int, total: int) -> None:
@@ -117,6 +118,7 @@ class PhaseDisplay:
         self.bar.update(self.tasks[phase], completed=done, total=total)
         self.spans[phase][1] = now
         self.totals[phase] = total
+        self.done[phase] = done
 
     @contextlib.contextmanager
     def step(self, name: str) -> Iterator[None]:
@@ -135,7 +137,7 @@ class PhaseDisplay:
         for name, (start, end) in self.spans.items():
             seconds = end - start
             if name in self.totals:
-                parts.append(f"{name} {self.totals[name]} in {seconds:.1f} s")
+                parts.append(f"{name} {self.done[name]}/{self.totals[name]} {seconds:.1f} s")
             elif seconds >= 1.0:
                 parts.append(f"{name} {seconds:.1f} s")
         return "done: " + "; ".join(parts) if parts else ""

@@ -48,7 +48,7 @@ def test_display_shows_steps_bars_with_eta_and_ends_with_one_summary_line(monkey
     stop()  # idempotent
     assert ui._ACTIVE is None
     text = buf.getvalue()
-    summary = "done: loading the Inception network 4.2 s; segmenting 50 in 2.0 s"
+    summary = "done: loading the Inception network 4.2 s; segmenting 50/50 2.0 s"
     assert text.count(summary) == 1
     assert text.rstrip().endswith(summary)  # the bars were cleared, the summary is last
     assert "reading cached" not in display.summary()
