@@ -11,19 +11,57 @@ record it (``dataset.crops_sha256``) and the reference-feature cache is keyed by
 from __future__ import annotations
 
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cellbench.io import sha256_bytes, sha256_file
+from cellbench.data import layout
+from cellbench.errors import DataError
+from cellbench.io import is_within, sha256_bytes, sha256_file
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from cellbench.data.bbbc021 import BBBC021Dataset
 
+#: threads reading crop files for the digest
+READ_THREADS = 4
+
 
 def crop_file_sha256s(ds: BBBC021Dataset, keys: Iterable[str]) -> dict[str, str]:
-    """sha256 of each crop file's bytes, by SAMPLE_KEY (each key read once)."""
-    return {k: sha256_file(ds.crop_path(k)) for k in dict.fromkeys(str(k) for k in keys)}
+    """sha256 of each crop file's bytes, by SAMPLE_KEY (each key read once).
+
+    The containment check of :meth:`BBBC021Dataset.crop_path` (no key may lead outside the dataset
+    folder) is made once per crop folder, plus a check that the file itself is no symbolic link;
+    anything else goes through ``crop_path``, which raises its one-line error (resolving every path
+    in full took two thirds of the digest's time). The files are read by :data:`READ_THREADS`
+    threads (hashlib releases the GIL): 1.3-1.6x faster than one on the 2-core machine.
+    """
+    root = ds.root.resolve()
+    folders: dict[Path, bool] = {}
+    paths: dict[str, Path] = {}
+    for key in dict.fromkeys(str(k) for k in keys):
+        path = ds.root / layout.sample_key_to_relpath(key)
+        inside = folders.get(path.parent)
+        if inside is None:
+            inside = folders[path.parent] = is_within(path.parent, root)
+        if not inside or path.is_symlink():
+            path = ds.crop_path(key)  # the full check (raises for a key leaving the folder)
+        paths[key] = path
+    with ThreadPoolExecutor(READ_THREADS) as pool:
+        digests = list(pool.map(_file_sha256, paths.values()))
+    return dict(zip(paths, digests, strict=True))
+
+
+def _file_sha256(path: Path) -> str:
+    try:
+        return sha256_file(path)
+    except OSError as exc:
+        raise DataError(
+            f"crop file is missing or unreadable ({type(exc).__name__})",
+            path=path,
+            fix="re-download or regenerate the dataset",
+        ) from None
 
 
 def digest_of(file_sha256s: dict[str, str], keys: Iterable[str] | None = None) -> str:
