@@ -71,7 +71,9 @@ def _results_notes(doc: dict) -> list[str]:
 def _results_title(doc: dict) -> tuple[str, str]:
     ds = doc["dataset"]
     title = f"cellbench eval: {ds['name']}" + (" (simulated)" if ds["simulated"] else "")
+    proto = doc["protocol"]
     caption = (
+        f"protocol {proto.get('name', 'custom')} v{proto['version']} ({proto['n_tasks']} tasks), "
         f"metric suite v{doc['metric_suite_version']}, segmenter "
         f"{doc['segmenter']['name']} v{doc['segmenter']['version']}, 95% bootstrap CI"
     )
