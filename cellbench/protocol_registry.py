@@ -94,7 +94,7 @@ class ProtocolSpec:
         sim = (
             ""
             if self.sim_first_fraction is None
-            else f" (simulated data: the first {self.sim_first_fraction:g} of them)"
+            else f" (simulated data: the first {self.sim_first_fraction:.0%} of them)"
         )
         return f"the first {self.first_n:,} treated rows of split {self.split} in index order{sim}"
 
