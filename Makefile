@@ -30,7 +30,7 @@ demo: setup
 	    $(BIN)/cellbench data sim --out $(DATA)/bbbc021-sim --scale small --seed 0
 	mkdir -p $(OUT)
 	$(BIN)/cellbench data inspect $(DATA)/bbbc021-sim --sample 200 > $(OUT)/inspect.txt || (cat $(OUT)/inspect.txt; exit 1)
-	$(BIN)/cellbench protocol --dataset bbbc021-sim --data-dir $(DATA) --split test --seed 0 --out $(OUT)/protocol.csv
+	$(BIN)/cellbench protocol --dataset bbbc021-sim --data-dir $(DATA) --name cellflux-iid --seed 0 --out $(OUT)/protocol.csv
 	$(BIN)/cellbench generate identity --protocol $(OUT)/protocol.csv --dataset bbbc021-sim --data-dir $(DATA) --out $(OUT)/identity
 	$(BIN)/cellbench eval $(OUT)/identity --dataset bbbc021-sim --data-dir $(DATA) --protocol $(OUT)/protocol.csv --out $(OUT)/identity.results.json
 

@@ -151,7 +151,7 @@ def test_ls_help_names_everything_it_lists() -> None:
     from cellbench.cli.main import app
 
     ls = typer.main.get_group(app).commands["ls"]
-    assert set(ls.commands) == {"datasets", "models", "metrics", "segmenters"}
+    assert set(ls.commands) == {"datasets", "protocols", "models", "metrics", "segmenters"}
     for sub in ls.commands:
         assert sub in (ls.help or ""), f"`cellbench ls --help` does not name {sub!r}"
 

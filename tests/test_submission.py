@@ -114,11 +114,13 @@ def results_doc(table: pd.DataFrame) -> dict:
             "index_sha256": proto["index_sha256"],
         },
         "protocol": {
+            "name": proto["name"],
             "version": proto["protocol_version"],
             "sha256": proto["protocol_sha256"],
             "n_tasks": proto["n_tasks"],
+            "fid_real": "compounds",
             "built": True,
-            "split": "test",
+            "split": proto["split"],
             "seed": 0,
         },
         "images": {
@@ -305,7 +307,9 @@ def test_other_result_schema_is_refused(sub: Path) -> None:
 
 def test_foreign_protocol_and_dataset_version(sub: Path) -> None:
     edit_json(sub / "results.json", lambda d: d["protocol"].update(sha256="ab" * 32))
-    assert "is not the leaderboard protocol" in only(validate_submission(sub), "protocol")
+    msg = only(validate_submission(sub), "protocol")
+    assert "is none of the leaderboard's protocols" in msg
+    assert "cellflux-iid `cellbench protocol --dataset bbbc021-sim --name cellflux-iid" in msg
     edit_json(sub / "results.json", lambda d: d["dataset"].update(index_sha256="cd" * 32))
     assert "is not the leaderboard's version" in only(validate_submission(sub), "protocol")
 
@@ -323,11 +327,11 @@ def test_shard_partial_result(sub: Path) -> None:
 
 def test_limit_style_partial_result(sub: Path) -> None:
     def cut(d: dict) -> None:
-        d["images"].update(n_tasks_covered=400, n_tasks_expected=515, missing_tasks=115)
+        d["images"].update(n_tasks_covered=400, n_tasks_expected=420, missing_tasks=20)
         d["complete"] = False
 
     edit_json(sub / "results.json", cut)
-    assert "images answer 400 of the protocol's 515 tasks" in only(
+    assert "images answer 400 of the protocol's 420 tasks" in only(
         validate_submission(sub), "partial"
     )
 
@@ -578,7 +582,9 @@ def test_leaderboard_protocol_matches_the_shipped_classifier() -> None:
         (REPO / "cellbench/resources/bbbc021-sim/classifier/classifier.json").read_text()
     )
     sim = [p for p in accepted_protocols() if p["dataset"] == "bbbc021-sim"]
-    assert [p["index_sha256"] for p in sim] == [card["dataset_index_sha256"]]
+    assert {p["index_sha256"] for p in sim} == {card["dataset_index_sha256"]}
+    names = [p["name"] for p in sim if "suites" not in p]
+    assert names == ["cellflux-iid", "cellflux-5120", "unseen"]  # every registered protocol
 
 
 # ------------------------------------------------------------------------------ sample grid

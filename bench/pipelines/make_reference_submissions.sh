@@ -22,7 +22,7 @@ export CELLBENCH_PROGRESS=${CELLBENCH_PROGRESS:-0}
 test -f "$DATA/bbbc021-sim/metadata/bbbc021_df_all.csv" ||
     "$BIN/cellbench" data sim --out "$DATA/bbbc021-sim" --scale small --seed 0
 DATA=$(cd "$DATA" && pwd)
-"$BIN/cellbench" protocol --dataset bbbc021-sim --data-dir "$DATA" --split test --seed 0 \
+"$BIN/cellbench" protocol --dataset bbbc021-sim --data-dir "$DATA" --name cellflux-iid --seed 0 \
     --out "$WORK/protocol.csv"
 
 write_metadata() { # model kind description -> metadata.json on stdout
@@ -45,7 +45,7 @@ write_metadata() { # model kind description -> metadata.json on stdout
   "sample_grid": "samples.png",
   "commands": [
     "cellbench data sim --out data/bbbc021-sim --scale small --seed 0",
-    "cellbench protocol --dataset bbbc021-sim --data-dir data --split test --seed 0 --out protocol.csv",
+    "cellbench protocol --dataset bbbc021-sim --data-dir data --name cellflux-iid --seed 0 --out protocol.csv",
     "cellbench generate $model --protocol protocol.csv --dataset bbbc021-sim --data-dir data --out images",
     "cellbench eval images --dataset bbbc021-sim --data-dir data --protocol protocol.csv --out results.json",
     "cellbench submission grid images --protocol protocol.csv --out samples.png"

@@ -56,7 +56,8 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 ls_app = typer.Typer(
-    help="List what is registered: datasets, models (generators), metrics and segmenters.",
+    help="List what is registered: datasets, protocols, models (generators), metrics and "
+    "segmenters.",
     no_args_is_help=True,
 )
 data_app = typer.Typer(help="Get, simulate and inspect datasets.", no_args_is_help=True)

@@ -71,7 +71,9 @@ def _results_notes(doc: dict) -> list[str]:
 def _results_title(doc: dict) -> tuple[str, str]:
     ds = doc["dataset"]
     title = f"cellbench eval: {ds['name']}" + (" (simulated)" if ds["simulated"] else "")
+    proto = doc["protocol"]
     caption = (
+        f"protocol {proto.get('name', 'custom')} v{proto['version']} ({proto['n_tasks']} tasks), "
         f"metric suite v{doc['metric_suite_version']}, segmenter "
         f"{doc['segmenter']['name']} v{doc['segmenter']['version']}, 95% bootstrap CI"
     )
@@ -139,9 +141,20 @@ def eval_cmd(
     dataset: DatasetOpt = "bbbc021-sim",
     data_dir: DataDirOpt = None,
     protocol: Annotated[
-        Path | None, typer.Option(help="Protocol CSV (default: built from --split and --seed).")
+        Path | None,
+        typer.Option(
+            help="Protocol CSV (its name is found from its content; default: the named "
+            "protocol built with --seed)."
+        ),
     ] = None,
-    split: Annotated[str, typer.Option(help="Split of the built protocol.")] = "test",
+    protocol_name: Annotated[
+        str | None,
+        typer.Option(
+            "--protocol-name",
+            help="Named protocol to build (see `cellbench ls protocols`; default cellflux-iid).",
+        ),
+    ] = None,
+    split: Annotated[str | None, typer.Option(hidden=True)] = None,
     seed: Annotated[int, typer.Option(help="Seed of the protocol, bootstrap and KID subsets.")] = 0,
     out: Annotated[
         Path, typer.Option("--out", help="Result JSON (per-image CSV written beside it).")
@@ -165,6 +178,14 @@ def eval_cmd(
     """
     from cellbench.ui import step
 
+    if split is not None:
+        from cellbench.errors import CellbenchError
+
+        raise CellbenchError(
+            "eval --split was replaced by named protocols",
+            fix="pass --protocol-name cellflux-iid, cellflux-5120 or unseen "
+            "(`cellbench ls protocols`), or a file made by `cellbench protocol --split`",
+        )
     update, stop = phase_progress()
     try:
         with step("loading the scoring code (torch, scikit-image)"):
@@ -174,7 +195,7 @@ def eval_cmd(
             dataset,
             data_dir=data_dir,
             protocol=protocol,
-            split=split,
+            protocol_name=protocol_name,
             seed=seed,
             backend=backend,
             fid=not no_fid,

@@ -34,6 +34,7 @@ from cellbench._version import __version__
 from cellbench.errors import CellbenchError
 from cellbench.io import atomic_write_text
 from cellbench.metrics.rewards import SUITE_VERSION
+from cellbench.protocol_registry import CUSTOM, PROTOCOLS, protocol_spec_of
 from cellbench.submission.validate import (
     METADATA_NAME,
     PER_IMAGE_NAME,
@@ -175,7 +176,19 @@ class Table:
     segmenter: str
     protocol_sha256: str
     n_tasks: int
+    dataset_version: str = ""
+    protocol_name: str = CUSTOM
+    protocol_version: str = ""
     rows: list[Row] = field(default_factory=list)
+
+    @property
+    def protocol_label(self) -> str:
+        """The protocol as the page names it (the papers' one says so)."""
+        spec = protocol_spec_of({"name": self.protocol_name})
+        if spec is None:
+            return f"{self.protocol_name} protocol"
+        label = f"protocol {spec.name} v{self.protocol_version}"
+        return label + (" (the papers' protocol)" if spec.papers else "")
 
     @property
     def current(self) -> bool:
@@ -185,7 +198,8 @@ class Table:
     def anchor_id(self) -> str:
         state = "current" if self.current else "stale"
         return (
-            f"{state}-{self.dataset}-suite{self.suite}-{self.segmenter}-{self.protocol_sha256[:8]}"
+            f"{state}-{self.dataset}-suite{self.suite}-{self.segmenter}-{self.protocol_name}-"
+            f"{self.protocol_sha256[:8]}"
         )
 
     @property
@@ -194,12 +208,18 @@ class Table:
 
 
 def _table_key(sub: Submission) -> tuple:
+    """One table per dataset version, metric suite, segmenter and protocol (name, version and the
+    sha256 of its tasks; a result without a protocol name is ``custom``)."""
     doc = sub.results or {}
+    proto = doc["protocol"]
     return (
         doc["dataset"]["name"],
         doc["metric_suite_version"],
         doc["segmenter"]["name"],
-        doc["protocol"]["sha256"],
+        proto["sha256"],
+        doc["dataset"].get("version", ""),
+        proto.get("name", CUSTOM),
+        proto.get("version", ""),
     )
 
 
@@ -232,6 +252,9 @@ def group_tables(subs: list[Submission]) -> list[Table]:
                 segmenter=f"{doc['segmenter']['name']} v{doc['segmenter']['version']}",
                 protocol_sha256=key[3],
                 n_tasks=int(doc["protocol"]["n_tasks"]),
+                dataset_version=key[4],
+                protocol_name=key[5],
+                protocol_version=key[6],
             )
         table.rows.append(Row(sub))
     tables = list(groups.values())
@@ -258,10 +281,17 @@ def group_tables(subs: list[Submission]) -> list[Table]:
             t.dataset,
             -_suite_order(t.suite),
             t.segmenter,
+            _protocol_order(t.protocol_name),
             t.protocol_sha256,
         )
     )
     return tables
+
+
+def _protocol_order(name: str) -> int:
+    """Registered protocols in registry order (the default first), custom ones last."""
+    names = PROTOCOLS.names()
+    return names.index(name) if name in names else len(names)
 
 
 def _suite_order(suite: str) -> float:
@@ -589,8 +619,10 @@ def _provenance(doc: dict) -> list[tuple[str, str]]:
         ("dataset index sha256", str(ds.get("index_sha256"))),
         (
             "protocol",
-            f"v{proto.get('version')}, {proto.get('n_tasks')} tasks, sha256 {proto.get('sha256')}",
+            f"{proto.get('name', CUSTOM)} v{proto.get('version')}, {proto.get('n_tasks')} tasks, "
+            f"sha256 {proto.get('sha256')}",
         ),
+        ("dataset crops sha256", str(ds.get("crops_sha256"))),
         ("images sha256", f"{img.get('sha256')} ({img.get('n_images')} images)"),
         ("segmenter", f"{seg.get('name')} v{seg.get('version')}"),
         ("classifier sha256", str(weights.get("classifier"))),

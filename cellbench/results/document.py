@@ -107,20 +107,28 @@ class Partial(TypedDict):
 
 
 class Dataset(TypedDict):
-    """The dataset scored against."""
+    """The dataset scored against: its index, and the bytes of the crops the protocol reads."""
 
     name: Annotated[str, Rule(minLength=1)]
     version: str
     simulated: bool
     index_sha256: Sha256
+    crops_sha256: NotRequired[Sha256]
+    n_crops: NotRequired[Count]
 
 
 class Protocol(TypedDict):
-    """The protocol (task list): built from a split and seed, or read from a file."""
+    """The protocol (task list): a named protocol built, or a file read (named by its content).
 
+    ``name`` is a registered protocol (``cellbench ls protocols``) or ``custom``; a result of an
+    older cellbench has none (read as ``custom``). ``version`` is the named protocol's version.
+    """
+
+    name: NotRequired[Annotated[str, Rule(minLength=1)]]
     version: str
     sha256: Sha256
     n_tasks: Annotated[int, Rule(minimum=1)]
+    fid_real: NotRequired[Literal["compounds", "tasks"]]
     built: NotRequired[bool]
     split: NotRequired[str]
     seed: NotRequired[int]

@@ -86,17 +86,24 @@ def reference_arrays(
     protocol: pd.DataFrame,
     *,
     use_inception: bool,
+    targets_sha256: str | None = None,
     progress: Progress = _noop,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Features of the protocol's real target crops (read from ``ds``), cached in the user cache.
 
     A new cache file is announced on stderr with its path and size.
 
-    The cache key hashes the dataset index, the protocol, the segmenter identity and the feature
-    network identity, so a change to any of them computes the features again.
+    The cache key hashes the dataset index, the target crops' bytes (``targets_sha256``, from
+    :mod:`cellbench.data.content`; computed here when None), the protocol, the segmenter identity
+    and the feature network identity, so a change to any of them computes the features again.
     """
+    if targets_sha256 is None:
+        from cellbench.data.content import crop_file_sha256s, digest_of
+
+        targets_sha256 = digest_of(crop_file_sha256s(ds, protocol["target_key"].astype(str)))
     ident = {
         "dataset_index": ds.index_sha256,
+        "target_crops": targets_sha256,
         "protocol": protocol_sha256(protocol),
         "segmenter": scorer.backend.identity(),
         "inception": None if not use_inception else scorer.inception.identity(),

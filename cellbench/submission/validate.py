@@ -408,15 +408,25 @@ def _check_results(r: _Reader, files: set[str], *, require_current_suite: bool) 
     _check_artifacts(r, path, doc)
 
 
+def _protocol_command(p: dict) -> str:
+    how = f"--split {p['split']}" if p.get("name", "custom") == "custom" else f"--name {p['name']}"
+    return f"`cellbench protocol --dataset {p['dataset']} {how} --seed {p['seed']}`"
+
+
 def _check_protocol(r: _Reader, path: Path, doc: dict) -> None:
     ds, proto = doc["dataset"], doc["protocol"]
-    known = [p for p in accepted_protocols() if p["dataset"] == ds["name"]]
+    suite = doc["metric_suite_version"]
+    known = [
+        p
+        for p in accepted_protocols()
+        if p["dataset"] == ds["name"] and suite in p.get("suites", [suite])
+    ]
     if not known:
         r.add(path, f"dataset {ds['name']!r} has no leaderboard protocol", "protocol")
         return
     same_index = [p for p in known if p["index_sha256"] == ds["index_sha256"]]
     if not same_index:
-        made = "; ".join(p["made_by"] for p in known)
+        made = "; ".join(sorted({p["made_by"] for p in known}))
         r.add(
             path,
             f"dataset {ds['name']} index sha256 {ds['index_sha256'][:12]}... is not the "
@@ -425,20 +435,29 @@ def _check_protocol(r: _Reader, path: Path, doc: dict) -> None:
         )
         return
     match = [p for p in same_index if p["protocol_sha256"] == proto["sha256"]]
-    if match and match[0]["n_tasks"] != proto["n_tasks"]:
+    if not match:
+        names = ", ".join(f"{p.get('name', 'custom')} {_protocol_command(p)}" for p in same_index)
+        r.add(
+            path,
+            f"protocol sha256 {proto['sha256'][:12]}... is none of the leaderboard's "
+            f"protocols ({names})",
+            "protocol",
+        )
+        return
+    p = match[0]
+    if p["n_tasks"] != proto["n_tasks"]:
         r.add(
             path,
             f"/protocol/n_tasks is {proto['n_tasks']}, the leaderboard protocol has "
-            f"{match[0]['n_tasks']} tasks",
+            f"{p['n_tasks']} tasks",
             "protocol",
         )
-    if not match:
-        p = same_index[0]
+    # a result of a cellbench before named protocols records no name: its tasks decide
+    if "name" in proto and proto["name"] != p.get("name", "custom"):
         r.add(
             path,
-            f"protocol sha256 {proto['sha256'][:12]}... is not the leaderboard protocol "
-            f"{p['protocol_sha256'][:12]}... (`cellbench protocol --dataset {p['dataset']} "
-            f"--split {p['split']} --seed {p['seed']}`)",
+            f"/protocol/name is {proto['name']!r} but its tasks are the leaderboard protocol "
+            f"{p.get('name', 'custom')!r}",
             "protocol",
         )
 
