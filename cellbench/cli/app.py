@@ -29,6 +29,7 @@ WORKFLOW_ORDER: tuple[str, ...] = (
     "train",
     "rl",
     "segment",
+    "artifacts",
     "reference",
     "classifier",
     "validate-metrics",
