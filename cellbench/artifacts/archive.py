@@ -73,13 +73,15 @@ def download_bounded(
     url: str,
     dest: Path,
     *,
-    max_bytes: int = MAX_ARCHIVE_BYTES,
+    max_bytes: int | None = None,
     timeout: float = 60.0,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> str:
-    """Stream ``url`` into ``dest``, refusing more than ``max_bytes``; return the sha256."""
+    """Stream ``url`` into ``dest``, refusing more than ``max_bytes`` (default
+    :data:`MAX_ARCHIVE_BYTES`) whatever the headers say; return the sha256."""
     from cellbench.data.remote_zip import _network_error, _open
 
+    max_bytes = MAX_ARCHIVE_BYTES if max_bytes is None else max_bytes
     resp = _open(url, timeout=timeout, not_found_fix="check the URL of the published set")
     length = resp.headers.get("Content-Length")
     total = int(length) if length and length.isdigit() else 0
@@ -116,8 +118,12 @@ def download_bounded(
     return h.hexdigest()
 
 
-def extract_set(archive: Path, target: Path, *, max_member: int = MAX_MEMBER_BYTES) -> None:
-    """Extract an artifact archive into the empty folder ``target``; refuse anything unexpected."""
+def extract_set(archive: Path, target: Path, *, max_member: int | None = None) -> None:
+    """Extract an artifact archive into the empty folder ``target``; refuse anything unexpected.
+
+    ``max_member`` (default :data:`MAX_MEMBER_BYTES`) bounds each file, counted while copying.
+    """
+    max_member = MAX_MEMBER_BYTES if max_member is None else max_member
 
     def refuse(what: str) -> CellbenchError:
         return DownloadError(what, path=archive, fix=UNSAFE_FIX)

@@ -175,6 +175,8 @@ class Table:
     segmenter: str
     protocol_sha256: str
     n_tasks: int
+    #: digest of the artifact set the rows were scored with (None: results older than the record)
+    artifacts_sha256: str | None = None
     rows: list[Row] = field(default_factory=list)
 
     @property
@@ -184,8 +186,10 @@ class Table:
     @property
     def anchor_id(self) -> str:
         state = "current" if self.current else "stale"
+        art = "" if self.artifacts_sha256 is None else f"-a{self.artifacts_sha256[:8]}"
         return (
             f"{state}-{self.dataset}-suite{self.suite}-{self.segmenter}-{self.protocol_sha256[:8]}"
+            + art
         )
 
     @property
@@ -200,6 +204,8 @@ def _table_key(sub: Submission) -> tuple:
         doc["metric_suite_version"],
         doc["segmenter"]["name"],
         doc["protocol"]["sha256"],
+        # ranked together only when scored with the same reference statistics and classifier
+        (doc.get("artifacts") or {}).get("sha256"),
     )
 
 
@@ -232,6 +238,7 @@ def group_tables(subs: list[Submission]) -> list[Table]:
                 segmenter=f"{doc['segmenter']['name']} v{doc['segmenter']['version']}",
                 protocol_sha256=key[3],
                 n_tasks=int(doc["protocol"]["n_tasks"]),
+                artifacts_sha256=key[4],
             )
         table.rows.append(Row(sub))
     tables = list(groups.values())
@@ -242,7 +249,7 @@ def group_tables(subs: list[Submission]) -> list[Table]:
             if json.dumps(row.doc.get("reference", {}).get("metrics"), sort_keys=True) != first:
                 raise CellbenchError(
                     f"real reference row differs from {t.rows[0].folder}'s although the dataset, "
-                    "suite, segmenter and protocol are the same",
+                    "suite, segmenter, protocol and artifacts are the same",
                     path=row.sub.folder / RESULTS_NAME,
                     fix="re-score both with the same cellbench release",
                 )
@@ -259,6 +266,7 @@ def group_tables(subs: list[Submission]) -> list[Table]:
             -_suite_order(t.suite),
             t.segmenter,
             t.protocol_sha256,
+            t.artifacts_sha256 or "",
         )
     )
     return tables
@@ -596,6 +604,7 @@ def _provenance(doc: dict) -> list[tuple[str, str]]:
         ("classifier sha256", str(weights.get("classifier"))),
         ("Inception sha256", str(weights.get("inception"))),
         ("reference statistics sha256", str(doc.get("reference_stats_sha256"))),
+        ("artifact set sha256", str((doc.get("artifacts") or {}).get("sha256"))),
         ("seed", str(doc.get("seed"))),
         ("device", str((doc.get("environment") or {}).get("device"))),
         ("wall time", f"{doc.get('wall_time_s')} s"),
