@@ -134,7 +134,9 @@ def test_pack_is_deterministic_and_round_trips(tmp_path: Path):
 def test_pack_refuses_a_set_that_does_not_match_its_manifest(tmp_path: Path):
     make_set(tmp_path / "set")
     (tmp_path / "set" / "classifier" / "classifier.safetensors").write_bytes(b"other")
-    with pytest.raises(CellbenchError, match=r"classifier\.safetensors is missing or does not match"):
+    with pytest.raises(
+        CellbenchError, match=r"classifier\.safetensors is missing or does not match"
+    ):
         archive.pack(tmp_path / "set", tmp_path / "a.tar.gz")
 
 
@@ -222,7 +224,7 @@ def test_fetch_refuses_a_hostile_archive(
     blob = _hostile(kind, tmp_path / "set")
     served.serve(blob)
     out = tmp_path / "root" / "cellbench_artifacts"
-    with pytest.raises(DownloadError, match="archive member .* is"):
+    with pytest.raises(DownloadError, match=r"archive member .* is"):
         _fetch(served, hashlib.sha256(blob).hexdigest(), out)
     assert [p.name for p in out.iterdir()] == []  # nothing written, no staging left
     assert not (tmp_path / "root" / "evil.json").exists()
