@@ -92,7 +92,7 @@ def build_artifacts(
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder))
     try:
         if "reference" in parts:
-            be = get_backend(backend)
+            be = get_backend(backend, device)
             doc = build_reference(
                 ds,
                 be,

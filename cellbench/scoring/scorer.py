@@ -70,7 +70,7 @@ class Scorer:
         from cellbench.features.segment.backends import get_backend
 
         self.artifacts = artifacts
-        self.backend = get_backend(backend)
+        self.backend = get_backend(backend, device)
         self.reference_path = artifacts.reference_path(self.backend.name)
         self.reference, self.reference_sha256 = load_reference(
             self.reference_path, backend_identity=self.backend.identity()
