@@ -38,7 +38,7 @@ def _run(runner: CliRunner, *args: str) -> str:
 
     res = runner.invoke(app, list(args), catch_exceptions=False)
     assert res.exit_code == 0, res.output
-    return res.output
+    return res.stdout
 
 
 @pytest.mark.slow
