@@ -13,8 +13,8 @@ import pytest
 
 pytest.importorskip("cellpose")
 
-from cellbench.errors import CellbenchError  # noqa: E402
-from cellbench.features.segment import backends  # noqa: E402
+from cellbench.errors import CellbenchError
+from cellbench.features.segment import backends
 
 
 def write_random_weights(folder: Path) -> dict[str, str]:
