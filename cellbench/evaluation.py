@@ -220,6 +220,7 @@ def merge_shards(
         "segmenter",
         "weights",
         "reference_stats_sha256",
+        "artifacts",
         "seed",
         "fid_computed",
         "best_of_n",

@@ -619,3 +619,42 @@ def test_sample_grid_tiles_the_first_tasks_of_each_moa(mini_ds, tmp_path: Path) 
         str(tmp_path / "g.png"),
     )
     assert res.returncode != 0 and "no image matched" in res.stderr
+
+
+def _shipped_record() -> dict:
+    from cellbench.artifacts.manifest import set_record
+    from cellbench.artifacts.registry import shipped_set
+
+    files = dict(shipped_set("bbbc021-sim")["files"])
+    return set_record(
+        {k: v for k, v in files.items() if k.startswith("classifier/") or "classical" in k}
+    )
+
+
+def test_artifact_set_record_is_checked_against_the_registry(sub: Path) -> None:
+    record = _shipped_record()
+    edit_json(sub / "results.json", lambda d: d.update(artifacts=record))
+    assert validate_submission(sub) == []
+    # a locally rebuilt classifier card: consistent record, but not a registered set
+    other = {**record["files"], "classifier/classifier.json": "ab" * 32}
+    from cellbench.artifacts.manifest import set_record
+
+    edit_json(sub / "results.json", lambda d: d.update(artifacts=set_record(other)))
+    msg = only(validate_submission(sub), "artifact")
+    assert (
+        "is not a registered set for bbbc021-sim: score with the artifacts cellbench ships" in msg
+    )
+    # a record whose digest does not match its files
+    edit_json(sub / "results.json", lambda d: d.update(artifacts={**record, "sha256": "cd" * 32}))
+    assert "/artifacts/sha256 is not the digest" in only(validate_submission(sub), "artifact")
+
+
+def test_artifact_record_must_agree_with_the_recorded_hashes(sub: Path) -> None:
+    record = _shipped_record()
+
+    def change(d: dict) -> None:
+        d["artifacts"] = record
+        d["reference_stats_sha256"] = "ef" * 32
+
+    edit_json(sub / "results.json", change)
+    assert "disagree with /reference_stats_sha256" in only(validate_submission(sub), "artifact")

@@ -28,6 +28,7 @@ WORKFLOW_ORDER: tuple[str, ...] = (
     "train",
     "rl",
     "segment",
+    "artifacts",
     "reference",
     "classifier",
     "validate-metrics",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 
+from cellbench.cli import artifacts as _artifacts  # noqa: F401
 from cellbench.cli import community as _community  # noqa: F401
 from cellbench.cli import compare as _compare  # noqa: F401
 

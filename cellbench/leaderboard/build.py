@@ -179,6 +179,8 @@ class Table:
     dataset_version: str = ""
     protocol_name: str = CUSTOM
     protocol_version: str = ""
+    #: digest of the artifact set the rows were scored with (None: results older than the record)
+    artifacts_sha256: str | None = None
     rows: list[Row] = field(default_factory=list)
 
     @property
@@ -197,9 +199,10 @@ class Table:
     @property
     def anchor_id(self) -> str:
         state = "current" if self.current else "stale"
+        art = "" if self.artifacts_sha256 is None else f"-a{self.artifacts_sha256[:8]}"
         return (
             f"{state}-{self.dataset}-suite{self.suite}-{self.segmenter}-{self.protocol_name}-"
-            f"{self.protocol_sha256[:8]}"
+            f"{self.protocol_sha256[:8]}{art}"
         )
 
     @property
@@ -208,8 +211,8 @@ class Table:
 
 
 def _table_key(sub: Submission) -> tuple:
-    """One table per dataset version, metric suite, segmenter and protocol (name, version and the
-    sha256 of its tasks; a result without a protocol name is ``custom``)."""
+    """One table per dataset version, metric suite, segmenter, protocol (name, version and the
+    sha256 of its tasks; a result without a protocol name is ``custom``) and artifact set."""
     doc = sub.results or {}
     proto = doc["protocol"]
     return (
@@ -220,6 +223,8 @@ def _table_key(sub: Submission) -> tuple:
         doc["dataset"].get("version", ""),
         proto.get("name", CUSTOM),
         proto.get("version", ""),
+        # ranked together only when scored with the same reference statistics and classifier
+        (doc.get("artifacts") or {}).get("sha256"),
     )
 
 
@@ -255,6 +260,7 @@ def group_tables(subs: list[Submission]) -> list[Table]:
                 dataset_version=key[4],
                 protocol_name=key[5],
                 protocol_version=key[6],
+                artifacts_sha256=key[7],
             )
         table.rows.append(Row(sub))
     tables = list(groups.values())
@@ -265,7 +271,7 @@ def group_tables(subs: list[Submission]) -> list[Table]:
             if json.dumps(row.doc.get("reference", {}).get("metrics"), sort_keys=True) != first:
                 raise CellbenchError(
                     f"real reference row differs from {t.rows[0].folder}'s although the dataset, "
-                    "suite, segmenter and protocol are the same",
+                    "suite, segmenter, protocol and artifacts are the same",
                     path=row.sub.folder / RESULTS_NAME,
                     fix="re-score both with the same cellbench release",
                 )
@@ -283,6 +289,7 @@ def group_tables(subs: list[Submission]) -> list[Table]:
             t.segmenter,
             _protocol_order(t.protocol_name),
             t.protocol_sha256,
+            t.artifacts_sha256 or "",
         )
     )
     return tables
@@ -628,6 +635,7 @@ def _provenance(doc: dict) -> list[tuple[str, str]]:
         ("classifier sha256", str(weights.get("classifier"))),
         ("Inception sha256", str(weights.get("inception"))),
         ("reference statistics sha256", str(doc.get("reference_stats_sha256"))),
+        ("artifact set sha256", str((doc.get("artifacts") or {}).get("sha256"))),
         ("seed", str(doc.get("seed"))),
         ("device", str((doc.get("environment") or {}).get("device"))),
         ("wall time", f"{doc.get('wall_time_s')} s"),

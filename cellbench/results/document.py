@@ -172,6 +172,14 @@ class Weights(TypedDict):
     segmenter: NotRequired[dict[str, Any] | None]
 
 
+class ArtifactSet(TypedDict):
+    """The artifact files the scorer read (``cellbench.artifacts.manifest``): each relative path's
+    sha256, and ``sha256``, the digest of the set (sha256 of the sorted ``sha256sum`` lines)."""
+
+    files: dict[str, Sha256]
+    sha256: Sha256
+
+
 class FeatureNetwork(TypedDict):
     """The Inception feature network's identity (``cellbench.features.inception``)."""
 
@@ -219,6 +227,7 @@ class ResultDocument(TypedDict):
     weights: Weights
     feature_network: NotRequired[FeatureNetwork | None]
     reference_stats_sha256: Sha256
+    artifacts: NotRequired[ArtifactSet]
     fid_computed: bool
     metrics: NotRequired[
         Annotated[dict[str, Estimate | Distance], MetricMap("estimate", "distance", require=True)]

@@ -71,7 +71,7 @@ class Scorer:
         from cellbench.features.segment.backends import get_backend
 
         self.artifacts = artifacts
-        self.backend = get_backend(backend)
+        self.backend = get_backend(backend, device)
         self.reference_path = artifacts.reference_path(self.backend.name)
         self.reference, self.reference_sha256 = load_reference(
             self.reference_path, backend_identity=self.backend.identity()
@@ -79,15 +79,18 @@ class Scorer:
         self.inception = None
         self.head = None
         self.classifier_card: dict | None = None
+        self._classifier_card_sha256: str | None = None
         if use_inception:
-            from cellbench.features.classifier import load_classifier
+            from cellbench.features.classifier import CARD_NAME, load_classifier
             from cellbench.features.inception import InceptionFeatures
             from cellbench.ui import step
+            from cellbench.io import sha256_file
 
             with step("loading the Inception network"):
                 self.inception = InceptionFeatures(device=device)
             classifier = artifacts.classifier_path()
             self.head, self.classifier_card = load_classifier(classifier)
+            self._classifier_card_sha256 = sha256_file(classifier / CARD_NAME)
             if self.classifier_card.get("inception_sha256") not in (None, self.inception.sha256):
                 raise CellbenchError(
                     "the MoA classifier was trained on another feature network",
@@ -208,4 +211,18 @@ class Scorer:
             },
             "feature_network": None if self.inception is None else self.inception.identity(),
             "reference_stats_sha256": self.reference_sha256,
+            "artifacts": self.artifact_record(),
         }
+
+    def artifact_record(self) -> dict[str, Any]:
+        """The artifact files this scorer read and their set digest
+        (:func:`cellbench.artifacts.manifest.set_record`): the reference statistics and, with
+        the Inception network, both classifier files. Results record it; the leaderboard ranks
+        together only results with the same digest."""
+        from cellbench.artifacts.manifest import CLASSIFIER_FILES, set_record
+
+        files = {self.reference_path.name: self.reference_sha256}
+        if self.classifier_card is not None:
+            files[CLASSIFIER_FILES[0]] = self._classifier_card_sha256
+            files[CLASSIFIER_FILES[1]] = self.classifier_card["weights_sha256"]
+        return set_record(files)
