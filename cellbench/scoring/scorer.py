@@ -83,8 +83,8 @@ class Scorer:
         if use_inception:
             from cellbench.features.classifier import CARD_NAME, load_classifier
             from cellbench.features.inception import InceptionFeatures
-            from cellbench.ui import step
             from cellbench.io import sha256_file
+            from cellbench.ui import step
 
             with step("loading the Inception network"):
                 self.inception = InceptionFeatures(device=device)
