@@ -10,7 +10,7 @@ OUT    ?= out
 # torch is installed first, on its own, so nothing later can pull a different (CUDA) build.
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup demo test browser lint clean
+.PHONY: setup demo test test-cellpose browser lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,16 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest
 
+# The Cellpose backend's tests, in a venv of their own: the `cellpose` extra (cellpose 3.1.x) pins
+# numpy below 2.1 and adds about 470 MB, so it stays out of `.venv`. .ci/run runs this after `make test`;
+# CELLBENCH_REQUIRE_CELLPOSE=1 turns the tests' skip-without-cellpose into a failure.
+CP_VENV ?= .venv-cellpose
+test-cellpose:
+	test -x $(CP_VENV)/bin/python || $(PYTHON) -m venv $(CP_VENV)
+	$(CP_VENV)/bin/python -m pip install --quiet --disable-pip-version-check "$(TORCH)"
+	$(CP_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,cellpose]'
+	CELLBENCH_REQUIRE_CELLPOSE=1 $(CP_VENV)/bin/python -m pytest -p no:cacheprovider tests/test_cellpose_backend.py
+
 # The browser tests (tests/test_browser.py) need a headless Chromium; without one they skip with a
 # message. This installs Debian's package (root and apt-get needed); .ci/run runs it before the tests.
 browser:
@@ -53,4 +63,4 @@ lint: setup
 	$(BIN)/ruff format --check .
 
 clean:
-	rm -rf $(VENV) $(OUT) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(CP_VENV) $(OUT) .pytest_cache .ruff_cache
