@@ -226,7 +226,7 @@ def test_committed_submissions_build(tmp_path: Path) -> None:
     entries = sorted((REPO / "submissions").glob("*_*/results.json"))
     if not entries:
         pytest.skip(
-            "no reference entries committed yet (bench/pipelines/make_reference_submissions.sh)"
+            "no reference entries committed yet (bench/pipelines/make_submissions.py)"
         )
     summary = build_leaderboard(REPO / "submissions", tmp_path / "site", stamp="x")
     assert summary.n_entries == len(entries)

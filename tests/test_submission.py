@@ -208,7 +208,7 @@ def test_committed_reference_entries_are_valid() -> None:
     folders = sorted((REPO / "submissions").glob("*_*/results.json"))
     if not folders:
         pytest.skip(
-            "no reference entries committed yet (bench/pipelines/make_reference_submissions.sh)"
+            "no reference entries committed yet (bench/pipelines/make_submissions.py)"
         )
     for results in folders:
         doc = json.loads(results.read_text())
