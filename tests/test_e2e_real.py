@@ -101,7 +101,8 @@ def test_real_bbbc021_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         "dataset_version": doc["dataset"]["version"],
         "index_sha256": doc["dataset"]["index_sha256"],
         "made_by": "tests/test_e2e_real.py",
-        "split": "test",
+        "name": doc["protocol"]["name"],
+        "split": doc["protocol"]["split"],
         "seed": 0,
         "protocol_version": doc["protocol"]["version"],
         "protocol_sha256": doc["protocol"]["sha256"],
@@ -141,6 +142,7 @@ def test_real_bbbc021_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         runner, "leaderboard", "build", "--submissions", str(tmp_path / "subs"), "--out", str(site)
     )
     page = (site / "index.html").read_text()
-    assert "<h3>bbbc021 · metric suite" in page and "simulated</span>" not in page
+    assert "<h3>bbbc021 impa-1 · cellflux-iid · metric suite" in page
+    assert "simulated</span>" not in page
     assert f"artifacts sha256 <code>{manifest['sha256'][:12]}</code>" in page
     assert "identity" in page

@@ -118,7 +118,7 @@ def test_result_has_provenance(world) -> None:
     assert doc["dataset"]["name"] == "bbbc021-sim" and doc["dataset"]["simulated"] is True
     assert len(doc["weights"]["inception"]) == 64 and len(doc["weights"]["classifier"]) == 64
     assert doc["segmenter"] == {"name": "classical", "version": "2"}
-    assert doc["metric_suite_version"] == "2"
+    assert doc["metric_suite_version"] == "3"
     proto = doc["protocol"]
     assert (proto["name"], proto["version"], proto["built"]) == ("cellflux-iid", "1", True)
     assert proto["fid_real"] == "compounds" and proto["n_tasks"] == len(world["table"])

@@ -225,9 +225,7 @@ def test_cli_build(site: tuple[Path, Path], tmp_path: Path) -> None:
 def test_committed_submissions_build(tmp_path: Path) -> None:
     entries = sorted((REPO / "submissions").glob("*_*/results.json"))
     if not entries:
-        pytest.skip(
-            "no reference entries committed yet (bench/pipelines/make_submissions.py)"
-        )
+        pytest.skip("no reference entries committed yet (bench/pipelines/make_submissions.py)")
     summary = build_leaderboard(REPO / "submissions", tmp_path / "site", stamp="x")
     assert summary.n_entries == len(entries)
     html = (tmp_path / "site" / "index.html").read_text()
@@ -236,8 +234,8 @@ def test_committed_submissions_build(tmp_path: Path) -> None:
 
 
 def test_one_table_per_named_protocol_the_papers_one_labelled(tmp_path: Path) -> None:
-    """cellflux-iid, cellflux-5120 and a result without a protocol name (an older cellbench, the
-    whole test split) make three tables, in registry order, the papers' protocol labelled."""
+    """cellflux-iid, cellflux-5120 and a result without a protocol name (an older cellbench, suite 2,
+    the whole test split) make three tables, in registry order, the papers' protocol labelled."""
     from cellbench.results.builder import write_results
     from cellbench.submission.validate import accepted_protocols
     from tests.test_submission import _per_image, results_doc
@@ -262,7 +260,9 @@ def test_one_table_per_named_protocol_the_papers_one_labelled(tmp_path: Path) ->
             "seed": 0,
         }
         if name == "custom":
-            del doc["protocol"]["name"]  # as a result of a cellbench before named protocols
+            # as a result of a cellbench before named protocols (metric suite 2): a stale table
+            del doc["protocol"]["name"]
+            doc["metric_suite_version"] = "2"
         (subs / folder).mkdir(parents=True)
         write_results(doc, table, None, subs / folder / "results.json")
         (subs / folder / "metadata.json").write_text(json.dumps(metadata(), indent=2))

@@ -162,6 +162,7 @@ def test_cellpose_backend_explains_what_is_missing(
 
 
 def test_ls_metrics_json() -> None:
+    from cellbench.metrics.rewards import SUITE_VERSION
     from tests.conftest import run_cli
 
     res = run_cli("ls", "metrics", "--json")
@@ -169,7 +170,7 @@ def test_ls_metrics_json() -> None:
     assert (
         rows["overall"]["higher_is_better"] is True and rows["fid_o"]["higher_is_better"] is False
     )
-    assert all(r["version"] == "2" for r in rows.values())
+    assert all(r["version"] == SUITE_VERSION for r in rows.values())
 
 
 def test_reference_build_and_classifier_train_commands(tmp_path: Path) -> None:

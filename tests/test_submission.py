@@ -207,9 +207,7 @@ def test_valid_submission_has_no_problem(sub: Path) -> None:
 def test_committed_reference_entries_are_valid() -> None:
     folders = sorted((REPO / "submissions").glob("*_*/results.json"))
     if not folders:
-        pytest.skip(
-            "no reference entries committed yet (bench/pipelines/make_submissions.py)"
-        )
+        pytest.skip("no reference entries committed yet (bench/pipelines/make_submissions.py)")
     for results in folders:
         doc = json.loads(results.read_text())
         problems = validate_submission(results.parent, require_current_suite=False)
