@@ -60,6 +60,8 @@ class Entry:
     training: dict | None = None
     version: str = ""
     best_of: int = 1
+    #: CPU hours the weights took, as measured when they were trained (None: not recorded)
+    train_hours: float | None = None
 
 
 def entries() -> dict[str, Entry]:
@@ -106,6 +108,7 @@ def entries() -> dict[str, Entry]:
             ],
             training=sim_training,
             version="checkpoints/cellflux-long (20,000 steps)",
+            train_hours=3.9,  # the three stages of train_cellflux_long.sh (docs/generators.md)
         ),
         Entry(
             "cellflux",
@@ -225,7 +228,7 @@ def make_entry(e: Entry, args: argparse.Namespace, protocol: Path, env: dict[str
         | ({"selection_metric": "overall"} if e.best_of > 1 else {}),
         "compute": {
             "hardware": "2-core CPU (shared)" if e.kind == "model" else "CPU",
-            "train_hours": None if e.kind == "model" else 0,
+            "train_hours": e.train_hours if e.kind == "model" else 0,
             "generate_hours": round(generate_hours, 3),
         },
         "sample_grid": "samples.png",
