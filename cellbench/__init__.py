@@ -40,7 +40,7 @@ def evaluate(
     task_ids: Sequence[str] | None = None,
     data_dir: str | os.PathLike | None = None,
     protocol: str | os.PathLike | None = None,
-    split: str = "test",
+    protocol_name: str | None = None,
     seed: int = 0,
     backend: str = "classical",
     fid: bool = True,
@@ -64,9 +64,12 @@ def evaluate(
         dataset: dataset name (``cellbench ls datasets``).
         task_ids: the task of each image of an in-memory batch; not for a folder.
         data_dir: data folder (see ``cellbench.paths``).
-        protocol: protocol CSV; without it the protocol of ``split`` and ``seed`` is built.
-        split: split of a built protocol.
-        seed: protocol seed of a built protocol, and the seed of the bootstrap and KID subsets.
+        protocol: protocol CSV (its name is found from its content); without it the named
+            protocol ``protocol_name`` is built with ``seed``.
+        protocol_name: a registered protocol (``cellbench ls protocols``; default
+            ``cellflux-iid``).
+        seed: pairing seed of a built protocol (and the seed a file is identified at), and the
+            seed of the bootstrap and KID subsets.
         backend: segmentation backend.
         fid: compute FID/KID, the ``moa`` reward and MoA accuracy (the Inception pass).
         strict: raise if any image has a problem or any task has no image.
@@ -83,7 +86,7 @@ def evaluate(
     options = {
         "data_dir": data_dir,
         "protocol": protocol,
-        "split": split,
+        "protocol_name": protocol_name,
         "seed": seed,
         "backend": backend,
         "fid": fid,

@@ -10,7 +10,7 @@ are properties of an image set, not of a task: they are reported as the two valu
 difference, without an interval. docs/scoring.md ("Comparing two results") describes it.
 
 Only results scored the same way are compared: the same dataset (name and index hash), protocol
-(hash), metric suite version, segmenter and reference statistics. Anything else is refused,
+(hash), metric suite version, segmenter, reference statistics and artifact set. Anything else is refused,
 naming the file.
 """
 
@@ -83,6 +83,9 @@ def _scoring_identity(doc: Mapping[str, Any]) -> dict[str, Any]:
         "metric suite version": doc.get("metric_suite_version"),
         "segmenter": doc.get("segmenter"),
         "reference statistics": doc.get("reference_stats_sha256"),
+        # the classifier and reference statistics behind the rewards (docs/scoring.md "Artifacts");
+        # results written before artifact sets were recorded have none
+        "artifact set": (doc.get("artifacts") or {}).get("sha256"),
     }
 
 
@@ -90,7 +93,7 @@ def _describe(what: str, value: Any) -> str:
     if what == "dataset":
         name, sha = value
         return f"{name} (index {str(sha)[:12]})"
-    if what in ("protocol", "reference statistics"):
+    if what in ("protocol", "reference statistics", "artifact set"):
         return str(value)[:12]
     if what == "segmenter" and isinstance(value, Mapping):
         return f"{value.get('name')} v{value.get('version')}"

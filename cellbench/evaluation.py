@@ -20,7 +20,15 @@ import pandas as pd
 
 from cellbench.data.bbbc021 import BBBC021Dataset, open_dataset
 from cellbench.errors import CellbenchError, ProtocolError
-from cellbench.protocol import PROTOCOL_VERSION, build_protocol, protocol_sha256, read_protocol
+from cellbench.protocol import build_protocol, protocol_sha256, read_protocol
+from cellbench.protocol_registry import (
+    DEFAULT_PROTOCOL,
+    PROTOCOLS,
+    build_named_protocol,
+    get_protocol,
+    identify_protocol,
+    protocol_info,
+)
 from cellbench.results.builder import (
     build_document,
     result_paths,
@@ -31,8 +39,9 @@ from cellbench.scoring.arrays import ImageArrays, concat_arrays
 from cellbench.scoring.artifacts import Artifacts
 from cellbench.scoring.images import score_images
 from cellbench.scoring.scorer import Scorer
+from cellbench.ui import step
 
-__all__ = ["evaluate", "load_protocol_for", "merge_shards", "parse_shard"]
+__all__ = ["evaluate", "load_protocol_for", "merge_shards", "parse_shard", "rebuild_protocol"]
 
 Progress = Callable[[str, int, int], None]
 
@@ -56,29 +65,60 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
 
 
 def load_protocol_for(
-    ds: BBBC021Dataset, protocol_path: str | Path | None, split: str, seed: int
+    ds: BBBC021Dataset, protocol_path: str | Path | None, name: str | None, seed: int
 ) -> tuple[pd.DataFrame, dict]:
-    """The protocol table (given, or built) and its description; a foreign protocol is refused."""
+    """The protocol table (the named protocol built, or a file read) and its ``protocol`` block.
+
+    Without a file the named protocol ``name`` (default :data:`DEFAULT_PROTOCOL`) is built. A file
+    is identified by rebuilding the registered protocols of ``ds`` at ``seed`` and comparing
+    sha256 (no match: ``custom``); a file of another dataset is refused.
+    """
     if protocol_path is None:
-        table = build_protocol(ds, split=split, seed=seed)
-        origin = {"built": True, "split": split, "seed": seed}
-    else:
-        table = read_protocol(protocol_path)
-        known = set(ds.index["SAMPLE_KEY"])
-        unknown = [k for k in table["target_key"] if k not in known]
-        if unknown:
+        spec = get_protocol(name or DEFAULT_PROTOCOL)
+        table = build_named_protocol(ds, spec.name, seed)
+        return table, protocol_info(table, spec, seed=seed, built=True)
+    if name is not None:
+        raise ProtocolError(
+            "give a protocol file or a protocol name, not both",
+            path=protocol_path,
+            fix="drop --protocol-name (the file's name is found from its content)",
+        )
+    if not Path(protocol_path).exists() and str(protocol_path) in PROTOCOLS:
+        raise ProtocolError(
+            f"no protocol file {str(protocol_path)!r}; it is the name of a registered protocol",
+            path=protocol_path,
+            fix=f"pass --protocol-name {protocol_path}",
+        )
+    table = read_protocol(protocol_path)
+    known = set(ds.index["SAMPLE_KEY"])
+    unknown = [k for k in table["target_key"] if k not in known]
+    if unknown:
+        raise ProtocolError(
+            f"{len(unknown)} target_key(s) are not in dataset {ds.name} (first: {unknown[0]!r})",
+            path=protocol_path,
+            fix=f"make the protocol from this dataset: cellbench protocol --dataset {ds.name}",
+        )
+    spec = identify_protocol(ds, table, seed)
+    return table, protocol_info(table, spec, seed=seed, built=False, file=str(protocol_path))
+
+
+def rebuild_protocol(ds: BBBC021Dataset, info: dict) -> pd.DataFrame:
+    """The protocol table a result's ``protocol`` block describes, rebuilt (or read) and checked."""
+    if info.get("built") and info.get("name") in PROTOCOLS:
+        if get_protocol(info["name"]).version != info.get("version"):
             raise ProtocolError(
-                f"{len(unknown)} target_key(s) are not in dataset {ds.name} (first: {unknown[0]!r})",
-                path=protocol_path,
-                fix=f"make the protocol from this dataset: cellbench protocol --dataset {ds.name}",
+                f"protocol {info['name']} is at version {get_protocol(info['name']).version}, "
+                f"the shards used version {info.get('version')}",
+                fix="re-run the shards with this cellbench",
             )
-        origin = {"built": False, "file": str(protocol_path)}
-    return table, {
-        "version": PROTOCOL_VERSION,
-        "sha256": protocol_sha256(table),
-        "n_tasks": len(table),
-        **origin,
-    }
+        table = build_named_protocol(ds, info["name"], int(info["seed"]))
+    elif info.get("built"):  # a result of a cellbench without named protocols
+        table = build_protocol(ds, split=info["split"], seed=info["seed"])
+    else:
+        table = read_protocol(info["file"])
+    if protocol_sha256(table) != info["sha256"]:
+        raise ProtocolError("protocol changed since the shards ran", fix="re-run the shards")
+    return table
 
 
 def evaluate(
@@ -87,7 +127,7 @@ def evaluate(
     *,
     data_dir: str | Path | None = None,
     protocol: str | Path | None = None,
-    split: str = "test",
+    protocol_name: str | None = None,
     seed: int = 0,
     backend: str = "classical",
     fid: bool = True,
@@ -99,13 +139,18 @@ def evaluate(
 ) -> dict:
     """Score a folder of generated images; return the result document (and write it to ``out``).
 
-    See ``cellbench eval --help`` for the meaning of each argument.
+    See ``cellbench eval --help`` for the meaning of each argument; ``protocol`` is a protocol
+    file, ``protocol_name`` a registered protocol (default :data:`DEFAULT_PROTOCOL`).
     """
     started = time.perf_counter()
     shard_t = parse_shard(shard) if isinstance(shard, str) or shard is None else shard
-    ds = open_dataset(dataset, data_dir, create_sim=True)
-    table, proto_info = load_protocol_for(ds, protocol, split, seed)
-    scorer = Scorer(Artifacts.for_dataset(ds), backend=backend, device=device, use_inception=fid)
+    with step("reading the dataset index and the protocol"):
+        ds = open_dataset(dataset, data_dir, create_sim=True)
+        table, proto_info = load_protocol_for(ds, protocol, protocol_name, seed)
+    with step("loading the segmenter, reference statistics and classifier"):
+        scorer = Scorer(
+            Artifacts.for_dataset(ds), backend=backend, device=device, use_inception=fid
+        )
     part = shard_tasks(table, shard_t)
     arrays, img_info = score_images(
         scorer,
@@ -175,6 +220,7 @@ def merge_shards(
         "segmenter",
         "weights",
         "reference_stats_sha256",
+        "artifacts",
         "seed",
         "fid_computed",
         "best_of_n",
@@ -199,12 +245,7 @@ def merge_shards(
     if ds.index_sha256 != first["dataset"]["index_sha256"]:
         raise CellbenchError("dataset index changed since the shards ran", path=ds.index_path)
     proto_info = first["protocol"]
-    if proto_info.get("built"):
-        table = build_protocol(ds, split=proto_info["split"], seed=proto_info["seed"])
-    else:
-        table = read_protocol(proto_info["file"])
-    if protocol_sha256(table) != proto_info["sha256"]:
-        raise ProtocolError("protocol changed since the shards ran", fix="re-run the shards")
+    table = rebuild_protocol(ds, proto_info)
     seg_name = first["segmenter"]["name"]
     scorer = Scorer(
         Artifacts.for_dataset(ds),
@@ -231,6 +272,12 @@ def merge_shards(
         merged_from=[str(p) for p in shard_results],
         progress=progress,
     )
+    if doc["dataset"]["crops_sha256"] != first["dataset"].get("crops_sha256"):
+        raise CellbenchError(
+            "the dataset's crop files changed since the shards ran (crops_sha256 differs)",
+            path=ds.root,
+            fix="re-run the shards on the current dataset",
+        )
     if out is not None:
         write_results(doc, per_image, None, out)
     return doc

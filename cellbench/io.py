@@ -90,3 +90,18 @@ def read_json_object(path: str | Path, what: str, fix: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise CellbenchError(f"{what} is not a JSON object", path=path, fix=fix)
     return data
+
+
+def tree_size(path: str | Path) -> tuple[int, int]:
+    """``(files, bytes)`` of the regular files under ``path`` (links not followed; 0, 0 if absent)."""
+    files = size = 0
+    root = Path(path)
+    if root.is_file():
+        return 1, root.stat().st_size
+    for dirpath, _dirs, names in os.walk(root):
+        for name in names:
+            p = Path(dirpath) / name
+            if p.is_file() and not p.is_symlink():
+                files += 1
+                size += p.stat().st_size
+    return files, size

@@ -2,6 +2,8 @@
 
 Data: ``--data-dir``, else ``$CELLBENCH_DATA_DIR``, else the platform's user data folder.
 Caches (reference features and the like): ``$CELLBENCH_CACHE_DIR``, else the user cache folder.
+Weights fetched on first use (the FID network): ``$CELLBENCH_WEIGHTS_DIR``, else ``weights/`` in the
+user data folder.
 Nothing is ever written inside the installed package.
 """
 
@@ -14,6 +16,7 @@ import platformdirs
 
 DATA_ENV = "CELLBENCH_DATA_DIR"
 CACHE_ENV = "CELLBENCH_CACHE_DIR"
+WEIGHTS_ENV = "CELLBENCH_WEIGHTS_DIR"
 
 
 def data_dir(explicit: str | Path | None = None) -> Path:
@@ -32,3 +35,11 @@ def cache_dir() -> Path:
     if env:
         return Path(env).expanduser()
     return Path(platformdirs.user_cache_dir("cellbench", appauthor=False))
+
+
+def weights_dir() -> Path:
+    """The folder for network weights fetched on first use (kept by ``cellbench cache clear``)."""
+    env = os.environ.get(WEIGHTS_ENV)
+    if env:
+        return Path(env).expanduser()
+    return Path(platformdirs.user_data_dir("cellbench", appauthor=False)) / "weights"

@@ -28,15 +28,39 @@ def task_id_for(target_key: str, control_key: str) -> str:
 
 
 def build_protocol(dataset: BBBC021Dataset, split: str = "test", seed: int = 0) -> pd.DataFrame:
-    """The task table of ``split``, sorted by compound, dose and target key."""
+    """The task table of every treated crop of ``split``, sorted by compound, dose and target key.
+
+    The named protocols (:mod:`cellbench.protocol_registry`) choose their targets first and call
+    :func:`build_tasks`; this is the rule for a whole split (a ``custom`` protocol).
+    """
     rows = dataset.split(split)
-    treated = rows[~rows["is_control"]].sort_values(["CPD_NAME", "DOSE", "SAMPLE_KEY"])
-    controls = rows[rows["is_control"]]
+    return build_tasks(
+        dataset, rows[~rows["is_control"]], rows[rows["is_control"]], seed, f"split {split!r}"
+    )
+
+
+def build_tasks(
+    dataset: BBBC021Dataset,
+    treated: pd.DataFrame,
+    controls: pd.DataFrame,
+    seed: int,
+    what: str,
+) -> pd.DataFrame:
+    """The task table of the ``treated`` index rows, each paired with a same-batch control.
+
+    Args:
+        treated: the target rows (index rows of the dataset, any order).
+        controls: the control rows to pair from (same split); a batch without one falls back to
+            the dataset's other controls of that batch.
+        seed: the pairing seed.
+        what: what the rows are, for the error message ("split 'test'").
+    """
+    treated = treated.sort_values(["CPD_NAME", "DOSE", "SAMPLE_KEY"])
     if treated.empty:
         raise ProtocolError(
-            f"split {split!r} of {dataset.name} has no treated crops",
+            f"{what} of {dataset.name} has no treated crops",
             path=dataset.index_path,
-            fix="choose another split",
+            fix="choose another protocol (`cellbench ls protocols`)",
         )
     control_keys = dataset.pair_controls(treated, controls, seed)
     table = pd.DataFrame(

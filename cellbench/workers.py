@@ -87,3 +87,23 @@ def worker_context() -> multiprocessing.context.BaseContext:
     of the user's ``__main__``, which the workers do not import).
     """
     return _CONTEXT
+
+
+def _import_in_worker(module: str) -> int:
+    """Import ``module`` in a worker; its process id (so each call can land on another worker)."""
+    import importlib
+    import time
+
+    importlib.import_module(module)
+    time.sleep(0.05)  # hold this worker so the next call starts (or reaches) another one
+    return os.getpid()
+
+
+def warm_up(pool, n: int, module: str) -> None:
+    """Start the ``n`` workers of a fresh ``pool`` and import ``module`` in them, and wait.
+
+    The start-up cost (a new interpreter and its imports per worker) is paid here, where the
+    caller can announce it, instead of inside the first real job.
+    """
+    for job in [pool.submit(_import_in_worker, module) for _ in range(n)]:
+        job.result()

@@ -85,7 +85,8 @@ def build_mini_dataset(root: Path, *, state_style: str = "int", seed: int = 0) -
 
 
 def make_tiny_sim(root: Path, mp: pytest.MonkeyPatch):
-    """A tiny ``bbbc021-sim`` (seed 0) under ``root/data`` and its test protocol (seed 0).
+    """A tiny ``bbbc021-sim`` (seed 0) under ``root/data`` and its default protocol
+    (``cellflux-iid``, seed 0: what ``cellbench eval`` builds without ``--protocol``).
 
     ``mp`` points the reference-feature cache at ``root/cache`` and silences progress for as long
     as the caller keeps it. Returns ``(dataset, protocol table)``.
@@ -93,13 +94,13 @@ def make_tiny_sim(root: Path, mp: pytest.MonkeyPatch):
     from cellbench.data.bbbc021 import BBBC021Dataset
     from cellbench.data.catalog import get_card
     from cellbench.data.sim import write_sim_dataset
-    from cellbench.protocol import build_protocol
+    from cellbench.protocol_registry import DEFAULT_PROTOCOL, build_named_protocol
 
     mp.setenv("CELLBENCH_CACHE_DIR", str(root / "cache"))
     mp.setenv("CELLBENCH_PROGRESS", "0")
     write_sim_dataset(root / "data" / "bbbc021-sim", seed=0, scale="tiny")
     ds = BBBC021Dataset(root / "data" / "bbbc021-sim", get_card("bbbc021-sim"))
-    return ds, build_protocol(ds, "test", 0)
+    return ds, build_named_protocol(ds, DEFAULT_PROTOCOL, 0)
 
 
 @pytest.fixture

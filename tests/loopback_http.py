@@ -78,13 +78,15 @@ class _Handler(BaseHTTPRequestHandler):
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
         self.end_headers()
+        # counted before the write: once the client has the bytes it may reset the log at once,
+        # and a count made after the write could land in the next test step (seen under load)
+        with st.lock:
+            st.bytes_served += len(send)
         try:
             self.wfile.write(send)
             self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):
             pass
-        with st.lock:
-            st.bytes_served += len(send)
         self.close_connection = True
 
 

@@ -113,7 +113,7 @@ def test_fid_sample_size_script_on_a_tiny_sim(tmp_path: Path) -> None:
     ds = ["--dataset", "bbbc021-sim", "--data-dir", str(data)]
     for args in (
         ["data", "sim", "--out", str(data / "bbbc021-sim"), "--scale", "tiny", "--seed", "0"],
-        ["protocol", *ds, "--split", "test", "--seed", "0", "--out", str(proto)],
+        ["protocol", *ds, "--name", "cellflux-iid", "--seed", "0", "--out", str(proto)],
         ["generate", "identity", *ds, "--protocol", str(proto), "--out", str(images)],
     ):
         subprocess.run(cli + args, check=True, capture_output=True, timeout=600)
@@ -168,7 +168,7 @@ def test_image_diagnostics_script_on_a_tiny_sim(tmp_path: Path) -> None:
     tiny.write_text(json.dumps({"steps": 2, "ckpt_every": 2, "batch_size": 4}))
     for args in (
         ["data", "sim", "--out", str(data / "bbbc021-sim"), "--scale", "tiny", "--seed", "0"],
-        ["protocol", *ds, "--split", "test", "--seed", "0", "--out", str(proto)],
+        ["protocol", *ds, "--name", "cellflux-iid", "--seed", "0", "--out", str(proto)],
         ["generate", "identity", *ds, "--protocol", str(proto), "--out", str(images)],
         ["train", "cellflux", *ds, "--config", str(tiny), "--out", str(run), "--threads", "1"],
     ):

@@ -151,21 +151,21 @@ def test_ls_help_names_everything_it_lists() -> None:
     from cellbench.cli.main import app
 
     ls = typer.main.get_group(app).commands["ls"]
-    assert set(ls.commands) == {"datasets", "models", "metrics", "segmenters"}
+    assert set(ls.commands) == {"datasets", "protocols", "models", "metrics", "segmenters"}
     for sub in ls.commands:
         assert sub in (ls.help or ""), f"`cellbench ls --help` does not name {sub!r}"
 
 
 def test_help_lists_every_command_in_workflow_order() -> None:
     """`cellbench --help` follows a user's workflow; a new command must be placed in the order."""
-    import click
+    import typer
     import typer.main
 
     from cellbench.cli.app import WORKFLOW_ORDER
     from cellbench.cli.main import app
 
     group = typer.main.get_command(app)
-    with click.Context(group) as ctx:
+    with typer.Context(group) as ctx:
         listed = group.list_commands(ctx)
     visible = [n for n in listed if not group.get_command(ctx, n).hidden]
     assert visible == list(WORKFLOW_ORDER)
@@ -174,3 +174,52 @@ def test_help_lists_every_command_in_workflow_order() -> None:
     # a command's row starts "│ name"; wrapped help lines start "│" and many spaces
     shown = [m.group(1) for m in re.finditer(r"^│ (\S+)", out.stdout, re.M)]
     assert [n for n in shown if n in WORKFLOW_ORDER] == list(WORKFLOW_ORDER)
+
+
+def test_every_help_text_is_free_of_internal_references() -> None:
+    """No command's --help cites the specification or its section numbers."""
+    import typer
+    import typer.main
+
+    from cellbench.cli.main import app
+
+    def walk(cmd, ctx):
+        yield cmd, ctx
+        if hasattr(cmd, "list_commands"):
+            for name in cmd.list_commands(ctx):
+                sub = cmd.get_command(ctx, name)
+                yield from walk(sub, typer.Context(sub, info_name=name, parent=ctx))
+
+    root = typer.main.get_command(app)
+    seen = 0
+    for cmd, ctx in walk(root, typer.Context(root, info_name="cellbench")):
+        texts = [cmd.help or "", cmd.short_help or ""]
+        texts += [getattr(p, "help", None) or "" for p in cmd.params]
+        seen += 1
+        for text in texts:
+            assert not re.search(r"§|\bSPEC\b|\bspec(ification)? section|\bsection \d", text), (
+                f"{ctx.command_path}: {text}"
+            )
+    assert seen > 30
+
+
+def test_a_dataset_simulated_for_a_command_is_announced(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """`create_sim` says where it simulates before, and the path and size after."""
+    from cellbench.data import sim
+    from cellbench.data.bbbc021 import open_dataset
+
+    real = sim.write_sim_dataset
+    monkeypatch.setattr(
+        sim, "write_sim_dataset", lambda root, seed, scale: real(root, seed=seed, scale="tiny")
+    )
+    ds = open_dataset("bbbc021-sim", tmp_path / "data", create_sim=True)
+    err = capsys.readouterr().err
+    root = tmp_path / "data" / "bbbc021-sim"
+    assert f"bbbc021-sim is not in {root}: simulating it there now" in err
+    assert "cellbench data sim --out DIR" in err
+    assert re.search(rf"wrote bbbc021-sim: {re.escape(str(root))} \(\d+ files, [\d.]+ [kM]B\)", err)
+    assert ds.root == root
+    open_dataset("bbbc021-sim", tmp_path / "data", create_sim=True)  # present: no message
+    assert capsys.readouterr().err == ""

@@ -125,6 +125,8 @@ def test_mismatched_or_unreadable_results_are_refused(
     refused(other_index, "different dataset")
     other_proto = _copy(a, tmp_path / "p.json", set_in("protocol", "sha256", value="f" * 64))
     assert "ffffffffffff here" in refused(other_proto, "different protocol")
+    other_set = _copy(a, tmp_path / "a.json", set_in("artifacts", "sha256", value="e" * 64))
+    assert "eeeeeeeeeeee here" in refused(other_set, "different artifact set")
     old_suite = _copy(a, tmp_path / "s.json", set_in("metric_suite_version", value="1"))
     refused(old_suite, "different metric suite version")
     shard = _copy(a, tmp_path / "sh.json", set_in("partial", value={"shard": "1/2"}))

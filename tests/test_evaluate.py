@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -117,7 +118,16 @@ def test_result_has_provenance(world) -> None:
     assert doc["dataset"]["name"] == "bbbc021-sim" and doc["dataset"]["simulated"] is True
     assert len(doc["weights"]["inception"]) == 64 and len(doc["weights"]["classifier"]) == 64
     assert doc["segmenter"] == {"name": "classical", "version": "3"}
-    assert doc["metric_suite_version"] == "2"
+    assert doc["metric_suite_version"] == "3"
+    proto = doc["protocol"]
+    assert (proto["name"], proto["version"], proto["built"]) == ("cellflux-iid", "1", True)
+    assert proto["fid_real"] == "compounds" and proto["n_tasks"] == len(world["table"])
+    from cellbench.data.content import crop_file_sha256s, digest_of
+
+    keys = [*world["table"]["target_key"], *world["table"]["control_key"]]
+    shas = crop_file_sha256s(world["ds"], keys)  # recomputed here from the crop files
+    assert doc["dataset"]["crops_sha256"] == digest_of(shas)
+    assert doc["dataset"]["n_crops"] == len(set(keys))
     per_image = pd.read_csv(world["root"] / "identity.per_image.csv")
     assert len(per_image) == len(world["table"])
     assert per_image["overall"].mean() == pytest.approx(_v(doc, "overall"), abs=1e-5)
@@ -176,6 +186,7 @@ def test_cli_eval_json_and_errors(world, tmp_path: Path) -> None:
     assert doc == json.loads(out.read_text())
     assert doc["fid_computed"] is False and "fid_o" not in doc["metrics"]
     assert doc["protocol"]["built"] is False
+    assert doc["protocol"]["name"] == "cellflux-iid"  # the file, identified by its content
     assert (tmp_path / "r.per_image.csv").is_file()
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -258,3 +269,36 @@ def test_sharded_best_of_n_merge_equals_the_unsharded_result(world) -> None:
     assert merged_csv == (root / "bon.per_image.csv").read_text()
     for path in (root / "bon.json", *parts, root / "bon-merged.json"):
         assert result_problems(json.loads(path.read_text())) == [], path
+
+
+def test_changed_crops_under_the_same_index_change_the_digest_and_the_reference(
+    world, tmp_path: Path
+) -> None:
+    """The trial of issue 18: every target crop overwritten with its control's bytes, the index
+    CSV kept, `identity` scored again with a warm cache: the digest changes and the reference row
+    is recomputed (it now equals `identity`'s own scores), not served stale."""
+    import shutil
+
+    from cellbench.data.bbbc021 import BBBC021Dataset
+
+    data = tmp_path / "data"
+    shutil.copytree(world["data"] / "bbbc021-sim", data / "bbbc021-sim")
+    ds = BBBC021Dataset(data / "bbbc021-sim", world["ds"].card)
+    images = world["root"] / "identity"
+    before = evaluate(images, "bbbc021-sim", data_dir=data, seed=0, fid=False)  # warms the cache
+    cache = Path(os.environ["CELLBENCH_CACHE_DIR"]) / "reference-features"
+    n_cached = len(list(cache.glob("*.npz")))
+    for r in world["table"].itertuples():
+        shutil.copyfile(ds.crop_path(r.control_key), ds.crop_path(r.target_key))
+    after = evaluate(images, "bbbc021-sim", data_dir=data, seed=0, fid=False)
+    assert after["dataset"]["index_sha256"] == before["dataset"]["index_sha256"]
+    assert after["dataset"]["crops_sha256"] != before["dataset"]["crops_sha256"]
+    assert after["protocol"]["sha256"] == before["protocol"]["sha256"]
+    assert len(list(cache.glob("*.npz"))) == n_cached + 1  # a new entry, the old one not reused
+    for m in ("overall", "nuc_count", "roundness"):
+        ref_before = before["reference"]["metrics"][m]["value"]
+        ref_after = after["reference"]["metrics"][m]["value"]
+        assert ref_after != ref_before, m
+        # the targets are now the controls: the reference row is identity's own row
+        assert ref_after == pytest.approx(after["metrics"][m]["value"], rel=1e-12, abs=1e-12), m
+    assert after["metrics"]["overall"] == before["metrics"]["overall"]  # same images, same scores

@@ -225,11 +225,59 @@ def test_cli_build(site: tuple[Path, Path], tmp_path: Path) -> None:
 def test_committed_submissions_build(tmp_path: Path) -> None:
     entries = sorted((REPO / "submissions").glob("*_*/results.json"))
     if not entries:
-        pytest.skip(
-            "no reference entries committed yet (bench/pipelines/make_reference_submissions.sh)"
-        )
+        pytest.skip("no reference entries committed yet (bench/pipelines/make_submissions.py)")
     summary = build_leaderboard(REPO / "submissions", tmp_path / "site", stamp="x")
     assert summary.n_entries == len(entries)
     html = (tmp_path / "site" / "index.html").read_text()
     for results in entries:
         assert f'data-entry="{results.parent.name}"' in html
+
+
+def test_one_table_per_named_protocol_the_papers_one_labelled(tmp_path: Path) -> None:
+    """cellflux-iid, cellflux-5120 and a result without a protocol name (an older cellbench, suite 2,
+    the whole test split) make three tables, in registry order, the papers' protocol labelled."""
+    from cellbench.results.builder import write_results
+    from cellbench.submission.validate import accepted_protocols
+    from tests.test_submission import _per_image, results_doc
+
+    subs = tmp_path / "submissions"
+    make_submission(subs, "2026-01-15_iid-model", seed=0)
+    entries = {p["name"]: p for p in accepted_protocols() if p["dataset"] == "bbbc021-sim"}
+    for folder, name, seed in (
+        ("2026-01-16_paper-model", "cellflux-5120", 1),
+        ("2026-01-17_old", "custom", 2),
+    ):
+        entry = entries[name]
+        table = _per_image(entry["n_tasks"], seed)
+        doc = results_doc(table)
+        doc["protocol"] = {
+            "name": name,
+            "version": entry["protocol_version"],
+            "sha256": entry["protocol_sha256"],
+            "n_tasks": entry["n_tasks"],
+            "built": True,
+            "split": entry["split"],
+            "seed": 0,
+        }
+        if name == "custom":
+            # as a result of a cellbench before named protocols (metric suite 2): a stale table
+            del doc["protocol"]["name"]
+            doc["metric_suite_version"] = "2"
+        (subs / folder).mkdir(parents=True)
+        write_results(doc, table, None, subs / folder / "results.json")
+        (subs / folder / "metadata.json").write_text(json.dumps(metadata(), indent=2))
+    out = tmp_path / "site"
+    build_leaderboard(subs, out, stamp="S")
+    html = (out / "index.html").read_text()
+    ids = _table_ids(html)
+    assert [i.split("-")[5] for i in ids] == ["cellflux", "cellflux", "custom"], ids
+    assert "-cellflux-iid-" in ids[0] and "-cellflux-5120-" in ids[1]
+    assert [_rows(html, i) for i in ids] == [
+        ["2026-01-15_iid-model"],
+        ["2026-01-16_paper-model"],
+        ["2026-01-17_old"],
+    ]
+    section = html.split(f'id="{ids[1]}"', 1)[1].split("</section>", 1)[0]
+    assert "protocol cellflux-5120 v1 (the papers&#39; protocol)" in section
+    assert "papers" not in html.split(f'id="{ids[0]}"', 1)[1].split("</section>", 1)[0]
+    assert "custom protocol" in html.split(f'id="{ids[2]}"', 1)[1].split("</section>", 1)[0]

@@ -162,6 +162,7 @@ def test_cellpose_backend_explains_what_is_missing(
 
 
 def test_ls_metrics_json() -> None:
+    from cellbench.metrics.rewards import SUITE_VERSION
     from tests.conftest import run_cli
 
     res = run_cli("ls", "metrics", "--json")
@@ -169,11 +170,12 @@ def test_ls_metrics_json() -> None:
     assert (
         rows["overall"]["higher_is_better"] is True and rows["fid_o"]["higher_is_better"] is False
     )
-    assert all(r["version"] == "2" for r in rows.values())
+    assert all(r["version"] == SUITE_VERSION for r in rows.values())
 
 
 def test_reference_build_and_classifier_train_commands(tmp_path: Path) -> None:
-    """The commands that make a dataset's artifacts, on a tiny simulated dataset."""
+    """The commands that make a dataset's artifacts: reference statistics on a tiny simulated
+    dataset, the classifier on the IMPA-format fixture."""
     from cellbench.data.bbbc021 import open_dataset
     from cellbench.data.sim import write_sim_dataset
     from cellbench.features.reference import load_reference
@@ -192,10 +194,24 @@ def test_reference_build_and_classifier_train_commands(tmp_path: Path) -> None:
     doc, _ = load_reference(local)
     assert set(doc["per_moa"]) == {"DMSO", *__import__("cellbench.data.layout").data.layout.MOAS}
     assert doc["dataset_index_sha256"] == ds.index_sha256
+    # the classifier on the IMPA-format fixture (four flips per training crop make the tiny sim's
+    # 168 train-iid crops a long subprocess on a busy 2-core machine)
+    from tests.conftest import build_mini_dataset
+
+    real = build_mini_dataset(tmp_path / "real" / "bbbc021")
     res = run_cli(
-        "classifier", "train", "--dataset", "bbbc021-sim", "--data-dir", str(data), "--epochs", "3"
+        "classifier",
+        "train",
+        "--dataset",
+        "bbbc021",
+        "--data-dir",
+        str(real.parent),
+        "--epochs",
+        "3",
     )
     assert res.returncode == 0, res.stderr
-    card = json.loads((find_artifact(ds, "classifier") / "classifier.json").read_text())
-    assert card["n_train"] == 206 and card["test_metrics"]["n"] == 103
+    card = json.loads((real / "cellbench_artifacts" / "classifier" / "classifier.json").read_text())
+    # train-iid / test-iid treated crops: cytochalasin D (a CellFlux unseen compound) left out
+    assert card["n_train"] == 6 and card["test_metrics"]["n"] == 6
+    assert card["training_compounds"]["Actin disruptors"] == []
     assert card["training"]["epochs"] == 3

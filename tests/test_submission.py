@@ -114,11 +114,13 @@ def results_doc(table: pd.DataFrame) -> dict:
             "index_sha256": proto["index_sha256"],
         },
         "protocol": {
+            "name": proto["name"],
             "version": proto["protocol_version"],
             "sha256": proto["protocol_sha256"],
             "n_tasks": proto["n_tasks"],
+            "fid_real": "compounds",
             "built": True,
-            "split": "test",
+            "split": proto["split"],
             "seed": 0,
         },
         "images": {
@@ -205,9 +207,7 @@ def test_valid_submission_has_no_problem(sub: Path) -> None:
 def test_committed_reference_entries_are_valid() -> None:
     folders = sorted((REPO / "submissions").glob("*_*/results.json"))
     if not folders:
-        pytest.skip(
-            "no reference entries committed yet (bench/pipelines/make_reference_submissions.sh)"
-        )
+        pytest.skip("no reference entries committed yet (bench/pipelines/make_submissions.py)")
     for results in folders:
         doc = json.loads(results.read_text())
         problems = validate_submission(results.parent, require_current_suite=False)
@@ -305,7 +305,9 @@ def test_other_result_schema_is_refused(sub: Path) -> None:
 
 def test_foreign_protocol_and_dataset_version(sub: Path) -> None:
     edit_json(sub / "results.json", lambda d: d["protocol"].update(sha256="ab" * 32))
-    assert "is not the leaderboard protocol" in only(validate_submission(sub), "protocol")
+    msg = only(validate_submission(sub), "protocol")
+    assert "is none of the leaderboard's protocols" in msg
+    assert "cellflux-iid `cellbench protocol --dataset bbbc021-sim --name cellflux-iid" in msg
     edit_json(sub / "results.json", lambda d: d["dataset"].update(index_sha256="cd" * 32))
     assert "is not the leaderboard's version" in only(validate_submission(sub), "protocol")
 
@@ -323,11 +325,11 @@ def test_shard_partial_result(sub: Path) -> None:
 
 def test_limit_style_partial_result(sub: Path) -> None:
     def cut(d: dict) -> None:
-        d["images"].update(n_tasks_covered=400, n_tasks_expected=515, missing_tasks=115)
+        d["images"].update(n_tasks_covered=400, n_tasks_expected=420, missing_tasks=20)
         d["complete"] = False
 
     edit_json(sub / "results.json", cut)
-    assert "images answer 400 of the protocol's 515 tasks" in only(
+    assert "images answer 400 of the protocol's 420 tasks" in only(
         validate_submission(sub), "partial"
     )
 
@@ -578,7 +580,9 @@ def test_leaderboard_protocol_matches_the_shipped_classifier() -> None:
         (REPO / "cellbench/resources/bbbc021-sim/classifier/classifier.json").read_text()
     )
     sim = [p for p in accepted_protocols() if p["dataset"] == "bbbc021-sim"]
-    assert [p["index_sha256"] for p in sim] == [card["dataset_index_sha256"]]
+    assert {p["index_sha256"] for p in sim} == {card["dataset_index_sha256"]}
+    names = [p["name"] for p in sim if "suites" not in p]
+    assert names == ["cellflux-iid", "cellflux-5120", "unseen"]  # every registered protocol
 
 
 # ------------------------------------------------------------------------------ sample grid
@@ -613,3 +617,42 @@ def test_sample_grid_tiles_the_first_tasks_of_each_moa(mini_ds, tmp_path: Path) 
         str(tmp_path / "g.png"),
     )
     assert res.returncode != 0 and "no image matched" in res.stderr
+
+
+def _shipped_record() -> dict:
+    from cellbench.artifacts.manifest import set_record
+    from cellbench.artifacts.registry import shipped_set
+
+    files = dict(shipped_set("bbbc021-sim")["files"])
+    return set_record(
+        {k: v for k, v in files.items() if k.startswith("classifier/") or "classical" in k}
+    )
+
+
+def test_artifact_set_record_is_checked_against_the_registry(sub: Path) -> None:
+    record = _shipped_record()
+    edit_json(sub / "results.json", lambda d: d.update(artifacts=record))
+    assert validate_submission(sub) == []
+    # a locally rebuilt classifier card: consistent record, but not a registered set
+    other = {**record["files"], "classifier/classifier.json": "ab" * 32}
+    from cellbench.artifacts.manifest import set_record
+
+    edit_json(sub / "results.json", lambda d: d.update(artifacts=set_record(other)))
+    msg = only(validate_submission(sub), "artifact")
+    assert (
+        "is not a registered set for bbbc021-sim: score with the artifacts cellbench ships" in msg
+    )
+    # a record whose digest does not match its files
+    edit_json(sub / "results.json", lambda d: d.update(artifacts={**record, "sha256": "cd" * 32}))
+    assert "/artifacts/sha256 is not the digest" in only(validate_submission(sub), "artifact")
+
+
+def test_artifact_record_must_agree_with_the_recorded_hashes(sub: Path) -> None:
+    record = _shipped_record()
+
+    def change(d: dict) -> None:
+        d["artifacts"] = record
+        d["reference_stats_sha256"] = "ef" * 32
+
+    edit_json(sub / "results.json", change)
+    assert "disagree with /reference_stats_sha256" in only(validate_submission(sub), "artifact")

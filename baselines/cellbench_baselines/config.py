@@ -104,7 +104,7 @@ def _read_config_file(path: Path) -> dict:
                 raise CellbenchError(
                     "reading a YAML config needs PyYAML, which is not installed",
                     path=path,
-                    fix="pip install pyyaml, or write the config as JSON",
+                    fix="pip install 'cellbench[yaml]', or write the config as JSON",
                 ) from None
             data = yaml.safe_load(text)
         else:

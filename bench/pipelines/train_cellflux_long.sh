@@ -32,7 +32,7 @@ RUN=$RUNS/cellflux-long
 test -f "$DATA/bbbc021-sim/metadata/bbbc021_df_all.csv" ||
     "$BIN/cellbench" data sim --out "$DATA/bbbc021-sim" --scale small --seed 0
 mkdir -p "$OUT" "$RUN"
-"$BIN/cellbench" protocol "${DS[@]}" --split test --seed 0 --out "$OUT/protocol.csv"
+"$BIN/cellbench" protocol "${DS[@]}" --name cellflux-iid --seed 0 --out "$OUT/protocol.csv"
 
 stage() {  # stage N LAST_STEP [--init-from CHECKPOINT]
     local n=$1 last=$2

@@ -36,7 +36,7 @@ DS=(--dataset bbbc021-sim --data-dir "$DATA")
 test -f "$DATA/bbbc021-sim/metadata/bbbc021_df_all.csv" ||
     "$BIN/cellbench" data sim --out "$DATA/bbbc021-sim" --scale "$SCALE" --seed 0
 mkdir -p "$OUT" "$RUNS"
-"$BIN/cellbench" protocol "${DS[@]}" --split test --seed 0 --out "$OUT/protocol.csv"
+"$BIN/cellbench" protocol "${DS[@]}" --name cellflux-iid --seed 0 --out "$OUT/protocol.csv"
 
 for model in $MODELS; do
     start=$(date +%s)

@@ -125,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("folders", nargs="+", type=Path, help="image folders answering the protocol")
     ap.add_argument("--dataset", default="bbbc021-sim")
     ap.add_argument("--data-dir", type=Path, default=None)
-    ap.add_argument("--protocol", type=Path, default=None, help="default: built, test split")
+    ap.add_argument(
+        "--protocol", type=Path, default=None, help="default: the default named protocol, built"
+    )
     ap.add_argument("--sizes", type=int, nargs="+", default=list(DEFAULT_SIZES))
     ap.add_argument("--reps", type=int, default=5, help="random subsets per size")
     ap.add_argument("--seed", type=int, default=0)
@@ -146,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         ds = open_dataset(args.dataset, args.data_dir)
-        table, _ = load_protocol_for(ds, args.protocol, "test", 0)
+        table, _ = load_protocol_for(ds, args.protocol, None, 0)
         controls = table["control_key"].to_numpy()
         # every analysis: (label, draws); the same draws for every folder
         analyses = [("all controls", subsets(len(table), args.sizes, args.reps, args.seed))]

@@ -150,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("folders", nargs="*", type=Path, help="image folders answering the protocol")
     ap.add_argument("--dataset", default="bbbc021-sim")
     ap.add_argument("--data-dir", type=Path, default=None)
-    ap.add_argument("--protocol", type=Path, default=None, help="default: built, test split")
+    ap.add_argument(
+        "--protocol", type=Path, default=None, help="default: the default named protocol, built"
+    )
     ap.add_argument("--n", type=int, default=300, help="random tasks to compare (default 300)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--checkpoint", type=Path, nargs="*", default=[], help="attention profile")
@@ -165,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.n < 1:
             raise CellbenchError(f"--n {args.n}: compare at least one task")
         ds = open_dataset(args.dataset, args.data_dir)
-        table, _ = load_protocol_for(ds, args.protocol, "test", 0)
+        table, _ = load_protocol_for(ds, args.protocol, None, 0)
         if args.n < len(table):
             table = table.sample(args.n, random_state=args.seed).reset_index(drop=True)
         dna = ds.card.dna_channel

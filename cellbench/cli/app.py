@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 from typing import Annotated
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -29,17 +28,20 @@ WORKFLOW_ORDER: tuple[str, ...] = (
     "train",
     "rl",
     "segment",
+    "artifacts",
     "reference",
     "classifier",
     "validate-metrics",
     "regress",
+    "cache",
+    "weights",
 )
 
 
 class _WorkflowGroup(TyperGroup):
     """Lists commands in :data:`WORKFLOW_ORDER` (any command not named there comes last)."""
 
-    def list_commands(self, ctx: click.Context) -> list[str]:
+    def list_commands(self, ctx: typer.Context) -> list[str]:
         names = super().list_commands(ctx)
         rank = {n: i for i, n in enumerate(WORKFLOW_ORDER)}
         return sorted(names, key=lambda n: (rank.get(n, len(rank)), names.index(n)))
@@ -55,7 +57,8 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 ls_app = typer.Typer(
-    help="List what is registered: datasets, models (generators), metrics and segmenters.",
+    help="List what is registered: datasets, protocols, models (generators), metrics and "
+    "segmenters.",
     no_args_is_help=True,
 )
 data_app = typer.Typer(help="Get, simulate and inspect datasets.", no_args_is_help=True)

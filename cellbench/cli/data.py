@@ -1,4 +1,4 @@
-"""Data-side commands: ls datasets, data download|sim|inspect, protocol, images check."""
+"""Data-side commands: ls datasets|protocols, data download|sim|inspect, protocol, images check."""
 
 from __future__ import annotations
 
@@ -224,28 +224,73 @@ def _print_inspect(report: dict) -> None:
 
 
 # ----------------------------------------------------------------------------- protocol
+@ls_app.command("protocols")
+def ls_protocols(as_json: JsonOpt = False) -> None:
+    """List the named evaluation protocols: name, version, split and what each reproduces."""
+    from dataclasses import asdict
+
+    from cellbench.protocol_registry import DEFAULT_PROTOCOL, PROTOCOLS
+
+    specs = [PROTOCOLS.get(n) for n in PROTOCOLS.names()]
+    if as_json:
+        rows = [
+            {**asdict(s), "rule": s.rule(), "default": s.name == DEFAULT_PROTOCOL} for s in specs
+        ]
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    from cellbench.ui import out_console
+
+    for s in specs:
+        out_console.print(
+            f"[bold]{s.name:<14}[/bold] v{s.version} {s.summary} ({s.rule()})", markup=True
+        )
+
+
 @app.command("protocol")
 def protocol_cmd(
     dataset: Annotated[
         str, typer.Option(help="Dataset name (see `cellbench ls datasets`).")
     ] = "bbbc021-sim",
     data_dir: DataDirOpt = None,
-    split: Annotated[str, typer.Option(help="Split to make tasks from.")] = "test",
+    name: Annotated[
+        str | None,
+        typer.Option(
+            "--name", help="Named protocol (see `cellbench ls protocols`; default cellflux-iid)."
+        ),
+    ] = None,
+    split: Annotated[
+        str | None,
+        typer.Option(
+            help="Instead of a named protocol: every treated crop of this split (recorded as "
+            "'custom' by eval)."
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the control pairing.")] = 0,
     out: Annotated[Path, typer.Option("--out", help="Protocol CSV to write.")] = Path(
         "protocol.csv"
     ),
 ) -> None:
-    """Write the evaluation protocol: one task per treated test crop with a same-batch control."""
+    """Write an evaluation protocol: one task per target crop, each with a same-batch control."""
     from cellbench.data.bbbc021 import open_dataset
     from cellbench.protocol import build_protocol, write_protocol
+    from cellbench.protocol_registry import DEFAULT_PROTOCOL, build_named_protocol
     from cellbench.ui import info
 
+    if name is not None and split is not None:
+        raise CellbenchError(
+            "--name and --split are two ways to choose the tasks; give one",
+            fix="--name cellflux-iid for the default protocol (`cellbench ls protocols`)",
+        )
     ds = open_dataset(dataset, data_dir, create_sim=True)
-    table = build_protocol(ds, split=split, seed=seed)
+    if split is not None:
+        table, label = build_protocol(ds, split=split, seed=seed), f"custom (split {split})"
+    else:
+        label = name or DEFAULT_PROTOCOL
+        table = build_named_protocol(ds, label, seed)
     digest = write_protocol(table, out)
     info(
-        f"[green]wrote[/green] {len(table)} tasks ({table['compound'].nunique()} compounds, "
+        f"[green]wrote[/green] protocol {label}: {len(table)} tasks "
+        f"({table['compound'].nunique()} compounds, "
         f"{table[['compound', 'dose']].drop_duplicates().shape[0]} compound-dose pairs) to {out}; "
         f"sha256 {digest[:12]}"
     )

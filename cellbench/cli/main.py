@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import sys
 
+from cellbench.cli import artifacts as _artifacts  # noqa: F401
 from cellbench.cli import community as _community  # noqa: F401
 from cellbench.cli import compare as _compare  # noqa: F401
 
 # each command module registers its commands on `app` when imported, in workflow order
 from cellbench.cli import data as _data  # noqa: F401
+from cellbench.cli import housekeeping as _housekeeping  # noqa: F401
 from cellbench.cli import models as _models  # noqa: F401
 from cellbench.cli import rl as _rl  # noqa: F401
 from cellbench.cli import scoring as _scoring  # noqa: F401

@@ -71,7 +71,9 @@ def _results_notes(doc: dict) -> list[str]:
 def _results_title(doc: dict) -> tuple[str, str]:
     ds = doc["dataset"]
     title = f"cellbench eval: {ds['name']}" + (" (simulated)" if ds["simulated"] else "")
+    proto = doc["protocol"]
     caption = (
+        f"protocol {proto.get('name', 'custom')} v{proto['version']} ({proto['n_tasks']} tasks), "
         f"metric suite v{doc['metric_suite_version']}, segmenter "
         f"{doc['segmenter']['name']} v{doc['segmenter']['version']}, 95% bootstrap CI"
     )
@@ -139,9 +141,20 @@ def eval_cmd(
     dataset: DatasetOpt = "bbbc021-sim",
     data_dir: DataDirOpt = None,
     protocol: Annotated[
-        Path | None, typer.Option(help="Protocol CSV (default: built from --split and --seed).")
+        Path | None,
+        typer.Option(
+            help="Protocol CSV (its name is found from its content; default: the named "
+            "protocol built with --seed)."
+        ),
     ] = None,
-    split: Annotated[str, typer.Option(help="Split of the built protocol.")] = "test",
+    protocol_name: Annotated[
+        str | None,
+        typer.Option(
+            "--protocol-name",
+            help="Named protocol to build (see `cellbench ls protocols`; default cellflux-iid).",
+        ),
+    ] = None,
+    split: Annotated[str | None, typer.Option(hidden=True)] = None,
     seed: Annotated[int, typer.Option(help="Seed of the protocol, bootstrap and KID subsets.")] = 0,
     out: Annotated[
         Path, typer.Option("--out", help="Result JSON (per-image CSV written beside it).")
@@ -163,16 +176,26 @@ def eval_cmd(
 
     `cellbench eval merge SHARD.json...` combines the results of `--shard K/N` runs.
     """
-    from cellbench.evaluation import evaluate
+    from cellbench.ui import step
 
+    if split is not None:
+        from cellbench.errors import CellbenchError
+
+        raise CellbenchError(
+            "eval --split was replaced by named protocols",
+            fix="pass --protocol-name cellflux-iid, cellflux-5120 or unseen "
+            "(`cellbench ls protocols`), or a file made by `cellbench protocol --split`",
+        )
     update, stop = phase_progress()
     try:
+        with step("loading the scoring code (torch, scikit-image)"):
+            from cellbench.evaluation import evaluate
         doc = evaluate(
             images,
             dataset,
             data_dir=data_dir,
             protocol=protocol,
-            split=split,
+            protocol_name=protocol_name,
             seed=seed,
             backend=backend,
             fid=not no_fid,
@@ -253,23 +276,16 @@ def reference_build(
     backend: BackendOpt = "classical",
     split: Annotated[str, typer.Option(help="Real split the statistics come from.")] = "train",
     out: Annotated[
-        Path | None, typer.Option(help="Output file (default: <dataset>/cellbench_artifacts/).")
+        Path | None,
+        typer.Option(help="Artifact folder (default: <dataset root>/cellbench_artifacts)."),
     ] = None,
 ) -> None:
-    """Per-MoA mean and std of each feature over the real training split (versioned, hashed)."""
-    from cellbench.data.bbbc021 import open_dataset
-    from cellbench.features.reference import build_reference, reference_filename, save_reference
-    from cellbench.features.segment.backends import get_backend
-    from cellbench.scoring.artifacts import ARTIFACT_DIR
-    from cellbench.ui import info, progress
+    """Per-MoA mean and std of each feature over the real training split (`artifacts build --only reference`)."""
+    from cellbench.cli.artifacts import run_build
 
-    ds = open_dataset(dataset, data_dir, create_sim=True)
-    be = get_backend(backend)
-    with progress("segmenting real crops", None) as update:
-        doc = build_reference(ds, be, split=split, on_progress=update)
-    path = out or ds.root / ARTIFACT_DIR / reference_filename(be.name)
-    digest = save_reference(doc, path)
-    info(f"[green]wrote[/green] {path} (sha256 {digest})")
+    run_build(
+        dataset, data_dir, parts=("reference",), out=out, backend=backend, reference_split=split
+    )
 
 
 @classifier_app.command("train")
@@ -283,27 +299,20 @@ def classifier_train(
     seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
     out: Annotated[
         Path | None,
-        typer.Option(help="Artifact folder (default: <dataset>/cellbench_artifacts/classifier)."),
+        typer.Option(help="Artifact folder (default: <dataset root>/cellbench_artifacts)."),
     ] = None,
     device: DeviceOpt = "cpu",
 ) -> None:
-    """Train the MoA head on real training-split treated crops; evaluate on the test split."""
-    from cellbench.data.bbbc021 import open_dataset
-    from cellbench.features.classifier_train import train_and_save
+    """Train the MoA head on train-iid treated crops with random flips (`artifacts build --only classifier`)."""
+    from cellbench.cli.artifacts import run_build
+    from cellbench.features.classifier import load_classifier
     from cellbench.ui import info
 
-    ds = open_dataset(dataset, data_dir, create_sim=True)
-    update, stop = phase_progress()
-    try:
-        path, card = train_and_save(
-            ds, out=out, epochs=epochs, seed=seed, device=device, progress=update
-        )
-    finally:
-        stop()
-    m = card["test_metrics"]
-    info(
-        f"[green]wrote[/green] {path}: test accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f} (n={m['n']})"
+    folder, _ = run_build(
+        dataset, data_dir, parts=("classifier",), out=out, epochs=epochs, seed=seed, device=device
     )
+    m = load_classifier(folder / "classifier")[1]["test_metrics"]
+    info(f"test-iid accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f} (n={m['n']})")
 
 
 @classifier_app.command("eval")

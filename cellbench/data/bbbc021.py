@@ -357,7 +357,7 @@ def open_dataset(
     """Open dataset ``name`` under the data folder.
 
     With ``create_sim`` and ``name == "bbbc021-sim"``, a missing simulated dataset is generated
-    first (scale ``small``, seed 0).
+    first (scale ``small``, seed 0), announced on stderr before (where) and after (path and size).
     """
     card = get_card(name)
     root = card.root(data_dir)
@@ -370,5 +370,14 @@ def open_dataset(
                 path=root,
                 fix="delete it or pass --data-dir pointing at a dataset",
             )
+        from cellbench.io import tree_size
+        from cellbench.ui import format_size, info
+
+        info(
+            f"{name} is not in {root}: simulating it there now (scale small, seed 0, about 20 s; "
+            "`cellbench data sim --out DIR` makes it explicitly)"
+        )
         write_sim_dataset(root, seed=0, scale="small")
+        files, size = tree_size(root)
+        info(f"wrote {name}: {root} ({files} files, {format_size(size)})")
     return BBBC021Dataset(root, card)

@@ -3,9 +3,12 @@
 Architecture (the choice the CellFlux group made, kept so the numbers are comparable): the frozen
 FID Inception network's 2048-d pool features -- already computed for FID/KID, so one network pass
 serves all three -- followed by a small MLP head 2048 -> 512 -> 12 with ReLU and dropout 0.5,
-trained with Adam (lr 1e-3) for 10 epochs on real training-split treated crops. cellbench adds a
-feature standardisation (train mean/std, stored in the artifact) so training does not depend on the
-scale of the pool features.
+trained with Adam (lr 1e-3) for 10 epochs on the real treated crops of the in-distribution training
+split (``train-iid``: the eight compounds CellFlux holds out as unseen removed) with random
+horizontal and vertical flips, as CellFlux's classifier was. cellbench adds a feature
+standardisation (train mean/std, stored in the artifact) so training does not depend on the scale
+of the pool features. Training is deterministic: same features and seed, same weight bytes
+(:func:`train_head`).
 
 An artifact is a folder with ``classifier.safetensors`` (tensors only) and ``classifier.json`` (the
 model card: dataset, index hash, feature network hash, class names, metrics, the weights' sha256).
@@ -13,8 +16,9 @@ model card: dataset, index hash, feature network hash, class names, metrics, the
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +30,13 @@ from cellbench.errors import CellbenchError
 from cellbench.io import atomic_path, atomic_write_text, sha256_file
 
 HEAD_VERSION = "1"
+#: the flip variants the classifier is trained on: (flip rows, flip columns) of an (H, W, C) crop
+FLIP_VARIANTS: tuple[tuple[bool, bool], ...] = (
+    (False, False),
+    (False, True),
+    (True, False),
+    (True, True),
+)
 WEIGHTS_NAME = "classifier.safetensors"
 CARD_NAME = "classifier.json"
 
@@ -45,6 +56,21 @@ class MoAHead(nn.Module):
         return self.net((feats - self.feat_mean) / self.feat_std)
 
 
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` torch intra-op threads, then restore the previous count.
+
+    The head is trained on one thread: reductions, matrix products and dropout masks can then not
+    depend on the machine's thread count, so the same features give the same weight bytes.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def train_head(
     features: np.ndarray,
     labels: np.ndarray,
@@ -55,29 +81,48 @@ def train_head(
     seed: int = 0,
     on_epoch: Callable[[int, float], None] | None = None,
 ) -> MoAHead:
-    """Train a head on (N, 2048) features and integer labels (indices into ``MOAS``)."""
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    x = torch.as_tensor(features, dtype=torch.float32)
-    y = torch.as_tensor(labels, dtype=torch.long)
-    head = MoAHead(in_dim=x.shape[1])
-    head.feat_mean.copy_(x.mean(0))
-    head.feat_std.copy_(x.std(0).clamp_min(1e-3))
-    opt = torch.optim.Adam(head.parameters(), lr=lr)
-    loss_fn = nn.CrossEntropyLoss()
-    for epoch in range(epochs):
-        head.train()
-        order = torch.randperm(len(x), generator=gen)
-        total = 0.0
-        for start in range(0, len(x), batch_size):
-            idx = order[start : start + batch_size]
-            opt.zero_grad()
-            loss = loss_fn(head(x[idx]), y[idx])
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-        if on_epoch is not None:
-            on_epoch(epoch + 1, total / len(x))
+    """Train a head on features and integer labels (indices into ``MOAS``), deterministically.
+
+    ``features`` is (N, D), or (N, V, D) with V precomputed augmentation variants of each sample
+    (the four flips of :data:`FLIP_VARIANTS`): each epoch then draws one variant per sample from
+    the seeded generator, which is exactly a random horizontal and vertical flip with p = 0.5
+    each. The standardisation uses the mean and std over every variant, computed in float64 by
+    numpy. Training runs on one torch thread (:func:`torch_threads`): same inputs and seed, same
+    weight bytes, whatever ``torch.get_num_threads()`` is outside.
+    """
+    feats = np.asarray(features, np.float32)
+    if feats.ndim == 2:
+        feats = feats[:, None, :]
+    n, n_var, dim = feats.shape
+    flat = feats.reshape(-1, dim).astype(np.float64)
+    mean = flat.mean(0)
+    std = np.maximum(flat.std(0, ddof=1), 1e-3)
+    draw = np.random.default_rng(seed)
+    with torch_threads(1):
+        gen = torch.Generator().manual_seed(seed)
+        torch.manual_seed(seed)
+        x_all = torch.from_numpy(feats)
+        y = torch.as_tensor(labels, dtype=torch.long)
+        head = MoAHead(in_dim=dim)
+        head.feat_mean.copy_(torch.from_numpy(mean.astype(np.float32)))
+        head.feat_std.copy_(torch.from_numpy(std.astype(np.float32)))
+        opt = torch.optim.Adam(head.parameters(), lr=lr)
+        loss_fn = nn.CrossEntropyLoss()
+        for epoch in range(epochs):
+            head.train()
+            variant = torch.from_numpy(draw.integers(0, n_var, size=n))
+            x = x_all[torch.arange(n), variant]
+            order = torch.randperm(n, generator=gen)
+            total = 0.0
+            for start in range(0, n, batch_size):
+                idx = order[start : start + batch_size]
+                opt.zero_grad()
+                loss = loss_fn(head(x[idx]), y[idx])
+                loss.backward()
+                opt.step()
+                total += float(loss.detach()) * len(idx)
+            if on_epoch is not None:
+                on_epoch(epoch + 1, total / n)
     head.eval()
     return head
 

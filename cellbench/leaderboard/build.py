@@ -34,6 +34,7 @@ from cellbench._version import __version__
 from cellbench.errors import CellbenchError
 from cellbench.io import atomic_write_text
 from cellbench.metrics.rewards import SUITE_VERSION
+from cellbench.protocol_registry import CUSTOM, PROTOCOLS, protocol_spec_of
 from cellbench.submission.validate import (
     METADATA_NAME,
     PER_IMAGE_NAME,
@@ -175,7 +176,21 @@ class Table:
     segmenter: str
     protocol_sha256: str
     n_tasks: int
+    dataset_version: str = ""
+    protocol_name: str = CUSTOM
+    protocol_version: str = ""
+    #: digest of the artifact set the rows were scored with (None: results older than the record)
+    artifacts_sha256: str | None = None
     rows: list[Row] = field(default_factory=list)
+
+    @property
+    def protocol_label(self) -> str:
+        """The protocol as the page names it (the papers' one says so)."""
+        spec = protocol_spec_of({"name": self.protocol_name})
+        if spec is None:
+            return f"{self.protocol_name} protocol"
+        label = f"protocol {spec.name} v{self.protocol_version}"
+        return label + (" (the papers' protocol)" if spec.papers else "")
 
     @property
     def current(self) -> bool:
@@ -184,8 +199,10 @@ class Table:
     @property
     def anchor_id(self) -> str:
         state = "current" if self.current else "stale"
+        art = "" if self.artifacts_sha256 is None else f"-a{self.artifacts_sha256[:8]}"
         return (
-            f"{state}-{self.dataset}-suite{self.suite}-{self.segmenter}-{self.protocol_sha256[:8]}"
+            f"{state}-{self.dataset}-suite{self.suite}-{self.segmenter}-{self.protocol_name}-"
+            f"{self.protocol_sha256[:8]}{art}"
         )
 
     @property
@@ -194,12 +211,20 @@ class Table:
 
 
 def _table_key(sub: Submission) -> tuple:
+    """One table per dataset version, metric suite, segmenter, protocol (name, version and the
+    sha256 of its tasks; a result without a protocol name is ``custom``) and artifact set."""
     doc = sub.results or {}
+    proto = doc["protocol"]
     return (
         doc["dataset"]["name"],
         doc["metric_suite_version"],
         doc["segmenter"]["name"],
-        doc["protocol"]["sha256"],
+        proto["sha256"],
+        doc["dataset"].get("version", ""),
+        proto.get("name", CUSTOM),
+        proto.get("version", ""),
+        # ranked together only when scored with the same reference statistics and classifier
+        (doc.get("artifacts") or {}).get("sha256"),
     )
 
 
@@ -232,6 +257,10 @@ def group_tables(subs: list[Submission]) -> list[Table]:
                 segmenter=f"{doc['segmenter']['name']} v{doc['segmenter']['version']}",
                 protocol_sha256=key[3],
                 n_tasks=int(doc["protocol"]["n_tasks"]),
+                dataset_version=key[4],
+                protocol_name=key[5],
+                protocol_version=key[6],
+                artifacts_sha256=key[7],
             )
         table.rows.append(Row(sub))
     tables = list(groups.values())
@@ -242,7 +271,7 @@ def group_tables(subs: list[Submission]) -> list[Table]:
             if json.dumps(row.doc.get("reference", {}).get("metrics"), sort_keys=True) != first:
                 raise CellbenchError(
                     f"real reference row differs from {t.rows[0].folder}'s although the dataset, "
-                    "suite, segmenter and protocol are the same",
+                    "suite, segmenter, protocol and artifacts are the same",
                     path=row.sub.folder / RESULTS_NAME,
                     fix="re-score both with the same cellbench release",
                 )
@@ -258,10 +287,18 @@ def group_tables(subs: list[Submission]) -> list[Table]:
             t.dataset,
             -_suite_order(t.suite),
             t.segmenter,
+            _protocol_order(t.protocol_name),
             t.protocol_sha256,
+            t.artifacts_sha256 or "",
         )
     )
     return tables
+
+
+def _protocol_order(name: str) -> int:
+    """Registered protocols in registry order (the default first), custom ones last."""
+    names = PROTOCOLS.names()
+    return names.index(name) if name in names else len(names)
 
 
 def _suite_order(suite: str) -> float:
@@ -589,13 +626,16 @@ def _provenance(doc: dict) -> list[tuple[str, str]]:
         ("dataset index sha256", str(ds.get("index_sha256"))),
         (
             "protocol",
-            f"v{proto.get('version')}, {proto.get('n_tasks')} tasks, sha256 {proto.get('sha256')}",
+            f"{proto.get('name', CUSTOM)} v{proto.get('version')}, {proto.get('n_tasks')} tasks, "
+            f"sha256 {proto.get('sha256')}",
         ),
+        ("dataset crops sha256", str(ds.get("crops_sha256"))),
         ("images sha256", f"{img.get('sha256')} ({img.get('n_images')} images)"),
         ("segmenter", f"{seg.get('name')} v{seg.get('version')}"),
         ("classifier sha256", str(weights.get("classifier"))),
         ("Inception sha256", str(weights.get("inception"))),
         ("reference statistics sha256", str(doc.get("reference_stats_sha256"))),
+        ("artifact set sha256", str((doc.get("artifacts") or {}).get("sha256"))),
         ("seed", str(doc.get("seed"))),
         ("device", str((doc.get("environment") or {}).get("device"))),
         ("wall time", f"{doc.get('wall_time_s')} s"),

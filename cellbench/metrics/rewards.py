@@ -1,4 +1,4 @@
-"""The seven biological rewards and the overall reward (metric suite version 2, docs/scoring.md).
+"""The seven biological rewards and the overall reward (metric suite version 3, docs/scoring.md).
 
 All rewards are higher-is-better and computed per generated image with its task's MoA m:
 
@@ -40,8 +40,12 @@ import numpy as np
 #: different versions are never ranked together). History:
 #: 1: first release (segmenter ``classical`` version 1);
 #: 2: segmenter ``classical`` version 2 (scale-aware nuclei: nucleus F1 0.773 -> 0.851 on DSB2018,
-#:    0.758 -> 0.944 on simulated crops), reference statistics rebuilt.
-SUITE_VERSION = "2"
+#:    0.758 -> 0.944 on simulated crops), reference statistics rebuilt;
+#: 3: named protocols with ``cellflux-iid`` the default (the 8 CellFlux unseen compounds out of the
+#:    default evaluation set), the MoA classifier trained on ``train-iid`` with random flips, one
+#:    deterministic artifact set per dataset recorded in every result (docs/protocols.md,
+#:    docs/scoring.md "Artifacts").
+SUITE_VERSION = "3"
 
 REWARD_NAMES: tuple[str, ...] = (
     "moa",

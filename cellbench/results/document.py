@@ -107,20 +107,28 @@ class Partial(TypedDict):
 
 
 class Dataset(TypedDict):
-    """The dataset scored against."""
+    """The dataset scored against: its index, and the bytes of the crops the protocol reads."""
 
     name: Annotated[str, Rule(minLength=1)]
     version: str
     simulated: bool
     index_sha256: Sha256
+    crops_sha256: NotRequired[Sha256]
+    n_crops: NotRequired[Count]
 
 
 class Protocol(TypedDict):
-    """The protocol (task list): built from a split and seed, or read from a file."""
+    """The protocol (task list): a named protocol built, or a file read (named by its content).
 
+    ``name`` is a registered protocol (``cellbench ls protocols``) or ``custom``; a result of an
+    older cellbench has none (read as ``custom``). ``version`` is the named protocol's version.
+    """
+
+    name: NotRequired[Annotated[str, Rule(minLength=1)]]
     version: str
     sha256: Sha256
     n_tasks: Annotated[int, Rule(minimum=1)]
+    fid_real: NotRequired[Literal["compounds", "tasks"]]
     built: NotRequired[bool]
     split: NotRequired[str]
     seed: NotRequired[int]
@@ -162,6 +170,14 @@ class Weights(TypedDict):
     classifier: Sha256 | None
     inception: Sha256 | None
     segmenter: NotRequired[dict[str, Any] | None]
+
+
+class ArtifactSet(TypedDict):
+    """The artifact files the scorer read (``cellbench.artifacts.manifest``): each relative path's
+    sha256, and ``sha256``, the digest of the set (sha256 of the sorted ``sha256sum`` lines)."""
+
+    files: dict[str, Sha256]
+    sha256: Sha256
 
 
 class FeatureNetwork(TypedDict):
@@ -211,6 +227,7 @@ class ResultDocument(TypedDict):
     weights: Weights
     feature_network: NotRequired[FeatureNetwork | None]
     reference_stats_sha256: Sha256
+    artifacts: NotRequired[ArtifactSet]
     fid_computed: bool
     metrics: NotRequired[
         Annotated[dict[str, Estimate | Distance], MetricMap("estimate", "distance", require=True)]

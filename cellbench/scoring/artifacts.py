@@ -2,8 +2,9 @@
 
 Artifacts are looked up in this order:
 
-1. ``<dataset root>/cellbench_artifacts/`` (what ``cellbench reference build`` and
-   ``cellbench classifier train`` write for a dataset on this machine);
+1. ``<dataset root>/cellbench_artifacts/`` (what ``cellbench artifacts build`` writes, or
+   ``cellbench artifacts fetch`` installs, for a dataset on this machine; see
+   :mod:`cellbench.artifacts`);
 2. the copies shipped inside the package (``cellbench/resources/<dataset>/``; for
    ``bbbc021-sim`` built from the simulator at scale ``small``, seed 0).
 

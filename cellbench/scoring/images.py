@@ -86,15 +86,24 @@ def reference_arrays(
     protocol: pd.DataFrame,
     *,
     use_inception: bool,
+    targets_sha256: str | None = None,
     progress: Progress = _noop,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Features of the protocol's real target crops (read from ``ds``), cached in the user cache.
 
-    The cache key hashes the dataset index, the protocol, the segmenter identity and the feature
-    network identity, so a change to any of them computes the features again.
+    A new cache file is announced on stderr with its path and size.
+
+    The cache key hashes the dataset index, the target crops' bytes (``targets_sha256``, from
+    :mod:`cellbench.data.content`; computed here when None), the protocol, the segmenter identity
+    and the feature network identity, so a change to any of them computes the features again.
     """
+    if targets_sha256 is None:
+        from cellbench.data.content import crop_file_sha256s, digest_of
+
+        targets_sha256 = digest_of(crop_file_sha256s(ds, protocol["target_key"].astype(str)))
     ident = {
         "dataset_index": ds.index_sha256,
+        "target_crops": targets_sha256,
         "protocol": protocol_sha256(protocol),
         "segmenter": scorer.backend.identity(),
         "inception": None if not use_inception else scorer.inception.identity(),
@@ -103,11 +112,15 @@ def reference_arrays(
     key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]
     path = cache_dir() / "reference-features" / f"{key}.npz"
     if path.is_file():
+        from cellbench.ui import step
+
         try:
-            z = np.load(path, allow_pickle=False)
-            inc = z["inception"] if use_inception else None
-            if len(z["seg"]) == len(protocol):
-                return z["seg"], inc
+            with step("reading cached reference features"):
+                z = np.load(path, allow_pickle=False)
+                inc = z["inception"] if use_inception else None
+                seg = z["seg"]
+            if len(seg) == len(protocol):
+                return seg, inc
         except (OSError, ValueError, KeyError):
             pass  # a damaged cache entry is recomputed below
     keys = protocol["target_key"].tolist()
@@ -127,4 +140,10 @@ def reference_arrays(
             inc[start : start + len(crops)] = feats.inception
     with atomic_path(path, suffix=".npz") as tmp, open(tmp, "wb") as fh:
         np.savez(fh, seg=seg, inception=inc if inc is not None else np.zeros((0, 2048), np.float32))
+    from cellbench.ui import format_size, info
+
+    info(
+        f"cached the reference features of {len(keys)} real crops: {path} "
+        f"({format_size(path.stat().st_size)}; `cellbench cache info|clear`)"
+    )
     return seg, inc

@@ -56,7 +56,7 @@ class _Pipeline:
         *,
         data_dir: str | Path | None,
         protocol: str | Path | None,
-        split: str,
+        protocol_name: str | None,
         seed: int,
         backend: str,
         fid: bool,
@@ -68,7 +68,7 @@ class _Pipeline:
         from cellbench.scoring.scorer import Scorer
 
         self.ds = open_dataset(dataset, data_dir, create_sim=True)
-        self.table, self.protocol_info = load_protocol_for(self.ds, protocol, split, seed)
+        self.table, self.protocol_info = load_protocol_for(self.ds, protocol, protocol_name, seed)
         self.scorer = Scorer(
             Artifacts.for_dataset(self.ds), backend=backend, device=device, use_inception=fid
         )
@@ -153,9 +153,12 @@ class CellbenchMetric(Metric):
     Args:
         dataset: dataset whose protocol, reference statistics and classifier define the scores.
         data_dir: data folder (see ``cellbench.paths``).
-        protocol: protocol CSV; without it the protocol of ``split`` and ``seed`` is built.
-        split: split of a built protocol.
-        seed: protocol seed of a built protocol, and the seed of the bootstrap and KID subsets.
+        protocol: protocol CSV (its name is found from its content); without it the named
+            protocol ``protocol_name`` is built with ``seed``.
+        protocol_name: a registered protocol (``cellbench ls protocols``; default
+            ``cellflux-iid``).
+        seed: pairing seed of a built protocol (and the seed a file is identified at), and the
+            seed of the bootstrap and KID subsets.
         backend: segmentation backend.
         fid: compute the Inception features (FID/KID, the ``moa`` reward and MoA accuracy).
         device: device of the Inception network (the states live on the metric's own device).
@@ -178,7 +181,7 @@ class CellbenchMetric(Metric):
         *,
         data_dir: str | Path | None = None,
         protocol: str | Path | None = None,
-        split: str = "test",
+        protocol_name: str | None = None,
         seed: int = 0,
         backend: str = "classical",
         fid: bool = True,
@@ -190,7 +193,7 @@ class CellbenchMetric(Metric):
             dataset,
             data_dir=data_dir,
             protocol=protocol,
-            split=split,
+            protocol_name=protocol_name,
             seed=seed,
             backend=backend,
             fid=fid,

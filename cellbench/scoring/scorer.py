@@ -27,8 +27,9 @@ from cellbench.scoring.artifacts import Artifacts
 
 #: a phase-aware progress callback: (phase, done, total)
 PhaseProgress = Callable[[str, int, int], None]
-#: images per Inception forward pass
-INCEPTION_BATCH = 64
+#: images per Inception call and progress update (a multiple of the network's own batch of 8, so
+#: the features are the same bits as with any other multiple; small, so the bar moves often)
+INCEPTION_BATCH = 8
 
 
 @dataclass
@@ -70,7 +71,7 @@ class Scorer:
         from cellbench.features.segment.backends import get_backend
 
         self.artifacts = artifacts
-        self.backend = get_backend(backend)
+        self.backend = get_backend(backend, device)
         self.reference_path = artifacts.reference_path(self.backend.name)
         self.reference, self.reference_sha256 = load_reference(
             self.reference_path, backend_identity=self.backend.identity()
@@ -78,13 +79,18 @@ class Scorer:
         self.inception = None
         self.head = None
         self.classifier_card: dict | None = None
+        self._classifier_card_sha256: str | None = None
         if use_inception:
-            from cellbench.features.classifier import load_classifier
+            from cellbench.features.classifier import CARD_NAME, load_classifier
             from cellbench.features.inception import InceptionFeatures
+            from cellbench.io import sha256_file
+            from cellbench.ui import step
 
-            self.inception = InceptionFeatures(device=device)
+            with step("loading the Inception network"):
+                self.inception = InceptionFeatures(device=device)
             classifier = artifacts.classifier_path()
             self.head, self.classifier_card = load_classifier(classifier)
+            self._classifier_card_sha256 = sha256_file(classifier / CARD_NAME)
             if self.classifier_card.get("inception_sha256") not in (None, self.inception.sha256):
                 raise CellbenchError(
                     "the MoA classifier was trained on another feature network",
@@ -116,6 +122,8 @@ class Scorer:
                 fix="build it with use_inception=True",
             )
         out = np.zeros((len(images), 2048), np.float32)
+        if on_progress is not None:
+            on_progress(0, len(images))  # the bar shows (and its clock runs) before the first batch
         for start in range(0, len(images), INCEPTION_BATCH):
             out[start : start + INCEPTION_BATCH] = self.inception(
                 images[start : start + INCEPTION_BATCH]
@@ -203,4 +211,18 @@ class Scorer:
             },
             "feature_network": None if self.inception is None else self.inception.identity(),
             "reference_stats_sha256": self.reference_sha256,
+            "artifacts": self.artifact_record(),
         }
+
+    def artifact_record(self) -> dict[str, Any]:
+        """The artifact files this scorer read and their set digest
+        (:func:`cellbench.artifacts.manifest.set_record`): the reference statistics and, with
+        the Inception network, both classifier files. Results record it; the leaderboard ranks
+        together only results with the same digest."""
+        from cellbench.artifacts.manifest import CLASSIFIER_FILES, set_record
+
+        files = {self.reference_path.name: self.reference_sha256}
+        if self.classifier_card is not None:
+            files[CLASSIFIER_FILES[0]] = self._classifier_card_sha256
+            files[CLASSIFIER_FILES[1]] = self.classifier_card["weights_sha256"]
+        return set_record(files)

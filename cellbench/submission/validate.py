@@ -408,15 +408,25 @@ def _check_results(r: _Reader, files: set[str], *, require_current_suite: bool) 
     _check_artifacts(r, path, doc)
 
 
+def _protocol_command(p: dict) -> str:
+    how = f"--split {p['split']}" if p.get("name", "custom") == "custom" else f"--name {p['name']}"
+    return f"`cellbench protocol --dataset {p['dataset']} {how} --seed {p['seed']}`"
+
+
 def _check_protocol(r: _Reader, path: Path, doc: dict) -> None:
     ds, proto = doc["dataset"], doc["protocol"]
-    known = [p for p in accepted_protocols() if p["dataset"] == ds["name"]]
+    suite = doc["metric_suite_version"]
+    known = [
+        p
+        for p in accepted_protocols()
+        if p["dataset"] == ds["name"] and suite in p.get("suites", [suite])
+    ]
     if not known:
         r.add(path, f"dataset {ds['name']!r} has no leaderboard protocol", "protocol")
         return
     same_index = [p for p in known if p["index_sha256"] == ds["index_sha256"]]
     if not same_index:
-        made = "; ".join(p["made_by"] for p in known)
+        made = "; ".join(sorted({p["made_by"] for p in known}))
         r.add(
             path,
             f"dataset {ds['name']} index sha256 {ds['index_sha256'][:12]}... is not the "
@@ -425,30 +435,97 @@ def _check_protocol(r: _Reader, path: Path, doc: dict) -> None:
         )
         return
     match = [p for p in same_index if p["protocol_sha256"] == proto["sha256"]]
-    if match and match[0]["n_tasks"] != proto["n_tasks"]:
+    if not match:
+        names = ", ".join(f"{p.get('name', 'custom')} {_protocol_command(p)}" for p in same_index)
+        r.add(
+            path,
+            f"protocol sha256 {proto['sha256'][:12]}... is none of the leaderboard's "
+            f"protocols ({names})",
+            "protocol",
+        )
+        return
+    p = match[0]
+    if p["n_tasks"] != proto["n_tasks"]:
         r.add(
             path,
             f"/protocol/n_tasks is {proto['n_tasks']}, the leaderboard protocol has "
-            f"{match[0]['n_tasks']} tasks",
+            f"{p['n_tasks']} tasks",
             "protocol",
         )
-    if not match:
-        p = same_index[0]
+    # a result of a cellbench before named protocols records no name: its tasks decide
+    if "name" in proto and proto["name"] != p.get("name", "custom"):
         r.add(
             path,
-            f"protocol sha256 {proto['sha256'][:12]}... is not the leaderboard protocol "
-            f"{p['protocol_sha256'][:12]}... (`cellbench protocol --dataset {p['dataset']} "
-            f"--split {p['split']} --seed {p['seed']}`)",
+            f"/protocol/name is {proto['name']!r} but its tasks are the leaderboard protocol "
+            f"{p.get('name', 'custom')!r}",
             "protocol",
         )
 
 
 def _check_artifacts(r: _Reader, path: Path, doc: dict) -> None:
+    """The artifact set the result was scored with must be a registered one for its dataset
+    (:mod:`cellbench.artifacts.registry`: the set shipped for the sim, the published ones)."""
     if doc["metric_suite_version"] != SUITE_VERSION:
         return  # an older suite's artifacts are no longer shipped; the entry is shown as stale
+    art = doc.get("artifacts")
+    if art is None:
+        _check_shipped_hashes(r, path, doc)
+        return
+    from cellbench.artifacts.manifest import CLASSIFIER_FILES, set_digest
+    from cellbench.artifacts.registry import is_registered, published_sets, registered_sets
+
+    files, dataset = art["files"], doc["dataset"]["name"]
+    if set_digest(files) != art["sha256"]:
+        r.add(path, "/artifacts/sha256 is not the digest of /artifacts/files", "artifact")
+        return
+    ref_name = f"reference_{doc['segmenter']['name']}.json"
+    if (
+        files.get(ref_name) != doc["reference_stats_sha256"]
+        or files.get(CLASSIFIER_FILES[1]) != doc["weights"]["classifier"]
+    ):
+        r.add(
+            path,
+            "/artifacts/files disagree with /reference_stats_sha256 or /weights/classifier",
+            "artifact",
+        )
+        return
+    if is_registered(dataset, files):
+        return
+    published = published_sets(dataset)
+    if published:
+        e = published[-1]
+        fix = (
+            f"install the published set (`cellbench artifacts fetch --dataset {dataset} "
+            f"--url {e['url']} --sha256 {e['archive_sha256']}`) and re-score"
+        )
+    elif registered_sets(dataset):
+        fix = (
+            "score with the artifacts cellbench ships (no locally rebuilt classifier or statistics)"
+        )
+    else:
+        fix = (
+            f"no set is published for {dataset} yet: a maintainer registers one "
+            '(docs/scoring.md, "Artifacts"), then install it with `cellbench artifacts fetch` '
+            "and re-score"
+        )
+    r.add(
+        path,
+        f"artifact set {art['sha256'][:12]}... is not a registered set for {dataset}: {fix}",
+        "artifact",
+    )
+
+
+def _check_shipped_hashes(r: _Reader, path: Path, doc: dict) -> None:
+    """Results without an ``/artifacts`` record: the classifier, Inception and reference hashes
+    against the shipped ones; a dataset with nothing shipped must be re-scored."""
     shipped = shipped_artifacts(doc["dataset"]["name"], doc["segmenter"]["name"])
     if shipped is None:
-        return  # datasets without shipped artifacts (real bbbc021) are checked by the maintainers
+        r.add(
+            path,
+            "has no /artifacts record: re-score with this cellbench and a registered artifact set",
+            "artifact",
+        )
+        return
     pairs = (
         ("weights/classifier", doc["weights"]["classifier"], shipped["classifier"]),
         ("weights/inception", doc["weights"]["inception"], shipped["inception"]),

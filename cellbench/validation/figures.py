@@ -289,6 +289,12 @@ def write_figures(out: Path, doc: dict, examples: dict, real_suite) -> dict[str,
                 matrix_png(doc, source, out / f"sensitivity_{source}.png")
                 files[f"sensitivity_{source}"] = f"sensitivity_{source}.png"
     else:
+        from cellbench.ui import info
+
+        info(
+            "matplotlib is not installed: severity curves as a plain SVG, no sensitivity-matrix "
+            "PNGs (pip install 'cellbench[plots]')"
+        )
         curves_svg(doc, out / "severity_curves.svg")
         files["severity_curves"] = "severity_curves.svg"
     return files

@@ -27,6 +27,9 @@ CHUNK = 256
 #: same either way
 POOL_MIN_IMAGES = 256
 POOL_CHUNK = 128
+#: images per progress update when segmenting in the calling process (the features do not depend
+#: on it; small enough that the bar moves about every second)
+PROGRESS_CHUNK = 32
 _POOL: list = []
 
 
@@ -44,8 +47,14 @@ def _pool():
         import atexit
         from concurrent.futures import ProcessPoolExecutor
 
-        pool = ProcessPoolExecutor(worker_count(), mp_context=worker_context())
+        from cellbench.ui import step
+        from cellbench.workers import warm_up
+
+        n = worker_count()
+        pool = ProcessPoolExecutor(n, mp_context=worker_context())
         atexit.register(pool.shutdown, cancel_futures=True)
+        with step(f"starting {n} segmentation workers"):
+            warm_up(pool, n, "cellbench.features.segment.classical")
         _POOL.append(pool)
     return _POOL[0]
 
@@ -130,8 +139,8 @@ class ClassicalBackend(SegmentationBackend):
         out = np.zeros((len(images), len(self.feature_names)))
         pool = _pool() if len(images) >= POOL_MIN_IMAGES else None
         if pool is None:
-            for start in range(0, len(images), CHUNK):
-                chunk = images[start : start + CHUNK]
+            for start in range(0, len(images), PROGRESS_CHUNK):
+                chunk = images[start : start + PROGRESS_CHUNK]
                 out[start : start + len(chunk)] = segment_batch(chunk, dna_channel=dna_channel)
                 if on_progress is not None:
                     on_progress(start + len(chunk), len(images))
@@ -162,14 +171,28 @@ class CellposeBackend(SegmentationBackend):
     """Cellpose 3.1.x: ``nuclei`` on the DNA channel, ``cyto3`` on (cytoplasm, DNA).
 
     Weights are never downloaded by cellbench: the two files must already be in
-    :func:`cellpose_models_dir` (Cellpose's own download host is not reachable everywhere).
+    :func:`cellpose_models_dir` (Cellpose's own download host is not reachable everywhere); their
+    sha256 are part of :meth:`identity`, so reference statistics and results name the weights.
+
+    Choices (docs/scoring.md, "Segmentation"): the nucleus model sees the DNA channel alone
+    (Cellpose channels ``[0, 0]``) at a nucleus diameter of :attr:`nucleus_diameter` pixels; the
+    cell model sees a two-channel image, the mean of the two non-DNA channels (cytoplasm) and the
+    DNA channel (channels ``[1, 2]``), at a cell diameter of :attr:`cell_diameter` pixels.
+    Each model segments :attr:`batch` crops per call: the crops are passed as one stack, which
+    Cellpose runs through its network :attr:`net_batch` crops per forward pass (a 96 x 96 crop is a
+    single tile) and then turns into masks crop by crop, with each crop normalised on its own, so
+    a crop's masks do not depend on the other crops of its call.
     """
 
     name = "cellpose"
+    uses_device = True
     nucleus_diameter = 17.0
     cell_diameter = 40.0
+    #: crops per Cellpose call, and per forward pass of its network
+    batch = 256
+    net_batch = 64
 
-    def __init__(self) -> None:
+    def __init__(self, device: str = "cpu") -> None:
         try:
             import cellpose  # noqa: F401
             from cellpose import models
@@ -188,34 +211,100 @@ class CellposeBackend(SegmentationBackend):
             )
         from importlib.metadata import version
 
+        import torch
+
         from cellbench.io import sha256_file
 
+        dev = torch.device(device)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise CellbenchError(
+                f"--device {device}: torch sees no CUDA device", fix="use --device cpu"
+            )
+        self.device = str(dev)
         self._version = f"cellpose-{version('cellpose')}"
         self._weights = {w: sha256_file(folder / w) for w in CELLPOSE_WEIGHTS}
-        self._nuc = models.CellposeModel(gpu=False, pretrained_model=str(folder / "nucleitorch_0"))
-        self._cyto = models.CellposeModel(gpu=False, pretrained_model=str(folder / "cyto3"))
+        gpu = dev.type == "cuda"
+        self._nuc = models.CellposeModel(
+            gpu=gpu, device=dev, pretrained_model=str(folder / "nucleitorch_0")
+        )
+        self._cyto = models.CellposeModel(
+            gpu=gpu, device=dev, pretrained_model=str(folder / "cyto3")
+        )
 
     @property
     def version(self) -> str:  # type: ignore[override]
         return self._version
 
+    def identity(self) -> dict[str, Any]:
+        """Name, version, the weight files' sha256 and the diameters (recorded in results)."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "weights": dict(self._weights),
+            "nucleus_diameter": self.nucleus_diameter,
+            "cell_diameter": self.cell_diameter,
+        }
+
     def weights(self) -> dict[str, str]:
         return dict(self._weights)
 
-    def segment(self, image: np.ndarray, *, dna_channel: int):
+    def _inputs(self, images: np.ndarray, dna_channel: int) -> tuple[np.ndarray, np.ndarray]:
+        """(N, H, W) DNA and (N, H, W, 2) (cytoplasm, DNA) float32 stacks of uint8 crops."""
+        dna = images[..., dna_channel].astype(np.float32)
+        cyto_channels = [k for k in range(images.shape[-1]) if k != dna_channel]
+        cyto = images[..., cyto_channels].astype(np.float32).mean(-1)
+        return dna, np.stack([cyto, dna], axis=-1)
+
+    def segment_many(self, images: np.ndarray, *, dna_channel: int) -> list:
+        """Segment (N, H, W, 3) uint8 crops with one call per model; one result per crop."""
         from cellbench.features.segment.classical import SegmentationResult
 
-        dna = image[..., dna_channel].astype(np.float32)
-        cyto_channels = [k for k in range(image.shape[-1]) if k != dna_channel]
-        cyto = image[..., cyto_channels].astype(np.float32).mean(-1)
-        nuclei = self._nuc.eval(dna, diameter=self.nucleus_diameter, channels=[0, 0])[0]
-        stack = np.stack([cyto, dna], axis=-1)
-        cells = self._cyto.eval(stack, diameter=self.cell_diameter, channels=[1, 2])[0]
-        return SegmentationResult(
-            nuclei=np.asarray(nuclei, np.int32),
-            cells=np.asarray(cells, np.int32),
-            cyto_mask=np.asarray(cells) > 0,
-        )
+        images = np.asarray(images)
+        if images.ndim == 3:
+            images = images[None]
+        dna, two = self._inputs(images, dna_channel)
+        nuclei = self._nuc.eval(
+            dna[..., None],
+            channels=[0, 0],
+            channel_axis=-1,
+            z_axis=0,
+            diameter=self.nucleus_diameter,
+            batch_size=self.net_batch,
+        )[0]
+        cells = self._cyto.eval(
+            two,
+            channels=[1, 2],
+            channel_axis=-1,
+            z_axis=0,
+            diameter=self.cell_diameter,
+            batch_size=self.net_batch,
+        )[0]
+        nuclei = np.asarray(nuclei).reshape(images.shape[:3])
+        cells = np.asarray(cells).reshape(images.shape[:3])
+        return [
+            SegmentationResult(
+                nuclei=nuclei[i].astype(np.int32),
+                cells=cells[i].astype(np.int32),
+                cyto_mask=cells[i] > 0,
+            )
+            for i in range(len(images))
+        ]
+
+    def segment(self, image: np.ndarray, *, dna_channel: int):
+        return self.segment_many(image[None], dna_channel=dna_channel)[0]
+
+    def features(self, images, *, dna_channel, on_progress=None):
+        from cellbench.features.segment.classical import features_from_masks
+
+        out = np.zeros((len(images), len(self.feature_names)))
+        for start in range(0, len(images), self.batch):
+            chunk = images[start : start + self.batch]
+            for i, seg in enumerate(self.segment_many(chunk, dna_channel=dna_channel)):
+                f = features_from_masks(seg)
+                out[start + i] = [f[k] for k in self.feature_names]
+            if on_progress is not None:
+                on_progress(start + len(chunk), len(images))
+        return out
 
 
 SEGMENTERS: Registry[type[SegmentationBackend]] = Registry("segmentation backend")
@@ -230,11 +319,14 @@ SEGMENTERS.register(
     summary="Cellpose 3.1.x nuclei + cyto3; needs the cellpose extra and local weight files",
 )
 
-_instances: dict[str, SegmentationBackend] = {}
+_instances: dict[tuple[str, str], SegmentationBackend] = {}
 
 
-def get_backend(name: str = "classical") -> SegmentationBackend:
-    """A (cached) instance of backend ``name``."""
-    if name not in _instances:
-        _instances[name] = SEGMENTERS.get(name)()
-    return _instances[name]
+def get_backend(name: str = "classical", device: str = "cpu") -> SegmentationBackend:
+    """A (cached) instance of backend ``name``; a backend with a network runs it on ``device``
+    (``cellpose``), the others ignore it."""
+    cls = SEGMENTERS.get(name)
+    key = (name, device if getattr(cls, "uses_device", False) else "cpu")
+    if key not in _instances:
+        _instances[key] = cls(device) if key[1] != "cpu" else cls()
+    return _instances[key]
