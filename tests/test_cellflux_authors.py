@@ -322,3 +322,25 @@ def test_rl_cli_starts_from_the_authors_file(tmp_path: Path) -> None:
         "--steps", "2", "--reward-workers", "0", "--threads", "1",
     )  # fmt: skip
     assert res.returncode == 2 and "base_sha256" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_rl_paper_preset_says_where_each_value_comes_from() -> None:
+    from cellbench_baselines.cellflux_rl import PAPER_SOURCES
+    from cellbench_baselines.cellflux_rl import PRESETS as RL
+
+    paper = RL["paper"]
+    assert set(PAPER_SOURCES) <= set(paper)
+    assert set(PAPER_SOURCES.values()) == {"paper", "reference", "cellbench"}
+    stated = {k: paper[k] for k, v in PAPER_SOURCES.items() if v != "cellbench"}
+    assert stated == {
+        "steps": 1200,
+        "reward": None,  # None is {"overall": 1}
+        "group_size": 24,
+        "adv_clip": 5.0,
+        "adv_eps": 1e-4,
+        "nft_beta": 1.0,
+        "ref_penalty": 1e-4,
+        "old_decay_rate": 0.001,
+        "old_decay_max": 0.5,
+        "grad_clip": 1.0,
+    }

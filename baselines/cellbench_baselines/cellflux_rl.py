@@ -113,8 +113,8 @@ _RL_KEYS: dict[str, Any] = {
 }
 
 PRESETS: dict[str, dict] = {
-    # the real training for BBBC021 on one GPU: group size 24 as in the reference code, 8 groups
-    # (192 rollouts) per step, 10 rollout steps, 1200 steps (the paper's budget)
+    # the real training for BBBC021 on one GPU, from the published CellFlux (`cellbench rl
+    # cellflux --checkpoint checkpoint.pth`); where each value comes from: PAPER_SOURCES
     "paper": {
         **TRAINER_DEFAULTS,
         **_RL_KEYS,
@@ -150,6 +150,32 @@ PRESETS: dict[str, dict] = {
         "lr": 3e-5,
         "old_decay_rate": 0.02,
     },
+}
+
+
+#: where each training value of the ``paper`` preset comes from: "paper" (the CellFluxRL
+#: paper), "reference" (the DiffusionNFT reference code the paper builds on) or "cellbench"
+#: (cellbench's own choice where neither states it; docs/cellfluxrl.md, "Presets")
+PAPER_SOURCES: dict[str, str] = {
+    "steps": "paper",  # 1200 steps (32 hours on one H100)
+    "reward": "paper",  # the overall reward: 5 moa + 2 nuc_in_cyto + the five others
+    "group_size": "reference",  # 24
+    "adv_clip": "reference",  # advantages clipped to [-5, 5], w = A / 10 + 0.5
+    "adv_eps": "reference",
+    "nft_beta": "reference",  # 1.0
+    "ref_penalty": "reference",  # 1e-4
+    "old_decay_rate": "reference",  # old-policy decay rising from 0 towards 0.5
+    "old_decay_max": "reference",
+    "grad_clip": "reference",  # 1.0
+    "rollout_steps": "cellbench",  # the paper: "a deterministic solver, few steps"
+    "batch_size": "cellbench",  # 8 groups (192 rollouts) per step
+    "lr": "cellbench",  # 3e-5 for the full network (the reference: 3e-4 for LoRA)
+    "betas": "cellbench",
+    "weight_decay": "cellbench",
+    "ema_decay": "cellbench",
+    "renoise": "cellbench",
+    "split": "cellbench",  # train-iid: the eight unseen compounds held out
+    "sample_guidance": "cellbench",
 }
 
 
