@@ -18,7 +18,11 @@ Written for cellbench from the paper's description and the facts of the authors'
   ``t = 1 / (1 + sigma)`` (see :mod:`cellbench_baselines.sampling`); the published sampler starts
   at ``t = 1/81`` (``grid_from_zero: false``), cellbench's CPU preset at 0. These settings are the
   named sampling preset :data:`SAMPLING_PRESETS` ``["published"]``;
-* AdamW lr 1e-4, betas (0.9, 0.95), batch 128, EMA 0.999.
+* AdamW lr 1e-4, betas (0.9, 0.95), batch 128, EMA 0.999;
+* pixels (``pixel_io``): the authors add ``U(0, 1)`` dequantisation noise to the 8-bit pixels
+  before scaling to [-1, 1] (training and sampling) and floor the output to 8 bits
+  (``"authors"``, the ``published`` sampler); cellbench's CPU preset scales the pixels as they are
+  and rounds (``"round"``).
 
 ``cellbench generate cellflux --checkpoint checkpoint.pth`` also reads the authors' released
 checkpoint (:mod:`cellbench_baselines.cellflux_authors`).
@@ -92,6 +96,10 @@ _MODEL_KEYS = {
     # True: the EDM grid's first point (t = 1/81) moved to 0 (cellbench's); False: the published
     # sampler's grid, which starts at 1/81
     "grid_from_zero": True,
+    # pixels in and out: "round" (x / 127.5 - 1 in, rounded out: cellbench's) or "authors"
+    # (uniform dequantisation noise added to the 8-bit input, (x + u) / 127.5 - 1, in training
+    # and sampling; the output floored: floor(127.5 (y + 1)), as the authors' evaluation saves it)
+    "pixel_io": "round",
     # "velocity": the UNet outputs v (CellFlux); "x1": it outputs the treated image and
     # v = (x1_hat - x_t) / max(1 - t, 0.01); "edm": EDM-style skip/output scaling of that image
     # (cellbench's CPU reparametrisations, see the docstring)
@@ -110,6 +118,7 @@ SAMPLING_PRESETS: dict[str, dict[str, Any]] = {
         "grid_from_zero": False,
         "guidance": 0.2,
         "noise_std": 1.0,
+        "pixel_io": "authors",
     },
 }
 
@@ -182,6 +191,10 @@ def _check_config(cfg: dict) -> None:
         )
     if int(cfg["sample_steps"]) < 1:
         raise CellbenchError("cellflux sample_steps must be at least 1")
+    if cfg.get("pixel_io", "round") not in ("round", "authors"):
+        raise CellbenchError(
+            f"cellflux pixel_io must be 'round' or 'authors', not {cfg['pixel_io']!r}"
+        )
     if cfg.get("noise_per", "image") not in ("image", "batch"):
         raise CellbenchError(
             f"cellflux noise_per must be 'image' or 'batch', not {cfg['noise_per']!r}"
@@ -265,6 +278,18 @@ class EDMVelocity(torch.nn.Module):
         return self._d2(t.float()) / (self.sigma_data * self.source_std) ** 2
 
 
+def dequantise(x: torch.Tensor, seed: int) -> torch.Tensor:
+    """``x`` (images in [-1, 1] from 8-bit pixels) plus ``U(0, 1)`` of a pixel step, seeded."""
+    g = torch.Generator().manual_seed(int(seed) + 7919)  # a stream apart from the source noise
+    return x + torch.rand(x.shape, generator=g) / 127.5
+
+
+def authors_to_uint8(images: torch.Tensor) -> np.ndarray:
+    """float (N, 3, H, W) in [-1, 1] -> uint8 (N, H, W, 3) as the authors save: floored."""
+    x = ((images.detach().to(torch.float32).cpu().clamp(-1.0, 1.0) + 1.0) * 127.5).floor()
+    return x.clamp(0, 255).to(torch.uint8).movedim(-3, -1).numpy()
+
+
 def sampling_time_grid(config: dict, steps: int) -> torch.Tensor:
     """``steps + 1`` solver times of a CellFlux config (``time_grid``, ``rho``, ``grid_from_zero``)."""
     if config.get("time_grid", "edm") == "edm":
@@ -325,10 +350,14 @@ class CellFluxTrainable(TrainableModel):
         cfg = self.config
         x1 = batch["target"]
         b = x1.shape[0]
+        control = batch["control"]
+        if cfg.get("pixel_io", "round") == "authors":  # the authors' uniform dequantisation
+            x1 = x1 + torch.rand(x1.shape).to(x1.device) / 127.5
+            control = control + torch.rand(control.shape).to(control.device) / 127.5
         noise = torch.randn(x1.shape) * float(cfg["noise_std"])
         draws = 1 if cfg.get("noise_per", "image") == "batch" else b
         add = (torch.rand(draws) < float(cfg["noise_prob"])).to(noise.dtype)[:, None, None, None]
-        x0 = batch["control"] + (noise * add).to(x1.device)
+        x0 = control + (noise * add).to(x1.device)
         t = lognormal_times(b, float(cfg["time_mean"]), float(cfg["time_std"]))
         t = t.clamp_min(1e-4).to(x1.device)
         drop = bool(torch.rand(()) < float(cfg["cond_drop_prob"]))
@@ -436,6 +465,7 @@ class CellFlux(TrainedGenerator):
         if out["time_grid"] == "edm":
             out["rho"] = float(self.config["rho"])
             out["grid_from_zero"] = bool(self.config.get("grid_from_zero", True))
+        out["pixel_io"] = str(self.config.get("pixel_io", "round"))
         return out
 
     # ------------------------------------------------------------------ sampling
@@ -464,4 +494,7 @@ class CellFlux(TrainedGenerator):
         self, controls: np.ndarray, compounds: list[str], doses: list[float], seed: int
     ) -> np.ndarray:
         fps = fingerprint_batch(self.dataset, compounds)
-        return from_model_range(self.sample(to_model_range(controls), fps, seed))
+        x = to_model_range(controls)
+        if self.config.get("pixel_io", "round") == "authors":
+            return authors_to_uint8(self.sample(dequantise(x, seed), fps, seed))
+        return from_model_range(self.sample(x, fps, seed))

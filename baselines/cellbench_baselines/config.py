@@ -42,12 +42,14 @@ BACKFILLED_KEYS: dict[tuple[str, ...], Any] = {
     ("unet", "norm_eps"): 1e-6,
     ("noise_per",): "image",
     ("grid_from_zero",): True,
+    ("pixel_io",): "round",
 }
 #: a backfilled key listed here is filled only in configs that hold the named key (top-level
 #: keys of one model must not appear in another model's config)
 BACKFILL_ONLY_WITH: dict[tuple[str, ...], str] = {
     ("noise_per",): "time_grid",
     ("grid_from_zero",): "time_grid",
+    ("pixel_io",): "time_grid",
 }
 
 
