@@ -212,6 +212,7 @@ def test_generates_from_the_authors_file_with_the_published_sampler(
     np.testing.assert_array_equal(out, want)
     assert out.dtype == np.uint8 and 0 < out.mean() < 255
 
+
 @pytest.mark.parametrize("args", ["namespace", "simple", "none"])
 def test_the_allow_list_admits_the_two_namespace_types(tmp_path: Path, args: str) -> None:
     value = {
