@@ -34,7 +34,14 @@ def generate_cmd(
     out: Annotated[Path, typer.Option("--out", help="Folder to write <task_id>.npy images to.")],
     dataset: Annotated[str, typer.Option(help="Dataset the protocol belongs to.")] = "bbbc021-sim",
     data_dir: DataDirOpt = None,
-    checkpoint: Annotated[Path | None, typer.Option(help="Weights of a trained generator.")] = None,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            help="Weights of a trained generator: a `cellbench train` run folder or checkpoint; "
+            "for cellflux also the CellFlux authors' released checkpoint.pth (or a folder in "
+            "their Hugging Face layout, docs/reproduce.md)."
+        ),
+    ] = None,
     n_per_task: Annotated[int, typer.Option(help="Images per task (named <task_id>_<k>).")] = 1,
     batch_size: Annotated[int, typer.Option(help="Tasks per generator call.")] = 64,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
