@@ -1,21 +1,32 @@
 """PhenDiff (Bourou et al., MICCAI 2024): translation by DDIM inversion and class-conditional regeneration.
 
-Written for cellbench from the paper's description (no code copied). One class-conditional
-denoising diffusion model learns the image distribution of every condition: class 0 is the
-control (DMSO), class ``k >= 1`` the ``k``-th compound of the training split. To translate a
-control crop to compound ``c``:
+Written for cellbench from the paper and the facts of the authors' public configuration (no code
+copied). One class-conditional denoising diffusion model learns the image distribution of every
+condition: class 0 is the control (DMSO), class ``k >= 1`` the ``k``-th compound of the training
+split. To translate a control crop to compound ``c``:
 
 1. invert it with deterministic DDIM under the control class: ``x_T = invert(x_ctrl | class 0)``;
 2. regenerate from that latent with deterministic DDIM under the class of ``c``.
 
 Both steps are deterministic, so the output does not depend on the seed. Training uses the
-epsilon-prediction loss on the controls and the treated targets of each batch (so every batch
-shows the model both ends of the translation), linear betas 1e-4 to 0.02 over 1000 steps, and
-50 DDIM steps at sampling and at inversion.
+denoising loss on the controls and the treated targets of each batch (so every batch shows the
+model both ends of the translation).
+
+Two networks (config key ``network``):
+
+* ``"diffusers"`` (the ``paper`` preset): the authors' BBBC021 model. Their denoiser
+  configuration on :class:`~cellbench_baselines.nn.diffusers_unet.DiffusersUNet2D` (diffusers'
+  ``UNet2DModel`` architecture and key names), their DDIM scheduler configuration (3,000 steps,
+  scaled-linear betas rescaled to zero terminal SNR, v-prediction), a zero class embedding on a
+  ``proba_uncond`` share of the steps, and their DDIB translation with 100 steps each way
+  (:mod:`cellbench_baselines.phendiff_release`, which also runs pipeline folders saved by the
+  authors' code). The authors publish no trained weights.
+* ``"adm"`` (``cpu-small``): cellbench's own ADM UNet, epsilon prediction, linear betas 1e-4 to
+  0.02 over 1000 steps, DDIM with ``ddim_steps`` each way.
 
 cellbench's own choices: the class set is the compounds of the training split plus DMSO (a
 compound never seen in training cannot be translated: such a task is an error naming the
-checkpoint); no classifier-free guidance; AdamW with no weight decay, gradient clipping at 1.0.
+checkpoint); AdamW with no weight decay, gradient clipping at 1.0.
 """
 
 from __future__ import annotations
