@@ -61,11 +61,11 @@ def test_presets_have_trainer_keys_and_paper_facts() -> None:
     for name in ("cpu-small", "paper"):
         assert set(TRAINER_DEFAULTS) <= set(IMPA.presets[name]), name
     paper = IMPA.presets["paper"]
-    # IMPA's BBBC021 fingerprint configuration
+    # IMPA's BBBC021 fingerprint configuration (bbbc021_all)
     assert (paper["dim_in"], paper["style_dim"], paper["z_dim"], paper["mapping_layers"]) == (
         64,
-        128,
         64,
+        8,
         1,
     )
     assert (paper["lr"], paper["betas"], paper["weight_decay"], paper["batch_size"]) == (
@@ -98,14 +98,24 @@ def test_forward_shapes() -> None:
     assert (nets["generator"].decode(h, s + 1.0) - y).abs().mean() > 1e-3
 
 
+#: the authors' parameter counts, measured by building their networks from their public model.py
+#: with their bbbc021_all configuration (generator and mapping network) and at img_size 96
+#: (style encoder, discriminator with 27 domains); docs/generators.md, "IMPA", has the command
+AUTHORS_COUNTS = {
+    "generator": 24_318_595,
+    "mapping": 66_112,
+    "style_encoder": 14_329_472,
+    "discriminator": 14_310_491,
+}
+
+
 def test_paper_parameter_count() -> None:
-    """The paper preset: IMPA's 64-wide StarGAN v2 networks (counted on the meta device)."""
+    """The paper preset has the authors' networks' exact parameter counts (meta device)."""
     with torch.device("meta"):
         nets = build_networks(IMPA.presets["paper"], n_domains=27)
     counts = {k: sum(p.numel() for p in v.parameters()) for k, v in nets.items()}
-    assert counts["mapping"] == (1024 + 64) * 128 + 128  # one linear layer
-    assert 24e6 < counts["generator"] < 26e6
-    assert counts["discriminator"] - counts["style_encoder"] == (27 - 128) * (512 + 1)
+    assert counts == AUTHORS_COUNTS
+    assert counts["mapping"] == (1024 + 8) * 64 + 64  # one linear layer
 
 
 def test_multitask_discriminator_selects_each_images_head() -> None:
@@ -325,3 +335,140 @@ def test_cli_train_then_generate(mini_root: Path, tmp_path: Path) -> None:
     res = cli("generate", "impa", *data, "--protocol", str(proto), "--out", str(tmp_path / "x"))
     assert res.returncode == 2 and "impa needs trained weights" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+# ------------------------------------------------------------------ the authors' released checkpoints
+def _release_networks(seed: int = 0) -> dict[str, torch.nn.Module]:
+    """Small IMPA networks with random weights everywhere (norm affines too), as a trained run."""
+    torch.manual_seed(seed)
+    nets = build_networks(tiny_config(residual_output=False), n_domains=4)
+    with torch.no_grad():
+        for net in nets.values():
+            for p in net.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+    return nets
+
+
+def _write_release(nets: dict[str, torch.nn.Module], folder: Path, epoch: int = 200) -> Path:
+    """A file in the authors' layout: ``<epoch:06d>_nets.ckpt``, one torch.save of a plain dict."""
+    from cellbench_baselines.impa_release import release_container
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{epoch:06d}_nets.ckpt"
+    torch.save(release_container(nets), path)
+    return path
+
+
+def test_release_container_has_the_authors_key_names() -> None:
+    """The names of the authors' model.py (StarGAN v2 style), written by cellbench's own code."""
+    from cellbench_baselines.impa_release import release_container
+
+    c = release_container(_release_networks())
+    assert set(c) == {"generator", "mapping_network", "style_encoder", "discriminator"}
+    g = c["generator"]
+    for key in (
+        "from_rgb.weight",
+        "encode.0.conv1x1.weight",  # 4 -> 8 channels: a learned shortcut, no bias
+        "encode.0.norm2.bias",
+        "decode.0.norm1.fc.weight",  # AdaIN: the style's linear layer
+        "decode.3.conv1x1.weight",
+        "to_rgb.0.weight",  # the instance norm before the RGB convolution
+        "to_rgb.2.bias",
+    ):
+        assert key in g, key
+    assert not any(k.startswith(("stem", "encoder", "head")) for k in g)
+    assert set(c["mapping_network"]) == {
+        "mapping_network.layers.0.weight",
+        "mapping_network.layers.0.bias",
+    }
+    assert "linear.weight" in c["style_encoder"] and "conv.7.weight" in c["style_encoder"]
+    assert c["discriminator"]["head.weight"].shape == (4, 16, 1, 1)  # a 1x1 convolution
+
+
+def test_release_checkpoint_loads_into_the_same_generator(
+    mini_ds: BBBC021Dataset, tmp_path: Path
+) -> None:
+    nets = _release_networks()
+    path = _write_release(nets, tmp_path / "checkpoints" / "bbbc021_all")
+    _write_release(_release_networks(seed=1), tmp_path / "checkpoints" / "bbbc021_all", epoch=100)
+    reference = IMPA(mini_ds, tiny_config(), nets["generator"], nets["mapping"])
+    controls = mini_ds.load_crops(mini_ds.index["SAMPLE_KEY"].tolist()[:3])
+    compounds, doses = ["taxol", "nocodazole", "DMSO"], [0.3, 1.0, 0.0]
+    want = reference.generate(controls, compounds, doses, seed=5)
+    # the file, and the folder (its latest epoch), load the same networks
+    for given in (path, path.parent):
+        gen = IMPA.load(mini_ds, given)
+        assert gen.checkpoint_path == path
+        assert np.array_equal(gen.generate(controls, compounds, doses, seed=5), want)
+    from cellbench.io import sha256_file
+
+    assert gen.checkpoint_sha256 == sha256_file(path)
+    # the architecture comes from the tensors
+    arch = {k: gen.config[k] for k in ("dim_in", "max_conv_dim", "style_dim", "z_dim")}
+    assert arch == {"dim_in": 4, "max_conv_dim": 16, "style_dim": 8, "z_dim": 4}
+    assert gen.config["n_bottleneck"] == 1 and gen.config["mapping_layers"] == 1
+    assert gen.n_parameters() == sum(
+        p.numel() for k in ("generator", "mapping") for p in nets[k].parameters()
+    )
+
+
+def test_release_checkpoint_bad_files_are_one_line_errors(
+    mini_ds: BBBC021Dataset, tmp_path: Path
+) -> None:
+    import argparse
+
+    path = _write_release(_release_networks(), tmp_path / "ok")
+    data = path.read_bytes()
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    # truncated
+    cut = bad / "000001_nets.ckpt"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CellbenchError, match="not a readable torch checkpoint") as err:
+        IMPA.load(mini_ds, cut)
+    assert str(cut) in str(err.value) and "\n" not in str(err.value)
+    # an object weights_only refuses to unpickle (nothing beyond tensors and dicts is allowed)
+    foreign = bad / "foreign.ckpt"
+    torch.save({"generator": {}, "mapping_network": {}, "args": argparse.Namespace(a=1)}, foreign)
+    with pytest.raises(CellbenchError, match="not a readable torch checkpoint"):
+        IMPA.load(mini_ds, foreign)
+    # a torch file that is not their container
+    other = bad / "other.ckpt"
+    torch.save({"model": {"w": torch.zeros(1)}}, other)
+    with pytest.raises(CellbenchError, match="not an IMPA nets checkpoint") as err:
+        IMPA.load(mini_ds, other)
+    assert str(other) in str(err.value)
+    # tensors that do not fit (a layer missing)
+    state = torch.load(path, weights_only=True)
+    del state["generator"]["decode.0.conv2.weight"]
+    broken = bad / "broken.ckpt"
+    torch.save(state, broken)
+    with pytest.raises(CellbenchError, match="does not fit") as err:
+        IMPA.load(mini_ds, broken)
+    assert str(broken) in str(err.value)
+    # a mapping network narrower than the dataset's fingerprints
+    state = torch.load(path, weights_only=True)
+    state["mapping_network"]["mapping_network.layers.0.weight"] = torch.zeros(8, 100)
+    narrow = bad / "narrow.ckpt"
+    torch.save(state, narrow)
+    with pytest.raises(CellbenchError, match="fewer than the dataset's 1024-d"):
+        IMPA.load(mini_ds, narrow)
+
+
+def test_cli_generate_from_release_checkpoint(mini_root: Path, tmp_path: Path) -> None:
+    """`cellbench generate impa --checkpoint <epoch>_nets.ckpt` answers a protocol."""
+    path = _write_release(_release_networks(), tmp_path / "release")
+    data = ("--dataset", "bbbc021", "--data-dir", str(mini_root))
+    env = {"OMP_NUM_THREADS": "1"}
+    proto = tmp_path / "p.csv"
+    assert run_cli("protocol", *data, "--out", str(proto), env=env).returncode == 0
+    imgs = tmp_path / "imgs"
+    res = run_cli(
+        "generate", "impa", *data, "--checkpoint", str(path), "--protocol", str(proto),
+        "--out", str(imgs), env=env,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    record = json.loads((imgs / "generation.json").read_text())
+    assert record["checkpoint"] == str(path)
+    check = run_cli("images", "check", str(imgs), "--protocol", str(proto), "--json", env=env)
+    assert check.returncode == 0, check.stdout

@@ -544,6 +544,8 @@ def test_plain_generate_records_the_checkpoint_and_eval_keeps_it(
         "guidance": 0.2,
         "noise_std": 1.0,
         "rho": 7.0,
+        "grid_from_zero": True,
+        "pixel_io": "round",
     }
     assert record["model"] == "cellflux" and record["generator_version"] == "1"
     assert (record["seed"], record["batch_size"], record["n_per_task"]) == (5, 3, 1)

@@ -43,7 +43,7 @@ def test_classes_follow_the_training_split(mini_ds: BBBC021Dataset) -> None:
     assert classes[1:] == PairedCropDataset(mini_ds, "train").compounds  # compound_idx + 1
     assert training_classes(mini_ds, "train-iid") == ["DMSO", "nocodazole", "taxol"]
     cfg = resolve_config(PhenDiff.presets, "paper")
-    assert cfg["ddim_steps"] == 50 and cfg["unet"]["base_channels"] == 128
+    assert cfg["ddim_steps"] == 100 and cfg["network"] == "diffusers"
 
 
 @pytest.mark.slow

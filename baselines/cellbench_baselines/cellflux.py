@@ -1,18 +1,31 @@
 """CellFlux (Zhang et al., ICML 2025): flow matching from the control image to the treated image.
 
-Written for cellbench from the paper's description (no code copied):
+Written for cellbench from the paper's description and the facts of the authors' public code
+(no code copied):
 
-* source ``x0 = control + N(0, noise_std^2)`` (noise added per image with probability
-  ``noise_prob`` = 0.5 in training, always at sampling), target ``x1`` = the treated crop;
+* source ``x0 = control + N(0, noise_std^2)``; in training the noise is added with probability
+  ``noise_prob`` = 0.5, decided once per batch as in the authors' code (``noise_per: "batch"``,
+  the ``paper`` preset) or per image (``"image"``, cellbench's CPU preset); always at sampling;
+  target ``x1`` = the treated crop;
 * path ``x_t = (1 - t) x0 + t x1``; loss ``|| v(x_t, t, c) - (x1 - x0) ||^2`` (mean squared error);
 * training times ``t = 1 / (1 + sigma)``, ``sigma = exp(N(-1.2, 1.2^2))`` (log-normal, skewed to
-  the data end);
-* ADM UNet; the compound's fingerprint through a linear layer added to the time embedding;
+  the data end), clipped below at 1e-4;
+* ADM UNet; the compound's fingerprint through a linear layer added to the time embedding
+  (``paper``: the published network, :data:`~cellbench_baselines.nn.unet.PUBLISHED_CELLFLUX`);
 * classifier-free guidance: the condition dropped for the whole batch with probability 0.2;
   sampling with ``v = (1 + w) v_cond - w v_uncond``, ``w = 0.2``;
 * Heun solver, 50 steps on the EDM time grid (rho 7) mapped to flow time with
-  ``t = 1 / (1 + sigma)`` (see :mod:`cellbench_baselines.sampling`);
-* AdamW lr 1e-4, betas (0.9, 0.95), batch 128, EMA 0.999.
+  ``t = 1 / (1 + sigma)`` (see :mod:`cellbench_baselines.sampling`); the published sampler starts
+  at ``t = 1/81`` (``grid_from_zero: false``), cellbench's CPU preset at 0. These settings are the
+  named sampling preset :data:`SAMPLING_PRESETS` ``["published"]``;
+* AdamW lr 1e-4, betas (0.9, 0.95), batch 128, EMA 0.999;
+* pixels (``pixel_io``): the authors add ``U(0, 1)`` dequantisation noise to the 8-bit pixels
+  before scaling to [-1, 1] (training and sampling) and floor the output to 8 bits
+  (``"authors"``, the ``published`` sampler); cellbench's CPU preset scales the pixels as they are
+  and rounds (``"round"``).
+
+``cellbench generate cellflux --checkpoint checkpoint.pth`` also reads the authors' released
+checkpoint (:mod:`cellbench_baselines.cellflux_authors`).
 
 cellbench's own choices where the paper is silent: no weight decay, gradient clipping at 1.0, the
 unconditional model is the UNet without the fingerprint term (not a learned null vector), dose is
@@ -30,6 +43,7 @@ burden. ``paper`` keeps the direct velocity output of CellFlux. ``prediction: "e
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,12 +53,23 @@ import torch.nn.functional as F
 from cellbench.data.bbbc021 import BBBC021Dataset
 from cellbench.data.torch_dataset import from_model_range, to_model_range
 from cellbench.errors import CellbenchError
-from cellbench_baselines.checkpoint import LoadedRun, TrainedGenerator, load_module_state
-from cellbench_baselines.common import fingerprint_batch, param_count
+from cellbench_baselines.checkpoint import (
+    LoadedRun,
+    TrainedGenerator,
+    load_module_state,
+    load_run,
+)
+from cellbench_baselines.common import fingerprint_batch, param_count, resolve_device
 from cellbench_baselines.config import TRAINER_DEFAULTS
-from cellbench_baselines.nn.unet import UNET_DEFAULTS, UNet, unet_from_config
+from cellbench_baselines.nn.unet import (
+    PUBLISHED_CELLFLUX,
+    UNET_DEFAULTS,
+    UNet,
+    unet_from_config,
+)
 from cellbench_baselines.sampling import (
     cfg_combine,
+    edm_sigmas,
     edm_time_grid,
     lognormal_times,
     solve_ode,
@@ -58,7 +83,8 @@ _MODEL_KEYS = {
     "weight_decay": 0.0,
     "grad_clip": 1.0,
     "noise_std": 1.0,  # std of the Gaussian noise added to the control (images in [-1, 1])
-    "noise_prob": 0.5,  # probability per image that training adds that noise
+    "noise_prob": 0.5,  # probability that training adds that noise
+    "noise_per": "image",  # "image": drawn per image; "batch": once per batch (the authors')
     "time_mean": -1.2,  # log-normal training times: sigma = exp(N(mean, std^2)), t = 1/(1+sigma)
     "time_std": 1.2,
     "cond_drop_prob": 0.2,  # classifier-free guidance: drop the condition for the whole batch
@@ -67,6 +93,13 @@ _MODEL_KEYS = {
     "sample_steps": 50,
     "time_grid": "edm",  # "edm" (rho below) or "uniform"
     "rho": 7.0,
+    # True: the EDM grid's first point (t = 1/81) moved to 0 (cellbench's); False: the published
+    # sampler's grid, which starts at 1/81
+    "grid_from_zero": True,
+    # pixels in and out: "round" (x / 127.5 - 1 in, rounded out: cellbench's) or "authors"
+    # (uniform dequantisation noise added to the 8-bit input, (x + u) / 127.5 - 1, in training
+    # and sampling; the output floored: floor(127.5 (y + 1)), as the authors' evaluation saves it)
+    "pixel_io": "round",
     # "velocity": the UNet outputs v (CellFlux); "x1": it outputs the treated image and
     # v = (x1_hat - x_t) / max(1 - t, 0.01); "edm": EDM-style skip/output scaling of that image
     # (cellbench's CPU reparametrisations, see the docstring)
@@ -74,20 +107,39 @@ _MODEL_KEYS = {
     "sigma_data": 0.5,  # "edm" only: the assumed std of the treated images (in [-1, 1])
 }
 
+#: named sampling settings; "published": the authors' BBBC021 evaluation (Heun, 50 steps on the
+#: EDM grid from t = 1/81, guidance 0.2, source noise std 1)
+SAMPLING_PRESETS: dict[str, dict[str, Any]] = {
+    "published": {
+        "sampler": "heun",
+        "sample_steps": 50,
+        "time_grid": "edm",
+        "rho": 7.0,
+        "grid_from_zero": False,
+        "guidance": 0.2,
+        "noise_std": 1.0,
+        "pixel_io": "authors",
+    },
+}
+
 PRESETS: dict[str, dict] = {
-    # the published configuration (~56M parameters), for a GPU: 200 epochs of the ~98K
-    # in-distribution BBBC021 crops at batch 128 is ~153K steps
+    # the published configuration (56.2M parameters, the authors' network layer for layer), for
+    # a GPU: 200 epochs of the ~98K in-distribution BBBC021 crops at batch 128 is ~153K steps.
+    # The authors' EMA warms up (decay min(0.999, (1+n)/(10+n))) and adds the source noise per
+    # batch; the batch of 128 is the paper's (their launch script: 32 per GPU on 4 GPUs)
     "paper": {
         **TRAINER_DEFAULTS,
         **_MODEL_KEYS,
+        **SAMPLING_PRESETS["published"],
         "split": "train-iid",
         "batch_size": 128,
         "steps": 153_000,
         "ckpt_every": 5000,
         "log_every": 100,
+        "noise_per": "batch",
         "ema_decay": 0.999,
-        "ema_warmup": False,
-        "unet": {**UNET_DEFAULTS, "cond_dim": 1024},
+        "ema_warmup": True,
+        "unet": {**PUBLISHED_CELLFLUX},
     },
     # a small network that trains in minutes on 2 CPU cores (bbbc021-sim): the UNet runs on 4x4
     # pixel blocks (24x24x48) with 32-64 channels; higher lr and a warmed-up EMA for short runs;
@@ -119,6 +171,17 @@ PRESETS: dict[str, dict] = {
 }
 
 
+def read_cellflux_base(checkpoint: str | Path, dataset: str = "bbbc021") -> LoadedRun:
+    """The CellFlux weights and config of ``checkpoint``: a ``cellbench train cellflux`` run or
+    checkpoint, or the authors' released file (see :func:`find_authors_file`)."""
+    from cellbench_baselines.cellflux_authors import find_authors_file, read_authors_checkpoint
+
+    authors = find_authors_file(checkpoint, dataset)
+    if authors is not None:
+        return read_authors_checkpoint(authors)
+    return load_run(checkpoint, "cellflux")
+
+
 def _check_config(cfg: dict) -> None:
     if cfg["sampler"] not in ("heun", "euler"):
         raise CellbenchError(f"cellflux sampler must be 'heun' or 'euler', got {cfg['sampler']!r}")
@@ -128,6 +191,14 @@ def _check_config(cfg: dict) -> None:
         )
     if int(cfg["sample_steps"]) < 1:
         raise CellbenchError("cellflux sample_steps must be at least 1")
+    if cfg.get("pixel_io", "round") not in ("round", "authors"):
+        raise CellbenchError(
+            f"cellflux pixel_io must be 'round' or 'authors', not {cfg['pixel_io']!r}"
+        )
+    if cfg.get("noise_per", "image") not in ("image", "batch"):
+        raise CellbenchError(
+            f"cellflux noise_per must be 'image' or 'batch', not {cfg['noise_per']!r}"
+        )
     if cfg["prediction"] not in PREDICTIONS:
         raise CellbenchError(
             f"cellflux prediction must be one of {', '.join(PREDICTIONS)}, "
@@ -207,6 +278,28 @@ class EDMVelocity(torch.nn.Module):
         return self._d2(t.float()) / (self.sigma_data * self.source_std) ** 2
 
 
+def dequantise(x: torch.Tensor, seed: int) -> torch.Tensor:
+    """``x`` (images in [-1, 1] from 8-bit pixels) plus ``U(0, 1)`` of a pixel step, seeded."""
+    g = torch.Generator().manual_seed(int(seed) + 7919)  # a stream apart from the source noise
+    return x + torch.rand(x.shape, generator=g) / 127.5
+
+
+def authors_to_uint8(images: torch.Tensor) -> np.ndarray:
+    """float (N, 3, H, W) in [-1, 1] -> uint8 (N, H, W, 3) as the authors save: floored."""
+    x = ((images.detach().to(torch.float32).cpu().clamp(-1.0, 1.0) + 1.0) * 127.5).floor()
+    return x.clamp(0, 255).to(torch.uint8).movedim(-3, -1).numpy()
+
+
+def sampling_time_grid(config: dict, steps: int) -> torch.Tensor:
+    """``steps + 1`` solver times of a CellFlux config (``time_grid``, ``rho``, ``grid_from_zero``)."""
+    if config.get("time_grid", "edm") == "edm":
+        grid = edm_time_grid(steps, rho=float(config.get("rho", 7.0)))
+        if not config.get("grid_from_zero", True):
+            grid[0] = 1.0 / (1.0 + edm_sigmas(steps, rho=float(config.get("rho", 7.0)))[0])
+        return grid
+    return uniform_time_grid(steps)
+
+
 def velocity_network(config: dict) -> torch.nn.Module:
     """The network that maps (x_t, t, fingerprint or None) to a velocity, per ``prediction``."""
     unet = unet_from_config(config["unet"])
@@ -257,10 +350,16 @@ class CellFluxTrainable(TrainableModel):
         cfg = self.config
         x1 = batch["target"]
         b = x1.shape[0]
+        control = batch["control"]
+        if cfg.get("pixel_io", "round") == "authors":  # the authors' uniform dequantisation
+            x1 = x1 + torch.rand(x1.shape).to(x1.device) / 127.5
+            control = control + torch.rand(control.shape).to(control.device) / 127.5
         noise = torch.randn(x1.shape) * float(cfg["noise_std"])
-        add = (torch.rand(b) < float(cfg["noise_prob"])).to(noise.dtype)[:, None, None, None]
-        x0 = batch["control"] + (noise * add).to(x1.device)
-        t = lognormal_times(b, float(cfg["time_mean"]), float(cfg["time_std"])).to(x1.device)
+        draws = 1 if cfg.get("noise_per", "image") == "batch" else b
+        add = (torch.rand(draws) < float(cfg["noise_prob"])).to(noise.dtype)[:, None, None, None]
+        x0 = control + (noise * add).to(x1.device)
+        t = lognormal_times(b, float(cfg["time_mean"]), float(cfg["time_std"]))
+        t = t.clamp_min(1e-4).to(x1.device)
         drop = bool(torch.rand(()) < float(cfg["cond_drop_prob"]))
         tb = t[:, None, None, None]
         xt = (1.0 - tb) * x0 + tb * x1
@@ -307,6 +406,23 @@ class CellFlux(TrainedGenerator):
 
     # ------------------------------------------------------------------ construction
     @classmethod
+    def load(
+        cls,
+        dataset: BBBC021Dataset,
+        checkpoint: str | Path | None = None,
+        device: str | torch.device | None = None,
+    ) -> CellFlux:
+        """A ``cellbench train cellflux`` checkpoint, or the authors' released ``checkpoint.pth``
+        (the file, a folder holding it, or a folder in their Hugging Face layout)."""
+        if checkpoint is not None and cls.name == "cellflux":  # not CellFluxRL (a subclass)
+            run = read_cellflux_base(checkpoint, dataset.name)
+            gen = cls.from_checkpoint(dataset, run, resolve_device(device))
+            gen.checkpoint_path = run.path
+            gen.checkpoint_sha256 = run.sha256
+            return gen
+        return super().load(dataset, checkpoint, device)  # type: ignore[return-value]
+
+    @classmethod
     def trainable(cls, dataset: BBBC021Dataset, config: dict) -> CellFluxTrainable:
         return CellFluxTrainable(config, cond_dim=int(dataset.fingerprints.shape[1]))
 
@@ -315,20 +431,21 @@ class CellFlux(TrainedGenerator):
         cls, dataset: BBBC021Dataset, run: LoadedRun, device: torch.device
     ) -> CellFlux:
         config = run.config
+        where = run.file if run.file is not None else run.path / "config.json"
         try:
             config.setdefault("prediction", "velocity")
             unet = velocity_network(config)
         except (KeyError, TypeError, ValueError) as exc:
             raise CellbenchError(
-                f"config.json has an invalid unet section ({exc})", path=run.path / "config.json"
+                f"config.json has an invalid unet section ({exc})", path=where
             ) from None
-        load_module_state(unet, run.weights.get("unet", {}), run.path / "model.safetensors")
+        load_module_state(unet, run.weights.get("unet", {}), run.weights_file)
         dim = int(dataset.fingerprints.shape[1])
         if int(config["unet"].get("cond_dim", 0)) != dim:
             raise CellbenchError(
                 f"checkpoint expects {config['unet'].get('cond_dim')}-d fingerprints, the dataset "
                 f"has {dim}",
-                path=run.path / "config.json",
+                path=where,
                 fix="use a checkpoint trained on this dataset",
             )
         return cls(dataset, config, unet, device)
@@ -347,14 +464,14 @@ class CellFlux(TrainedGenerator):
         }
         if out["time_grid"] == "edm":
             out["rho"] = float(self.config["rho"])
+            out["grid_from_zero"] = bool(self.config.get("grid_from_zero", True))
+        out["pixel_io"] = str(self.config.get("pixel_io", "round"))
         return out
 
     # ------------------------------------------------------------------ sampling
     def time_grid(self) -> torch.Tensor:
-        """The solver's time points (``sample_steps + 1``, from 0 to 1)."""
-        if self.config["time_grid"] == "edm":
-            return edm_time_grid(self.sample_steps, rho=float(self.config["rho"]))
-        return uniform_time_grid(self.sample_steps)
+        """The solver's time points (``sample_steps + 1``, ending at 1)."""
+        return sampling_time_grid(self.config, self.sample_steps)
 
     def velocity(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """The guided velocity ``(1 + w) v(x, t, c) - w v(x, t, none)`` (plain ``v_c`` at w=0)."""
@@ -377,4 +494,7 @@ class CellFlux(TrainedGenerator):
         self, controls: np.ndarray, compounds: list[str], doses: list[float], seed: int
     ) -> np.ndarray:
         fps = fingerprint_batch(self.dataset, compounds)
-        return from_model_range(self.sample(to_model_range(controls), fps, seed))
+        x = to_model_range(controls)
+        if self.config.get("pixel_io", "round") == "authors":
+            return authors_to_uint8(self.sample(dequantise(x, seed), fps, seed))
+        return from_model_range(self.sample(x, fps, seed))

@@ -51,13 +51,18 @@ from cellbench.data.layout import MOAS
 from cellbench.data.torch_dataset import from_model_range
 from cellbench.errors import CellbenchError
 from cellbench.metrics.rewards import REWARD_NAMES
-from cellbench_baselines.cellflux import CellFlux, velocity_loss_weight, velocity_network
+from cellbench_baselines.cellflux import (
+    CellFlux,
+    read_cellflux_base,
+    sampling_time_grid,
+    velocity_loss_weight,
+    velocity_network,
+)
 from cellbench_baselines.checkpoint import (
     CONFIG_FILE,
     MODEL_FILE,
     LoadedRun,
     load_module_state,
-    load_run,
 )
 from cellbench_baselines.config import TRAINER_DEFAULTS, resolve_config
 from cellbench_baselines.nft import (
@@ -66,7 +71,7 @@ from cellbench_baselines.nft import (
     old_policy_decay,
     update_old_policy,
 )
-from cellbench_baselines.sampling import edm_time_grid, solve_ode, uniform_time_grid
+from cellbench_baselines.sampling import solve_ode
 from cellbench_baselines.trainer import TrainableModel, Trainer, TrainResult, seed_everything
 
 log = logging.getLogger("cellbench.rl")
@@ -108,8 +113,8 @@ _RL_KEYS: dict[str, Any] = {
 }
 
 PRESETS: dict[str, dict] = {
-    # the real training for BBBC021 on one GPU: group size 24 as in the reference code, 8 groups
-    # (192 rollouts) per step, 10 rollout steps, 1200 steps (the paper's budget)
+    # the real training for BBBC021 on one GPU, from the published CellFlux (`cellbench rl
+    # cellflux --checkpoint checkpoint.pth`); where each value comes from: PAPER_SOURCES
     "paper": {
         **TRAINER_DEFAULTS,
         **_RL_KEYS,
@@ -145,6 +150,32 @@ PRESETS: dict[str, dict] = {
         "lr": 3e-5,
         "old_decay_rate": 0.02,
     },
+}
+
+
+#: where each training value of the ``paper`` preset comes from: "paper" (the CellFluxRL
+#: paper), "reference" (the DiffusionNFT reference code the paper builds on) or "cellbench"
+#: (cellbench's own choice where neither states it; docs/cellfluxrl.md, "Presets")
+PAPER_SOURCES: dict[str, str] = {
+    "steps": "paper",  # 1200 steps (32 hours on one H100)
+    "reward": "paper",  # the overall reward: 5 moa + 2 nuc_in_cyto + the five others
+    "group_size": "reference",  # 24
+    "adv_clip": "reference",  # advantages clipped to [-5, 5], w = A / 10 + 0.5
+    "adv_eps": "reference",
+    "nft_beta": "reference",  # 1.0
+    "ref_penalty": "reference",  # 1e-4
+    "old_decay_rate": "reference",  # old-policy decay rising from 0 towards 0.5
+    "old_decay_max": "reference",
+    "grad_clip": "reference",  # 1.0
+    "rollout_steps": "cellbench",  # the paper: "a deterministic solver, few steps"
+    "batch_size": "cellbench",  # 8 groups (192 rollouts) per step
+    "lr": "cellbench",  # 3e-5 for the full network (the reference: 3e-4 for LoRA)
+    "betas": "cellbench",
+    "weight_decay": "cellbench",
+    "ema_decay": "cellbench",
+    "renoise": "cellbench",
+    "split": "cellbench",  # train-iid: the eight unseen compounds held out
+    "sample_guidance": "cellbench",
 }
 
 
@@ -218,7 +249,7 @@ def resolve_rl_config(
     path, the sha256 of its weights and its config are written into the RL config (so a resumed
     run can check it continues from the same base).
     """
-    base = load_run(base_checkpoint, "cellflux")
+    base = read_cellflux_base(base_checkpoint)
     cfg = resolve_config(
         PRESETS,
         spec,
@@ -380,19 +411,16 @@ class NFTTrainable(TrainableModel):
         self.dataset = dataset
         self.reward_weights = normalise_reward_weights(config["reward"])
         self.reward_workers = int(reward_workers)
-        base = load_run(config["base_checkpoint"], "cellflux")
-        if config.get("base_sha256"):
-            from cellbench.io import sha256_file
-
-            if sha256_file(base.path / MODEL_FILE) != config["base_sha256"]:
-                raise CellbenchError(
-                    "the base CellFlux weights changed since this RL run started",
-                    path=base.path / MODEL_FILE,
-                    fix="resume with the original base checkpoint or start a new --out folder",
-                )
+        base = read_cellflux_base(config["base_checkpoint"])
+        if config.get("base_sha256") and base.sha256 != config["base_sha256"]:
+            raise CellbenchError(
+                "the base CellFlux weights changed since this RL run started",
+                path=base.weights_file,
+                fix="resume with the original base checkpoint or start a new --out folder",
+            )
         self.base_config = {"prediction": "velocity", **config["base_config"]}
         self.unet = velocity_network(self.base_config)
-        load_module_state(self.unet, base.weights.get("unet", {}), base.path / MODEL_FILE)
+        load_module_state(self.unet, base.weights.get("unet", {}), base.weights_file)
         dim = int(dataset.fingerprints.shape[1])
         if int(self.base_config["unet"].get("cond_dim", 0)) != dim:
             raise CellbenchError(
@@ -443,10 +471,7 @@ class NFTTrainable(TrainableModel):
     # ------------------------------------------------------------------ pieces
     def time_grid(self) -> torch.Tensor:
         """The rollout solver's time grid (the base model's grid at ``rollout_steps``)."""
-        n = int(self.config["rollout_steps"])
-        if self.base_config.get("time_grid", "edm") == "edm":
-            return edm_time_grid(n, rho=float(self.base_config.get("rho", 7.0)))
-        return uniform_time_grid(n)
+        return sampling_time_grid(self.base_config, int(self.config["rollout_steps"]))
 
     @torch.no_grad()
     def rollout(self, x0: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:

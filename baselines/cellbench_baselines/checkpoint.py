@@ -154,6 +154,13 @@ class LoadedRun:
     meta: dict = field(default_factory=dict)
     #: sha256 of the ``model.safetensors`` the weights were read from
     sha256: str | None = None
+    #: the file the weights were read from (None: ``path / model.safetensors``)
+    file: Path | None = None
+
+    @property
+    def weights_file(self) -> Path:
+        """The file the weights were read from (what ``sha256`` is the hash of)."""
+        return self.file if self.file is not None else self.path / MODEL_FILE
 
 
 def run_record(checkpoint: str | Path) -> tuple[Path, dict]:

@@ -35,13 +35,30 @@ RESUMABLE_KEYS = frozenset({"steps", "ckpt_every", "log_every", "keep_checkpoint
 
 #: config keys added after runs already existed, with the value that gives the older behaviour:
 #: a run folder whose config.json lacks one is resumed as if it held that value
-BACKFILLED_KEYS: dict[tuple[str, ...], Any] = {("unet", "null_attention"): False}
+BACKFILLED_KEYS: dict[tuple[str, ...], Any] = {
+    ("unet", "null_attention"): False,
+    ("unet", "resample"): "conv",
+    ("unet", "attention_heads"): 0,
+    ("unet", "norm_eps"): 1e-6,
+    ("noise_per",): "image",
+    ("grid_from_zero",): True,
+    ("pixel_io",): "round",
+}
+#: a backfilled key listed here is filled only in configs that hold the named key (top-level
+#: keys of one model must not appear in another model's config)
+BACKFILL_ONLY_WITH: dict[tuple[str, ...], str] = {
+    ("noise_per",): "time_grid",
+    ("grid_from_zero",): "time_grid",
+    ("pixel_io",): "time_grid",
+}
 
 
 def backfill_config(cfg: dict) -> dict:
     """A copy of a stored run config with each missing :data:`BACKFILLED_KEYS` entry filled in."""
     out = copy.deepcopy(cfg)
     for path, value in BACKFILLED_KEYS.items():
+        if path in BACKFILL_ONLY_WITH and BACKFILL_ONLY_WITH[path] not in out:
+            continue
         node: Any = out
         for key in path[:-1]:
             node = node.get(key) if isinstance(node, dict) else None

@@ -14,11 +14,17 @@ content under that style with adaptive instance normalisation (AdaIN). Training 
 * **cycle consistency**: the translated image, decoded again under the control image's own style
   (the style encoder applied to the control), must give back the control (L1).
 
-Facts taken from IMPA's published configuration for BBBC021 with fingerprints: 96x96 input, base
-width 64 (doubling to at most 512, three downsamplings to 12x12, two bottleneck blocks), style
-dimension 128, noise dimension 64, a one-layer (linear) mapping network on the raw fingerprint, all
-loss weights 1, Adam (lr 1e-4, betas (0, 0.99), weight decay 1e-4), batch 32, 150 epochs, the eight
-CellFlux unseen compounds held out. cellbench's own choices (IMPA is silent or different):
+Facts taken from IMPA's published configuration for BBBC021 with fingerprints (``bbbc021_all``,
+the unseen-compound run): base width 64 (doubling to at most 512, three downsamplings to 12x12 for
+a 96x96 input, two bottleneck blocks), style dimension 64, noise dimension 8, a one-layer (linear)
+mapping network on the raw fingerprint, all loss weights 1, Adam (lr 1e-4, betas (0, 0.99), weight
+decay 1e-4). The ``paper`` generator and mapping network are theirs layer for layer (24,318,595 +
+66,112 parameters, counted on their code; the authors' released checkpoints load into them, see
+:mod:`cellbench_baselines.impa_release`); the style encoder and discriminator are theirs at
+``img_size`` 96 (their ``bbbc021_all`` file says 128, which deepens only those two networks'
+last convolution). Batch 32, 150 epochs and the eight CellFlux unseen compounds held out are
+cellbench's training schedule (``bbbc021_all`` trains at batch 16 and holds out ten compounds).
+cellbench's own choices (IMPA is silent or different):
 
 * **DMSO is a discriminator domain**: with probability ``p_control`` a sample is translated to the
   DMSO style (the DMSO fingerprint) and judged against its real control by the DMSO head, so the
@@ -101,8 +107,8 @@ _PAPER: dict[str, Any] = {
     "dim_in": 64,
     "max_conv_dim": 512,
     "n_bottleneck": 2,
-    "style_dim": 128,
-    "z_dim": 64,
+    "style_dim": 64,  # IMPA's bbbc021_all configuration
+    "z_dim": 8,
     "mapping_layers": 1,
     "mapping_hidden": 512,
     "fingerprint_dim": 1024,  # Morgan count fingerprints (emb_fp.csv)
@@ -539,7 +545,8 @@ class IMPA(TrainedGenerator):
     role = "model (GAN, StarGAN v2 style)"
     summary = (
         "model: StarGAN-v2-style GAN translating the control, styled by fingerprint + noise "
-        "(IMPA, Palma et al. 2025); needs --checkpoint from `cellbench train impa`"
+        "(IMPA, Palma et al. 2025); needs --checkpoint from `cellbench train impa` or the "
+        "authors' released <epoch>_nets.ckpt"
     )
     presets: ClassVar[dict[str, dict]] = {"paper": _PAPER, "cpu-small": _CPU_SMALL}
 
@@ -564,6 +571,30 @@ class IMPA(TrainedGenerator):
         return IMPATrainable(
             config, domain_names(dataset, config["split"]), control_fingerprint(dataset)
         )
+
+    @classmethod
+    def load(
+        cls,
+        dataset: BBBC021Dataset,
+        checkpoint: str | Path | None = None,
+        device: str | torch.device | None = None,
+    ) -> IMPA:
+        """A ``cellbench train impa`` run, or the authors' released ``<epoch>_nets.ckpt``.
+
+        The authors' file (or a folder holding it: the latest epoch) is read by
+        :mod:`cellbench_baselines.impa_release`; anything else goes to the cellbench run loader.
+        """
+        from cellbench.io import sha256_file
+        from cellbench_baselines.impa_release import load_release, release_nets_file
+
+        nets_file = None if checkpoint is None else release_nets_file(checkpoint)
+        if nets_file is None:
+            return super().load(dataset, checkpoint, device)  # type: ignore[return-value]
+        rel = load_release(nets_file, int(dataset.fingerprints.shape[1]), dict(_PAPER))
+        gen = cls(dataset, rel.config, rel.generator, rel.mapping, device)
+        gen.checkpoint_path = nets_file
+        gen.checkpoint_sha256 = sha256_file(nets_file)
+        return gen
 
     @classmethod
     def from_checkpoint(cls, dataset: BBBC021Dataset, run: LoadedRun, device: torch.device) -> IMPA:

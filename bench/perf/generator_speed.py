@@ -67,6 +67,7 @@ def _build(model: str, preset: str):
     cfg = resolve_config(PhenDiff.presets, preset)
     cfg["classes"] = ["DMSO", *[f"c{i}" for i in range(N_CLASSES - 1)]]
     cfg["unet"]["num_classes"] = N_CLASSES
+    cfg["unet_diffusers"]["num_class_embeds"] = N_CLASSES
     return cfg, PhenDiffTrainable(cfg)
 
 

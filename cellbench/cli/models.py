@@ -34,7 +34,15 @@ def generate_cmd(
     out: Annotated[Path, typer.Option("--out", help="Folder to write <task_id>.npy images to.")],
     dataset: Annotated[str, typer.Option(help="Dataset the protocol belongs to.")] = "bbbc021-sim",
     data_dir: DataDirOpt = None,
-    checkpoint: Annotated[Path | None, typer.Option(help="Weights of a trained generator.")] = None,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            help="Weights of a trained generator: a `cellbench train` run folder or checkpoint, or "
+            "the authors' released files (cellflux: checkpoint.pth or a folder in their Hugging "
+            "Face layout; impa: <epoch>_nets.ckpt or its folder; phendiff: a diffusers pipeline "
+            "folder; docs/reproduce.md)."
+        ),
+    ] = None,
     n_per_task: Annotated[int, typer.Option(help="Images per task (named <task_id>_<k>).")] = 1,
     batch_size: Annotated[int, typer.Option(help="Tasks per generator call.")] = 64,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
@@ -58,7 +66,8 @@ def generate_cmd(
         int | None,
         typer.Option(
             help="Solver steps of an ODE-sampling generator (cellflux, cellfluxrl; default: the "
-            "checkpoint config's sample_steps)."
+            "checkpoint config's sample_steps), or the DDIM steps each way of a phendiff "
+            "pipeline folder (default 100)."
         ),
     ] = None,
     resume: Annotated[

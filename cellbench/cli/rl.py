@@ -33,7 +33,11 @@ def rl_cmd(
         typer.Argument(help="The generator to post-train (cellflux; see `cellbench ls models`)."),
     ],
     checkpoint: Annotated[
-        Path, typer.Option(help="The base model's run folder or checkpoint (`cellbench train`).")
+        Path,
+        typer.Option(
+            help="The base model's run folder or checkpoint (`cellbench train`), or the CellFlux "
+            "authors' released checkpoint.pth (or a folder in their Hugging Face layout)."
+        ),
     ],
     out: RunOutOpt,
     dataset: Annotated[str, typer.Option(help="Dataset to post-train on.")] = "bbbc021-sim",

@@ -3,7 +3,9 @@
 Written for cellbench from the published description of the ADM UNet (Dhariwal and Nichol 2021):
 residual blocks whose second normalisation is modulated by a scale and shift predicted from the
 time(+condition) embedding ("scale-shift norm", a FiLM layer), self-attention at chosen
-resolutions, strided-conv downsampling and nearest-neighbour upsampling.
+resolutions, and down/upsampling either learned (a strided 3x3 convolution; nearest-neighbour
+upsampling followed by a 3x3 convolution) or parameter-free (2x2 average pooling;
+nearest-neighbour upsampling alone: the published CellFlux network, ``conv_resample`` off).
 """
 
 from __future__ import annotations
@@ -31,10 +33,10 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) 
     return emb
 
 
-def group_norm(channels: int, max_groups: int = 32) -> nn.GroupNorm:
+def group_norm(channels: int, max_groups: int = 32, eps: float = 1e-6) -> nn.GroupNorm:
     """GroupNorm with the largest group count <= ``max_groups`` that divides ``channels``."""
     groups = math.gcd(channels, max_groups)
-    return nn.GroupNorm(groups, channels, eps=1e-6)
+    return nn.GroupNorm(groups, channels, eps=eps)
 
 
 def _zero(module: nn.Module) -> nn.Module:
@@ -51,12 +53,14 @@ class ResBlock(nn.Module):
     block starts as the identity.
     """
 
-    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float = 0.0):
+    def __init__(
+        self, in_ch: int, out_ch: int, emb_dim: int, dropout: float = 0.0, norm_eps: float = 1e-6
+    ):
         super().__init__()
-        self.norm1 = group_norm(in_ch)
+        self.norm1 = group_norm(in_ch, eps=norm_eps)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.emb = nn.Linear(emb_dim, 2 * out_ch)
-        self.norm2 = group_norm(out_ch)
+        self.norm2 = group_norm(out_ch, eps=norm_eps)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = _zero(nn.Conv2d(out_ch, out_ch, 3, padding=1))
         self.skip = nn.Identity() if in_ch == out_ch else nn.Conv2d(in_ch, out_ch, 1)
@@ -72,6 +76,10 @@ class ResBlock(nn.Module):
 class AttentionBlock(nn.Module):
     """Multi-head self-attention over all pixels, with a residual connection.
 
+    The heads are ``channels // head_channels`` (at least one), or exactly ``heads`` when that is
+    positive (the published CellFlux network: one head of all channels). The 1x1 ``qkv``
+    convolution's output is split into queries, keys and values first, then each into heads.
+
     ``null_key=True`` adds one fixed all-zero key and value to every head: each query may put
     attention weight on "nothing" (its logit is always 0), which is softmax with one added to the
     denominator. It adds no parameters, so weights of either kind load into both. Measured in
@@ -79,13 +87,21 @@ class AttentionBlock(nn.Module):
     pixel and drew a noise patch there; a run with it from the start drew no such patch.
     """
 
-    def __init__(self, channels: int, head_channels: int = 64, null_key: bool = False):
+    def __init__(
+        self,
+        channels: int,
+        head_channels: int = 64,
+        null_key: bool = False,
+        *,
+        heads: int = 0,
+        norm_eps: float = 1e-6,
+    ):
         super().__init__()
-        self.heads = max(1, channels // head_channels)
+        self.heads = int(heads) if heads > 0 else max(1, channels // head_channels)
         if channels % self.heads:
             raise ValueError(f"{channels} channels do not split into {self.heads} heads")
         self.null_key = bool(null_key)
-        self.norm = group_norm(channels)
+        self.norm = group_norm(channels, eps=norm_eps)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = _zero(nn.Conv2d(channels, channels, 1))
 
@@ -109,22 +125,23 @@ class AttentionBlock(nn.Module):
 
 
 class Downsample(nn.Module):
-    """Halve the resolution with a stride-2 3x3 convolution."""
+    """Halve the resolution: a stride-2 3x3 convolution, or (``conv=False``) 2x2 average pooling."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, conv: bool = True):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1) if conv else None
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
-        return self.conv(x)
+        return self.conv(x) if self.conv is not None else F.avg_pool2d(x, 2)
 
 
 class Upsample(nn.Module):
-    """Double the resolution (nearest neighbour) followed by a 3x3 convolution."""
+    """Double the resolution (nearest neighbour), then a 3x3 convolution unless ``conv=False``."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, conv: bool = True):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1) if conv else None
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        return self.conv(x) if self.conv is not None else x

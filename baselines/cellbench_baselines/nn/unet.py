@@ -6,13 +6,18 @@ compound's 1024-d fingerprint) and/or a learned class embedding (PhenDiff). Ever
 turns that vector into a FiLM scale and shift. Passing ``cond=None`` / ``labels=None`` leaves the
 corresponding term out (the unconditional model used by classifier-free guidance).
 
-With the defaults of :data:`UNET_DEFAULTS` and ``base_channels=128, channel_mult=[2, 2, 2],
-num_res_blocks=4, attention_resolutions=[48], dropout=0.3, cond_dim=1024`` (CellFlux's published
-architecture) the network has about 56M parameters at 96x96. ``patch_size`` > 1 (a cellbench
-addition for the CPU presets) folds p x p pixel blocks into channels first, so the UNet runs at
-1/p of the resolution (``attention_resolutions`` then count in folded pixels).
-``null_attention`` (another cellbench addition, off in the published configuration) lets every
-attention layer attend to a zero key and value as well as to the pixels.
+The published CellFlux network (the authors' BBBC021 configuration) is :data:`PUBLISHED_CELLFLUX`:
+``base_channels=128, channel_mult=[2, 2, 2], num_res_blocks=4``, attention at 48x48 with one head,
+``dropout=0.3``, a 1024-d condition, parameter-free down/upsampling (``resample="pool"``),
+GroupNorm eps 1e-5 and the time embedded as given in [0, 1] (``time_scale=1``): 56,201,219
+parameters at 96x96 (the count of the authors' own UNet built with that configuration; see
+docs/generators.md, "The authors' checkpoint"). The defaults of :data:`UNET_DEFAULTS` differ from
+it in the learned (strided-convolution) resampling, 64-channel heads, eps 1e-6 and
+``time_scale=1000``: cellbench's earlier choices, kept for the CPU presets and their checkpoints.
+``patch_size`` > 1 (a cellbench addition for the CPU presets) folds p x p pixel blocks into
+channels first, so the UNet runs at 1/p of the resolution (``attention_resolutions`` then count in
+folded pixels). ``null_attention`` (another cellbench addition, off in the published
+configuration) lets every attention layer attend to a zero key and value as well as to the pixels.
 """
 
 from __future__ import annotations
@@ -48,7 +53,27 @@ UNET_DEFAULTS: dict[str, Any] = {
     "time_scale": 1000.0,  # t in [0, 1] is multiplied by this before the sinusoidal embedding
     "patch_size": 1,  # >1: pixel-unshuffle the input by this factor (and shuffle the output back)
     "null_attention": False,  # True: attention may attend to a zero key (see AttentionBlock)
+    "resample": "conv",  # "conv": strided-conv down, upsample + conv; "pool": avg-pool / nearest
+    "attention_heads": 0,  # >0: exactly this many heads (else channels // head_channels)
+    "norm_eps": 1e-6,  # GroupNorm epsilon
 }
+
+#: the published CellFlux UNet for BBBC021 (3 channels, 96x96, 1024-d Morgan fingerprints)
+PUBLISHED_CELLFLUX: dict[str, Any] = {
+    **UNET_DEFAULTS,
+    "base_channels": 128,
+    "channel_mult": [2, 2, 2],
+    "num_res_blocks": 4,
+    "attention_resolutions": [48],
+    "attention_heads": 1,
+    "dropout": 0.3,
+    "cond_dim": 1024,
+    "time_scale": 1.0,
+    "resample": "pool",
+    "norm_eps": 1e-5,
+}
+#: its parameter count (the authors' UNetModel built with their "bbbc021" configuration)
+PUBLISHED_CELLFLUX_PARAMETERS = 56_201_219
 
 
 class _Seq(nn.ModuleList):
@@ -80,8 +105,23 @@ class UNet(nn.Module):
         time_scale: float = 1000.0,
         patch_size: int = 1,
         null_attention: bool = False,
+        resample: str = "conv",
+        attention_heads: int = 0,
+        norm_eps: float = 1e-6,
     ):
         super().__init__()
+        if resample not in ("conv", "pool"):
+            raise ValueError(f"resample must be 'conv' or 'pool', not {resample!r}")
+        learned = resample == "conv"
+
+        def res_block(cin: int, cout: int) -> ResBlock:
+            return ResBlock(cin, cout, emb_dim, dropout, norm_eps)
+
+        def attention(ch: int) -> AttentionBlock:
+            return AttentionBlock(
+                ch, head_channels, null_attention, heads=int(attention_heads), norm_eps=norm_eps
+            )
+
         levels = len(channel_mult)
         self.patch_size = int(patch_size)
         if image_size % self.patch_size:
@@ -107,37 +147,31 @@ class UNet(nn.Module):
         for level, mult in enumerate(channel_mult):
             for _ in range(num_res_blocks):
                 out_ch = base_channels * mult
-                block = [ResBlock(ch, out_ch, emb_dim, dropout)]
+                block = [res_block(ch, out_ch)]
                 if res in attn:
-                    block.append(AttentionBlock(out_ch, head_channels, null_attention))
+                    block.append(attention(out_ch))
                 self.down.append(_Seq(block))
                 ch = out_ch
                 skip_chs.append(ch)
             if level < levels - 1:
-                self.down.append(_Seq([Downsample(ch)]))
+                self.down.append(_Seq([Downsample(ch, learned)]))
                 skip_chs.append(ch)
                 res //= 2
-        self.middle = _Seq(
-            [
-                ResBlock(ch, ch, emb_dim, dropout),
-                AttentionBlock(ch, head_channels, null_attention),
-                ResBlock(ch, ch, emb_dim, dropout),
-            ]
-        )
+        self.middle = _Seq([res_block(ch, ch), attention(ch), res_block(ch, ch)])
         self.up = nn.ModuleList()
         for level in reversed(range(levels)):
             mult = channel_mult[level]
             for i in range(num_res_blocks + 1):
                 out_ch = base_channels * mult
-                block = [ResBlock(ch + skip_chs.pop(), out_ch, emb_dim, dropout)]
+                block = [res_block(ch + skip_chs.pop(), out_ch)]
                 if res in attn:
-                    block.append(AttentionBlock(out_ch, head_channels, null_attention))
+                    block.append(attention(out_ch))
                 ch = out_ch
                 if level > 0 and i == num_res_blocks:
-                    block.append(Upsample(ch))
+                    block.append(Upsample(ch, learned))
                     res *= 2
                 self.up.append(_Seq(block))
-        self.out_norm = group_norm(ch)
+        self.out_norm = group_norm(ch, eps=norm_eps)
         self.out_conv = nn.Conv2d(ch, out_channels * self.patch_size**2, 3, padding=1)
         nn.init.zeros_(self.out_conv.weight)
         nn.init.zeros_(self.out_conv.bias)
