@@ -264,7 +264,8 @@ def segment_cells(
         lo, thr = float(lo_[0]), float(thr_[0])
     else:
         lo, thr = levels
-    u = (c - lo) / (np.asarray(thr, np.float32) - lo)
+    with np.errstate(invalid="ignore", divide="ignore"):  # gutters of a mosaic may have thr == lo
+        u = (c - lo) / (np.asarray(thr, np.float32) - lo)
     if valid is not None:
         u = np.where(valid, u, 0.0).astype(np.float32)
     fg = _fill_holes(_smooth(u, p.fg_sigma, valid) > p.fg_level)
