@@ -81,7 +81,7 @@ from skimage.morphology import local_maxima
 from skimage.segmentation import watershed
 
 from cellbench.errors import ImageError
-from cellbench.features.segment.cells import segment_cells_stack
+from cellbench.features.segment.cells import _otsu_rows, segment_cells_stack
 
 __all__ = [
     "BACKEND_NAME",
@@ -274,23 +274,7 @@ def _edt(fg: np.ndarray) -> np.ndarray:
 def _otsu_stack(x: np.ndarray, bins: int = 256) -> np.ndarray:
     """Otsu's threshold of each image of an (N, H, W) stack, over a ``bins``-bin histogram
     between the image's minimum and maximum (NaN for a constant image)."""
-    n = x.shape[0]
-    flat = x.reshape(n, -1).astype(np.float64)
-    lo, hi = flat.min(1), flat.max(1)
-    ok = hi - lo >= 1e-6
-    step = np.where(ok, (hi - lo) / bins, 1.0)
-    q = np.minimum(((flat - lo[:, None]) / step[:, None]).astype(np.intp), bins - 1)
-    q += np.arange(n)[:, None] * bins
-    hist = np.bincount(q.ravel(), minlength=n * bins).reshape(n, bins).astype(np.float64)
-    centers = lo[:, None] + step[:, None] * (np.arange(bins) + 0.5)
-    w0 = np.cumsum(hist, axis=1)
-    w1 = w0[:, -1:] - w0
-    m0 = np.cumsum(hist * centers, axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        between = w0 * w1 * (m0 / w0 - (m0[:, -1:] - m0) / w1) ** 2
-    between = np.nan_to_num(between[:, :-1], nan=-1.0)
-    thr = centers[np.arange(n), np.argmax(between, axis=1)]
-    return np.where(ok, thr, np.nan)
+    return _otsu_rows(x.reshape(x.shape[0], -1), bins)
 
 
 def _contrast(x: np.ndarray, r: float, p: NucleusParams) -> np.ndarray:
