@@ -255,8 +255,8 @@ def test_foreign_truncated_and_mismatching_files_are_one_line_errors(tmp_path: P
     alien = tmp_path / "alien.pth"
     torch.save({"model": {"encoder.weight": torch.zeros(3, 3)}}, alien)
     cases = {
-        cut: "truncated or not a PyTorch checkpoint",
-        text: "truncated or not a PyTorch checkpoint",
+        cut: "truncated or not a readable PyTorch checkpoint",
+        text: "truncated or not a readable PyTorch checkpoint",
         other: "no 'model' state dict",
         no_shadow: "125 EMA shadow parameters for 126 network parameters",
         reshaped: "EMA shadow_params.5 does not match model.",
@@ -290,7 +290,7 @@ def test_generate_cli_takes_the_authors_file(mini_root: Path, tmp_path: Path) ->
         "generate", "cellflux", "--checkpoint", str(cut), "--protocol", str(proto), *args,
         "--out", str(tmp_path / "bad"),
     )  # fmt: skip
-    assert bad.returncode == 2 and "truncated or not a PyTorch checkpoint" in bad.stderr
+    assert bad.returncode == 2 and "truncated or not a readable PyTorch checkpoint" in bad.stderr
     assert "Traceback" not in bad.stderr and not (tmp_path / "bad").exists()
 
 

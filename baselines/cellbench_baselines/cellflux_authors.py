@@ -27,10 +27,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import pickle
-import re
 import types
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,7 +37,7 @@ from torch import nn
 
 from cellbench.errors import CellbenchError
 from cellbench.io import sha256_file
-from cellbench_baselines.checkpoint import LoadedRun
+from cellbench_baselines.checkpoint import LoadedRun, load_torch_file
 from cellbench_baselines.nn.layers import AttentionBlock, Downsample, ResBlock, Upsample
 from cellbench_baselines.nn.unet import PUBLISHED_CELLFLUX, UNet, unet_from_config
 
@@ -207,34 +204,6 @@ def find_authors_file(path: str | Path, dataset: str = "bbbc021") -> Path | None
 
 
 # ------------------------------------------------------------------------------ reading
-def _safe_load(path: Path) -> Any:
-    """``torch.load(weights_only=True)`` allowing only :data:`ALLOWED_GLOBALS`; one-line errors."""
-    try:
-        with torch.serialization.safe_globals(list(ALLOWED_GLOBALS)):
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except pickle.UnpicklingError as exc:
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
-        if found:  # a type outside the allow-list: refused, never unpickled
-            raise CellbenchError(
-                f"refused to load: the file holds a Python object ({found.group(1)}) "
-                "that is not tensors, numbers or the run's options",
-                path=path,
-                fix=_FIX,
-            ) from None
-        raise _unreadable(path, exc) from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise _unreadable(path, exc) from None
-
-
-def _unreadable(path: Path, exc: Exception) -> CellbenchError:
-    first = str(exc).splitlines()[0][:160] if str(exc) else "unreadable"
-    return CellbenchError(
-        f"truncated or not a PyTorch checkpoint ({type(exc).__name__}: {first})",
-        path=path,
-        fix=f"download the file again; {_FIX}",
-    )
-
-
 def _ema_weights(entry: dict, path: Path) -> tuple[dict[str, torch.Tensor], str]:
     """The evaluation weights under the authors' names: the EMA shadows, else the raw weights."""
     if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in entry.items()):
@@ -335,7 +304,7 @@ def read_authors_checkpoint(path: str | Path) -> LoadedRun:
     path = Path(path)
     if not path.is_file():
         raise CellbenchError("checkpoint file not found", path=path, fix=_FIX)
-    obj = _safe_load(path)
+    obj = load_torch_file(path, fix=_FIX, allowed_globals=ALLOWED_GLOBALS)
     if not isinstance(obj, dict) or not isinstance(obj.get("model"), dict):
         raise CellbenchError(
             "not a CellFlux checkpoint (no 'model' state dict in it)", path=path, fix=_FIX

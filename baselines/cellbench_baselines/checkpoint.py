@@ -355,3 +355,46 @@ class TrainedGenerator(Generator):
         return train(
             cls, cls.name, dataset, config, out_dir, device=device, init_from=init_from
         ).summary()
+
+
+#: the largest foreign torch file :func:`load_torch_file` decodes (checked before reading it)
+MAX_TORCH_FILE_BYTES = 4 * 1024**3
+
+
+def load_torch_file(path: Path, *, fix: str, allowed_globals: tuple[type, ...] = ()) -> Any:
+    """A torch file someone else wrote (an authors' release), read on CPU without trusting it.
+
+    The size is checked before anything is decoded; ``torch.load(weights_only=True)`` accepts
+    tensors, numbers, strings and containers plus exactly the types of ``allowed_globals``; any
+    other Python object is refused, never built. Every failure is one :class:`CellbenchError`
+    naming the file, with ``fix`` as its fix.
+    """
+    import pickle
+    import re
+
+    size = path.stat().st_size
+    if size > MAX_TORCH_FILE_BYTES:
+        raise CellbenchError(
+            f"checkpoint is {size / 1024**3:.1f} GiB, more than the "
+            f"{MAX_TORCH_FILE_BYTES // 1024**3} GiB limit for a network checkpoint",
+            path=path,
+            fix=fix,
+        )
+    try:
+        with torch.serialization.safe_globals(list(allowed_globals)):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any decoding failure of an untrusted file
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        if isinstance(exc, pickle.UnpicklingError) and found:
+            raise CellbenchError(
+                f"refused to load: the file holds a Python object ({found.group(1)}) "
+                "that is not tensors, numbers or an allowed type",
+                path=path,
+                fix=fix,
+            ) from None
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise CellbenchError(
+            f"truncated or not a readable PyTorch checkpoint ({type(exc).__name__}: {first})",
+            path=path,
+            fix=f"download the file again; {fix}",
+        ) from None

@@ -26,18 +26,17 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from cellbench.errors import CellbenchError
+from cellbench_baselines.checkpoint import load_torch_file
 
 #: the file name of the authors' network checkpoints: ``<epoch:06d>_nets.ckpt``
 NETS_FILE = re.compile(r"^(\d+)_nets\.ckpt$")
 #: the four entries of the authors' container; generation reads the two in the middle
 CONTAINER_KEYS = ("generator", "mapping_network", "style_encoder", "discriminator")
 #: read no checkpoint larger than this (the authors' BBBC021 nets file is about 0.2 GB)
-MAX_BYTES = 4 * 1024**3
 #: encoder blocks that halve the resolution (96x96 -> 12x12; the authors' img_size 65..128)
 N_DOWN = 3
 
@@ -61,30 +60,9 @@ def release_nets_file(path: str | Path) -> Path | None:
     return None
 
 
-def safe_load(path: Path, fix: str = _FIX) -> Any:
-    """``torch.load(path, weights_only=True)`` on CPU; an oversized or unreadable file is an error."""
-    size = path.stat().st_size
-    if size > MAX_BYTES:
-        raise CellbenchError(
-            f"checkpoint is {size / 1024**3:.1f} GiB, more than the {MAX_BYTES // 1024**3} GiB "
-            "limit for a network checkpoint",
-            path=path,
-            fix=fix,
-        )
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # any decoding failure of an untrusted file
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise CellbenchError(
-            f"not a readable torch checkpoint ({type(exc).__name__}: {first})",
-            path=path,
-            fix=fix,
-        ) from None
-
-
 def read_container(path: Path) -> dict[str, dict[str, torch.Tensor]]:
     """The authors' ``{network: state_dict}`` dict, checked: each entry a dict of tensors."""
-    obj = safe_load(path)
+    obj = load_torch_file(path, fix=_FIX)
     if not isinstance(obj, dict) or not {"generator", "mapping_network"} <= set(obj):
         keys = sorted(map(str, obj))[:6] if isinstance(obj, dict) else type(obj).__name__
         raise CellbenchError(

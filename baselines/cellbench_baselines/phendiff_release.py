@@ -54,8 +54,6 @@ WEIGHT_FILES = (
 CLASSES_FILE = "classes.json"
 #: DDIM steps of the inversion and of the generation in the authors' BBBC021 runs
 PAPER_STEPS = 100
-#: read no weights file larger than this (PhenDiff's BBBC021 UNet is about 0.1 GB)
-MAX_BYTES = 4 * 1024**3
 
 _FIX = (
     "pass a PhenDiff pipeline folder (model_index.json, unet/, scheduler/) saved by their train.py"
@@ -206,8 +204,7 @@ def _json(path: Path, what: str) -> dict:
 
 def read_unet_weights(folder: Path) -> tuple[Path, dict[str, torch.Tensor]]:
     """The UNet state dict of a pipeline folder (``.safetensors`` first, else ``.bin``)."""
-    from cellbench_baselines.checkpoint import read_safetensors
-    from cellbench_baselines.impa_release import safe_load
+    from cellbench_baselines.checkpoint import load_torch_file, read_safetensors
 
     for rel in WEIGHT_FILES:
         path = folder / rel
@@ -215,7 +212,7 @@ def read_unet_weights(folder: Path) -> tuple[Path, dict[str, torch.Tensor]]:
             continue
         if path.suffix == ".safetensors":
             return path, read_safetensors(path)[0]
-        state = safe_load(path, _FIX)
+        state = load_torch_file(path, fix=_FIX)
         if not isinstance(state, dict) or not all(
             isinstance(v, torch.Tensor) for v in state.values()
         ):
