@@ -426,6 +426,28 @@ def _normalise(img: np.ndarray) -> np.ndarray:
     return np.clip((x - lo) / (hi - lo), 0.0, 1.0)
 
 
+def cell_pass(cyto_src: np.ndarray, nuclei: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Version 2's cells and cytoplasm foreground: a watershed of the cytoplasm seeded by the
+    nuclei inside its Otsu foreground, plus nucleus-free blobs at least a median nucleus large."""
+    cyto = ndi.gaussian_filter(_normalise(cyto_src), 1.5)
+    t = _otsu(cyto)
+    cyto_mask = np.zeros(cyto.shape, bool) if t is None else _fill_holes(cyto > 0.5 * t)
+    mask = cyto_mask | (nuclei > 0)
+    cells = watershed(-cyto, nuclei, mask=mask)
+    orphan = mask & (cells == 0)
+    if orphan.any():
+        comp, n = ndi.label(orphan)
+        sizes = np.bincount(comp.ravel())
+        nuc_sizes = np.bincount(nuclei.ravel())[1:]
+        min_size = float(np.median(nuc_sizes)) if len(nuc_sizes) else 30.0
+        next_id = int(cells.max()) + 1
+        for k in range(1, n + 1):
+            if sizes[k] >= min_size:
+                cells[comp == k] = next_id
+                next_id += 1
+    return cells, cyto_mask
+
+
 def _channels(image: np.ndarray, dna_channel: int) -> tuple[np.ndarray, np.ndarray]:
     """(DNA, cytoplasm signal) of an HxW, HxWx1 or HxWxC image."""
     img = np.asarray(image)
@@ -455,22 +477,7 @@ def segment_crop(
     or HxW / HxWx1 (nuclei, and cells from the same channel)."""
     dna, cyto_src = _channels(image, dna_channel)
     nuclei = segment_nuclei(dna, params=params)
-    cyto = ndi.gaussian_filter(_normalise(cyto_src), 1.5)
-    t = _otsu(cyto)
-    cyto_mask = np.zeros(cyto.shape, bool) if t is None else _fill_holes(cyto > 0.5 * t)
-    mask = cyto_mask | (nuclei > 0)
-    cells = watershed(-cyto, nuclei, mask=mask)
-    orphan = mask & (cells == 0)
-    if orphan.any():
-        comp, n = ndi.label(orphan)
-        sizes = np.bincount(comp.ravel())
-        nuc_sizes = np.bincount(nuclei.ravel())[1:]
-        min_size = float(np.median(nuc_sizes)) if len(nuc_sizes) else 30.0
-        next_id = int(cells.max()) + 1
-        for k in range(1, n + 1):
-            if sizes[k] >= min_size:
-                cells[comp == k] = next_id
-                next_id += 1
+    cells, cyto_mask = cell_pass(cyto_src, nuclei)
     return SegmentationResult(nuclei.astype(np.int32), cells.astype(np.int32), cyto_mask)
 
 

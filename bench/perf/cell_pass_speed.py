@@ -16,38 +16,18 @@ import argparse
 import time
 
 import numpy as np
-from scipy import ndimage as ndi
-from skimage.segmentation import watershed
 
 
 def nucleus_seeded_cells(cyto_src: np.ndarray, nuclei: np.ndarray) -> np.ndarray:
-    """The cell pass of segmenter classical v2 before cells.py (the reference)."""
+    """The cell pass of segmenter classical v2 before cells.py (the reference), from the frozen
+    copy of v2."""
     import sys
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _classical_v2 import _fill_holes, _otsu
+    from _classical_v2 import cell_pass
 
-    x = np.asarray(cyto_src, np.float32)
-    lo, hi = np.percentile(x, (0.5, 99.8))
-    norm = np.clip((x - lo) / (hi - lo), 0.0, 1.0) if hi > lo else np.zeros_like(x)
-    cyto = ndi.gaussian_filter(norm, 1.5)
-    t = _otsu(cyto)
-    cyto_mask = np.zeros(cyto.shape, bool) if t is None else _fill_holes(cyto > 0.5 * t)
-    mask = cyto_mask | (nuclei > 0)
-    cells = watershed(-cyto, nuclei, mask=mask)
-    orphan = mask & (cells == 0)
-    if orphan.any():
-        comp, n = ndi.label(orphan)
-        sizes = np.bincount(comp.ravel())
-        nuc_sizes = np.bincount(nuclei.ravel())[1:]
-        min_size = float(np.median(nuc_sizes)) if len(nuc_sizes) else 30.0
-        next_id = int(cells.max()) + 1
-        for k in range(1, n + 1):
-            if sizes[k] >= min_size:
-                cells[comp == k] = next_id
-                next_id += 1
-    return cells
+    return cell_pass(cyto_src, nuclei)[0]
 
 
 def mosaic_cells(cyto: np.ndarray, nuclei: list[np.ndarray], per_row: int, gutter: int = 8):
