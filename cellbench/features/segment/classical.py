@@ -74,11 +74,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import edt
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.morphology import local_maxima
-from skimage.segmentation import watershed
+
+from cellbench.features.segment import _nucleus_kernels as K
 
 from cellbench.errors import ImageError
 from cellbench.features.segment.cells import _otsu_rows, segment_cells_stack
@@ -216,13 +216,14 @@ def _round_radius(r: float) -> float:
 
 
 def _gauss(x: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian blur within each image of a stack; for sigma > 3 px three box passes of the same
-    variance."""
+    """Gaussian blur within each image of a stack (edges repeated); for sigma > 3 px three box
+    passes of the same variance. Compiled: scipy.ndimage's ``gaussian_filter`` and
+    ``uniform_filter``, bit for bit (:mod:`._nucleus_kernels`)."""
     if sigma <= 3.0:
-        return ndi.gaussian_filter(x, (0, sigma, sigma), mode="nearest")
+        return K.gauss_stack(x, sigma)
     width = 2 * round(np.sqrt(4.0 * sigma * sigma + 1.0) / 2.0) + 1
     for _ in range(3):
-        x = ndi.uniform_filter(x, size=(1, width, width), mode="nearest")
+        x = K.uniform_stack(x, width)
     return x
 
 
@@ -254,21 +255,14 @@ def _unstrip(s: np.ndarray, n: int) -> np.ndarray:
 
 def _per_label_max(values: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
     """Maximum of ``values`` per label 0..n (-inf where a label is absent)."""
-    out = np.full(n + 1, -np.inf)
-    inside = labels > 0
-    np.maximum.at(out, labels[inside], values[inside])
-    return out
+    return K.label_max(values, labels, n)
 
 
 def _edt(fg: np.ndarray) -> np.ndarray:
     """Distance of each foreground pixel to the nearest background pixel of its own image (the
     image's edge is not background), float32. One 3-D transform whose first axis is too coarse
     to matter; an image with no background pixel gets H + W everywhere."""
-    big = np.float32(fg.shape[1] + fg.shape[2])
-    dist = np.empty(fg.shape, np.float32)
-    for i, f in enumerate(fg):
-        dist[i] = edt.edt(np.ascontiguousarray(f), black_border=False, parallel=1)
-    return np.minimum(dist, big, out=dist)
+    return K.edt_stack(fg)
 
 
 def _otsu_stack(x: np.ndarray, bins: int = 256) -> np.ndarray:
@@ -315,18 +309,22 @@ def _blocks(x: np.ndarray, b: int, reduce: str) -> np.ndarray:
     return out
 
 
+def _opening(s: np.ndarray, k: int) -> np.ndarray:
+    """Morphological opening of each image by a k-px square (scipy's minimum then maximum filter,
+    mode "reflect"; compiled)."""
+    return K.minmax_stack(K.minmax_stack(s, k, False), k, True)
+
+
 def _background(s: np.ndarray, k: int, r: float) -> np.ndarray:
     """Morphological opening of each image by a k-px square, blurred with sigma r; for k >= 16
     the opening and the blur run on the block minima of b = k // 8 px blocks (the opening by
     k / b blocks, the blur with sigma r / b), interpolated linearly back to every pixel."""
     b = k // 8
     if b < 2:
-        bg = ndi.maximum_filter(ndi.minimum_filter(s, size=(1, k, k)), size=(1, k, k))
-        return _gauss(bg, r)
+        return _gauss(_opening(s, k), r)
     kb = max(round(k / b), 1)
     m = _blocks(s, b, "min")
-    bg = ndi.maximum_filter(ndi.minimum_filter(m, size=(1, kb, kb)), size=(1, kb, kb))
-    return _upsample(_gauss(bg, r / b), b, s.shape[1], s.shape[2])
+    return _upsample(_gauss(_opening(m, kb), r / b), b, s.shape[1], s.shape[2])
 
 
 def _local_max(t: np.ndarray, k: int, sigma: float) -> np.ndarray:
@@ -334,9 +332,9 @@ def _local_max(t: np.ndarray, k: int, sigma: float) -> np.ndarray:
     b = k // 4 px blocks, interpolated linearly back to every pixel."""
     b = k // 4
     if b < 2:
-        return _gauss(ndi.maximum_filter(t, size=(1, k, k)), sigma)
+        return _gauss(K.minmax_stack(t, k, True), sigma)
     kb = max(round(k / b), 1)
-    m = ndi.maximum_filter(_blocks(t, b, "max"), size=(1, kb, kb))
+    m = K.minmax_stack(_blocks(t, b, "max"), kb, True)
     return _upsample(_gauss(m, sigma / b), b, t.shape[1], t.shape[2])
 
 
@@ -356,7 +354,7 @@ def _measure_radii(
     comp, n = ndi.label(fg)
     if n == 0:
         return out
-    inscribed = _per_label_max(edt.edt(fg, black_border=False, parallel=1), comp, n)[1:]
+    inscribed = _per_label_max(K.edt_stack(fg[None])[0], comp, n)[1:]
     sizes = np.bincount(comp.ravel(), minlength=n + 1)[1:]
     owner = _image_of(comp, n, n_img)[1:]
     keep = sizes >= max(0.1 * np.pi * r * r, 8.0)
@@ -522,8 +520,11 @@ def _number_per_image(strip_labels: np.ndarray, keep: np.ndarray, n_img: int) ->
     return _unstrip(lut[strip_labels], n_img)
 
 
-def _nuclei_at(x: np.ndarray, t: np.ndarray, r: float, p: NucleusParams) -> np.ndarray:
-    """Nucleus labels of a stack whose images share the radius ``r`` (``t``: its contrast)."""
+def _nuclei_at(
+    x: np.ndarray, t: np.ndarray, r: float, p: NucleusParams, noise: np.ndarray | None = None
+) -> np.ndarray:
+    """Nucleus labels of a stack whose images share the radius ``r`` (``t``: its contrast;
+    ``noise``: :func:`_noise_sigma` of ``x``, computed here when None)."""
     n_img = x.shape[0]
     thr = _otsu_stack(t)
     valid = np.isfinite(thr)
@@ -556,7 +557,7 @@ def _nuclei_at(x: np.ndarray, t: np.ndarray, r: float, p: NucleusParams) -> np.n
     q = np.where(fg_s, np.floor(f / p.h), -1.0).astype(np.int32)
     peaks = local_maxima(q, connectivity=2, allow_borders=True) & fg_s
     markers, _ = ndi.label(peaks, structure=np.ones((3, 3), bool))
-    labels = watershed(-f, markers, mask=fg_s)
+    labels = K.watershed_heap(-f, markers, fg_s)
     n = int(labels.max())
     if n == 0:
         return np.zeros(x.shape, np.int32)
@@ -567,11 +568,12 @@ def _nuclei_at(x: np.ndarray, t: np.ndarray, r: float, p: NucleusParams) -> np.n
         )
         peak[0] = np.inf
         lo_s = _strip(t > p.refine_low * thr)
-        grown = watershed(-ts, labels, mask=lo_s | (labels > 0))
+        grown = K.watershed_heap(-ts, labels, lo_s | (labels > 0))
         labels = np.where(ts >= p.refine_fraction * peak[grown], grown, 0)
     keep = np.bincount(labels.ravel(), minlength=n + 1) > min_size
     if p.snr > 0:
-        noise = _noise_sigma(x)
+        if noise is None:
+            noise = _noise_sigma(x)
         peak = _per_label_max(_strip(t), labels, n)
         img_of = _image_of(labels, n, n_img)
         keep &= ~((noise[img_of] > 0) & (peak < p.snr * noise[img_of]))
@@ -602,9 +604,12 @@ def segment_nuclei_stack(
     else:
         groups = _radii_and_contrast(x[rows], p)[1]
     radius = np.zeros(len(x))
+    # the pixel noise of each image, once (it does not depend on the radius)
+    noise = _noise_sigma(x) if p.snr > 0 else np.zeros(len(x))
     for r, idx, t in groups:
         xs = x[rows[idx]]
-        out[rows[idx]] = _nuclei_at(xs, _contrast(xs, r, p) if t is None else t, r, p)
+        t = _contrast(xs, r, p) if t is None else t
+        out[rows[idx]] = _nuclei_at(xs, t, r, p, noise[rows[idx]])
         radius[rows[idx]] = r
     if p.radius is None and p.consistent_nuclei > 0:
         # the nuclei found must have about the radius they were found at: where their median
@@ -621,7 +626,7 @@ def segment_nuclei_stack(
             redo = np.array([_round_radius(max(v, p.min_radius)) for v in found[bad]])
             for r in np.unique(redo):
                 idx = again[redo == r]
-                out[idx] = _nuclei_at(x[idx], _contrast(x[idx], r, p), r, p)
+                out[idx] = _nuclei_at(x[idx], _contrast(x[idx], r, p), r, p, noise[idx])
                 radius[idx] = r
             cur = again
     return out
