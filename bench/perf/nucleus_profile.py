@@ -183,7 +183,10 @@ def main() -> None:
         f"best of {args.repeats}"
     )
     phases = ["radius estimate", "first pass", "re-segment check"]
-    stages = sorted({s for _, s in own}, key=lambda s: list(dict.fromkeys(STAGES.values())).index(s) if s in STAGES.values() else 99)
+    stages = sorted(
+        {s for _, s in own},
+        key=lambda s: list(dict.fromkeys(STAGES.values())).index(s) if s in STAGES.values() else 99,
+    )
     print("| stage | " + " | ".join(phases) + " | all |")
     print("|---|" + "---|" * (len(phases) + 1))
     for st in stages:

@@ -33,42 +33,44 @@ from numba import njit
 
 
 @njit(cache=True, nogil=True)
-def _correlate_axis1(x, w, out):  # pragma: no cover - compiled
-    """Symmetric correlation along axis 1 of (N, H, W), edge pixels repeated, float64 sums."""
-    n, h, wd = x.shape
+def _correlate_rows(x, w, out, acc):  # pragma: no cover - compiled
+    """Symmetric correlation along axis 0 of (H, W), edge rows repeated: per pixel the float64
+    sum centre tap first, then the symmetric pairs from the outermost in (scipy's order); whole
+    rows at a time."""
+    h, wd = x.shape
     r = (len(w) - 1) // 2
-    acc = np.empty(wd)
-    for i in range(n):
-        for y in range(h):
-            c = w[r]
+    for y in range(h):
+        c = w[r]
+        for j in range(wd):
+            acc[j] = np.float64(x[y, j]) * c
+        for t in range(r, 0, -1):
+            a = min(max(y - t, 0), h - 1)
+            b = min(max(y + t, 0), h - 1)
+            wt = w[r - t]
             for j in range(wd):
-                acc[j] = np.float64(x[i, y, j]) * c
-            for t in range(r, 0, -1):
-                a = min(max(y - t, 0), h - 1)
-                b = min(max(y + t, 0), h - 1)
-                wt = w[r - t]
-                for j in range(wd):
-                    acc[j] += (np.float64(x[i, a, j]) + np.float64(x[i, b, j])) * wt
-            for j in range(wd):
-                out[i, y, j] = acc[j]
+                acc[j] += (np.float64(x[a, j]) + np.float64(x[b, j])) * wt
+        for j in range(wd):
+            out[y, j] = acc[j]
 
 
 @njit(cache=True, nogil=True)
-def _correlate_axis2(x, w, out):  # pragma: no cover - compiled
-    """Symmetric correlation along axis 2 of (N, H, W), edge pixels repeated, float64 sums."""
+def _gauss_stack(x, w, out):  # pragma: no cover - compiled
+    """Separable Gaussian of each image of (N, H, W): axis 1, rounded to float32, then axis 2
+    (on the transposed image)."""
     n, h, wd = x.shape
-    r = (len(w) - 1) // 2
-    line = np.empty(wd + 2 * r)
+    tmp = np.empty((h, wd), np.float32)
+    tt = np.empty((wd, h), np.float32)
+    ot = np.empty((wd, h), np.float32)
+    acc = np.empty(max(h, wd))
     for i in range(n):
+        _correlate_rows(x[i], w, tmp, acc)
         for y in range(h):
-            for j in range(wd + 2 * r):
-                line[j] = x[i, y, min(max(j - r, 0), wd - 1)]
             for j in range(wd):
-                c = j + r
-                acc = line[c] * w[r]
-                for t in range(r, 0, -1):
-                    acc += (line[c - t] + line[c + t]) * w[r - t]
-                out[i, y, j] = acc
+                tt[j, y] = tmp[y, j]
+        _correlate_rows(tt, w, ot, acc)
+        for y in range(h):
+            for j in range(wd):
+                out[i, y, j] = ot[j, y]
 
 
 def gaussian_weights(sigma: float) -> np.ndarray:
@@ -82,10 +84,8 @@ def gauss_stack(x: np.ndarray, sigma: float) -> np.ndarray:
     """``gaussian_filter(x, (0, sigma, sigma), mode="nearest")`` of a float32 (N, H, W) stack."""
     w = gaussian_weights(sigma)
     x = np.ascontiguousarray(x, np.float32)
-    tmp = np.empty_like(x)
     out = np.empty_like(x)
-    _correlate_axis1(x, w, tmp)
-    _correlate_axis2(tmp, w, out)
+    _gauss_stack(x, w, out)
     return out
 
 
@@ -146,40 +146,54 @@ def _reflect(j, n):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def _minmax_axis(x, size, axis, is_max, out):  # pragma: no cover - compiled
-    n, h, w = x.shape
-    length = h if axis == 1 else w
-    other = w if axis == 1 else h
+def _minmax_rows(x, size, is_max, out):  # pragma: no cover - compiled
+    """Minimum or maximum along axis 0 of (H, W) over [y - size // 2, y + (size - 1) // 2],
+    scipy's "reflect" extension; whole rows at a time."""
+    h, w = x.shape
     s1 = size // 2
-    line = np.empty(length + size - 1, x.dtype)
+    for y in range(h):
+        a = _reflect(y - s1, h)
+        for j in range(w):
+            out[y, j] = x[a, j]
+        for t in range(1, size):
+            b = _reflect(y - s1 + t, h)
+            row = out[y]
+            src = x[b]
+            if is_max:
+                for j in range(w):
+                    u = src[j]
+                    v = row[j]
+                    row[j] = u if u > v else v
+            else:
+                for j in range(w):
+                    u = src[j]
+                    v = row[j]
+                    row[j] = u if u < v else v
+
+
+@njit(cache=True, nogil=True)
+def _minmax_stack(x, size, is_max, out):  # pragma: no cover - compiled
+    n, h, w = x.shape
+    tmp = np.empty((h, w), x.dtype)
+    tt = np.empty((w, h), x.dtype)
+    ot = np.empty((w, h), x.dtype)
     for i in range(n):
-        for m in range(other):
-            for j in range(length + size - 1):
-                k = _reflect(j - s1, length)
-                line[j] = x[i, k, m] if axis == 1 else x[i, m, k]
-            for j in range(length):
-                v = line[j]
-                for t in range(1, size):
-                    u = line[j + t]
-                    if is_max:
-                        if u > v:
-                            v = u
-                    elif u < v:
-                        v = u
-                if axis == 1:
-                    out[i, j, m] = v
-                else:
-                    out[i, m, j] = v
+        _minmax_rows(x[i], size, is_max, tmp)
+        for y in range(h):
+            for j in range(w):
+                tt[j, y] = tmp[y, j]
+        _minmax_rows(tt, size, is_max, ot)
+        for y in range(h):
+            for j in range(w):
+                out[i, y, j] = ot[j, y]
 
 
 def minmax_stack(x: np.ndarray, size: int, is_max: bool) -> np.ndarray:
     """``maximum_filter`` (``is_max``) or ``minimum_filter`` of an (N, H, W) stack with
     ``size=(1, size, size)`` and scipy's default mode "reflect"."""
     x = np.ascontiguousarray(x)
-    tmp = np.empty_like(x)
     out = np.empty_like(x)
-    _minmax_axis(x, size, 1, is_max, tmp)
-    _minmax_axis(tmp, size, 2, is_max, out)
+    _minmax_stack(x, size, is_max, out)
     return out
 
 
@@ -195,24 +209,30 @@ def _edt_stack(fg, big, out):  # pragma: no cover - compiled
     v = np.zeros(w, np.intp)
     z = np.empty(w + 1)
     f1 = np.empty(w)
+    last = np.empty(w, np.intp)
     for i in range(n):
+        # columns, all at once row by row: squared distance to the nearest background pixel
+        # above, then below (inf where the column has none)
         for x in range(w):
-            last = -1
-            for y in range(h):
+            last[x] = -1
+        for y in range(h):
+            for x in range(w):
                 if not fg[i, y, x]:
-                    last = y
+                    last[x] = y
                     col[y, x] = 0.0
-                elif last < 0:
+                elif last[x] < 0:
                     col[y, x] = inf
                 else:
-                    d = y - last
+                    d = y - last[x]
                     col[y, x] = d * d
-            last = -1
-            for y in range(h - 1, -1, -1):
+        for x in range(w):
+            last[x] = -1
+        for y in range(h - 1, -1, -1):
+            for x in range(w):
                 if not fg[i, y, x]:
-                    last = y
-                elif last >= 0:
-                    d = last - y
+                    last[x] = y
+                elif last[x] >= 0:
+                    d = last[x] - y
                     if d * d < col[y, x]:
                         col[y, x] = d * d
         for y in range(h):
@@ -358,7 +378,7 @@ def _watershed(image, output, mask, offsets):  # pragma: no cover - compiled
 
 def watershed_heap(image: np.ndarray, markers: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """``skimage.segmentation.watershed(image, markers, mask=mask)`` of a 2-D image (int32)."""
-    h, w = image.shape
+    w = image.shape[1]
     img = np.pad(np.asarray(image, np.float64), 1).ravel()
     msk = np.pad(np.asarray(mask, np.bool_), 1)
     out = np.pad(np.asarray(markers, np.int32), 1) * msk  # markers outside the mask dropped
@@ -388,3 +408,197 @@ def label_max(values: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
     out = np.full(n + 1, -np.inf)
     _label_max(np.ascontiguousarray(values).ravel(), np.ascontiguousarray(labels).ravel(), out)
     return out
+
+
+# ------------------------------------------------------------------------------------------------
+# binary masks and their components (4-connected unless said otherwise)
+
+
+@njit(cache=True, nogil=True)
+def _fill_holes_stack(mask, out, queue):  # pragma: no cover - compiled
+    """out = mask plus its holes: background pixels not 4-connected to the image's edge through
+    background (``scipy.ndimage.label`` of the background, components touching the edge kept)."""
+    n, h, w = mask.shape
+    for i in range(n):
+        m = mask[i]
+        o = out[i]
+        for y in range(h):
+            for x in range(w):
+                o[y, x] = True
+        tail = 0
+        for y in range(h):
+            for x in range(w):
+                if (y == 0 or x == 0 or y == h - 1 or x == w - 1) and not m[y, x] and o[y, x]:
+                    o[y, x] = False
+                    queue[tail] = y * w + x
+                    tail += 1
+        head = 0
+        while head < tail:
+            p = queue[head]
+            head += 1
+            y = p // w
+            x = p - y * w
+            if y > 0 and o[y - 1, x] and not m[y - 1, x]:
+                o[y - 1, x] = False
+                queue[tail] = p - w
+                tail += 1
+            if y < h - 1 and o[y + 1, x] and not m[y + 1, x]:
+                o[y + 1, x] = False
+                queue[tail] = p + w
+                tail += 1
+            if x > 0 and o[y, x - 1] and not m[y, x - 1]:
+                o[y, x - 1] = False
+                queue[tail] = p - 1
+                tail += 1
+            if x < w - 1 and o[y, x + 1] and not m[y, x + 1]:
+                o[y, x + 1] = False
+                queue[tail] = p + 1
+                tail += 1
+
+
+def fill_holes_stack(mask: np.ndarray) -> np.ndarray:
+    """Each image of an (N, H, W) bool stack plus its holes (4-connected background components
+    not touching the image's edge)."""
+    mask = np.ascontiguousarray(mask, np.bool_)
+    out = np.empty_like(mask)
+    if mask.size:
+        _fill_holes_stack(mask, out, np.empty(mask.shape[1] * mask.shape[2], np.int64))
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _components(m, comp, queue):  # pragma: no cover - compiled
+    """4-connected components of the 2-D bool ``m`` into ``comp`` (1..k in raster order of their
+    first pixel, 0 outside); returns k. ``queue``: scratch of m.size."""
+    h, w = m.shape
+    for y in range(h):
+        for x in range(w):
+            comp[y, x] = 0
+    k = 0
+    for y0 in range(h):
+        for x0 in range(w):
+            if not m[y0, x0] or comp[y0, x0] != 0:
+                continue
+            k += 1
+            comp[y0, x0] = k
+            queue[0] = y0 * w + x0
+            head = 0
+            tail = 1
+            while head < tail:
+                p = queue[head]
+                head += 1
+                y = p // w
+                x = p - y * w
+                if y > 0 and m[y - 1, x] and comp[y - 1, x] == 0:
+                    comp[y - 1, x] = k
+                    queue[tail] = p - w
+                    tail += 1
+                if y < h - 1 and m[y + 1, x] and comp[y + 1, x] == 0:
+                    comp[y + 1, x] = k
+                    queue[tail] = p + w
+                    tail += 1
+                if x > 0 and m[y, x - 1] and comp[y, x - 1] == 0:
+                    comp[y, x - 1] = k
+                    queue[tail] = p - 1
+                    tail += 1
+                if x < w - 1 and m[y, x + 1] and comp[y, x + 1] == 0:
+                    comp[y, x + 1] = k
+                    queue[tail] = p + 1
+                    tail += 1
+    return k
+
+
+@njit(cache=True, nogil=True)
+def _keep_large(mask, min_size, out):  # pragma: no cover - compiled
+    n, h, w = mask.shape
+    comp = np.empty((h, w), np.int64)
+    queue = np.empty(h * w, np.int64)
+    for i in range(n):
+        k = _components(mask[i], comp, queue)
+        size = np.zeros(k + 1, np.int64)
+        for y in range(h):
+            for x in range(w):
+                size[comp[y, x]] += 1
+        for y in range(h):
+            for x in range(w):
+                c = comp[y, x]
+                out[i, y, x] = c > 0 and size[c] > min_size
+
+
+def keep_large(mask: np.ndarray, min_size: float) -> np.ndarray:
+    """The 4-connected components of each image of an (N, H, W) bool stack with more than
+    ``min_size`` pixels."""
+    mask = np.ascontiguousarray(mask, np.bool_)
+    out = np.empty_like(mask)
+    if mask.size:
+        _keep_large(mask, float(min_size), out)
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _plateau_maxima(q, fg, labels, queue):  # pragma: no cover - compiled
+    """Regional maxima of the 2-D int ``q`` (8-connected plateaus strictly above every 8-neighbour
+    outside them, the image's edge not counting) that lie in ``fg``, numbered 1..k in raster order
+    of their first pixel; returns k."""
+    h, w = q.shape
+    seen = np.zeros((h, w), np.bool_)
+    for y in range(h):
+        for x in range(w):
+            labels[y, x] = 0
+    k = 0
+    for y0 in range(h):
+        for x0 in range(w):
+            if seen[y0, x0] or not fg[y0, x0]:
+                continue
+            v = q[y0, x0]
+            seen[y0, x0] = True
+            queue[0] = y0 * w + x0
+            head = 0
+            tail = 1
+            is_max = True
+            while head < tail:
+                p = queue[head]
+                head += 1
+                y = p // w
+                x = p - y * w
+                for dy in range(-1, 2):
+                    yy = y + dy
+                    if yy < 0 or yy >= h:
+                        continue
+                    for dx in range(-1, 2):
+                        xx = x + dx
+                        if xx < 0 or xx >= w or (dy == 0 and dx == 0):
+                            continue
+                        u = q[yy, xx]
+                        if u > v:
+                            is_max = False
+                        elif u == v and not seen[yy, xx]:
+                            seen[yy, xx] = True
+                            queue[tail] = yy * w + xx
+                            tail += 1
+            if is_max:
+                k += 1
+                for t in range(tail):
+                    p = queue[t]
+                    y = p // w
+                    x = p - y * w
+                    if fg[y, x]:
+                        labels[y, x] = k
+    return k
+
+
+def plateau_maxima(q: np.ndarray, fg: np.ndarray) -> tuple[np.ndarray, int]:
+    """``ndi.label(local_maxima(q, connectivity=2, allow_borders=True) & fg, 8-connected)`` of a
+    2-D int image whose plateaus in ``fg`` lie inside ``fg`` (int32 labels, count)."""
+    q = np.ascontiguousarray(q)
+    labels = np.empty(q.shape, np.int32)
+    k = _plateau_maxima(q, np.ascontiguousarray(fg, np.bool_), labels, np.empty(q.size, np.int64))
+    return labels, k
+
+
+def components(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """4-connected components of a 2-D bool image (int64 labels 1..k in raster order, count)."""
+    mask = np.ascontiguousarray(mask, np.bool_)
+    comp = np.empty(mask.shape, np.int64)
+    k = _components(mask, comp, np.empty(mask.size, np.int64))
+    return comp, k

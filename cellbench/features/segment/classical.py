@@ -75,12 +75,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage as ndi
-from skimage.morphology import local_maxima
-
-from cellbench.features.segment import _nucleus_kernels as K
 
 from cellbench.errors import ImageError
+from cellbench.features.segment import _nucleus_kernels as K
 from cellbench.features.segment.cells import _otsu_rows, segment_cells_stack
 
 __all__ = [
@@ -227,25 +224,18 @@ def _gauss(x: np.ndarray, sigma: float) -> np.ndarray:
     return x
 
 
-_PLANAR = np.zeros((3, 3, 3), bool)
-_PLANAR[1] = ndi.generate_binary_structure(2, 1)
-
-
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
-    """``mask`` plus its holes (background components not touching their image's border)."""
-    bg, n = ndi.label(~mask, structure=_PLANAR)
-    if n == 0:
-        return mask.copy()
-    border = np.zeros(n + 1, bool)
-    for edge in (bg[:, 0, :], bg[:, -1, :], bg[:, :, 0], bg[:, :, -1]):
-        border[edge] = True
-    border[0] = False  # label 0 is the mask itself
-    return ~border[bg]
+    """``mask`` plus its holes (4-connected background components not touching their image's
+    border), each image of the stack on its own (compiled)."""
+    return K.fill_holes_stack(mask)
 
 
 def _strip(x: np.ndarray) -> np.ndarray:
     """(N, H, W) -> (N (H + 2), W + 2): each image padded with one zero pixel, laid end to end."""
-    return np.pad(x, ((0, 0), (1, 1), (1, 1))).reshape(-1, x.shape[2] + 2)
+    n, h, w = x.shape
+    out = np.zeros((n, h + 2, w + 2), x.dtype)
+    out[:, 1:-1, 1:-1] = x
+    return out.reshape(-1, w + 2)
 
 
 def _unstrip(s: np.ndarray, n: int) -> np.ndarray:
@@ -351,7 +341,7 @@ def _measure_radii(
     out = np.full(n_img, np.nan)
     thr = _otsu_stack(t)
     fg = _strip(_fill_holes(t > fraction * np.nan_to_num(thr, nan=np.inf)[:, None, None]))
-    comp, n = ndi.label(fg)
+    comp, n = K.components(fg)
     if n == 0:
         return out
     inscribed = _per_label_max(K.edt_stack(fg[None])[0], comp, n)[1:]
@@ -532,12 +522,10 @@ def _nuclei_at(
     local_max = _local_max(t, max(int(p.local_window * r), 3), 0.5 * r)
     fg = (t > p.otsu_fraction * thr) & (t > p.local_fraction * local_max) & valid[:, None, None]
     min_size = max(p.min_area * np.pi * r * r, 10.0)
-    fg_s = _strip(_fill_holes(fg))
-    comp, n = ndi.label(fg_s)
-    if n == 0:
+    # holes filled, then the 4-connected blobs of at most min_size px dropped
+    fg = K.keep_large(_fill_holes(fg), min_size)
+    if not fg.any():
         return np.zeros(x.shape, np.int32)
-    fg_s &= (np.bincount(comp.ravel(), minlength=n + 1) > min_size)[comp]
-    fg = _unstrip(fg_s, n_img)
     dist = _edt(fg)
     if p.distance_sigma > 0:
         dist = _gauss(dist, max(p.distance_sigma * r, 0.5))
@@ -555,8 +543,9 @@ def _nuclei_at(
     f = _strip(marker_fn)
     fg_s = _strip(fg)
     q = np.where(fg_s, np.floor(f / p.h), -1.0).astype(np.int32)
-    peaks = local_maxima(q, connectivity=2, allow_borders=True) & fg_s
-    markers, _ = ndi.label(peaks, structure=np.ones((3, 3), bool))
+    # (the regional maxima, 8-connected plateaus, numbered in raster order of the strip as
+    # ndi.label numbers them; compiled)
+    markers, _ = K.plateau_maxima(q, fg_s)
     labels = K.watershed_heap(-f, markers, fg_s)
     n = int(labels.max())
     if n == 0:
