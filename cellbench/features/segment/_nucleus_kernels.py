@@ -297,8 +297,9 @@ def _smaller(val, age, a, b):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def _watershed(image, output, mask, offsets):  # pragma: no cover - compiled
-    """scikit-image's heap watershed on raveled, padded arrays (``output`` holds the markers)."""
+def _watershed(image, sign, output, mask, offsets):  # pragma: no cover - compiled
+    """scikit-image's heap watershed of ``sign`` x ``image`` (in float64) on raveled arrays whose
+    edge pixels are outside the mask (``output`` holds the markers)."""
     size = image.size
     cap = size + 16
     hval = np.empty(cap)
@@ -311,7 +312,7 @@ def _watershed(image, output, mask, offsets):  # pragma: no cover - compiled
             continue
         # push (image[index], age 0)
         child = items
-        hval[child] = image[index]
+        hval[child] = sign * np.float64(image[index])
         hage[child] = 0
         hidx[child] = index
         items += 1
@@ -361,7 +362,7 @@ def _watershed(image, output, mask, offsets):  # pragma: no cover - compiled
             output[nb] = output[elem]
             child = items
             # the cost of reaching a pixel is at least that of the pixel it is reached from
-            hval[child] = max(image[nb], ev)
+            hval[child] = max(sign * np.float64(image[nb]), ev)
             hage[child] = age
             hidx[child] = nb
             items += 1
@@ -376,17 +377,27 @@ def _watershed(image, output, mask, offsets):  # pragma: no cover - compiled
                     break
 
 
-def watershed_heap(image: np.ndarray, markers: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """``skimage.segmentation.watershed(image, markers, mask=mask)`` of a 2-D image (int32)."""
-    w = image.shape[1]
-    img = np.pad(np.asarray(image, np.float64), 1).ravel()
-    msk = np.pad(np.asarray(mask, np.bool_), 1)
-    out = np.pad(np.asarray(markers, np.int32), 1) * msk  # markers outside the mask dropped
-    msk = msk.ravel()
-    stride = w + 2
+def watershed_heap(
+    image: np.ndarray, markers: np.ndarray, mask: np.ndarray, *, negate: bool = False
+) -> np.ndarray:
+    """``skimage.segmentation.watershed(image, markers, mask=mask)`` of a 2-D image (int32), of
+    ``-image`` with ``negate``. Where the mask is False all around the image's edge (a strip of
+    padded images) no copy is padded: scikit-image's padding changes neither the order in which
+    pixels are reached nor their ages."""
+    mask = np.asarray(mask, np.bool_)
+    edge_free = not (mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any())
+    if edge_free:
+        img = np.ascontiguousarray(image)
+        msk = np.ascontiguousarray(mask)
+        out = np.where(msk, markers, 0).astype(np.int32)  # markers outside the mask dropped
+    else:
+        img = np.pad(np.asarray(image), 1)
+        msk = np.pad(mask, 1)
+        out = np.pad(np.asarray(markers, np.int32), 1) * msk
+    stride = out.shape[1]
     offsets = np.array([-stride, -1, 1, stride], np.int64)
-    _watershed(img, out.ravel(), msk, offsets)
-    return out[1:-1, 1:-1].copy()
+    _watershed(img.ravel(), -1.0 if negate else 1.0, out.ravel(), msk.ravel(), offsets)
+    return out if edge_free else out[1:-1, 1:-1].copy()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -602,3 +613,103 @@ def components(mask: np.ndarray) -> tuple[np.ndarray, int]:
     comp = np.empty(mask.shape, np.int64)
     k = _components(mask, comp, np.empty(mask.size, np.int64))
     return comp, k
+
+
+# ------------------------------------------------------------------------------------------------
+# Otsu's threshold and interpolation
+
+
+@njit(cache=True, nogil=True)
+def _otsu_stack(x, bins, out):  # pragma: no cover - compiled
+    """``cells._otsu_rows`` of every image of (N, H, W) float32: the same float64 operations in
+    the same order (histogram between min and max, sequential cumulative sums, first maximum)."""
+    n = x.shape[0]
+    flat = x.reshape(n, -1)
+    size = flat.shape[1]
+    hist = np.empty(bins)
+    centers = np.empty(bins)
+    for i in range(n):
+        row = flat[i]
+        lo = np.float64(row[0])
+        hi = lo
+        for k in range(size):
+            v = np.float64(row[k])
+            if v < lo:
+                lo = v
+            if v > hi:
+                hi = v
+        if not hi - lo >= 1e-6:
+            out[i] = np.nan
+            continue
+        step = (hi - lo) / bins
+        for b in range(bins):
+            hist[b] = 0.0
+        for k in range(size):
+            q = int((np.float64(row[k]) - lo) / step)
+            if q > bins - 1:
+                q = bins - 1
+            hist[q] += 1.0
+        for b in range(bins):
+            centers[b] = lo + step * (b + 0.5)
+        w_total = 0.0
+        m_total = 0.0
+        for b in range(bins):
+            w_total += hist[b]
+            m_total += hist[b] * centers[b]
+        w0 = 0.0
+        m0 = 0.0
+        best = -np.inf
+        arg = 0
+        for b in range(bins - 1):
+            w0 += hist[b]
+            m0 += hist[b] * centers[b]
+            w1 = w_total - w0
+            d = m0 / w0 - (m_total - m0) / w1
+            between = w0 * w1 * (d * d)
+            if np.isnan(between):
+                between = -1.0
+            if between > best:
+                best = between
+                arg = b
+        out[i] = centers[arg]
+
+
+def otsu_stack(x: np.ndarray, bins: int = 256) -> np.ndarray:
+    """Otsu's threshold of each image of an (N, H, W) stack (NaN for a constant image), equal
+    to ``cells._otsu_rows`` of its rows."""
+    x = np.ascontiguousarray(x, np.float32)
+    out = np.empty(x.shape[0])
+    if x.size:
+        _otsu_stack(x, bins, out)
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _upsample(a, r0, r1, rw, c0, c1, cw, out):  # pragma: no cover - compiled
+    """Rows then columns linear interpolation in float32, as numpy computes
+    ``a[:, r0] * (1 - rw) + a[:, r1] * rw`` and then the same along the columns."""
+    n = a.shape[0]
+    h = len(r0)
+    w = len(c0)
+    m = a.shape[2]
+    rows = np.empty((h, m), np.float32)
+    one = np.float32(1.0)
+    for i in range(n):
+        for y in range(h):
+            wy = rw[y]
+            uy = one - wy
+            for j in range(m):
+                rows[y, j] = a[i, r0[y], j] * uy + a[i, r1[y], j] * wy
+        for y in range(h):
+            for x in range(w):
+                wx = cw[x]
+                out[i, y, x] = rows[y, c0[x]] * (one - wx) + rows[y, c1[x]] * wx
+
+
+def upsample(a, r0, r1, rw, c0, c1, cw) -> np.ndarray:
+    """Linear interpolation of a float32 (N, h, w) stack of block values at the given rows and
+    columns (indices and float32 weights)."""
+    a = np.ascontiguousarray(a, np.float32)
+    out = np.empty((a.shape[0], len(r0), len(c0)), np.float32)
+    _upsample(a, r0, r1, rw, c0, c1, cw, out)
+    return out

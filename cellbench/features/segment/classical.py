@@ -78,7 +78,7 @@ import numpy as np
 
 from cellbench.errors import ImageError
 from cellbench.features.segment import _nucleus_kernels as K
-from cellbench.features.segment.cells import _otsu_rows, segment_cells_stack
+from cellbench.features.segment.cells import segment_cells_stack
 
 __all__ = [
     "BACKEND_NAME",
@@ -258,7 +258,7 @@ def _edt(fg: np.ndarray) -> np.ndarray:
 def _otsu_stack(x: np.ndarray, bins: int = 256) -> np.ndarray:
     """Otsu's threshold of each image of an (N, H, W) stack, over a ``bins``-bin histogram
     between the image's minimum and maximum (NaN for a constant image)."""
-    return _otsu_rows(x.reshape(x.shape[0], -1), bins)
+    return K.otsu_stack(x, bins)
 
 
 def _contrast(x: np.ndarray, r: float, p: NucleusParams) -> np.ndarray:
@@ -280,8 +280,7 @@ def _upsample(a: np.ndarray, b: int, h: int, w: int) -> np.ndarray:
 
     r0, r1, rw = axis(h, a.shape[1])
     c0, c1, cw = axis(w, a.shape[2])
-    rows = a[:, r0] * (1 - rw)[:, None] + a[:, r1] * rw[:, None]
-    return rows[:, :, c0] * (1 - cw) + rows[:, :, c1] * cw
+    return K.upsample(a, r0, r1, rw, c0, c1, cw)
 
 
 def _blocks(x: np.ndarray, b: int, reduce: str) -> np.ndarray:
@@ -546,7 +545,7 @@ def _nuclei_at(
     # (the regional maxima, 8-connected plateaus, numbered in raster order of the strip as
     # ndi.label numbers them; compiled)
     markers, _ = K.plateau_maxima(q, fg_s)
-    labels = K.watershed_heap(-f, markers, fg_s)
+    labels = K.watershed_heap(f, markers, fg_s, negate=True)
     n = int(labels.max())
     if n == 0:
         return np.zeros(x.shape, np.int32)
@@ -557,7 +556,7 @@ def _nuclei_at(
         )
         peak[0] = np.inf
         lo_s = _strip(t > p.refine_low * thr)
-        grown = K.watershed_heap(-ts, labels, lo_s | (labels > 0))
+        grown = K.watershed_heap(ts, labels, lo_s | (labels > 0), negate=True)
         labels = np.where(ts >= p.refine_fraction * peak[grown], grown, 0)
     keep = np.bincount(labels.ravel(), minlength=n + 1) > min_size
     if p.snr > 0:
