@@ -713,3 +713,111 @@ def upsample(a, r0, r1, rw, c0, c1, cw) -> np.ndarray:
     out = np.empty((a.shape[0], len(r0), len(c0)), np.float32)
     _upsample(a, r0, r1, rw, c0, c1, cw, out)
     return out
+
+
+@njit(cache=True, nogil=True)
+def _blob_medians(fg, dist, min_size, out):  # pragma: no cover - compiled
+    """Per image: the 4-connected blobs of ``fg`` with at least ``min_size`` px, the largest
+    ``dist`` of each (float64), and out = lower + upper middle of their sorted values (NaN when
+    there is none)."""
+    n, h, w = fg.shape
+    comp = np.empty((h, w), np.int64)
+    queue = np.empty(h * w, np.int64)
+    for i in range(n):
+        k = _components(fg[i], comp, queue)
+        size = np.zeros(k + 1, np.int64)
+        top = np.full(k + 1, -np.inf)
+        for y in range(h):
+            for x in range(w):
+                c = comp[y, x]
+                if c > 0:
+                    size[c] += 1
+                    v = np.float64(dist[i, y, x])
+                    if v > top[c]:
+                        top[c] = v
+        vals = np.empty(k)
+        m = 0
+        for c in range(1, k + 1):
+            if size[c] >= min_size:
+                vals[m] = top[c]
+                m += 1
+        if m == 0:
+            out[i] = np.nan
+            continue
+        s = np.sort(vals[:m])
+        out[i] = s[(m - 1) // 2] + s[m // 2]
+
+
+def blob_medians(fg: np.ndarray, min_size: float) -> np.ndarray:
+    """Per image of an (N, H, W) bool stack, lower + upper middle value (float64) of the largest
+    inscribed distances of its 4-connected blobs of at least ``min_size`` px (the distance to the
+    nearest background pixel, the pixels around the image counting as background); NaN where
+    there is none."""
+    fg = np.ascontiguousarray(fg, np.bool_)
+    n, h, w = fg.shape
+    out = np.full(n, np.nan)
+    if fg.size:
+        padded = np.zeros((n, h + 2, w + 2), np.bool_)
+        padded[:, 1:-1, 1:-1] = fg
+        dist = np.ascontiguousarray(edt_stack(padded)[:, 1:-1, 1:-1])
+        _blob_medians(fg, dist, float(min_size), out)
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _masked_percentiles(x, mask, q, out):  # pragma: no cover - compiled
+    n, h, w = x.shape
+    vals = np.empty(h * w, np.float32)
+    for i in range(n):
+        m = 0
+        for y in range(h):
+            for j in range(w):
+                if mask[i, y, j]:
+                    vals[m] = x[i, y, j]
+                    m += 1
+        if m == 0:
+            continue
+        s = np.sort(vals[:m])
+        # numpy's "linear" method: virtual index (m - 1) q, float32 interpolation (weight cast
+        # to float32), from the upper value when the weight is 0.5 or more
+        v = (m - 1) * q
+        lo = int(np.floor(v))
+        if v >= m - 1:
+            out[i] = s[m - 1]
+            continue
+        g = v - lo
+        a = s[lo]
+        b = s[lo + 1]
+        d = b - a
+        if g >= 0.5:
+            out[i] = b - d * np.float32(1.0 - g)
+        else:
+            out[i] = a + d * np.float32(g)
+
+
+def masked_percentiles(x: np.ndarray, mask: np.ndarray, percent: float) -> np.ndarray:
+    """``np.percentile(x[i][mask[i]], percent)`` of each image of a float32 stack (float32; 0
+    where the mask is empty)."""
+    out = np.zeros(x.shape[0], np.float32)
+    _masked_percentiles(
+        np.ascontiguousarray(x, np.float32),
+        np.ascontiguousarray(mask, np.bool_),
+        np.true_divide(percent, 100),
+        out,
+    )
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _image_of(flat, per, out):  # pragma: no cover - compiled
+    for k in range(flat.size):
+        lab = flat[k]
+        if lab > 0:
+            out[lab] = k // per
+
+
+def image_of(strip_labels: np.ndarray, n: int, n_img: int) -> np.ndarray:
+    """The image (0..N-1) of each label 0..n of a strip of N images (0 for 0 and absent labels)."""
+    out = np.zeros(n + 1, np.intp)
+    _image_of(np.ascontiguousarray(strip_labels).ravel(), strip_labels.size // n_img, out)
+    return out

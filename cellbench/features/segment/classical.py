@@ -336,28 +336,11 @@ def _measure_radii(
 ) -> np.ndarray:
     """Per image of a background-free stack ``t``, the radius of what Otsu's threshold finds
     (1.2 x the median over blobs of the largest inscribed distance; NaN where nothing is found)."""
-    n_img = t.shape[0]
-    out = np.full(n_img, np.nan)
     thr = _otsu_stack(t)
-    fg = _strip(_fill_holes(t > fraction * np.nan_to_num(thr, nan=np.inf)[:, None, None]))
-    comp, n = K.components(fg)
-    if n == 0:
-        return out
-    inscribed = _per_label_max(K.edt_stack(fg[None])[0], comp, n)[1:]
-    sizes = np.bincount(comp.ravel(), minlength=n + 1)[1:]
-    owner = _image_of(comp, n, n_img)[1:]
-    keep = sizes >= max(0.1 * np.pi * r * r, 8.0)
-    owner, inscribed = owner[keep], inscribed[keep]
-    # median per image: blobs sorted by (image, inscribed distance), middle one(s) of each image
-    order = np.lexsort((inscribed, owner))
-    owner, inscribed = owner[order], inscribed[order]
-    bounds = np.searchsorted(owner, np.arange(n_img + 1))
-    count = np.diff(bounds)
-    has = count > 0
-    lo = bounds[:-1][has] + (count[has] - 1) // 2
-    hi = bounds[:-1][has] + count[has] // 2
-    out[has] = factor * 0.5 * (inscribed[lo] + inscribed[hi])
-    return out
+    fg = _fill_holes(t > fraction * np.nan_to_num(thr, nan=np.inf)[:, None, None])
+    # per image, the median over blobs (of at least max(0.1 pi r^2, 8) px) of the largest
+    # inscribed distance: the mean of the two middle values of the sorted list (compiled)
+    return factor * 0.5 * K.blob_medians(fg, max(0.1 * np.pi * r * r, 8.0))
 
 
 def _factor(c: float, p: NucleusParams) -> int:
@@ -487,11 +470,7 @@ def _noise_sigma(x: np.ndarray) -> np.ndarray:
 
 def _image_of(strip_labels: np.ndarray, n: int, n_img: int) -> np.ndarray:
     """The image (0..N-1) of each label 0..n of a strip (index 0 and absent labels: 0)."""
-    img_of = np.zeros(n + 1, np.intp)
-    flat = strip_labels.ravel()
-    nz = np.flatnonzero(flat)
-    img_of[flat[nz]] = nz // (strip_labels.size // n_img)
-    return img_of
+    return K.image_of(strip_labels, n, n_img)
 
 
 def _number_per_image(strip_labels: np.ndarray, keep: np.ndarray, n_img: int) -> np.ndarray:
@@ -531,10 +510,8 @@ def _nuclei_at(
     marker_fn = dist / r
     if p.intensity_weight > 0:
         it = _gauss(t, max(p.intensity_sigma * r, 0.5))
-        top = np.zeros(n_img, np.float32)
-        for i in range(n_img):
-            if fg[i].any():
-                top[i] = np.percentile(it[i][fg[i]], 99)
+        # the 99th percentile of each image's foreground (0 where empty; compiled)
+        top = K.masked_percentiles(it, fg, 99)
         inorm = np.clip(it / np.where(top > 0, top, np.inf)[:, None, None], 0.0, 1.0)
         marker_fn = (1.0 - p.intensity_weight) * marker_fn + p.intensity_weight * inorm
     # markers: regional maxima (8-connected) of the marker function quantised in steps of h, so
