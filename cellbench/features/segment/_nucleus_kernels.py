@@ -425,46 +425,64 @@ def label_max(values: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
 # binary masks and their components (4-connected unless said otherwise)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _root(parent, x):  # pragma: no cover - compiled
+    while parent[x] != x:
+        parent[x] = parent[parent[x]]
+        x = parent[x]
+    return x
+
+
 @njit(cache=True, nogil=True)
-def _fill_holes_stack(mask, out, queue):  # pragma: no cover - compiled
+def _fill_holes_stack(mask, out, lab, parent):  # pragma: no cover - compiled
     """out = mask plus its holes: background pixels not 4-connected to the image's edge through
-    background (``scipy.ndimage.label`` of the background, components touching the edge kept)."""
+    background (``scipy.ndimage.label`` of the background, components touching the edge kept).
+    One raster pass of union-find over the background, its components touching the edge marked,
+    one pass to read them out."""
     n, h, w = mask.shape
     for i in range(n):
         m = mask[i]
+        k = 0
+        for y in range(h):
+            for x in range(w):
+                if m[y, x]:
+                    lab[y, x] = -1
+                    continue
+                up = lab[y - 1, x] if y > 0 else -1
+                left = lab[y, x - 1] if x > 0 else -1
+                if up < 0 and left < 0:
+                    parent[k] = k
+                    lab[y, x] = k
+                    k += 1
+                elif up < 0:
+                    lab[y, x] = left
+                elif left < 0:
+                    lab[y, x] = up
+                else:
+                    a = _root(parent, up)
+                    b = _root(parent, left)
+                    if a < b:
+                        parent[b] = a
+                    elif b < a:
+                        parent[a] = b
+                    lab[y, x] = left
+        # parent[] >= k is free: mark the roots of components touching the edge
+        edge = parent[k : 2 * k + 1]
+        for c in range(k):
+            edge[c] = 0
+        for y in range(h):
+            for x in (0, w - 1):
+                if lab[y, x] >= 0:
+                    edge[_root(parent, lab[y, x])] = 1
+        for x in range(w):
+            for y in (0, h - 1):
+                if lab[y, x] >= 0:
+                    edge[_root(parent, lab[y, x])] = 1
         o = out[i]
         for y in range(h):
             for x in range(w):
-                o[y, x] = True
-        tail = 0
-        for y in range(h):
-            for x in range(w):
-                if (y == 0 or x == 0 or y == h - 1 or x == w - 1) and not m[y, x] and o[y, x]:
-                    o[y, x] = False
-                    queue[tail] = y * w + x
-                    tail += 1
-        head = 0
-        while head < tail:
-            p = queue[head]
-            head += 1
-            y = p // w
-            x = p - y * w
-            if y > 0 and o[y - 1, x] and not m[y - 1, x]:
-                o[y - 1, x] = False
-                queue[tail] = p - w
-                tail += 1
-            if y < h - 1 and o[y + 1, x] and not m[y + 1, x]:
-                o[y + 1, x] = False
-                queue[tail] = p + w
-                tail += 1
-            if x > 0 and o[y, x - 1] and not m[y, x - 1]:
-                o[y, x - 1] = False
-                queue[tail] = p - 1
-                tail += 1
-            if x < w - 1 and o[y, x + 1] and not m[y, x + 1]:
-                o[y, x + 1] = False
-                queue[tail] = p + 1
-                tail += 1
+                c = lab[y, x]
+                o[y, x] = c < 0 or edge[_root(parent, c)] == 0
 
 
 def fill_holes_stack(mask: np.ndarray) -> np.ndarray:
@@ -473,7 +491,8 @@ def fill_holes_stack(mask: np.ndarray) -> np.ndarray:
     mask = np.ascontiguousarray(mask, np.bool_)
     out = np.empty_like(mask)
     if mask.size:
-        _fill_holes_stack(mask, out, np.empty(mask.shape[1] * mask.shape[2], np.int64))
+        h, w = mask.shape[1:]
+        _fill_holes_stack(mask, out, np.empty((h, w), np.int64), np.empty(2 * h * w + 1, np.int64))
     return out
 
 
