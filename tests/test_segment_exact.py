@@ -1,0 +1,138 @@
+"""The compiled nucleus pass gives the labels of the scipy / scikit-image pass it replaced, pixel for
+pixel: ``bench/perf/_classical_v3_ref.py`` is ``classical.py`` frozen before the compiled kernels
+(``cellbench/features/segment/_nucleus_kernels.py``), and every label, cell and feature of the
+current module must equal its output on simulated crops, synthetic nuclei of 3-50 px radius (the
+box-blur path of large sigmas included), real BBBC021 crops and DSB2018 images."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import REPO, shared_data_or_skip
+
+from cellbench.features.segment import classical as fast
+
+
+@pytest.fixture(scope="module")
+def ref():
+    path = REPO / "bench" / "perf" / "_classical_v3_ref.py"
+    spec = importlib.util.spec_from_file_location("_classical_v3_ref", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["_classical_v3_ref"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def _assert_same_segmentation(ref, crops: np.ndarray) -> None:
+    a = ref.segment_stack(crops)
+    b = fast.segment_stack(crops)
+    np.testing.assert_array_equal(b.nuclei, a.nuclei)
+    np.testing.assert_array_equal(b.cells, a.cells)
+    np.testing.assert_array_equal(b.cyto_mask, a.cyto_mask)
+    np.testing.assert_array_equal(fast.stack_features(b), ref.stack_features(a))
+
+
+def _sim_crops(n: int, seed: int) -> np.ndarray:
+    from cellbench.data import sim
+    from cellbench.data.layout import MOAS
+
+    rng = np.random.default_rng(seed)
+    moas = ["DMSO", *MOAS]
+    crops = []
+    for i in range(n):
+        style = sim.plate_style(np.random.default_rng(seed + i // 8))
+        crops.append(sim.render_crop(rng, moas[i % len(moas)], float(i % 3), style))
+    return np.stack(crops)
+
+
+def test_simulated_crops_bit_identical(ref) -> None:
+    crops = _sim_crops(48, seed=3)
+    _assert_same_segmentation(ref, crops)
+    assert fast.segment_stack(crops).nuclei.max() > 0
+    # the radius estimate on its own, and a batch cut in two
+    dna = crops[..., 2]
+    np.testing.assert_array_equal(fast.estimate_radii(dna), ref.estimate_radii(dna))
+    np.testing.assert_array_equal(
+        fast.segment_nuclei_stack(dna[:7]), ref.segment_nuclei_stack(dna[:7])
+    )
+
+
+def _nuclei_image(radius: float, seed: int) -> np.ndarray:
+    """Noisy elliptic nuclei of about ``radius`` px, some touching, on an uneven background."""
+    rng = np.random.default_rng(seed)
+    size = max(128, int(radius * 11))
+    yy, xx = np.mgrid[:size, :size]
+    img = rng.normal(20, 4, (size, size)) + 10 * xx / size
+    step = int(2.2 * radius + 4)
+    for cy in range(int(radius) + 2, size - int(radius) - 2, step):
+        for cx in range(int(radius) + 2, size - int(radius) - 2, step):
+            a, b = radius * rng.uniform(0.8, 1.2, size=2)
+            img[((yy - cy) / a) ** 2 + ((xx - cx) / b) ** 2 <= 1] += rng.uniform(40, 160)
+    return np.clip(img, 0, 255).astype(np.float32)
+
+
+@pytest.mark.parametrize("radius", [2.5, 3.5, 6, 12, 30, 50])
+def test_synthetic_nuclei_every_scale_bit_identical(ref, radius: float) -> None:
+    img = _nuclei_image(radius, seed=int(radius * 10))
+    np.testing.assert_array_equal(fast.segment_nuclei(img), ref.segment_nuclei(img))
+    # a fixed radius whose sigma exceeds 3 px takes the box-blur path
+    for r in (3.4, radius):
+        p_fast, p_ref = (
+            replace(fast.DEFAULT_PARAMS, radius=r),
+            replace(ref.DEFAULT_PARAMS, radius=r),
+        )
+        np.testing.assert_array_equal(
+            fast.segment_nuclei(img, params=p_fast), ref.segment_nuclei(img, params=p_ref)
+        )
+
+
+def test_degenerate_images_bit_identical(ref) -> None:
+    rng = np.random.default_rng(0)
+    stack = np.stack(
+        [
+            np.zeros((40, 52), np.float32),  # flat
+            rng.normal(10, 2, (40, 52)).astype(np.float32),  # noise
+            np.full((40, 52), 200, np.float32),  # saturated
+        ]
+    )
+    stack[2, 5:35, 5:45] = 255  # one large saturated plateau touching nothing
+    np.testing.assert_array_equal(fast.segment_nuclei_stack(stack), ref.segment_nuclei_stack(stack))
+
+
+@pytest.mark.shared
+def test_real_bbbc021_crops_bit_identical(ref) -> None:
+    from cellbench.features.segment.convert import to_uint8_crop
+
+    root = shared_data_or_skip("bbbc021_real", "singh_crops_68x68")
+    labels = pd.read_csv(root / "crop_labels.csv")
+    crops = np.stack(
+        [
+            to_uint8_crop(np.load(root / r.class_folder / r.file_name), order=(2, 1, 0))
+            for r in labels.itertuples()
+        ]
+    )
+    _assert_same_segmentation(ref, crops)
+
+
+@pytest.mark.shared
+def test_dsb2018_images_bit_identical(ref) -> None:
+    """A few DSB2018 images (those of bench/studies/segment_cv.py), with the default parameters
+    and every cross-validation candidate."""
+    from PIL import Image
+
+    sys.path.insert(0, str(REPO / "bench" / "studies"))
+    from segment_cv import CANDIDATES
+
+    root = shared_data_or_skip("real_seg", "dsb2018_stage1_train_subset")
+    paths = sorted((root / "images").glob("*.png"))[::16]
+    for path in paths:
+        img = np.asarray(Image.open(path))[..., 0]
+        for cand in CANDIDATES:
+            got = fast.segment_nuclei(img, params=replace(fast.DEFAULT_PARAMS, **cand))
+            want = ref.segment_nuclei(img, params=replace(ref.DEFAULT_PARAMS, **cand))
+            np.testing.assert_array_equal(got, want, err_msg=f"{path.name} {cand}")
