@@ -109,7 +109,7 @@ def test_real_bbbc021_crops_bit_identical(ref) -> None:
     from cellbench.features.segment.convert import to_uint8_crop
 
     root = shared_data_or_skip("bbbc021_real", "singh_crops_68x68")
-    labels = pd.read_csv(root / "crop_labels.csv")
+    labels = pd.read_csv(root / "crop_labels.csv").iloc[::4]  # every crop: nucleus_exactness.py
     crops = np.stack(
         [
             to_uint8_crop(np.load(root / r.class_folder / r.file_name), order=(2, 1, 0))

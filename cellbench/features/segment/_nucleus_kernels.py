@@ -236,8 +236,14 @@ def _edt_stack(fg, big, out):  # pragma: no cover - compiled
                     if d * d < col[y, x]:
                         col[y, x] = d * d
         for y in range(h):
+            any_fg = False
             for q in range(w):
                 f1[q] = col[y, q]
+                any_fg |= fg[i, y, q]
+            if not any_fg:
+                for q in range(w):
+                    out[i, y, q] = 0.0
+                continue
             # lower envelope of the parabolas of the finite entries
             k = -1
             for q in range(w):
@@ -839,4 +845,116 @@ def image_of(strip_labels: np.ndarray, n: int, n_img: int) -> np.ndarray:
     """The image (0..N-1) of each label 0..n of a strip of N images (0 for 0 and absent labels)."""
     out = np.zeros(n + 1, np.intp)
     _image_of(np.ascontiguousarray(strip_labels).ravel(), strip_labels.size // n_img, out)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# pixel noise and block extrema
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _kth_pair(count, m):  # pragma: no cover - compiled
+    """The order statistics (m - 1) // 2 and m // 2 (0-based) of a histogram of m values."""
+    lo_k = (m - 1) // 2
+    hi_k = m // 2
+    seen = 0
+    a = -1
+    b = -1
+    for v in range(len(count)):
+        seen += count[v]
+        if a < 0 and seen > lo_k:
+            a = v
+        if seen > hi_k:
+            b = v
+            break
+    return a, b
+
+
+@njit(cache=True, nogil=True)
+def _noise_mad(x, out, ok):  # pragma: no cover - compiled
+    """Per image: the median absolute deviation (float32) of the horizontal neighbour differences
+    of every other row, as numpy's ``median`` computes it (the mean of the two middle values in
+    float32), by counting; only for images whose differences are integers below 2^15 (``ok``
+    False otherwise)."""
+    n, h, w = x.shape
+    span = 1 << 15
+    count = np.zeros(2 * span + 1, np.int64)
+    count2 = np.zeros(4 * span + 1, np.int64)
+    for i in range(n):
+        ok[i] = True
+        for k in range(len(count)):
+            count[k] = 0
+        m = 0
+        for y in range(0, h, 2):
+            for j in range(w - 1):
+                d = x[i, y, j + 1] - x[i, y, j]
+                if d != np.floor(d) or abs(d) >= span:
+                    ok[i] = False
+                    break
+                count[int(d) + span] += 1
+                m += 1
+            if not ok[i]:
+                break
+        if not ok[i] or m == 0:
+            ok[i] = False
+            continue
+        a, b = _kth_pair(count, m)
+        fa = np.float32(a - span)
+        fb = np.float32(b - span)
+        med = (fa + fb) / np.float32(2.0) if m % 2 == 0 else fb
+        # |d - med| are multiples of 0.5: count twice their value
+        for k in range(len(count2)):
+            count2[k] = 0
+        for v in range(len(count)):
+            c = count[v]
+            if c:
+                e = abs(np.float32(v - span) - med)
+                count2[int(e * 2)] += c
+        a, b = _kth_pair(count2, m)
+        ea = np.float32(a) / np.float32(2.0)
+        eb = np.float32(b) / np.float32(2.0)
+        out[i] = (ea + eb) / np.float32(2.0) if m % 2 == 0 else eb
+
+
+def noise_mad(x: np.ndarray) -> np.ndarray:
+    """``np.median(np.abs(d - np.median(d, 1)[:, None]), 1)`` (float32) of the horizontal
+    neighbour differences d of every other row of each image of a float32 stack: counted where
+    they are integers (images of integer values), numpy's ``median`` elsewhere."""
+    x = np.ascontiguousarray(x, np.float32)
+    n = x.shape[0]
+    out = np.zeros(n, np.float32)
+    ok = np.zeros(n, np.bool_)
+    _noise_mad(x, out, ok)
+    if not ok.all():
+        rest = np.flatnonzero(~ok)
+        d = np.diff(x[rest][:, ::2], axis=2).reshape(len(rest), -1)
+        med = np.median(d, axis=1)
+        out[rest] = np.median(np.abs(d - med[:, None]), axis=1)
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _blocks(x, b, is_max, out):  # pragma: no cover - compiled
+    n, h, w = x.shape
+    hb, wb = out.shape[1], out.shape[2]
+    for i in range(n):
+        for by in range(hb):
+            for bx in range(wb):
+                v = x[i, min(by * b, h - 1), min(bx * b, w - 1)]
+                for dy in range(b):
+                    y = min(by * b + dy, h - 1)
+                    for dx in range(b):
+                        u = x[i, y, min(bx * b + dx, w - 1)]
+                        if (u > v) if is_max else (u < v):
+                            v = u
+                out[i, by, bx] = v
+
+
+def blocks(x: np.ndarray, b: int, is_max: bool) -> np.ndarray:
+    """Minimum (or maximum) of every b x b block of each image of a stack, edge blocks padded by
+    repeating the edge."""
+    x = np.ascontiguousarray(x)
+    n, h, w = x.shape
+    out = np.empty((n, -(-h // b), -(-w // b)), x.dtype)
+    _blocks(x, int(b), bool(is_max), out)
     return out

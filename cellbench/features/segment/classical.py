@@ -285,17 +285,7 @@ def _upsample(a: np.ndarray, b: int, h: int, w: int) -> np.ndarray:
 
 def _blocks(x: np.ndarray, b: int, reduce: str) -> np.ndarray:
     """Block minima or maxima of b x b px blocks of each image (edge blocks padded by the edge)."""
-    h, w = x.shape[1:]
-    hb, wb = -(-h // b), -(-w // b)
-    xp = np.pad(x, ((0, 0), (0, hb * b - h), (0, wb * b - w)), mode="edge")
-    op = np.minimum if reduce == "min" else np.maximum
-    cols = xp[:, :, 0::b].copy()
-    for j in range(1, b):
-        op(cols, xp[:, :, j::b], out=cols)
-    out = cols[:, 0::b].copy()
-    for j in range(1, b):
-        op(out, cols[:, j::b], out=out)
-    return out
+    return K.blocks(x, b, reduce == "max")
 
 
 def _opening(s: np.ndarray, k: int) -> np.ndarray:
@@ -463,9 +453,8 @@ def _noise_sigma(x: np.ndarray) -> np.ndarray:
     (every other row) / sqrt(2)."""
     if x.shape[2] < 2:
         return np.zeros(x.shape[0])
-    d = np.diff(x[:, ::2], axis=2).reshape(x.shape[0], -1)
-    med = np.median(d, axis=1)
-    return 1.4826 * np.median(np.abs(d - med[:, None]), axis=1).astype(np.float64) / np.sqrt(2.0)
+    # np.median(|d - np.median(d)|) of the differences d, counted when they are integers
+    return 1.4826 * K.noise_mad(x).astype(np.float64) / np.sqrt(2.0)
 
 
 def _image_of(strip_labels: np.ndarray, n: int, n_img: int) -> np.ndarray:
@@ -526,8 +515,8 @@ def _nuclei_at(
     n = int(labels.max())
     if n == 0:
         return np.zeros(x.shape, np.int32)
+    ts = _strip(t)
     if p.refine_fraction > 0:
-        ts = _strip(t)
         peak = np.bincount(labels.ravel(), ts.ravel(), minlength=n + 1) / np.maximum(
             np.bincount(labels.ravel(), minlength=n + 1), 1
         )
@@ -539,7 +528,7 @@ def _nuclei_at(
     if p.snr > 0:
         if noise is None:
             noise = _noise_sigma(x)
-        peak = _per_label_max(_strip(t), labels, n)
+        peak = _per_label_max(ts, labels, n)
         img_of = _image_of(labels, n, n_img)
         keep &= ~((noise[img_of] > 0) & (peak < p.snr * noise[img_of]))
     return _number_per_image(labels, keep, n_img)
