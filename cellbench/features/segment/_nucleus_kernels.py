@@ -881,36 +881,41 @@ def _noise_mad(x, out, ok):  # pragma: no cover - compiled
     count = np.zeros(2 * span + 1, np.int64)
     count2 = np.zeros(4 * span + 1, np.int64)
     for i in range(n):
-        ok[i] = True
-        for k in range(len(count)):
-            count[k] = 0
-        m = 0
+        ok[i] = w > 1
+        lo = span
+        hi = -span
         for y in range(0, h, 2):
             for j in range(w - 1):
                 d = x[i, y, j + 1] - x[i, y, j]
                 if d != np.floor(d) or abs(d) >= span:
                     ok[i] = False
-                    break
-                count[int(d) + span] += 1
-                m += 1
-            if not ok[i]:
-                break
-        if not ok[i] or m == 0:
-            ok[i] = False
+                elif d < lo:
+                    lo = int(d)
+                if ok[i] and d > hi:
+                    hi = int(d)
+        if not ok[i]:
             continue
-        a, b = _kth_pair(count, m)
-        fa = np.float32(a - span)
-        fb = np.float32(b - span)
+        for k in range(hi - lo + 1):
+            count[k] = 0
+        m = 0
+        for y in range(0, h, 2):
+            for j in range(w - 1):
+                count[int(x[i, y, j + 1] - x[i, y, j]) - lo] += 1
+                m += 1
+        a, b = _kth_pair(count[: hi - lo + 1], m)
+        fa = np.float32(a + lo)
+        fb = np.float32(b + lo)
         med = (fa + fb) / np.float32(2.0) if m % 2 == 0 else fb
         # |d - med| are multiples of 0.5: count twice their value
-        for k in range(len(count2)):
+        top = int(2 * max(abs(np.float32(lo) - med), abs(np.float32(hi) - med))) + 1
+        for k in range(top):
             count2[k] = 0
-        for v in range(len(count)):
+        for v in range(hi - lo + 1):
             c = count[v]
             if c:
-                e = abs(np.float32(v - span) - med)
+                e = abs(np.float32(v + lo) - med)
                 count2[int(e * 2)] += c
-        a, b = _kth_pair(count2, m)
+        a, b = _kth_pair(count2[:top], m)
         ea = np.float32(a) / np.float32(2.0)
         eb = np.float32(b) / np.float32(2.0)
         out[i] = (ea + eb) / np.float32(2.0) if m % 2 == 0 else eb
@@ -958,3 +963,81 @@ def blocks(x: np.ndarray, b: int, is_max: bool) -> np.ndarray:
     out = np.empty((n, -(-h // b), -(-w // b)), x.dtype)
     _blocks(x, int(b), bool(is_max), out)
     return out
+
+
+# ------------------------------------------------------------------------------------------------
+# foreground and border refinement (elementwise steps of the nucleus pass, fused)
+
+
+@njit(cache=True, nogil=True)
+def _foreground(t, otsu_level, lf, local_max, out):  # pragma: no cover - compiled
+    n, h, w = t.shape
+    for i in range(n):
+        lev = otsu_level[i]
+        for y in range(h):
+            for x in range(w):
+                v = t[i, y, x]
+                out[i, y, x] = np.float64(v) > lev and v > lf * local_max[i, y, x]
+
+
+def foreground(
+    t: np.ndarray, otsu_level: np.ndarray, local_fraction: float, local_max: np.ndarray
+) -> np.ndarray:
+    """``(t > otsu_level[:, None, None]) & (t > local_fraction * local_max)`` of float32 stacks
+    (the first comparison in float64, the second in float32, as numpy compares them)."""
+    out = np.empty(t.shape, np.bool_)
+    _foreground(
+        np.ascontiguousarray(t, np.float32),
+        np.ascontiguousarray(otsu_level, np.float64),
+        np.float32(local_fraction),
+        np.ascontiguousarray(local_max, np.float32),
+        out,
+    )
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _label_means(values, labels, n, out):  # pragma: no cover - compiled
+    total = np.zeros(n + 1)
+    count = np.zeros(n + 1, np.int64)
+    for k in range(labels.size):
+        lab = labels[k]
+        total[lab] += np.float64(values[k])
+        count[lab] += 1
+    for lab in range(n + 1):
+        out[lab] = total[lab] / max(count[lab], 1)
+
+
+def label_means(values: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
+    """Mean of ``values`` per label 0..n (0 where absent), float64 sums in raster order, equal to
+    ``np.bincount(labels, values) / np.maximum(np.bincount(labels), 1)``."""
+    out = np.empty(n + 1)
+    _label_means(np.ascontiguousarray(values).ravel(), np.ascontiguousarray(labels).ravel(), n, out)
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _keep_bright(values, grown, level, fraction, out, count):  # pragma: no cover - compiled
+    for k in range(grown.size):
+        g = grown[k]
+        lab = g if np.float64(values[k]) >= fraction * level[g] else 0
+        out[k] = lab
+        count[lab] += 1
+
+
+def keep_bright(
+    values: np.ndarray, grown: np.ndarray, level: np.ndarray, fraction: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """``np.where(values >= fraction * level[grown], grown, 0)`` (compared in float64) and the
+    pixel count of each label 0..len(level) - 1 of the result."""
+    out = np.empty(grown.shape, np.int32)
+    count = np.zeros(len(level), np.int64)
+    _keep_bright(
+        np.ascontiguousarray(values).ravel(),
+        np.ascontiguousarray(grown).ravel(),
+        level,
+        float(fraction),
+        out.ravel(),
+        count,
+    )
+    return out, count

@@ -484,10 +484,10 @@ def _nuclei_at(
     ``noise``: :func:`_noise_sigma` of ``x``, computed here when None)."""
     n_img = x.shape[0]
     thr = _otsu_stack(t)
-    valid = np.isfinite(thr)
     thr = np.nan_to_num(thr, nan=np.inf)[:, None, None]
     local_max = _local_max(t, max(int(p.local_window * r), 3), 0.5 * r)
-    fg = (t > p.otsu_fraction * thr) & (t > p.local_fraction * local_max) & valid[:, None, None]
+    # t > otsu_fraction x Otsu's level (inf for a flat image) and > local_fraction x local maximum
+    fg = K.foreground(t, p.otsu_fraction * thr[:, 0, 0], p.local_fraction, local_max)
     min_size = max(p.min_area * np.pi * r * r, 10.0)
     # holes filled, then the 4-connected blobs of at most min_size px dropped
     fg = K.keep_large(_fill_holes(fg), min_size)
@@ -517,14 +517,14 @@ def _nuclei_at(
         return np.zeros(x.shape, np.int32)
     ts = _strip(t)
     if p.refine_fraction > 0:
-        peak = np.bincount(labels.ravel(), ts.ravel(), minlength=n + 1) / np.maximum(
-            np.bincount(labels.ravel(), minlength=n + 1), 1
-        )
+        peak = K.label_means(ts, labels, n)  # mean contrast of each nucleus
         peak[0] = np.inf
         lo_s = _strip(t > p.refine_low * thr)
         grown = K.watershed_heap(ts, labels, lo_s | (labels > 0), negate=True)
-        labels = np.where(ts >= p.refine_fraction * peak[grown], grown, 0)
-    keep = np.bincount(labels.ravel(), minlength=n + 1) > min_size
+        labels, sizes = K.keep_bright(ts, grown, peak, p.refine_fraction)
+    else:
+        sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    keep = sizes > min_size
     if p.snr > 0:
         if noise is None:
             noise = _noise_sigma(x)
