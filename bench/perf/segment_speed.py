@@ -7,12 +7,16 @@ Pipelines on the same simulated crops, side by side in one run:
   its Otsu foreground, the features of :func:`cellbench.features.segment.classical.features_from_masks`;
 * ``classical v2``: the frozen copy of the suite-2 segmenter (``bench/perf/_classical_v2.py``),
   its ``segment_batch``;
-* ``classical v3, scipy cells``: version 3 as first merged (before the compiled kernels): v3
-  nuclei, the cell pass by the scipy / scikit-image reference ``cells.segment_cells`` once per
-  batch on a strip of crops with 8-px gutters, the features by the numpy batch code (both
-  reproduced below);
+* ``classical v3, scipy nuclei``: version 3 before the compiled nucleus pass, the frozen copy
+  ``bench/perf/_classical_v3_ref.py`` (its nucleus pass in scipy / scikit-image; compiled cell
+  pass and features), its ``segment_batch``: the same features as the current one, bit for bit
+  (``bench/perf/nucleus_exactness.py``);
 * ``classical v3``: the current default, ``cellbench.features.segment.classical.segment_batch``
-  (compiled cell pass and features).
+  (compiled nucleus pass, cell pass and features);
+* ``classical v3, scipy cells`` (only with ``--with-scipy-cells``): version 3 as first merged:
+  nuclei as above, the cell pass by the scipy / scikit-image reference ``cells.segment_cells``
+  once per batch on a strip of crops with 8-px gutters, the features by the numpy batch code
+  (both reproduced below).
 
 Each pipeline's features then go through ``cellbench.metrics.rewards.compute_rewards`` with the
 shipped reference statistics (their values do not matter for timing). Every repeat times the
@@ -23,8 +27,8 @@ CPU-second summed over the workers (each worker reports its own process time) ne
 clock. Medians over the repeats.
 
 A stage profile follows (CPU ms per crop, one process): DNA / cytoplasm split, nucleus pass, cell
-pass, features, rewards, for v3 before (scipy cells, numpy features) and after (compiled);
-``--cprofile`` adds cProfile's top functions of the current pipeline.
+pass, features, rewards, for v3 with the scipy nucleus pass (frozen copy) and the current v3
+(compiled); ``--cprofile`` adds cProfile's top functions of the current pipeline.
 
 Usage: python bench/perf/segment_speed.py [--data-dir data] [--n 512] [--repeats 3]
   (needs `cellbench data sim --out DATA/bbbc021-sim --scale small --seed 0` or larger)
@@ -49,6 +53,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _classical_v2 as v2
+import _classical_v3_ref as v3_ref
 
 from cellbench.features.segment import classical as v3
 
@@ -169,6 +174,7 @@ PIPELINES = {
     "naive": naive_batch,
     "classical v2": v2.segment_batch,
     "classical v3, scipy cells": v3_before_batch,
+    "classical v3, scipy nuclei": v3_ref.segment_batch,
     "classical v3": v3.segment_batch,
 }
 
@@ -186,21 +192,22 @@ def _rewards(feats: np.ndarray, moas: np.ndarray, reference: dict) -> None:
 
 
 def stage_profile(crops: np.ndarray, moas: np.ndarray, reference: dict) -> dict[str, dict]:
-    """CPU ms per crop of each stage, v3 before (scipy cells, numpy features) and after."""
-    out: dict[str, dict] = {"v3, scipy cells": {}, "v3": {}}
+    """CPU ms per crop of each stage, v3 with the scipy nucleus pass (frozen) and the current v3."""
+    out: dict[str, dict] = {"v3, scipy nuclei": {}, "v3": {}}
     n = len(crops)
-    for name, cell_pass, feats in (
-        ("v3, scipy cells", scipy_cell_pass, numpy_stack_features),
-        ("v3", v3._cell_pass, lambda a, b, c: v3.stack_features(v3.StackSegmentation(a, b, c))),
+    feats = lambda a, b, c: v3.stack_features(v3.StackSegmentation(a, b, c))  # noqa: E731
+    for name, nucleus_pass in (
+        ("v3, scipy nuclei", v3_ref.segment_nuclei_stack),
+        ("v3", v3.segment_nuclei_stack),
     ):
         t = dict.fromkeys(("split", "nuclei", "cells", "features", "rewards"), 0.0)
         for s in range(0, n, v3.BATCH_CHUNK):
             c0 = time.process_time()
             dna, cyto = v3._split_channels(crops[s : s + v3.BATCH_CHUNK], 2)
             c1 = time.process_time()
-            nuclei = v3.segment_nuclei_stack(dna)
+            nuclei = nucleus_pass(dna)
             c2 = time.process_time()
-            cells, fg = cell_pass(cyto, nuclei)
+            cells, fg = v3._cell_pass(cyto, nuclei)
             c3 = time.process_time()
             f = feats(nuclei, cells, fg)
             c4 = time.process_time()
@@ -223,6 +230,9 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=128, help="crops per pool task")
     ap.add_argument("--skip", nargs="*", default=[], help="pipelines to leave out")
     ap.add_argument("--cprofile", action="store_true", help="cProfile's top functions of v3")
+    ap.add_argument(
+        "--with-scipy-cells", action="store_true", help="add v3 as first merged (scipy cells)"
+    )
     args = ap.parse_args()
 
     from cellbench.data.bbbc021 import open_dataset
@@ -237,9 +247,10 @@ def main() -> None:
     reference = json.loads(ref_path.read_text())["per_moa"]
     if set(moas) - set(reference):
         moas = np.full(len(crops), "DMSO")
-    names = [n for n in PIPELINES if n not in args.skip]
+    skip = set(args.skip) | (set() if args.with_scipy_cells else {"classical v3, scipy cells"})
+    names = [n for n in PIPELINES if n not in skip]
     for n in names:  # compiled kernels loaded (or compiled) before the pool forks
-        _features(n, crops[:4])
+        _features(n, crops[:32])
     pool = multiprocessing.get_context("fork").Pool(args.workers)
     chunks = [crops[s : s + args.chunk] for s in range(0, len(crops), args.chunk)]
     pool.starmap(_features, [(n, chunks[0][:4]) for n in names for _ in range(args.workers)])
