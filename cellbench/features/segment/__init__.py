@@ -1,7 +1,8 @@
 """Segmentation backends and per-image features (docs/scoring.md).
 
 * :mod:`cellbench.features.segment.classical`: the default ``classical`` backend (version 3: scale-aware
-  nuclei, every step once per batch; cells from :mod:`.cells`).
+  nuclei, every step once per batch, the steps' scipy / scikit-image routines replaced bit for bit
+  by the numba kernels of ``_nucleus_kernels.py``; cells from :mod:`.cells`).
 * :mod:`cellbench.features.segment.cells`: cells from the cytoplasm's own evidence (the scipy
   reference ``segment_cells`` and the compiled scoring path ``segment_cells_stack``, whose numba
   kernels are in ``_cell_kernels.py``; the features' kernel is ``_feature_kernels.py``).
