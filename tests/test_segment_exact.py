@@ -13,9 +13,9 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, shared_data_or_skip
 
 from cellbench.features.segment import classical as fast
+from tests.conftest import REPO, shared_data_or_skip
 
 
 @pytest.fixture(scope="module")
