@@ -34,7 +34,7 @@ across):
    (8-connected) of m quantised in steps of h = 0.05, where m = 0.5 x distance-to-background / r
    + 0.5 x intensity normalised to its 99th percentile (sigma 0.2 r): both the shape (necks) and
    the brightness (dark gaps) separate nuclei. The distance is measured within each image, whose
-   edge is not background (the ``edt`` package's transform);
+   edge is not background (an exact Euclidean transform, the ``edt`` package's values);
 5. borders: each nucleus is grown by a watershed of the contrast into the pixels above 0.25 x
    Otsu's threshold and keeps the pixels above half its own mean contrast, so a dim nucleus gets
    a border as wide as its glow and a bright one on a blurred halo a border at its edge (the
