@@ -112,7 +112,7 @@ def aggregate(
     probs = scorer.moa_probs(arrays.inception) if use_inc and n else None
     values = per_image_values(scorer, arrays.seg, probs, moas)
 
-    ref_seg, ref_inc = reference_arrays(
+    ref_seg, ref_inc, ref_prof = reference_arrays(
         scorer,
         ds,
         protocol,

@@ -62,7 +62,7 @@ def score_images(
         found, strict=strict, on_progress=lambda d, t: progress("reading images", d, t)
     )
     imgs = loaded.images
-    feats = scorer.features(imgs, on_progress=progress, use_inception=use_inception)
+    feats = scorer.features(imgs, on_progress=progress, use_inception=use_inception, profile=True)
     folder = Path(images_dir)
     arrays = ImageArrays(
         task_ids=loaded.task_ids,
@@ -75,6 +75,7 @@ def score_images(
         problems=[
             {"path": p.path, "task_id": p.task_id, "problem": p.problem} for p in loaded.problems
         ],
+        profile=feats.profile,
     )
     info = {"layout": found.layout, "folder": str(images_dir)}
     return arrays, info
@@ -88,15 +89,19 @@ def reference_arrays(
     use_inception: bool,
     targets_sha256: str | None = None,
     progress: Progress = _noop,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Features of the protocol's real target crops (read from ``ds``), cached in the user cache.
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Features of the protocol's real target crops (read from ``ds``), cached in the user cache:
+    (segmentation features, Inception features or None, morphology profiles), in protocol order.
 
     A new cache file is announced on stderr with its path and size.
 
     The cache key hashes the dataset index, the target crops' bytes (``targets_sha256``, from
-    :mod:`cellbench.data.content`; computed here when None), the protocol, the segmenter identity
-    and the feature network identity, so a change to any of them computes the features again.
+    :mod:`cellbench.data.content`; computed here when None), the protocol, the segmenter identity,
+    the morphology profile's version and the feature network identity, so a change to any of them
+    computes the features again.
     """
+    from cellbench.features.profile import PROFILE_VERSION
+
     if targets_sha256 is None:
         from cellbench.data.content import crop_file_sha256s, digest_of
 
@@ -106,44 +111,116 @@ def reference_arrays(
         "target_crops": targets_sha256,
         "protocol": protocol_sha256(protocol),
         "segmenter": scorer.backend.identity(),
+        "profile": PROFILE_VERSION,
         "inception": None if not use_inception else scorer.inception.identity(),
         "suite": SUITE_VERSION,
     }
+    seg, inc, prof = _cached_crop_features(
+        scorer,
+        ds,
+        protocol["target_key"].tolist(),
+        ident,
+        folder="reference-features",
+        use_inception=use_inception,
+        what="reference",
+        progress=progress,
+    )
+    return seg, inc, prof
+
+
+def control_keys(protocol: pd.DataFrame) -> list[str]:
+    """The protocol's distinct control crops (its DMSO images), sorted: the DMSO baseline of the
+    morphology-profile metrics (:mod:`cellbench.metrics.profile`)."""
+    return sorted(set(protocol["control_key"].astype(str)))
+
+
+def control_profiles(
+    scorer: Scorer,
+    ds: BBBC021Dataset,
+    protocol: pd.DataFrame,
+    *,
+    progress: Progress = _noop,
+) -> np.ndarray:
+    """Morphology profiles of the protocol's control crops (:func:`control_keys` order), cached in
+    the user cache like :func:`reference_arrays`, keyed by the dataset index, the control crops'
+    bytes, the segmenter identity and the profile's version."""
+    from cellbench.data.content import crop_file_sha256s, digest_of
+    from cellbench.features.profile import PROFILE_VERSION
+
+    keys = control_keys(protocol)
+    ident = {
+        "dataset_index": ds.index_sha256,
+        "control_crops": digest_of(crop_file_sha256s(ds, keys)),
+        "segmenter": scorer.backend.identity(),
+        "profile": PROFILE_VERSION,
+        "suite": SUITE_VERSION,
+    }
+    _, _, prof = _cached_crop_features(
+        scorer,
+        ds,
+        keys,
+        ident,
+        folder="control-profiles",
+        use_inception=False,
+        what="control",
+        progress=progress,
+    )
+    return prof
+
+
+def _cached_crop_features(
+    scorer: Scorer,
+    ds: BBBC021Dataset,
+    keys: list[str],
+    ident: dict,
+    *,
+    folder: str,
+    use_inception: bool,
+    what: str,
+    progress: Progress,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Segmentation features, Inception features and profiles of dataset crops ``keys``, read
+    from (or written to) the cache file named by the hash of ``ident``."""
     key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]
-    path = cache_dir() / "reference-features" / f"{key}.npz"
+    path = cache_dir() / folder / f"{key}.npz"
     if path.is_file():
         from cellbench.ui import step
 
         try:
-            with step("reading cached reference features"):
+            with step(f"reading cached {what} features"):
                 z = np.load(path, allow_pickle=False)
                 inc = z["inception"] if use_inception else None
-                seg = z["seg"]
-            if len(seg) == len(protocol):
-                return seg, inc
+                seg, prof = z["seg"], z["profile"]
+            if len(seg) == len(keys) == len(prof):
+                return seg, inc, prof
         except (OSError, ValueError, KeyError):
             pass  # a damaged cache entry is recomputed below
-    keys = protocol["target_key"].tolist()
     seg = np.zeros((len(keys), len(scorer.feature_names)))
+    prof = np.zeros((len(keys), len(scorer.profile_names)))
     inc = np.zeros((len(keys), 2048), np.float32) if use_inception else None
     for start in range(0, len(keys), REFERENCE_CHUNK):
         crops = ds.load_crops(keys[start : start + REFERENCE_CHUNK])
         feats = scorer.features(
             crops,
             use_inception=use_inception,
-            on_progress=lambda phase, d, t, s=start: progress(
-                f"reference: {phase}", s + d, len(keys)
-            ),
+            profile=True,
+            on_progress=lambda phase, d, t, s=start: progress(f"{what}: {phase}", s + d, len(keys)),
         )
         seg[start : start + len(crops)] = feats.seg
+        prof[start : start + len(crops)] = feats.profile
         if inc is not None:
             inc[start : start + len(crops)] = feats.inception
     with atomic_path(path, suffix=".npz") as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, seg=seg, inception=inc if inc is not None else np.zeros((0, 2048), np.float32))
+        np.savez(
+            fh,
+            seg=seg,
+            profile=prof,
+            inception=inc if inc is not None else np.zeros((0, 2048), np.float32),
+        )
     from cellbench.ui import format_size, info
 
     info(
-        f"cached the reference features of {len(keys)} real crops: {path} "
+        f"cached the {what} features of {len(keys)} real crops: {path} "
         f"({format_size(path.stat().st_size)}; `cellbench cache info|clear`)"
     )
-    return seg, inc
+    return seg, inc, prof

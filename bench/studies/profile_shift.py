@@ -1,0 +1,124 @@
+"""The profile metrics on the two anchors and on real crops: do they separate signal from none?
+
+On a dataset's named protocol (default ``bbbc021-sim``, ``cellflux-iid``, seed 0), with the
+morphology profiles of the protocol's real target crops and of its DMSO control crops (the cached
+arrays of ``cellbench eval``), this scores with :mod:`cellbench.metrics.profile`:
+
+* ``identity`` (the control crop of each task, unchanged: keeps the DMSO phenotype),
+* ``real-shuffle`` (a random real **training** crop of the task's compound and dose),
+* ``real split half`` (each compound's real target crops, one half against the other: the
+  reference row),
+* ``real-shuffle, compounds permuted`` (the real-shuffle images with their compound labels
+  permuted once: real phenotypes given to the wrong compounds),
+
+and prints, for the shift correlation and the energy distance, the value, the permutation null
+(mean and 95% quantile) and the p-value. The anchors' images are made in memory by the registered
+generators (as ``cellbench generate identity|real-shuffle --seed 0`` makes them).
+
+Usage: python bench/studies/profile_shift.py [--data-dir data] [--json out.json] [--global-dmso]
+  (needs `cellbench data sim --out data/bbbc021-sim --scale small --seed 0`)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def generated_profiles(scorer, ds, table, name: str, seed: int) -> np.ndarray:
+    """Profiles of generator ``name``'s images for every task of ``table``."""
+    from cellbench.generators import get_generator_class
+
+    gen = get_generator_class(name).load(ds)
+    controls = ds.load_crops(table["control_key"].tolist())
+    images = gen.generate(controls, table["compound"].tolist(), table["dose"].to_numpy(), seed=seed)
+    return scorer.features(images, use_inception=False, profile=True).profile
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", default="bbbc021-sim")
+    ap.add_argument("--data-dir", default="data")
+    ap.add_argument("--protocol-name", default="cellflux-iid")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument(
+        "--global-dmso",
+        dest="per_batch",
+        action="store_false",
+        help="centre on all controls instead of each batch's (the metric centres per batch)",
+    )
+    args = ap.parse_args(argv)
+
+    from cellbench.data.bbbc021 import open_dataset
+    from cellbench.evaluation import load_protocol_for
+    from cellbench.metrics.profile import profile_energy_distance, shift_correlation, split_half
+    from cellbench.scoring import Artifacts, Scorer
+    from cellbench.scoring.images import control_keys, control_profiles, reference_arrays
+
+    ds = open_dataset(args.dataset, args.data_dir)
+    table, _ = load_protocol_for(ds, None, args.protocol_name, args.seed)
+    scorer = Scorer(Artifacts.for_dataset(ds), use_inception=False)
+    _, _, real = reference_arrays(scorer, ds, table, use_inception=False)
+    control = control_profiles(scorer, ds, table)
+    cpds = table["compound"].to_numpy().astype(str)
+    print(
+        f"{args.dataset} {args.protocol_name} seed {args.seed}: {len(table)} tasks, "
+        f"{len(set(cpds))} compounds, {len(control)} control crops, {real.shape[1]} features"
+    )
+    shuffle = generated_profiles(scorer, ds, table, "real-shuffle", args.seed)
+    batches = table["batch"].to_numpy().astype(str)
+    control_batches = (
+        table.groupby("control_key")["batch"]
+        .first()
+        .loc[control_keys(table)]
+        .to_numpy()
+        .astype(str)
+    )
+    a, b = split_half(cpds, args.seed)
+    rng = np.random.default_rng(args.seed)
+    ident = generated_profiles(scorer, ds, table, "identity", args.seed)
+    every = (cpds, batches, real, cpds, batches)
+    rows = {
+        "identity": (ident, *every),
+        "real-shuffle": (shuffle, *every),
+        "real split half": (real[a], cpds[a], batches[a], real[b], cpds[b], batches[b]),
+        "real-shuffle, compounds permuted": (shuffle, rng.permutation(cpds), *every[1:]),
+    }
+    out: dict = {"n_tasks": len(table), "n_controls": len(control), "rows": {}}
+    print(f"{'set':34s} {'metric':16s} {'value':>8s} {'null mean':>9s} {'null q95':>9s} {'p':>7s}")
+    for label, (g, gc, gb, r, rc, rb) in rows.items():
+        out["rows"][label] = {}
+        for metric, fn in (("shift_corr", shift_correlation), ("energy", profile_energy_distance)):
+            t0 = time.perf_counter()
+            res = fn(
+                g,
+                gc,
+                r,
+                rc,
+                control,
+                seed=args.seed,
+                gen_batches=gb if args.per_batch else None,
+                real_batches=rb if args.per_batch else None,
+                control_batches=control_batches if args.per_batch else None,
+            )
+            took = time.perf_counter() - t0
+            d = res.as_dict()
+            d["seconds"] = round(took, 3)
+            out["rows"][label][metric] = d
+            print(
+                f"{label:34s} {metric:16s} {res.value:8.3f} {res.null_mean:9.3f} "
+                f"{res.null_q95:9.3f} {res.p_value:7.3f}  ({took:.2f} s)"
+            )
+    if args.json is not None:
+        args.json.write_text(json.dumps(out, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
