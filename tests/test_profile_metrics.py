@@ -8,10 +8,10 @@ from scipy.spatial.distance import cdist
 from scipy.stats import pearsonr
 
 from cellbench.metrics.profile import (
+    dmso_normalise,
     profile_energy_distance,
     shift_correlation,
     split_half,
-    dmso_normalise,
 )
 
 F = 12
@@ -177,7 +177,9 @@ def test_batch_effect_shared_with_the_controls_is_not_a_shift() -> None:
     control = rng.normal(0, 1, (60, F)) + np.stack([offset[b] for b in cb])
     rcp = np.repeat(cpds, 10)
     rb = np.array([home[c] for c in rcp])
-    real = rng.normal(0, 1, (120, F)) + np.stack([offset[b] + shift[c] for b, c in zip(rb, rcp)])
+    real = rng.normal(0, 1, (120, F)) + np.stack(
+        [offset[b] + shift[c] for b, c in zip(rb, rcp, strict=True)]
+    )
     ident = np.stack([control[rng.choice(np.flatnonzero(cb == b))] for b in rb])
     flat = shift_correlation(ident, rcp, real, rcp, control, seed=0)
     per_batch = shift_correlation(
