@@ -2,8 +2,8 @@
 
 The cache (``$CELLBENCH_CACHE_DIR``, else the user cache folder) holds only what cellbench can
 recompute: ``reference-features/`` (segmentation and Inception features and morphology profiles of
-a protocol's real target crops, keyed by the dataset index, protocol, segmenter, profile version and
-network) and ``control-profiles/`` (morphology profiles of a protocol's control crops). The weights folder
+a protocol's real target crops and of its control crops, keyed by the dataset index, protocol,
+segmenter, profile version and network). The weights folder
 (``$CELLBENCH_WEIGHTS_DIR``, else ``weights/`` in the user data folder) holds the FID Inception
 weights (:mod:`cellbench.features.weights`). :func:`clear_cache` deletes only cellbench's own
 sub-folders of the cache, never anything else a shared cache folder may hold.
@@ -23,7 +23,6 @@ __all__ = ["CACHE_PARTS", "cache_info", "clear_cache"]
 #: the sub-folders of the cache folder that cellbench writes, and what each holds
 CACHE_PARTS: dict[str, str] = {
     "reference-features": "features of each protocol's real crops (recomputed when missing)",
-    "control-profiles": "morphology profiles of each protocol's control crops (recomputed when missing)",
 }
 
 

@@ -59,13 +59,14 @@ def main(argv: list[str] | None = None) -> int:
     from cellbench.evaluation import load_protocol_for
     from cellbench.metrics.profile import profile_energy_distance, shift_correlation, split_half
     from cellbench.scoring import Artifacts, Scorer
-    from cellbench.scoring.images import control_keys, control_profiles, reference_arrays
+    from cellbench.scoring.images import control_arrays, reference_arrays
 
     ds = open_dataset(args.dataset, args.data_dir)
     table, _ = load_protocol_for(ds, None, args.protocol_name, args.seed)
     scorer = Scorer(Artifacts.for_dataset(ds), use_inception=False)
     _, _, real = reference_arrays(scorer, ds, table, use_inception=False)
-    control = control_profiles(scorer, ds, table)
+    controls = control_arrays(scorer, ds, table, table["task_id"], use_inception=False)
+    control, control_batches = controls.profile, controls.batches
     cpds = table["compound"].to_numpy().astype(str)
     print(
         f"{args.dataset} {args.protocol_name} seed {args.seed}: {len(table)} tasks, "
@@ -73,13 +74,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     shuffle = generated_profiles(scorer, ds, table, "real-shuffle", args.seed)
     batches = table["batch"].to_numpy().astype(str)
-    control_batches = (
-        table.groupby("control_key")["batch"]
-        .first()
-        .loc[control_keys(table)]
-        .to_numpy()
-        .astype(str)
-    )
     a, b = split_half(cpds, args.seed)
     rng = np.random.default_rng(args.seed)
     ident = generated_profiles(scorer, ds, table, "identity", args.seed)

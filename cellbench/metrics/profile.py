@@ -37,8 +37,12 @@ high as the value, counted with the value itself).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from cellbench.metrics.registry import SetInputs, SetValue
 
 #: permutations of each null distribution
 N_PERMUTATIONS = 200
@@ -90,27 +94,28 @@ class ProfileScore:
         }
 
 
-def _batch_centres(
-    control: np.ndarray, control_batches: np.ndarray | None
-) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Mean control profile of each batch, and of all controls."""
-    if control_batches is None:
-        control_batches = np.zeros(len(control), str)
-    cb = np.asarray(control_batches).astype(str)
-    return {b: control[cb == b].mean(0) for b in np.unique(cb)}, control.mean(0)
-
-
-def _centre_rows(
-    x: np.ndarray, batches: np.ndarray | None, centres: dict[str, np.ndarray], overall: np.ndarray
+def centre_on_batches(
+    x: np.ndarray,
+    batches: np.ndarray | None,
+    control: np.ndarray,
+    control_batches: np.ndarray | None,
 ) -> np.ndarray:
-    if batches is None:
-        return x - overall
+    """Each row of ``x`` minus the mean control profile of its batch (of all controls where
+    ``batches`` is None or the row's batch has no control)."""
+    x = np.asarray(x, np.float64)
+    control = np.asarray(control, np.float64)
+    out = x - control.mean(0)
+    if batches is None or control_batches is None:
+        return out
     b = np.asarray(batches).astype(str)
-    if len(b) != len(x):
-        raise ValueError(f"{len(b)} batch labels for {len(x)} profiles")
-    out = x - overall
-    for key, centre in centres.items():
-        out[b == key] = x[b == key] - centre
+    cb = np.asarray(control_batches).astype(str)
+    if len(b) != len(x) or len(cb) != len(control):
+        raise ValueError(
+            f"{len(b)} batch labels for {len(x)} profiles, {len(cb)} for {len(control)} controls"
+        )
+    for key in np.unique(cb):
+        rows = b == key
+        out[rows] = x[rows] - control[cb == key].mean(0)
     return out
 
 
@@ -121,18 +126,16 @@ def dmso_normalise(
     batches: np.ndarray | None = None,
     control_batches: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Profiles ``x`` in DMSO units (module docstring): each row minus the mean control profile of
-    its batch (of all controls where ``batches`` is None or its batch has no control), divided by
-    the standard deviation of the controls around their batch means; columns constant over the
-    controls are left out."""
+    """Profiles ``x`` in DMSO units (module docstring): :func:`centre_on_batches`, divided by the
+    standard deviation of the controls around their batch means; columns constant over the
+    controls are left out. Profiles already centred on their batches' controls (controls too)
+    give the same values without batch labels."""
     c = np.asarray(control, np.float64)
     if c.ndim != 2 or len(c) < 2:
         raise ValueError(f"need at least two control profiles, got shape {c.shape}")
-    centres, overall = _batch_centres(c, control_batches)
-    scale = _centre_rows(c, control_batches, centres, overall).std(0)
+    scale = centre_on_batches(c, control_batches, c, control_batches).std(0)
     kept = scale > MIN_SCALE
-    z = _centre_rows(np.asarray(x, np.float64), batches, centres, overall)
-    return z[:, kept] / scale[kept]
+    return centre_on_batches(x, batches, c, control_batches)[:, kept] / scale[kept]
 
 
 def _pearson_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -284,3 +287,30 @@ def split_half(compounds: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray
         a_idx.append(idx[: len(idx) // 2])
         b_idx.append(idx[len(idx) // 2 :])
     return np.sort(np.concatenate(a_idx)), np.sort(np.concatenate(b_idx))
+
+
+#: the registry names of the two metrics (:mod:`cellbench.metrics.registry`)
+SHIFT_CORR = "profile_shift_corr"
+ENERGY = "profile_energy"
+
+
+def profile_set_metrics(inputs: SetInputs) -> dict[str, SetValue]:
+    """Both profile metrics of a ``kind="set_fn"`` evaluation (:class:`SetInputs`): the generated
+    and real profiles against the control profiles (the builder centres all three on their own
+    batches' controls first, :func:`centre_on_batches`), seeded by the evaluation's seed."""
+    from cellbench.metrics.registry import SetValue
+
+    args = (
+        inputs.gen_profile,
+        inputs.compounds,
+        inputs.real_profile,
+        inputs.real_compounds,
+        inputs.control_profile,
+    )
+    out = {}
+    for name, fn in ((SHIFT_CORR, shift_correlation), (ENERGY, profile_energy_distance)):
+        res = fn(*args, seed=inputs.seed)
+        detail = res.as_dict()
+        value = detail.pop("value")
+        out[name] = SetValue(float("nan") if value is None else value, detail)
+    return out

@@ -10,7 +10,7 @@ import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -128,46 +128,6 @@ def reference_arrays(
     return seg, inc, prof
 
 
-def control_keys(protocol: pd.DataFrame) -> list[str]:
-    """The protocol's distinct control crops (its DMSO images), sorted: the DMSO baseline of the
-    morphology-profile metrics (:mod:`cellbench.metrics.profile`)."""
-    return sorted(set(protocol["control_key"].astype(str)))
-
-
-def control_profiles(
-    scorer: Scorer,
-    ds: BBBC021Dataset,
-    protocol: pd.DataFrame,
-    *,
-    progress: Progress = _noop,
-) -> np.ndarray:
-    """Morphology profiles of the protocol's control crops (:func:`control_keys` order), cached in
-    the user cache like :func:`reference_arrays`, keyed by the dataset index, the control crops'
-    bytes, the segmenter identity and the profile's version."""
-    from cellbench.data.content import crop_file_sha256s, digest_of
-    from cellbench.features.profile import PROFILE_VERSION
-
-    keys = control_keys(protocol)
-    ident = {
-        "dataset_index": ds.index_sha256,
-        "control_crops": digest_of(crop_file_sha256s(ds, keys)),
-        "segmenter": scorer.backend.identity(),
-        "profile": PROFILE_VERSION,
-        "suite": SUITE_VERSION,
-    }
-    _, _, prof = _cached_crop_features(
-        scorer,
-        ds,
-        keys,
-        ident,
-        folder="control-profiles",
-        use_inception=False,
-        what="control",
-        progress=progress,
-    )
-    return prof
-
-
 def _cached_crop_features(
     scorer: Scorer,
     ds: BBBC021Dataset,
@@ -224,3 +184,44 @@ def _cached_crop_features(
         f"({format_size(path.stat().st_size)}; `cellbench cache info|clear`)"
     )
     return seg, inc, prof
+
+
+class ControlArrays(NamedTuple):
+    """Features of the DMSO control crops of an evaluation, one row per distinct crop."""
+
+    seg: np.ndarray
+    inception: np.ndarray | None
+    profile: np.ndarray
+    #: the batch (plate) of each control crop
+    batches: np.ndarray
+
+
+def control_arrays(
+    scorer: Scorer,
+    ds: BBBC021Dataset,
+    protocol: pd.DataFrame,
+    task_ids: np.ndarray | list[str],
+    *,
+    use_inception: bool,
+    progress: Progress = _noop,
+) -> ControlArrays:
+    """Features of the real DMSO control crops of the tasks ``task_ids`` (one row per distinct
+    control crop, in protocol order), through :func:`reference_arrays` and its cache (the features
+    of all the protocol's controls are cached together)."""
+    controls = protocol.drop_duplicates("control_key").reset_index(drop=True)
+    as_targets = controls.assign(target_key=controls["control_key"])
+    seg, inc, prof = reference_arrays(
+        scorer,
+        ds,
+        as_targets,
+        use_inception=use_inception,
+        progress=lambda phase, d, t: progress(phase.replace("reference", "controls"), d, t),
+    )
+    wanted = set(protocol.loc[protocol["task_id"].isin(set(task_ids)), "control_key"])
+    rows = controls["control_key"].isin(wanted).to_numpy()
+    return ControlArrays(
+        seg[rows],
+        inc[rows] if inc is not None else None,
+        prof[rows],
+        controls["batch"].to_numpy().astype(str)[rows],
+    )
