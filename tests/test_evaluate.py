@@ -95,6 +95,26 @@ def test_same_inputs_same_metrics(world) -> None:
         assert again[key] == first[key], key
 
 
+def test_profile_metrics_separate_real_from_identity(world) -> None:
+    """The morphology-profile metrics in a full evaluation: the real targets themselves shift
+    exactly as the real targets do; identity (the DMSO control) shows no compound-specific shift
+    and is farther from the real profiles than real ones are."""
+    res = world["results"]
+    corr = {k: res[k]["metrics"]["profile_shift_corr"]["value"] for k in res}
+    energy = {k: res[k]["metrics"]["profile_energy"]["value"] for k in res}
+    detail = res["identity"]["set_detail"]["profile_shift_corr"]
+    assert corr["real"] == pytest.approx(1.0, abs=1e-6)
+    # measured (tiny, seed 0): real 1.0; identity -0.031 (null mean -0.014, 95% quantile 0.071,
+    # p 0.62); wrong 0.125; the split-half reference 0.305; profile_energy identity 6.89 (p 0.005)
+    assert corr["identity"] < detail["null_q95"] and detail["p_value"] > 0.05
+    assert corr["wrong"] < corr["real"] - 0.3
+    assert energy["identity"] > 1.0 > energy["real"]
+    assert res["identity"]["set_detail"]["profile_energy"]["p_value"] < 0.05
+    ref = res["identity"]["reference"]["metrics"]["profile_shift_corr"]["value"]
+    assert ref > corr["identity"] + 0.25  # the split-half ceiling
+    assert detail["n_features"] == 34 and detail["n_permutations"] == 200
+
+
 def test_result_has_provenance(world) -> None:
     doc = json.loads((world["root"] / "identity.json").read_text())
     for key in (
@@ -143,7 +163,7 @@ def test_shards_merge_to_the_unsharded_result(world) -> None:
         parts.append(out)
     merged = merge_shards(parts, data_dir=data, out=root / "merged.json")
     whole = world["results"]["identity"]
-    for key in ("metrics", "per_moa", "per_compound", "reference", "fid_detail"):
+    for key in ("metrics", "per_moa", "per_compound", "reference", "fid_detail", "set_detail"):
         assert merged[key] == whole[key], key
     assert merged["images"]["sha256"] == whole["images"]["sha256"]
     assert merged["complete"] is True

@@ -11,7 +11,6 @@ from cellbench.metrics.profile import (
     dmso_normalise,
     profile_energy_distance,
     shift_correlation,
-    split_half,
 )
 
 F = 12
@@ -134,15 +133,6 @@ def test_compounds_missing_or_too_small_and_seeds() -> None:
     assert again == sc and other.null_mean != sc.null_mean and other.value == sc.value
     none = shift_correlation(like_real, np.full(len(gcp), "q"), real, rcp, control)
     assert np.isnan(none.value) and none.as_dict()["value"] is None and none.n_compounds == 0
-
-
-def test_split_half_is_disjoint_and_balanced() -> None:
-    _, real, rcp, *_ = _sets(n=11)
-    a, b = split_half(rcp, seed=0)
-    assert len(a) + len(b) == len(real) and not set(a) & set(b)
-    for c in COMPOUNDS:
-        assert (rcp[a] == c).sum() == 5 and (rcp[b] == c).sum() == 6
-    assert not np.array_equal(a, split_half(rcp, seed=1)[0])
 
 
 def test_normalise_per_batch() -> None:

@@ -12,7 +12,9 @@ arrays of ``cellbench eval``), this scores with :mod:`cellbench.metrics.profile`
   permuted once: real phenotypes given to the wrong compounds),
 
 and prints, for the shift correlation and the energy distance, the value, the permutation null
-(mean and 95% quantile) and the p-value. The anchors' images are made in memory by the registered
+(mean and 95% quantile) and the p-value, through the same functions as ``cellbench eval``
+(``centred_profiles`` of the result builder, ``SetInputs`` and its split half,
+``profile_set_metrics``). The anchors' images are made in memory by the registered
 generators (as ``cellbench generate identity|real-shuffle --seed 0`` makes them).
 
 Usage: python bench/studies/profile_shift.py [--data-dir data] [--json out.json] [--global-dmso]
@@ -57,7 +59,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from cellbench.data.bbbc021 import open_dataset
     from cellbench.evaluation import load_protocol_for
-    from cellbench.metrics.profile import profile_energy_distance, shift_correlation, split_half
+    from cellbench.metrics.profile import profile_set_metrics
+    from cellbench.metrics.registry import SetInputs
+    from cellbench.results.builder import centred_profiles
     from cellbench.scoring import Artifacts, Scorer
     from cellbench.scoring.images import control_arrays, reference_arrays
 
@@ -66,49 +70,54 @@ def main(argv: list[str] | None = None) -> int:
     scorer = Scorer(Artifacts.for_dataset(ds), use_inception=False)
     _, _, real = reference_arrays(scorer, ds, table, use_inception=False)
     controls = control_arrays(scorer, ds, table, table["task_id"], use_inception=False)
-    control, control_batches = controls.profile, controls.batches
     cpds = table["compound"].to_numpy().astype(str)
+    moas = table["moa"].to_numpy().astype(str)
+    batches = table["batch"].to_numpy().astype(str)
+    if not args.per_batch:  # every crop in one batch: centred on all controls
+        batches = np.zeros(len(table), str)
+        controls = controls._replace(batches=np.zeros(len(controls.profile), str))
     print(
         f"{args.dataset} {args.protocol_name} seed {args.seed}: {len(table)} tasks, "
-        f"{len(set(cpds))} compounds, {len(control)} control crops, {real.shape[1]} features"
+        f"{len(set(cpds))} compounds, {len(controls.profile)} control crops, "
+        f"{real.shape[1]} features"
     )
+
+    def inputs(gen: np.ndarray, gen_cpds: np.ndarray) -> SetInputs:
+        g, r, c = centred_profiles(gen, batches, real, batches, controls)
+        return SetInputs(
+            compounds=gen_cpds,
+            moas=moas,
+            real_compounds=cpds,
+            real_moas=moas,
+            seed=args.seed,
+            gen_profile=g,
+            real_profile=r,
+            control_profile=c,
+        )
+
     shuffle = generated_profiles(scorer, ds, table, "real-shuffle", args.seed)
-    batches = table["batch"].to_numpy().astype(str)
-    a, b = split_half(cpds, args.seed)
     rng = np.random.default_rng(args.seed)
-    ident = generated_profiles(scorer, ds, table, "identity", args.seed)
-    every = (cpds, batches, real, cpds, batches)
     rows = {
-        "identity": (ident, *every),
-        "real-shuffle": (shuffle, *every),
-        "real split half": (real[a], cpds[a], batches[a], real[b], cpds[b], batches[b]),
-        "real-shuffle, compounds permuted": (shuffle, rng.permutation(cpds), *every[1:]),
+        "identity": inputs(generated_profiles(scorer, ds, table, "identity", args.seed), cpds),
+        "real-shuffle": inputs(shuffle, cpds),
+        "real split half": inputs(real, cpds).split_half(),
+        "real-shuffle, compounds permuted": inputs(shuffle, rng.permutation(cpds)),
     }
-    out: dict = {"n_tasks": len(table), "n_controls": len(control), "rows": {}}
-    print(f"{'set':34s} {'metric':16s} {'value':>8s} {'null mean':>9s} {'null q95':>9s} {'p':>7s}")
-    for label, (g, gc, gb, r, rc, rb) in rows.items():
-        out["rows"][label] = {}
-        for metric, fn in (("shift_corr", shift_correlation), ("energy", profile_energy_distance)):
-            t0 = time.perf_counter()
-            res = fn(
-                g,
-                gc,
-                r,
-                rc,
-                control,
-                seed=args.seed,
-                gen_batches=gb if args.per_batch else None,
-                real_batches=rb if args.per_batch else None,
-                control_batches=control_batches if args.per_batch else None,
-            )
-            took = time.perf_counter() - t0
-            d = res.as_dict()
-            d["seconds"] = round(took, 3)
-            out["rows"][label][metric] = d
+    out: dict = {"n_tasks": len(table), "n_controls": len(controls.profile), "rows": {}}
+    print(f"{'set':34s} {'metric':20s} {'value':>8s} {'null mean':>9s} {'null q95':>9s} {'p':>7s}")
+    for label, set_inputs in rows.items():
+        t0 = time.perf_counter()
+        got = profile_set_metrics(set_inputs)
+        took = time.perf_counter() - t0
+        out["rows"][label] = {"seconds": round(took, 3)}
+        for name, v in got.items():
+            out["rows"][label][name] = {"value": v.value, **v.detail}
+            d = v.detail
             print(
-                f"{label:34s} {metric:16s} {res.value:8.3f} {res.null_mean:9.3f} "
-                f"{res.null_q95:9.3f} {res.p_value:7.3f}  ({took:.2f} s)"
+                f"{label:34s} {name:20s} {v.value:8.3f} {d['null_mean']:9.3f} "
+                f"{d['null_q95']:9.3f} {d['p_value']:7.3f}"
             )
+        print(f"{'':34s} (both metrics: {took:.2f} s)")
     if args.json is not None:
         args.json.write_text(json.dumps(out, indent=2) + "\n")
     return 0

@@ -275,20 +275,6 @@ def profile_energy_distance(
     return _score(value, null, per, zg.shape[1])
 
 
-def split_half(compounds: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of each compound's images split at random into two disjoint halves (A, B), each
-    sorted. Half A scored as the generated set against half B is the real reference row of the
-    profile metrics (what real images get)."""
-    compounds = np.asarray(compounds).astype(str)
-    rng = np.random.default_rng(seed)
-    a_idx, b_idx = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
-    for c in sorted(set(compounds)):
-        idx = rng.permutation(np.flatnonzero(compounds == c))
-        a_idx.append(idx[: len(idx) // 2])
-        b_idx.append(idx[len(idx) // 2 :])
-    return np.sort(np.concatenate(a_idx)), np.sort(np.concatenate(b_idx))
-
-
 #: the registry names of the two metrics (:mod:`cellbench.metrics.registry`)
 SHIFT_CORR = "profile_shift_corr"
 ENERGY = "profile_energy"
