@@ -101,3 +101,33 @@ def test_profile_in_the_segmentation_pass_is_batch_independent() -> None:
     )
     np.testing.assert_array_equal(alone, both)
     assert segment_batch(crops[:0], dna_channel=2, profile=True).shape == (0, both.shape[1])
+
+
+def test_image_arrays_keep_the_profile_through_save_load_and_concat(tmp_path) -> None:
+    from cellbench.scoring.arrays import ImageArrays, concat_arrays
+
+    rng = np.random.default_rng(0)
+
+    def part(ids: list[str], with_profile: bool = True) -> ImageArrays:
+        return ImageArrays(
+            task_ids=ids,
+            paths=[f"{t}.npy" for t in ids],
+            pixel_sha256=["0" * 64] * len(ids),
+            seg=rng.normal(size=(len(ids), 6)),
+            inception=None,
+            profile=rng.normal(size=(len(ids), len(NAMES))) if with_profile else None,
+        )
+
+    a, b = part(["t2", "t0"]), part(["t1"])
+    a.save(tmp_path / "a.npz")
+    back = ImageArrays.load(tmp_path / "a.npz")
+    np.testing.assert_array_equal(back.profile, a.profile)
+    merged = concat_arrays([back, b], {"t0": 0, "t1": 1, "t2": 2})
+    assert merged.task_ids == ["t0", "t1", "t2"]
+    np.testing.assert_array_equal(
+        merged.profile, np.stack([a.profile[1], b.profile[0], a.profile[0]])
+    )
+    none = part(["t3"], with_profile=False)
+    none.save(tmp_path / "n.npz")
+    assert ImageArrays.load(tmp_path / "n.npz").profile is None
+    assert concat_arrays([a, none], {"t0": 0, "t2": 2, "t3": 3}).profile is None

@@ -115,39 +115,14 @@ def reference_arrays(
         "inception": None if not use_inception else scorer.inception.identity(),
         "suite": SUITE_VERSION,
     }
-    seg, inc, prof = _cached_crop_features(
-        scorer,
-        ds,
-        protocol["target_key"].tolist(),
-        ident,
-        folder="reference-features",
-        use_inception=use_inception,
-        what="reference",
-        progress=progress,
-    )
-    return seg, inc, prof
-
-
-def _cached_crop_features(
-    scorer: Scorer,
-    ds: BBBC021Dataset,
-    keys: list[str],
-    ident: dict,
-    *,
-    folder: str,
-    use_inception: bool,
-    what: str,
-    progress: Progress,
-) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-    """Segmentation features, Inception features and profiles of dataset crops ``keys``, read
-    from (or written to) the cache file named by the hash of ``ident``."""
+    keys = protocol["target_key"].tolist()
     key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]
-    path = cache_dir() / folder / f"{key}.npz"
+    path = cache_dir() / "reference-features" / f"{key}.npz"
     if path.is_file():
         from cellbench.ui import step
 
         try:
-            with step(f"reading cached {what} features"):
+            with step("reading cached reference features"):
                 z = np.load(path, allow_pickle=False)
                 inc = z["inception"] if use_inception else None
                 seg, prof = z["seg"], z["profile"]
@@ -164,7 +139,9 @@ def _cached_crop_features(
             crops,
             use_inception=use_inception,
             profile=True,
-            on_progress=lambda phase, d, t, s=start: progress(f"{what}: {phase}", s + d, len(keys)),
+            on_progress=lambda phase, d, t, s=start: progress(
+                f"reference: {phase}", s + d, len(keys)
+            ),
         )
         seg[start : start + len(crops)] = feats.seg
         prof[start : start + len(crops)] = feats.profile
@@ -180,7 +157,7 @@ def _cached_crop_features(
     from cellbench.ui import format_size, info
 
     info(
-        f"cached the {what} features of {len(keys)} real crops: {path} "
+        f"cached the reference features of {len(keys)} real crops: {path} "
         f"({format_size(path.stat().st_size)}; `cellbench cache info|clear`)"
     )
     return seg, inc, prof
