@@ -566,6 +566,62 @@ for _name, _label, _digits, _summary in (
             group="held-out",
         )
     )
+
+# ------------------------------------------------------------------ held-out set-level metrics
+_INCEPTION_INPUTS = ("gen_inception", "real_inception")
+_PROFILE_INPUTS = ("gen_profile", "real_profile")
+for _name, _label, _summary in (
+    ("precision", "precision", "fraction of generated images inside a real image's 5-NN ball"),
+    ("recall", "recall", "fraction of real images inside a generated image's 5-NN ball"),
+    ("density", "density", "real 5-NN balls holding a generated image, per image, / 5"),
+    ("coverage", "coverage", "fraction of real 5-NN balls holding a generated image"),
+):
+    register_metric(
+        MetricSpec(
+            _name,
+            _label,
+            "fidelity" if _name in ("precision", "density") else "diversity",
+            True,
+            3,
+            "Inception features",
+            _summary + " (Naeem et al. 2020, k = 5, Inception space)",
+            "set_fn",
+            "cellbench.metrics.prdc:prdc",
+            tolerance="prdc",
+            group="held-out",
+            inputs=_INCEPTION_INPUTS,
+        )
+    )
+for _space, _needs, _function, _inputs in (
+    ("", "Inception features", "retrieval_inception", _INCEPTION_INPUTS),
+    ("_profile", "morphology profile", "retrieval_profile", _PROFILE_INPUTS),
+):
+    _where = " (profile)" if _space else ""
+    for _name, _label, _summary in (
+        (
+            "top1",
+            "top-1",
+            "fraction of compounds whose own real set is the nearest (mean features)",
+        ),
+        ("top5", "top-5", "fraction of compounds whose own real set is among the 5 nearest"),
+        ("map", "mAP", "mean average precision of real images ranked per generated image"),
+    ):
+        register_metric(
+            MetricSpec(
+                f"retrieval_{_name}{_space}",
+                f"{_label}{_where}",
+                "retrieval",
+                True,
+                3,
+                _needs,
+                f"{_summary}, {_needs}",
+                "set_fn",
+                f"cellbench.metrics.retrieval:{_function}",
+                tolerance="retrieval",
+                group="held-out",
+                inputs=_inputs,
+            )
+        )
 for _name, _label, _higher, _summary in (
     (
         "profile_shift_corr",
