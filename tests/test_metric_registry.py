@@ -186,6 +186,21 @@ def test_toy_metric_on_the_leaderboard_page(toy, tmp_path: Path) -> None:
     assert re.search(r'>Toy nuclei <span class="dir"[^>]*>↑<', html)
     value = json.loads((folder / "results.json").read_text())["metrics"]["toy_nuclei"]["value"]
     assert f">{value:.3f}<" in html
+    # the columns under two group headings: the 8 rewards, then every held-out metric
+    from cellbench.leaderboard.build import columns
+
+    n_held = sum(1 for c in columns() if c.group == "held-out")
+    assert n_held == len(specs()) - 8
+    assert '<th scope="colgroup" colspan="8" class="group rewards">rewards</th>' in html
+    assert re.search(
+        rf'<th scope="colgroup" colspan="{n_held}" class="group held-out" title="[^"]+">'
+        r"held-out metrics</th>",
+        html,
+    )
+    first, *_ = re.findall(r'data-key="([a-z_0-9]+)"', html)
+    assert first == "overall"  # the ranking metric leads the rewards
+    # an absent held-out metric: a dash whose title gives the reason
+    assert 'title="not computed: no morphology profile">–<' in html
 
 
 def test_a_set_metric_the_builder_cannot_compute_is_refused_at_registration() -> None:
@@ -295,3 +310,22 @@ def test_set_inputs_split_half_and_bad_registrations() -> None:
     with pytest.raises(ValueError, match="unknown group"):
         register_metric(replace(TOY, group="training"))
     assert "toy_cover" not in METRICS and TOY.name not in METRICS
+
+
+def test_the_entry_page_table_of_held_out_metrics_per_moa() -> None:
+    from cellbench.leaderboard.build import held_out_per_moa
+
+    assert held_out_per_moa({"set_detail": None}) is None
+    doc = {
+        "set_detail": {
+            "retrieval_map": {"per_moa": {"M1": 0.25, "M2": 0.75}},
+            "coverage": {"per_moa": {"M1": {"value": 0.5, "n_gen": 6, "n_real": 7}}},
+            "retrieval_top1": {"rank": {"a": 1}},  # no per-MoA values: no column
+        }
+    }
+    table = held_out_per_moa(doc)
+    assert [c.key for c in table["columns"]] == ["coverage", "retrieval_map"]  # registry order
+    assert [r["name"] for r in table["rows"]] == ["M1", "M2"]
+    assert [c.text for c in table["rows"][0]["cells"]] == ["0.500", "0.250"]
+    assert table["rows"][0]["cells"][0].title == "n_gen = 6, n_real = 7"
+    assert [c.text for c in table["rows"][1]["cells"]] == ["–", "0.750"]

@@ -590,6 +590,30 @@ def _per_group(doc: dict, key: str) -> list[dict]:
     return out
 
 
+def held_out_per_moa(doc: dict) -> dict | None:
+    """The set-level held-out metrics with per-MoA values in ``set_detail`` (precision, recall,
+    density, coverage, mAP...): their columns and one row per MoA; None when there are none."""
+    detail = doc.get("set_detail") or {}
+    cols = [c for c in columns() if isinstance((detail.get(c.key) or {}).get("per_moa"), dict)]
+    if not cols:
+        return None
+    moas = sorted({m for c in cols for m in detail[c.key]["per_moa"]})
+    rows = []
+    for moa in moas:
+        cells = []
+        for c in cols:
+            v = detail[c.key]["per_moa"].get(moa)
+            value = v.get("value") if isinstance(v, dict) else v
+            title = (
+                f"n_gen = {v.get('n_gen')}, n_real = {v.get('n_real')}"
+                if isinstance(v, dict)
+                else ""
+            )
+            cells.append(Cell(fmt(value, c.digits), sort_key(value), "", title))
+        rows.append({"name": moa, "cells": cells})
+    return {"columns": cols, "rows": rows}
+
+
 def _write_entry(env: Any, common: dict, tmp: Path, table: Table, row: Row) -> str:
     files_dir = tmp / "entries" / row.folder
     files_dir.mkdir(parents=True, exist_ok=True)
@@ -614,6 +638,7 @@ def _write_entry(env: Any, common: dict, tmp: Path, table: Table, row: Row) -> s
         per_moa=_per_group(doc, "per_moa"),
         ref_per_moa=_per_group(doc.get("reference") or {}, "per_moa"),
         per_compound=_per_group(doc, "per_compound"),
+        held_out_per_moa=held_out_per_moa(doc),
         fid_per_compound=[
             {
                 "name": k,

@@ -30,8 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cellbench.metrics import neighbours
-from cellbench.metrics.neighbours import as_float64, sq_dists, sq_norms
+from cellbench.metrics.neighbours import as_features, sq_dist_blocks, sq_dists
 from cellbench.metrics.registry import SetInputs, SetValue
 
 #: the ranks at which compound retrieval is reported
@@ -41,13 +40,13 @@ TOP_K: tuple[int, ...] = (1, 5)
 def centred(gen: np.ndarray, real: np.ndarray, scale: bool) -> tuple[np.ndarray, np.ndarray]:
     """Each side centred on its own mean; with ``scale``, every column divided by its standard
     deviation over the real images (columns constant there dropped)."""
-    g, r = as_float64(gen), as_float64(real)
+    g, r = np.asarray(gen, np.float64), np.asarray(real, np.float64)
     g, r = g - g.mean(axis=0), r - r.mean(axis=0)
     if scale:
         sd = r.std(axis=0)
         keep = sd > 0
         g, r = g[:, keep] / sd[keep], r[:, keep] / sd[keep]
-    return g, r
+    return as_features(g), as_features(r)
 
 
 def compound_ranks(
@@ -74,23 +73,27 @@ def average_precisions(
     """Average precision of each generated image (NaN where its compound has no real image):
     real images ranked by distance, positives = same compound, ties: negatives first."""
     ap = np.full(len(gen), np.nan)
-    real_sq = sq_norms(real)
+    gen, real = as_features(gen), as_features(real)
+    # per compound: its real images, negatives before positives (a stable sort of the distances
+    # in this column order puts a negative tied with a positive first)
+    columns: dict[str, tuple[np.ndarray, int]] = {}
     for c in np.unique(compounds):
         pos = real_compounds == c
-        n_pos = int(pos.sum())
-        if not n_pos:
-            continue
-        # negatives before positives: a stable sort then puts a tied negative first
-        cols = np.concatenate([np.flatnonzero(~pos), np.flatnonzero(pos)])
-        rows = np.flatnonzero(compounds == c)
-        for start in range(0, len(rows), neighbours.BLOCK_ROWS):
-            block = rows[start : start + neighbours.BLOCK_ROWS]
-            d = sq_dists(gen[block], real[cols], sq_norms(gen[block]), real_sq[cols])
-            order = np.argsort(d, axis=1, kind="stable")
+        if pos.any():
+            cols = np.concatenate([np.flatnonzero(~pos), np.flatnonzero(pos)])
+            columns[str(c)] = (cols, int(pos.sum()))
+    ranks = np.arange(1, len(real) + 1)
+    for rows, d in sq_dist_blocks(gen, real):
+        block_compounds = compounds[rows]
+        for c in np.unique(block_compounds):
+            if str(c) not in columns:
+                continue
+            cols, n_pos = columns[str(c)]
+            sel = np.flatnonzero(block_compounds == c)
+            order = np.argsort(d[sel][:, cols], axis=1, kind="stable")
             hit = order >= len(cols) - n_pos  # a positive at this rank
-            ranks = np.arange(1, len(cols) + 1)
             precision = np.cumsum(hit, axis=1) / ranks
-            ap[block] = (precision * hit).sum(axis=1) / n_pos
+            ap[rows.start + sel] = (precision * hit).sum(axis=1) / n_pos
     return ap
 
 
