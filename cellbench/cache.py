@@ -1,8 +1,9 @@
 """What cellbench keeps on disk besides datasets: the cache and the weights folder.
 
 The cache (``$CELLBENCH_CACHE_DIR``, else the user cache folder) holds only what cellbench can
-recompute: ``reference-features/`` (segmentation and Inception features of a protocol's real
-crops, keyed by the dataset index, protocol, segmenter and network). The weights folder
+recompute: ``reference-features/`` (segmentation and Inception features and morphology profiles of
+a protocol's real target crops and of its control crops, keyed by the dataset index, protocol,
+segmenter, profile version and network). The weights folder
 (``$CELLBENCH_WEIGHTS_DIR``, else ``weights/`` in the user data folder) holds the FID Inception
 weights (:mod:`cellbench.features.weights`). :func:`clear_cache` deletes only cellbench's own
 sub-folders of the cache, never anything else a shared cache folder may hold.

@@ -51,6 +51,8 @@ TOLERANCES: dict[str, dict[str, float]] = {
     # last-digit change of the Inception features moves one of them by 1/n)
     "retrieval": {"abs": 1e-3, "rel": 0.0},
     "prdc": {"abs": 1e-3, "rel": 0.0},
+    # morphology-profile metrics: float64 from the masks and pixels (only summation order moves)
+    "profile": {"abs": 1e-5, "rel": 0.0},
 }
 BUMP_REMINDER = (
     "A deliberate change to a metric needs a metric suite version bump "
@@ -65,6 +67,8 @@ def _family(name: str) -> str:
 
     if name.startswith("feature:"):
         return "features"
+    if name.startswith("profile:"):
+        return "profile"
     return spec(name).tolerance if name in METRICS else "rewards"
 
 
@@ -132,7 +136,7 @@ def score_set(folder: Path) -> dict[str, Any]:
     images, table = data["images"], data["images_table"]
     moas = np.array([r["moa"] for r in table])
     compounds = np.array([r["compound"] for r in table])
-    feats = scorer.features(images)
+    feats = scorer.features(images, profile=True)
     seg = feats.seg
     real_inc = scorer.inception_features(data["real"])
     rewards = per_image_values(scorer, seg, feats.probs, moas)  # every registered per-image metric
@@ -155,6 +159,8 @@ def score_set(folder: Path) -> dict[str, Any]:
     per_image: dict[str, list[float | None]] = {
         f"feature:{name}": _finite_list(seg[:, j]) for j, name in enumerate(scorer.feature_names)
     }
+    for j, name in enumerate(scorer.profile_names):  # the morphology profile's columns
+        per_image[f"profile:{name}"] = _finite_list(feats.profile[:, j])
     for m, values in rewards.items():
         per_image[m] = _finite_list(values)
     return {

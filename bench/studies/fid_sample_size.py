@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             draws = subsets(len(table), [args.controls_size], args.reps, args.seed, controls, k)
             analyses.append((f"{k} controls", draws))
         scorer = Scorer(Artifacts.for_dataset(ds))
-        _, real = reference_arrays(scorer, ds, table, use_inception=True)
+        _, real, _ = reference_arrays(scorer, ds, table, use_inception=True)
         result: dict = {"n_tasks": len(table), "analyses": {}}
         for label, draws in analyses:
             distinct: dict[int, list[int]] = {}

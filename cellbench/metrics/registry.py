@@ -80,7 +80,7 @@ class MetricSpec:
     Attributes:
         name: key in the result document and column of the per-image table.
         label: short display name (leaderboard column header).
-        family: ``"reward"``, ``"accuracy"`` or ``"distance"``.
+        family: ``"reward"``, ``"accuracy"``, ``"distance"`` or ``"profile"``.
         higher_is_better: the metric's direction.
         digits: decimals shown in the ``cellbench eval`` table and on the leaderboard.
         needs: what the metric is computed from (shown by ``cellbench ls metrics``).
@@ -622,3 +622,35 @@ for _space, _needs, _function, _inputs in (
                 inputs=_inputs,
             )
         )
+for _name, _label, _higher, _summary in (
+    (
+        "profile_shift_corr",
+        "profile r",
+        True,
+        "mean over compounds of the correlation of the generated and the real morphology-profile "
+        "shift from DMSO (with a compound-label permutation null)",
+    ),
+    (
+        "profile_energy",
+        "profile E",
+        False,
+        "mean over compounds of the energy distance of generated and real morphology profiles in "
+        "DMSO units (with a membership permutation null)",
+    ),
+):
+    register_metric(
+        MetricSpec(
+            _name,
+            _label,
+            "profile",
+            _higher,
+            3,
+            "masks + pixels (morphology profile), DMSO controls",
+            _summary,
+            "set_fn",
+            "cellbench.metrics.profile:profile_set_metrics",
+            tolerance="profile",
+            group="held-out",
+            inputs=("gen_profile", "real_profile", "control_profile"),
+        )
+    )

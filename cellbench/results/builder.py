@@ -49,6 +49,7 @@ from cellbench.scoring.images import control_arrays, reference_arrays
 if TYPE_CHECKING:
     from cellbench.data.bbbc021 import BBBC021Dataset
     from cellbench.scoring.arrays import ImageArrays
+    from cellbench.scoring.images import ControlArrays
     from cellbench.scoring.scorer import Scorer
 
 Progress = Callable[[str, int, int], None]
@@ -117,7 +118,7 @@ def aggregate(
     probs = scorer.moa_probs(arrays.inception) if use_inc and n else None
     values = per_image_values(scorer, arrays.seg, probs, moas)
 
-    ref_seg, ref_inc = reference_arrays(
+    ref_seg, ref_inc, ref_prof = reference_arrays(
         scorer,
         ds,
         protocol,
@@ -167,6 +168,13 @@ def aggregate(
             controls = control_arrays(
                 scorer, ds, protocol, task_ids, use_inception=use_inc, progress=progress
             )
+        gen_prof, real_prof, control_prof = centred_profiles(
+            arrays.profile,
+            by_task.loc[task_ids, "batch"].to_numpy() if n else np.array([], str),
+            ref_prof[evaluated],
+            protocol["batch"].to_numpy()[evaluated],
+            controls,
+        )
         inputs = SetInputs(
             compounds=compounds,
             moas=moas,
@@ -174,11 +182,11 @@ def aggregate(
             real_moas=ref_moas[evaluated],
             seed=seed,
             gen_inception=arrays.inception if use_inc else None,
-            gen_profile=getattr(arrays, "profile", None),
+            gen_profile=gen_prof,
             real_inception=ref_inc[evaluated] if ref_inc is not None else None,
-            real_profile=None,
-            control_inception=controls[1] if controls is not None else None,
-            control_profile=None,
+            real_profile=real_prof,
+            control_inception=controls.inception if controls is not None else None,
+            control_profile=control_prof,
         )
         metrics_set, reference_set, set_detail = set_fn_values(inputs)
         progress("held-out set metrics", 2, 2)
@@ -217,6 +225,29 @@ def aggregate(
         "overall_weights": OVERALL_WEIGHTS,
     }
     return doc, per_image
+
+
+def centred_profiles(
+    gen: np.ndarray | None,
+    gen_batches: np.ndarray,
+    real: np.ndarray,
+    real_batches: np.ndarray,
+    controls: ControlArrays | None,
+) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """The morphology profiles that :class:`SetInputs` carries: generated, real and control
+    profiles each centred on the mean profile of its own batch's DMSO controls
+    (:func:`cellbench.metrics.profile.centre_on_batches`; plate effects shared with the controls
+    are not a drug's shift). All None without generated profiles or controls."""
+    if gen is None or controls is None or len(controls.profile) < 2:
+        return None, None, None
+    from cellbench.metrics.profile import centre_on_batches
+
+    cp, cb = controls.profile, controls.batches
+    return (
+        centre_on_batches(gen, gen_batches, cp, cb),
+        centre_on_batches(real, real_batches, cp, cb),
+        centre_on_batches(cp, cb, cp, cb),
+    )
 
 
 def set_fn_values(inputs: SetInputs) -> tuple[dict, dict, dict]:

@@ -22,6 +22,8 @@ class ImageArrays:
     seg: np.ndarray
     inception: np.ndarray | None
     problems: list[dict] = field(default_factory=list)
+    #: (N, P) morphology profiles (:mod:`cellbench.features.profile`), or None (not computed)
+    profile: np.ndarray | None = None
 
     def save(self, path: Path) -> None:
         with atomic_path(path, suffix=".npz") as tmp, open(tmp, "wb") as fh:
@@ -36,6 +38,8 @@ class ImageArrays:
                 else np.zeros((0, 2048), np.float32),
                 has_inception=np.array(self.inception is not None),
                 problems=np.array(json.dumps(self.problems)),
+                profile=self.profile if self.profile is not None else np.zeros((0, 0)),
+                has_profile=np.array(self.profile is not None),
             )
 
     @classmethod
@@ -43,6 +47,7 @@ class ImageArrays:
         try:
             z = np.load(path, allow_pickle=False)
             has_inc = bool(z["has_inception"])
+            has_prof = "has_profile" in z.files and bool(z["has_profile"])
             return cls(
                 task_ids=[str(t) for t in z["task_ids"]],
                 paths=[str(p) for p in z["paths"]],
@@ -50,6 +55,7 @@ class ImageArrays:
                 seg=z["seg"],
                 inception=z["inception"] if has_inc else None,
                 problems=json.loads(str(z["problems"])),
+                profile=z["profile"] if has_prof else None,
             )
         except (OSError, ValueError, KeyError) as exc:
             raise CellbenchError(
@@ -67,6 +73,7 @@ def concat_arrays(parts: list[ImageArrays], order: dict[str, int]) -> ImageArray
     rows.sort()
     pick = [(i, j) for _, _, i, j in rows]
     has_inc = all(a.inception is not None for a in parts)
+    has_prof = bool(parts) and all(a.profile is not None for a in parts)
     return ImageArrays(
         task_ids=[parts[i].task_ids[j] for i, j in pick],
         paths=[parts[i].paths[j] for i, j in pick],
@@ -83,4 +90,11 @@ def concat_arrays(parts: list[ImageArrays], order: dict[str, int]) -> ImageArray
             {(p["path"], p["problem"]): p for a in parts for p in a.problems}.values(),
             key=lambda p: (p["path"], p["problem"]),
         ),  # files no shard could place are reported by every shard: keep one report each
+        profile=(
+            np.stack([parts[i].profile[j] for i, j in pick])
+            if pick
+            else np.zeros((0, parts[0].profile.shape[1]))
+        )
+        if has_prof
+        else None,
     )

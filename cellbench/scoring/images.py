@@ -10,7 +10,7 @@ import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -62,7 +62,7 @@ def score_images(
         found, strict=strict, on_progress=lambda d, t: progress("reading images", d, t)
     )
     imgs = loaded.images
-    feats = scorer.features(imgs, on_progress=progress, use_inception=use_inception)
+    feats = scorer.features(imgs, on_progress=progress, use_inception=use_inception, profile=True)
     folder = Path(images_dir)
     arrays = ImageArrays(
         task_ids=loaded.task_ids,
@@ -75,6 +75,7 @@ def score_images(
         problems=[
             {"path": p.path, "task_id": p.task_id, "problem": p.problem} for p in loaded.problems
         ],
+        profile=feats.profile,
     )
     info = {"layout": found.layout, "folder": str(images_dir)}
     return arrays, info
@@ -88,15 +89,19 @@ def reference_arrays(
     use_inception: bool,
     targets_sha256: str | None = None,
     progress: Progress = _noop,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Features of the protocol's real target crops (read from ``ds``), cached in the user cache.
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Features of the protocol's real target crops (read from ``ds``), cached in the user cache:
+    (segmentation features, Inception features or None, morphology profiles), in protocol order.
 
     A new cache file is announced on stderr with its path and size.
 
     The cache key hashes the dataset index, the target crops' bytes (``targets_sha256``, from
-    :mod:`cellbench.data.content`; computed here when None), the protocol, the segmenter identity
-    and the feature network identity, so a change to any of them computes the features again.
+    :mod:`cellbench.data.content`; computed here when None), the protocol, the segmenter identity,
+    the morphology profile's version and the feature network identity, so a change to any of them
+    computes the features again.
     """
+    from cellbench.features.profile import PROFILE_VERSION
+
     if targets_sha256 is None:
         from cellbench.data.content import crop_file_sha256s, digest_of
 
@@ -106,9 +111,11 @@ def reference_arrays(
         "target_crops": targets_sha256,
         "protocol": protocol_sha256(protocol),
         "segmenter": scorer.backend.identity(),
+        "profile": PROFILE_VERSION,
         "inception": None if not use_inception else scorer.inception.identity(),
         "suite": SUITE_VERSION,
     }
+    keys = protocol["target_key"].tolist()
     key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]
     path = cache_dir() / "reference-features" / f"{key}.npz"
     if path.is_file():
@@ -118,35 +125,52 @@ def reference_arrays(
             with step("reading cached reference features"):
                 z = np.load(path, allow_pickle=False)
                 inc = z["inception"] if use_inception else None
-                seg = z["seg"]
-            if len(seg) == len(protocol):
-                return seg, inc
+                seg, prof = z["seg"], z["profile"]
+            if len(seg) == len(keys) == len(prof):
+                return seg, inc, prof
         except (OSError, ValueError, KeyError):
             pass  # a damaged cache entry is recomputed below
-    keys = protocol["target_key"].tolist()
     seg = np.zeros((len(keys), len(scorer.feature_names)))
+    prof = np.zeros((len(keys), len(scorer.profile_names)))
     inc = np.zeros((len(keys), 2048), np.float32) if use_inception else None
     for start in range(0, len(keys), REFERENCE_CHUNK):
         crops = ds.load_crops(keys[start : start + REFERENCE_CHUNK])
         feats = scorer.features(
             crops,
             use_inception=use_inception,
+            profile=True,
             on_progress=lambda phase, d, t, s=start: progress(
                 f"reference: {phase}", s + d, len(keys)
             ),
         )
         seg[start : start + len(crops)] = feats.seg
+        prof[start : start + len(crops)] = feats.profile
         if inc is not None:
             inc[start : start + len(crops)] = feats.inception
     with atomic_path(path, suffix=".npz") as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, seg=seg, inception=inc if inc is not None else np.zeros((0, 2048), np.float32))
+        np.savez(
+            fh,
+            seg=seg,
+            profile=prof,
+            inception=inc if inc is not None else np.zeros((0, 2048), np.float32),
+        )
     from cellbench.ui import format_size, info
 
     info(
         f"cached the reference features of {len(keys)} real crops: {path} "
         f"({format_size(path.stat().st_size)}; `cellbench cache info|clear`)"
     )
-    return seg, inc
+    return seg, inc, prof
+
+
+class ControlArrays(NamedTuple):
+    """Features of the DMSO control crops of an evaluation, one row per distinct crop."""
+
+    seg: np.ndarray
+    inception: np.ndarray | None
+    profile: np.ndarray
+    #: the batch (plate) of each control crop
+    batches: np.ndarray
 
 
 def control_arrays(
@@ -157,13 +181,13 @@ def control_arrays(
     *,
     use_inception: bool,
     progress: Progress = _noop,
-) -> tuple[np.ndarray, np.ndarray | None]:
+) -> ControlArrays:
     """Features of the real DMSO control crops of the tasks ``task_ids`` (one row per distinct
     control crop, in protocol order), through :func:`reference_arrays` and its cache (the features
     of all the protocol's controls are cached together)."""
     controls = protocol.drop_duplicates("control_key").reset_index(drop=True)
     as_targets = controls.assign(target_key=controls["control_key"])
-    seg, inc = reference_arrays(
+    seg, inc, prof = reference_arrays(
         scorer,
         ds,
         as_targets,
@@ -172,4 +196,9 @@ def control_arrays(
     )
     wanted = set(protocol.loc[protocol["task_id"].isin(set(task_ids)), "control_key"])
     rows = controls["control_key"].isin(wanted).to_numpy()
-    return seg[rows], (inc[rows] if inc is not None else None)
+    return ControlArrays(
+        seg[rows],
+        inc[rows] if inc is not None else None,
+        prof[rows],
+        controls["batch"].to_numpy().astype(str)[rows],
+    )

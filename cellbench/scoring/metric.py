@@ -17,6 +17,7 @@ state                     dtype        per image
 ``constant_value``        int32        the value of a one-value image, else -1 (reported, as eval)
 ``seg``                   float64 (6)  segmentation features
 ``inception``             float32      Inception pool3 features (only with ``fid=True``)
+``profile``               float64 (P)  morphology profile (:mod:`cellbench.features.profile`)
 ========================  ===========  ===========================================================
 
 This module (and so torchmetrics) is imported only when :class:`CellbenchMetric` is first used:
@@ -73,12 +74,16 @@ class _Pipeline:
             Artifacts.for_dataset(self.ds), backend=backend, device=device, use_inception=fid
         )
         self.n_seg = len(self.scorer.feature_names)
+        self.n_profile = len(self.scorer.profile_names)
         self.backend = backend
 
-    def features(self, crops: np.ndarray, *, fid: bool) -> tuple[np.ndarray, np.ndarray | None]:
-        """(segmentation features float64, Inception features float32 or None) of uint8 HWC crops."""
-        f = self.scorer.features(crops, use_inception=fid)
-        return f.seg, f.inception
+    def features(
+        self, crops: np.ndarray, *, fid: bool
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """(segmentation features float64, Inception features float32 or None, morphology
+        profiles float64) of uint8 HWC crops."""
+        f = self.scorer.features(crops, use_inception=fid, profile=True)
+        return f.seg, f.inception, f.profile
 
     def document(
         self,
@@ -211,6 +216,7 @@ class CellbenchMetric(Metric):
             "pixel_sha256": ((32,), torch.uint8),
             "constant_value": ((), torch.int32),
             "seg": ((self._pipeline.n_seg,), torch.float64),
+            "profile": ((self._pipeline.n_profile,), torch.float64),
         }
         if fid:
             self._specs["inception"] = ((2048,), torch.float32)
@@ -255,7 +261,7 @@ class CellbenchMetric(Metric):
                 f"task {self._task_ids[repeated[0]]!r} has more than one image",
                 fix="give each task one image (call reset() to start a new evaluation)",
             )
-        seg, inc = self._pipeline.features(crops, fid=self.fid)
+        seg, inc, prof = self._pipeline.features(crops, fid=self.fid)
         flat = crops.reshape(len(crops), -1)
         lo, hi = flat.min(axis=1), flat.max(axis=1)
         # the digest `cellbench eval` takes of each image read from a file: sha256 of HWC uint8
@@ -269,6 +275,7 @@ class CellbenchMetric(Metric):
                 np.where(lo == hi, lo.astype(np.int32), np.int32(-1))
             ),
             "seg": torch.from_numpy(np.asarray(seg, np.float64)),
+            "profile": torch.from_numpy(np.asarray(prof, np.float64)),
         }
         if inc is not None:
             new["inception"] = torch.from_numpy(np.asarray(inc, np.float32))
@@ -336,6 +343,7 @@ class CellbenchMetric(Metric):
             "pixel_sha256": [bytes(row).hex() for row in cat["pixel_sha256"].numpy()[order]],
             "seg": cat["seg"].numpy()[order],
             "inception": cat["inception"].numpy()[order] if self.fid else None,
+            "profile": cat["profile"].numpy()[order],
             # a one-value image is reported and still scored, as `cellbench eval` does
             "problems": [
                 {"path": MEMORY_PATH, "task_id": t, "problem": f"image is one constant value ({v})"}

@@ -4,7 +4,7 @@
 ``cellbench regress``, ``cellbench validate-metrics`` and the CellFluxRL rollout scorer share:
 
 1. **features** (:meth:`Scorer.features`): one segmentation pass (the backend's per-image
-   features), one Inception pass (pool features, for FID/KID and the classifier) and the MoA
+   features and, on request, the morphology profile of the same masks), one Inception pass (pool features, for FID/KID and the classifier) and the MoA
    classifier's probabilities, each computed once per image;
 2. **rewards** (:meth:`Scorer.rewards`): the z-scored rewards against the reference statistics,
    the classifier reward and ``moa_accuracy``.
@@ -40,11 +40,14 @@ class Features:
         seg: (N, F) float64 segmentation features (columns: :attr:`Scorer.feature_names`).
         inception: (N, 2048) float32 Inception pool features, or None (no Inception pass).
         probs: (N, n_moas) float64 MoA classifier probabilities, or None (no classifier).
+        profile: (N, P) float64 morphology profiles of the same masks as ``seg`` (columns:
+            :attr:`Scorer.profile_names`), or None (not asked for).
     """
 
     seg: np.ndarray
     inception: np.ndarray | None = None
     probs: np.ndarray | None = None
+    profile: np.ndarray | None = None
 
 
 class Scorer:
@@ -103,13 +106,29 @@ class Scorer:
         """Names of the columns of :attr:`Features.seg`."""
         return self.backend.feature_names
 
+    @property
+    def profile_names(self) -> tuple[str, ...]:
+        """Names of the columns of :attr:`Features.profile` (:mod:`cellbench.features.profile`)."""
+        from cellbench.features.profile import profile_names
+
+        card = self.artifacts.card
+        return profile_names(tuple(card.channels), card.dna_channel)
+
     # ------------------------------------------------------------------------------ features
     def segment_features(
-        self, images: np.ndarray, on_progress: Callable[[int, int], None] | None = None
+        self,
+        images: np.ndarray,
+        on_progress: Callable[[int, int], None] | None = None,
+        *,
+        profile: bool = False,
     ) -> np.ndarray:
-        """(N, F) segmentation features of uint8 crops."""
+        """(N, F) segmentation features of uint8 crops; with ``profile``, (N, F + P): then the
+        morphology profile of the same masks."""
         return self.backend.features(
-            images, dna_channel=self.artifacts.card.dna_channel, on_progress=on_progress
+            images,
+            dna_channel=self.artifacts.card.dna_channel,
+            on_progress=on_progress,
+            profile=profile,
         )
 
     def inception_features(
@@ -150,6 +169,7 @@ class Scorer:
         on_progress: PhaseProgress | None = None,
         use_inception: bool = True,
         seg: np.ndarray | None = None,
+        profile: bool = False,
     ) -> Features:
         """Every per-image feature of ``images``, each stage computed once.
 
@@ -160,6 +180,8 @@ class Scorer:
                 scorer has them (``inception`` and ``probs`` are then None).
             seg: segmentation features of these images computed elsewhere (a worker process):
                 the segmentation pass is skipped and these are used.
+            profile: also the morphology profile, from the masks of the same segmentation pass
+                (not with ``seg``: the masks are gone).
         """
 
         def phase(name: str) -> Callable[[int, int], None] | None:
@@ -167,15 +189,21 @@ class Scorer:
                 return None
             return lambda done, total: on_progress(name, done, total)
 
+        prof = None
         if seg is None:
-            seg = self.segment_features(images, phase("segmenting"))
+            seg = self.segment_features(images, phase("segmenting"), profile=profile)
+            if profile:
+                n_feat = len(self.feature_names)
+                seg, prof = seg[:, :n_feat], seg[:, n_feat:]
+        elif profile:
+            raise ValueError("a profile needs the masks: leave seg=None")
         elif len(seg) != len(images):
             raise ValueError(f"{len(seg)} segmentation feature rows for {len(images)} images")
         if not use_inception or self.inception is None:
-            return Features(seg=seg)
+            return Features(seg=seg, profile=prof)
         inc = self.inception_features(images, phase("Inception"))
         probs = self.moa_probs(inc) if self.head is not None else None
-        return Features(seg=seg, inception=inc, probs=probs)
+        return Features(seg=seg, inception=inc, probs=probs, profile=prof)
 
     # ------------------------------------------------------------------------------- rewards
     def rewards(

@@ -182,13 +182,14 @@ class SimSuite:
         from cellbench.results.builder import aggregate
         from cellbench.scoring import ImageArrays
 
-        features = self.scorer.features(images, use_inception=self.fid)
+        features = self.scorer.features(images, use_inception=self.fid, profile=True)
         arrays = ImageArrays(
             task_ids=self.protocol["task_id"].tolist(),
             paths=[label] * len(images),
             pixel_sha256=[sha256_bytes(np.ascontiguousarray(im).tobytes()) for im in images],
             seg=features.seg,
             inception=features.inception,
+            profile=features.profile,
         )
         doc, per_image = aggregate(
             self.scorer, self.protocol, arrays, ds=self.ds, seed=self.seed, fid=self.fid

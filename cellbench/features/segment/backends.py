@@ -1,6 +1,7 @@
 """Segmentation backends behind one registry (``cellbench ls segmenters``).
 
-A backend turns uint8 crops into the six per-image features of docs/scoring.md. Its name and version are
+A backend turns uint8 crops into the six per-image features of docs/scoring.md and, on request, the
+morphology profile of the same masks (:mod:`cellbench.features.profile`). Its name and version are
 part of the metric identity and are recorded in every result and reference-statistics file.
 
 * ``classical`` (default): scikit-image, no weights (:mod:`cellbench.features.segment.classical`).
@@ -89,14 +90,24 @@ class SegmentationBackend(abc.ABC):
         *,
         dna_channel: int,
         on_progress: Callable[[int, int], None] | None = None,
+        profile: bool = False,
     ) -> np.ndarray:
-        """(N, H, W, 3) uint8 -> (N, 6) float64 features in :attr:`feature_names` order."""
+        """(N, H, W, 3) uint8 -> (N, 6) float64 features in :attr:`feature_names` order; with
+        ``profile``, (N, 6 + P): then the morphology profile of the same masks
+        (:func:`cellbench.features.profile.profile_stack`)."""
+        from cellbench.features.profile import profile_stack, profile_width
         from cellbench.features.segment.classical import features_from_masks
 
-        out = np.zeros((len(images), len(self.feature_names)))
+        n_feat = len(self.feature_names)
+        out = np.zeros((len(images), n_feat + (profile_width(images.shape[-1]) if profile else 0)))
         for i, img in enumerate(images):
-            f = features_from_masks(self.segment(img, dna_channel=dna_channel))
-            out[i] = [f[k] for k in self.feature_names]
+            seg = self.segment(img, dna_channel=dna_channel)
+            f = features_from_masks(seg)
+            out[i, :n_feat] = [f[k] for k in self.feature_names]
+            if profile:
+                out[i, n_feat:] = profile_stack(
+                    img[None], seg.nuclei[None], seg.cells[None], dna_channel=dna_channel
+                )[0]
             if on_progress is not None and (i + 1) % 64 == 0:
                 on_progress(i + 1, len(images))
         if on_progress is not None:
@@ -133,21 +144,27 @@ class ClassicalBackend(SegmentationBackend):
 
         return segment_crop(image, dna_channel=dna_channel)
 
-    def features(self, images, *, dna_channel, on_progress=None):
+    def features(self, images, *, dna_channel, on_progress=None, profile=False):
+        from cellbench.features.profile import profile_width
         from cellbench.features.segment.classical import segment_batch
 
-        out = np.zeros((len(images), len(self.feature_names)))
+        extra = profile_width(images.shape[-1]) if profile else 0
+        out = np.zeros((len(images), len(self.feature_names) + extra))
         pool = _pool() if len(images) >= POOL_MIN_IMAGES else None
         if pool is None:
             for start in range(0, len(images), PROGRESS_CHUNK):
                 chunk = images[start : start + PROGRESS_CHUNK]
-                out[start : start + len(chunk)] = segment_batch(chunk, dna_channel=dna_channel)
+                out[start : start + len(chunk)] = segment_batch(
+                    chunk, dna_channel=dna_channel, profile=profile
+                )
                 if on_progress is not None:
                     on_progress(start + len(chunk), len(images))
             return out
         starts = list(range(0, len(images), POOL_CHUNK))
         jobs = [
-            pool.submit(segment_batch, images[s : s + POOL_CHUNK], dna_channel=dna_channel)
+            pool.submit(
+                segment_batch, images[s : s + POOL_CHUNK], dna_channel=dna_channel, profile=profile
+            )
             for s in starts
         ]
         for s, job in zip(starts, jobs, strict=True):  # results land in input order
@@ -293,15 +310,25 @@ class CellposeBackend(SegmentationBackend):
     def segment(self, image: np.ndarray, *, dna_channel: int):
         return self.segment_many(image[None], dna_channel=dna_channel)[0]
 
-    def features(self, images, *, dna_channel, on_progress=None):
+    def features(self, images, *, dna_channel, on_progress=None, profile=False):
+        from cellbench.features.profile import profile_stack, profile_width
         from cellbench.features.segment.classical import features_from_masks
 
-        out = np.zeros((len(images), len(self.feature_names)))
+        n_feat = len(self.feature_names)
+        out = np.zeros((len(images), n_feat + (profile_width(images.shape[-1]) if profile else 0)))
         for start in range(0, len(images), self.batch):
             chunk = images[start : start + self.batch]
-            for i, seg in enumerate(self.segment_many(chunk, dna_channel=dna_channel)):
+            segs = self.segment_many(chunk, dna_channel=dna_channel)
+            for i, seg in enumerate(segs):
                 f = features_from_masks(seg)
-                out[start + i] = [f[k] for k in self.feature_names]
+                out[start + i, :n_feat] = [f[k] for k in self.feature_names]
+            if profile:
+                out[start : start + len(chunk), n_feat:] = profile_stack(
+                    chunk,
+                    np.stack([s.nuclei for s in segs]),
+                    np.stack([s.cells for s in segs]),
+                    dna_channel=dna_channel,
+                )
             if on_progress is not None:
                 on_progress(start + len(chunk), len(images))
         return out

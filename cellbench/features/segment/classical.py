@@ -774,12 +774,17 @@ BATCH_CHUNK = 256
 
 
 def segment_batch(
-    images: np.ndarray, *, dna_channel: int = 2, params: NucleusParams = DEFAULT_PARAMS
+    images: np.ndarray,
+    *,
+    dna_channel: int = 2,
+    params: NucleusParams = DEFAULT_PARAMS,
+    profile: bool = False,
 ) -> np.ndarray:
     """(N, H, W, C) (or (N, H, W)) crops -> (N, 6) float64 features in FEATURE_NAMES order.
 
     The same features as :func:`segment_crop` and :func:`features_from_masks` one crop at a time,
-    computed ``BATCH_CHUNK`` crops at a time.
+    computed ``BATCH_CHUNK`` crops at a time. With ``profile``, (N, 6 + P): the features, then the
+    morphology profile of the same masks (:func:`cellbench.features.profile.profile_stack`).
     """
     imgs = np.asarray(images)
     if imgs.ndim not in (3, 4):
@@ -787,10 +792,20 @@ def segment_batch(
             f"expected an (N, H, W, C) or (N, H, W) stack of images, got shape {imgs.shape}",
             fix="stack crops of one size along a new first axis",
         )
-    out = np.zeros((len(imgs), len(FEATURE_NAMES)))
+    parts = []
     for start in range(0, len(imgs), BATCH_CHUNK):
         chunk = imgs[start : start + BATCH_CHUNK]
-        out[start : start + len(chunk)] = stack_features(
-            segment_stack(chunk, dna_channel=dna_channel, params=params)
-        )
-    return out
+        seg = segment_stack(chunk, dna_channel=dna_channel, params=params)
+        block = stack_features(seg)
+        if profile:
+            from cellbench.features.profile import profile_stack
+
+            prof = profile_stack(chunk, seg.nuclei, seg.cells, dna_channel=dna_channel)
+            block = np.concatenate([block, prof], axis=1)
+        parts.append(block)
+    if not parts:
+        from cellbench.features.profile import profile_width
+
+        n_ch = imgs.shape[-1] if imgs.ndim == 4 else 1
+        return np.zeros((0, len(FEATURE_NAMES) + (profile_width(n_ch) if profile else 0)))
+    return np.concatenate(parts)
