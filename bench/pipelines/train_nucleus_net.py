@@ -214,7 +214,7 @@ def main() -> None:
     ap.add_argument("--flips", action="store_true", help="average over the 4 flips when scoring")
     ap.add_argument("--root", type=Path, default=DEFAULT_ROOT)
     ap.add_argument("--stardist", type=Path, help="folder with img2d.tif and mask2d.tif")
-    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--patch", type=int, default=96)
     ap.add_argument("--seed", type=int, default=0)
