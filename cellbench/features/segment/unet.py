@@ -69,7 +69,7 @@ FLIPS = False
 #: resize factors are clipped to this range (radii from 2 to 128 px)
 FACTOR_RANGE = (CANONICAL_RADIUS / 128.0, CANONICAL_RADIUS / 2.0)
 WEIGHTS_PATH = Path(__file__).resolve().parents[2] / "resources/segment/nucleus_unet.safetensors"
-WEIGHTS_SHA256 = "to-be-filled-by-train_nucleus_net.py--final"
+WEIGHTS_SHA256 = "ae93217e56573b061bf49343056a2b6ac0d5b9f2402f1ad1d383decf66aa92e7"
 
 
 class _Block(nn.Sequential):
