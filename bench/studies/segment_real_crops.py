@@ -1,13 +1,13 @@
-"""The classical segmenter on the real BBBC021 crops: nuclei found per crop and DMSO vs
+"""A segmenter (default ``classical``) on the real BBBC021 crops: nuclei found per crop and DMSO vs
 cycloheximide effect sizes of the six features.
 
 Reads ``../shared/data/bbbc021_real/singh_crops_68x68`` (``crop_labels.csv`` and the crops it
-lists), segments every crop (``segment_batch``) and prints, per feature, the DMSO and
+lists), segments every crop (the ``--backend``'s ``features``; ``segment_batch`` for classical) and prints, per feature, the DMSO and
 cycloheximide ("Protein synthesis") means and Cohen's d (cycloheximide minus DMSO over the pooled
 standard deviation), plus the number of crops with no nucleus and how often the cell count
 differs from the nucleus count.
 
-Usage: python bench/studies/segment_real_crops.py [--root DIR]
+Usage: python bench/studies/segment_real_crops.py [--root DIR] [--backend classical|unet]
 """
 
 from __future__ import annotations
@@ -26,9 +26,11 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--root", type=Path, default=DEFAULT_ROOT)
+    ap.add_argument("--backend", default="classical", help="segmentation backend")
     args = ap.parse_args()
 
-    from cellbench.features.segment.classical import BACKEND_VERSION, FEATURE_NAMES, segment_batch
+    from cellbench.features.segment.backends import get_backend
+    from cellbench.features.segment.classical import FEATURE_NAMES
     from cellbench.features.segment.convert import to_uint8_crop
 
     labels = pd.read_csv(args.root / "crop_labels.csv")
@@ -38,11 +40,12 @@ def main() -> None:
             for r in labels.itertuples()
         ]
     )
-    feats = pd.DataFrame(segment_batch(crops, dna_channel=2), columns=FEATURE_NAMES)
+    be = get_backend(args.backend)
+    feats = pd.DataFrame(be.features(crops, dna_channel=2), columns=FEATURE_NAMES)
     moa = labels["moa"].to_numpy()
     dmso, chx = feats[moa == "DMSO"], feats[moa == "Protein synthesis"]
     print(
-        f"classical v{BACKEND_VERSION}: {len(feats)} crops; with no nucleus: "
+        f"{be.name} v{be.version}: {len(feats)} crops; with no nucleus: "
         f"{int((feats['nuc_count'] < 1).sum())}; cell count != nucleus count: "
         f"{(feats['cell_count'] != feats['nuc_count']).mean():.1%}"
     )

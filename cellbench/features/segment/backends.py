@@ -5,6 +5,9 @@ morphology profile of the same masks (:mod:`cellbench.features.profile`). Its na
 part of the metric identity and are recorded in every result and reference-statistics file.
 
 * ``classical`` (default): scikit-image, no weights (:mod:`cellbench.features.segment.classical`).
+* ``unet``: nuclei from a small U-Net trained in the project on the DSB2018 images (CC0; weights
+  shipped, checked by sha256, :mod:`cellbench.features.segment.unet`), cells from the classical
+  cell pass (:mod:`cellbench.features.segment.cells`); needs torch.
 * ``cellpose``: Cellpose 3.1.x ``nuclei`` + ``cyto3`` models, used only when the package is
   installed (``pip install 'cellbench[cellpose]'``) and its weight files are on disk.
 """
@@ -19,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from cellbench.errors import CellbenchError
+from cellbench.errors import CellbenchError, ImageError
 from cellbench.registry import Registry
 
 CHUNK = 256
@@ -172,6 +175,82 @@ class ClassicalBackend(SegmentationBackend):
             out[s : s + len(block)] = block
             if on_progress is not None:
                 on_progress(s + len(block), len(images))
+        return out
+
+
+class UNetBackend(SegmentationBackend):
+    """Nuclei from the project's small U-Net (:mod:`cellbench.features.segment.unet`: the classical
+    radius estimate, a resize to a canonical nucleus size, three classes, seeded watershed);
+    cells and cytoplasm from the classical cell pass with these nuclei
+    (:func:`cellbench.features.segment.cells.segment_cells_stack`). Runs on the CPU.
+
+    The shipped weight file is checked against its sha256 when the backend is made; the sha256 is
+    part of :meth:`identity`.
+    """
+
+    name = "unet"
+    #: crops per nucleus pass (one strip for the cell pass)
+    batch = 256
+
+    def __init__(self) -> None:
+        try:
+            from cellbench.features.segment import unet
+        except ImportError:  # pragma: no cover - torch is a dependency
+            raise CellbenchError(
+                "the unet backend needs torch", fix="pip install torch, or use --backend classical"
+            ) from None
+        self._unet = unet
+        self._net = unet.load_net()
+
+    @property
+    def version(self) -> str:  # type: ignore[override]
+        return self._unet.MODEL_VERSION
+
+    def identity(self) -> dict[str, Any]:
+        """Name, version, the weight file's sha256 and the canonical radius (recorded in results)."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "weights": self.weights(),
+            "canonical_radius": self._unet.CANONICAL_RADIUS,
+        }
+
+    def weights(self) -> dict[str, str]:
+        return {self._unet.WEIGHTS_PATH.name: self._unet.WEIGHTS_SHA256}
+
+    def segment_stack(self, images: np.ndarray, *, dna_channel: int):
+        """(N, H, W, C) or (N, H, W) crops of one size -> a ``StackSegmentation``."""
+        from cellbench.features.segment.classical import (
+            StackSegmentation,
+            _cell_pass,
+            _split_channels,
+        )
+
+        dna, cyto_src = _split_channels(images, dna_channel)
+        nuclei = self._unet.segment_nuclei_stack(self._net, dna)
+        cells, cyto_mask = _cell_pass(cyto_src, nuclei)
+        return StackSegmentation(nuclei, cells.astype(np.int32), cyto_mask)
+
+    def segment(self, image: np.ndarray, *, dna_channel: int):
+        img = np.asarray(image)
+        if img.ndim not in (2, 3):
+            raise ImageError(
+                f"expected an HxW, HxWx1 or HxWxC image, got shape {img.shape}",
+                fix="pass one image at a time (features takes a stack)",
+            )
+        return self.segment_stack(img[None], dna_channel=dna_channel)[0]
+
+    def features(self, images, *, dna_channel, on_progress=None):
+        from cellbench.features.segment.classical import stack_features
+
+        out = np.zeros((len(images), len(self.feature_names)))
+        for start in range(0, len(images), self.batch):
+            chunk = np.asarray(images[start : start + self.batch])
+            out[start : start + len(chunk)] = stack_features(
+                self.segment_stack(chunk, dna_channel=dna_channel)
+            )
+            if on_progress is not None:
+                on_progress(start + len(chunk), len(images))
         return out
 
 
@@ -339,6 +418,11 @@ SEGMENTERS.register(
     "classical",
     "cellbench.features.segment.backends:ClassicalBackend",
     summary="scikit-image threshold + seeded watershed; no weights (default)",
+)
+SEGMENTERS.register(
+    "unet",
+    "cellbench.features.segment.backends:UNetBackend",
+    summary="small U-Net nuclei (trained on DSB2018, CC0; shipped weights) + classical cells",
 )
 SEGMENTERS.register(
     "cellpose",
