@@ -1,0 +1,122 @@
+"""The memorisation metrics (cellbench.metrics.memorisation) against direct computations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.spatial.distance import cdist
+
+from cellbench.metrics import memorisation as mem
+
+
+def _features(seed: int, n: int, d: int = 16) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, d))
+
+
+def test_nearest_distances_equal_a_direct_computation_in_any_block_size(monkeypatch) -> None:
+    q, r = _features(0, 37), _features(1, 53)
+    want = cdist(q, r).min(axis=1)
+    np.testing.assert_allclose(mem.nearest_distances(q, r), want, rtol=1e-12, atol=1e-9)
+    monkeypatch.setattr(mem, "_BLOCK_ELEMENTS", 60)  # one query row per block
+    np.testing.assert_allclose(mem.nearest_distances(q, r), want, rtol=1e-12, atol=1e-9)
+
+
+def test_a_copied_row_is_at_distance_zero_at_inception_scale() -> None:
+    r = np.abs(_features(2, 40, 2048)) * 3  # Inception pool features are non-negative, O(1)
+    d = mem.nearest_distances(r[[5, 7]], r)
+    assert d.max() < 1e-5
+
+
+def test_shapes_and_non_finite_values_are_refused() -> None:
+    with pytest.raises(ValueError, match="widths differ"):
+        mem.nearest_distances(_features(0, 3, 4), _features(1, 3, 5))
+    bad = _features(0, 3)
+    bad[1, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        mem.nearest_distances(bad, _features(1, 3))
+
+
+def _sets(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    train = rng.normal(size=(300, 8))
+    real = rng.normal(size=(200, 8))  # unseen draws of the same distribution
+    real_ctrl = rng.normal(size=(200, 8))
+    return train, real, real_ctrl
+
+
+def test_a_model_drawing_new_images_is_not_flagged() -> None:
+    train, real, real_ctrl = _sets()
+    rng = np.random.default_rng(9)
+    gen, gen_ctrl = rng.normal(size=(200, 8)), rng.normal(size=(200, 8))
+    m = mem.memorisation_summary(
+        gen_digests=[f"g{i}" for i in range(200)],
+        control_digests=[f"c{i}" for i in range(200)],
+        train_digests={f"t{i}" for i in range(300)},
+        gen_features=gen,
+        gen_control_features=gen_ctrl,
+        real_features=real,
+        real_control_features=real_ctrl,
+        train_features=train,
+    )
+    assert m.flags == ()
+    assert m.copy_rate < 0.05 and m.input_copy_rate < 0.05
+    assert m.exact_train_copies == 0.0 and m.exact_input_copies == 0.0
+
+
+def test_training_copies_are_flagged_by_features_and_by_pixels() -> None:
+    train, real, real_ctrl = _sets()
+    pick = np.random.default_rng(3).integers(0, 300, 200)
+    m = mem.memorisation_summary(
+        gen_digests=[f"t{i}" for i in pick],
+        control_digests=[f"c{i}" for i in range(200)],
+        train_digests={f"t{i}" for i in range(300)},
+        gen_features=train[pick],
+        gen_control_features=real_ctrl,
+        real_features=real,
+        real_control_features=real_ctrl,
+        train_features=train,
+    )
+    assert m.copy_rate == 1.0 and m.exact_train_copies == 1.0
+    assert m.median_train_distance < 1e-6 < m.real_median_train_distance
+    assert m.flags == ("copies training images",)
+    # the pixel check alone flags too (no features: a --no-fid run)
+    p = mem.memorisation_summary(
+        gen_digests=[f"t{i}" for i in pick],
+        control_digests=[f"c{i}" for i in range(200)],
+        train_digests={f"t{i}" for i in range(300)},
+    )
+    assert p.copy_rate is None and p.flags == ("copies training images",)
+
+
+def test_returning_the_input_is_flagged_as_copying_the_input() -> None:
+    train, real, real_ctrl = _sets()
+    ctrl = np.random.default_rng(5).normal(size=(200, 8))
+    m = mem.memorisation_summary(
+        gen_digests=[f"c{i}" for i in range(200)],
+        control_digests=[f"c{i}" for i in range(200)],
+        train_digests={f"t{i}" for i in range(300)},
+        gen_features=ctrl,
+        gen_control_features=ctrl,
+        real_features=real,
+        real_control_features=real_ctrl,
+        train_features=train,
+    )
+    assert m.exact_input_copies == 1.0 and m.input_copy_rate == 1.0
+    assert m.flags == ("copies its input",)
+
+
+def test_a_few_copies_below_the_flag_rate_are_reported_but_not_flagged() -> None:
+    train, real, _ = _sets()
+    rng = np.random.default_rng(11)
+    gen = rng.normal(size=(200, 8))
+    gen[:4] = train[:4]  # 2 %: above the real crops' 1 % but under the 10 % flag rate
+    m = mem.memorisation_summary(
+        gen_digests=[f"g{i}" for i in range(200)],
+        control_digests=[f"c{i}" for i in range(200)],
+        train_digests={f"t{i}" for i in range(300)},
+        gen_features=gen,
+        real_features=real,
+        train_features=train,
+    )
+    assert 0.02 <= m.copy_rate < mem.FLAG_RATE
+    assert m.input_copy_rate is None and m.flags == ()
