@@ -120,3 +120,36 @@ def test_a_few_copies_below_the_flag_rate_are_reported_but_not_flagged() -> None
     )
     assert 0.02 <= m.copy_rate < mem.FLAG_RATE
     assert m.input_copy_rate is None and m.flags == ()
+
+
+def test_training_arrays_hold_every_training_crop_digest_and_come_back_from_the_cache(
+    mini_ds, tmp_path, monkeypatch
+) -> None:
+    from cellbench.io import sha256_bytes
+    from cellbench.scoring import training_set
+    from cellbench.scoring.artifacts import Artifacts
+    from cellbench.scoring.scorer import Scorer
+
+    monkeypatch.setenv("CELLBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    scorer = Scorer(Artifacts.shipped("bbbc021-sim"), use_inception=False)
+    keys = mini_ds.split("train")["SAMPLE_KEY"].tolist()
+    first = training_set.training_arrays(scorer, mini_ds, use_inception=False)
+    assert first.n_crops == len(keys) and first.inception is None
+    assert sha256_bytes(mini_ds.load_crop(keys[3]).tobytes()) in first.digests
+    test_key = mini_ds.split("test")["SAMPLE_KEY"].iloc[0]
+    assert sha256_bytes(mini_ds.load_crop(test_key).tobytes()) not in first.digests
+
+    def refuse(*_a, **_k):
+        raise AssertionError("the cached digests were not used")
+
+    monkeypatch.setattr(type(mini_ds), "load_crops", refuse)
+    assert training_set.training_arrays(scorer, mini_ds, use_inception=False) == first
+
+
+def test_the_training_feature_sample_is_seeded_and_capped() -> None:
+    from cellbench.scoring.training_set import sample_rows
+
+    assert sample_rows(5, cap=10).tolist() == [0, 1, 2, 3, 4]
+    a, b = sample_rows(1000, cap=100), sample_rows(1000, cap=100)
+    assert len(a) == 100 and len(set(a.tolist())) == 100 and (a == b).all()
+    assert (np.diff(a) > 0).all()
