@@ -84,17 +84,20 @@ class Estimate(TypedDict):
 
 
 class Distance(TypedDict):
-    """A set-level distance (FID/KID) with the numbers of generated and real images behind it."""
+    """A set-level metric (FID/KID, a ``set_fn`` metric) with the numbers of generated and real
+    images behind it; ``absent`` says why it was not computed (value null)."""
 
     value: float | None
     n_gen: Count
     n_real: Count
+    absent: NotRequired[str]
 
 
 class ReferenceDistance(TypedDict):
-    """A set-level distance of the real reference row: the split-half floor."""
+    """A set-level metric of the real reference row: its split-half value."""
 
     value: float | None
+    absent: NotRequired[str]
 
 
 Estimates = Annotated[dict[str, Estimate], MetricMap("estimate", None, require=False)]
@@ -197,6 +200,7 @@ class Reference(TypedDict):
     ]
     per_moa: NotRequired[dict[str, Estimates]]
     fid_note: NotRequired[str]
+    set_note: NotRequired[str]
 
 
 class Environment(TypedDict):
@@ -236,6 +240,9 @@ class ResultDocument(TypedDict):
     per_compound: NotRequired[dict[str, Estimates]]
     reference: NotRequired[Reference]
     fid_detail: NotRequired[dict[str, Any] | None]
+    set_detail: NotRequired[dict[str, Any] | None]
+    metric_groups: NotRequired[dict[str, list[str]]]
+    metric_groups_note: NotRequired[str]
     overall_weights: NotRequired[dict[str, float]]
     environment: Environment
     wall_time_s: Annotated[float, Rule(minimum=0)]
