@@ -49,14 +49,14 @@ def test_a_model_drawing_new_images_is_not_flagged() -> None:
     rng = np.random.default_rng(9)
     gen, gen_ctrl = rng.normal(size=(200, 8)), rng.normal(size=(200, 8))
     m = mem.memorisation_summary(
-        gen_digests=[f"g{i}" for i in range(200)],
-        control_digests=[f"c{i}" for i in range(200)],
-        train_digests={f"t{i}" for i in range(300)},
         gen_features=gen,
-        gen_control_features=gen_ctrl,
         real_features=real,
-        real_control_features=real_ctrl,
         train_features=train,
+        gen_pairs=(gen, gen_ctrl),
+        real_pairs=(real, real_ctrl),
+        gen_digests=[f"g{i}" for i in range(200)],
+        input_digests=[f"c{i}" for i in range(200)],
+        train_digests={f"t{i}" for i in range(300)},
     )
     assert m.flags == ()
     assert m.copy_rate < 0.05 and m.input_copy_rate < 0.05
@@ -67,41 +67,40 @@ def test_training_copies_are_flagged_by_features_and_by_pixels() -> None:
     train, real, real_ctrl = _sets()
     pick = np.random.default_rng(3).integers(0, 300, 200)
     m = mem.memorisation_summary(
-        gen_digests=[f"t{i}" for i in pick],
-        control_digests=[f"c{i}" for i in range(200)],
-        train_digests={f"t{i}" for i in range(300)},
         gen_features=train[pick],
-        gen_control_features=real_ctrl,
         real_features=real,
-        real_control_features=real_ctrl,
         train_features=train,
+        gen_pairs=(train[pick], real_ctrl),
+        real_pairs=(real, real_ctrl),
+        gen_digests=[f"t{i}" for i in pick],
+        input_digests=[f"c{i}" for i in range(200)],
+        train_digests={f"t{i}" for i in range(300)},
     )
     assert m.copy_rate == 1.0 and m.exact_train_copies == 1.0
     assert m.median_train_distance < 1e-6 < m.real_median_train_distance
     assert m.flags == ("copies training images",)
-    # the pixel check alone flags too (no features: a --no-fid run)
+    # the pixel check alone flags too (no features)
     p = mem.memorisation_summary(
-        gen_digests=[f"t{i}" for i in pick],
-        control_digests=[f"c{i}" for i in range(200)],
-        train_digests={f"t{i}" for i in range(300)},
+        gen_digests=[f"t{i}" for i in pick], train_digests={f"t{i}" for i in range(300)}
     )
-    assert p.copy_rate is None and p.flags == ("copies training images",)
+    assert p.copy_rate is None and p.exact_input_copies is None
+    assert p.flags == ("copies training images",)
 
 
 def test_returning_the_input_is_flagged_as_copying_the_input() -> None:
     train, real, real_ctrl = _sets()
     ctrl = np.random.default_rng(5).normal(size=(200, 8))
     m = mem.memorisation_summary(
-        gen_digests=[f"c{i}" for i in range(200)],
-        control_digests=[f"c{i}" for i in range(200)],
-        train_digests={f"t{i}" for i in range(300)},
         gen_features=ctrl,
-        gen_control_features=ctrl,
         real_features=real,
-        real_control_features=real_ctrl,
         train_features=train,
+        gen_pairs=(ctrl, ctrl),
+        real_pairs=(real, real_ctrl),
+        gen_digests=[f"c{i}" for i in range(200)],
+        input_digests=[f"c{i}" for i in range(199)] + [None],
+        train_digests={f"t{i}" for i in range(300)},
     )
-    assert m.exact_input_copies == 1.0 and m.input_copy_rate == 1.0
+    assert m.exact_input_copies == 199 / 200 and m.input_copy_rate == 1.0
     assert m.flags == ("copies its input",)
 
 
@@ -110,16 +109,40 @@ def test_a_few_copies_below_the_flag_rate_are_reported_but_not_flagged() -> None
     rng = np.random.default_rng(11)
     gen = rng.normal(size=(200, 8))
     gen[:4] = train[:4]  # 2 %: above the real crops' 1 % but under the 10 % flag rate
-    m = mem.memorisation_summary(
-        gen_digests=[f"g{i}" for i in range(200)],
-        control_digests=[f"c{i}" for i in range(200)],
-        train_digests={f"t{i}" for i in range(300)},
-        gen_features=gen,
-        real_features=real,
-        train_features=train,
-    )
+    m = mem.memorisation_summary(gen_features=gen, real_features=real, train_features=train)
     assert 0.02 <= m.copy_rate < mem.FLAG_RATE
-    assert m.input_copy_rate is None and m.flags == ()
+    assert m.input_copy_rate is None and m.exact_train_copies is None and m.flags == ()
+
+
+def test_the_set_function_reads_control_rows_and_digests_from_set_inputs() -> None:
+    from cellbench.metrics.registry import SetInputs
+
+    train, real, real_ctrl = _sets()
+    ctrl = real_ctrl[:50]
+    gen_control = np.arange(200) % 50
+    gen_control[0] = -1  # a task whose control is not among the rows
+    inputs = SetInputs(
+        compounds=np.array(["a"] * 200),
+        moas=np.array(["m"] * 200),
+        real_compounds=np.array(["a"] * 200),
+        real_moas=np.array(["m"] * 200),
+        seed=0,
+        gen_inception=ctrl[gen_control % 50],
+        real_inception=real,
+        control_inception=ctrl,
+        control_digests=np.array([f"c{i}" for i in range(50)]),
+        gen_digests=np.array([f"c{i % 50}" for i in gen_control]),
+        gen_control=gen_control,
+        real_control=np.arange(200) % 50,
+        train_inception=train,
+        train_digests=frozenset(f"t{i}" for i in range(300)),
+    )
+    out = mem.memorisation_metrics(inputs)
+    assert set(out) == {"memorisation", "input_copies"}
+    assert out["input_copies"].value == 1.0  # the 199 images with a known control copy it
+    d = out["memorisation"].detail
+    assert d["exact_input_copies"] == 199 / 200 and d["flags"] == ["copies its input"]
+    assert out["memorisation"].value < mem.FLAG_RATE
 
 
 def test_training_arrays_hold_every_training_crop_digest_and_come_back_from_the_cache(

@@ -24,14 +24,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from cellbench.metrics.registry import SetInputs, SetValue
 
 __all__ = [
     "FLAG_EXACT",
     "FLAG_RATE",
     "QUANTILE",
     "Memorisation",
+    "memorisation_metrics",
     "memorisation_summary",
     "nearest_distances",
     "paired_distances",
@@ -92,11 +97,13 @@ class Memorisation:
 
     Attributes:
         copy_rate: fraction of generated images nearer a training crop than the real crops'
-            :data:`QUANTILE` quantile (None without Inception features).
+            :data:`QUANTILE` quantile (None without features).
         input_copy_rate: fraction of generated images nearer their own control crop than the
-            real targets' quantile (None without Inception features).
-        exact_train_copies: fraction of generated images pixel-identical to a training crop.
-        exact_input_copies: fraction of generated images pixel-identical to their control crop.
+            real targets' quantile (None without paired control features).
+        exact_train_copies: fraction of generated images pixel-identical to a training crop
+            (None without digests).
+        exact_input_copies: fraction of generated images pixel-identical to their control crop
+            (None without digests).
         median_train_distance: median nearest-training distance of the generated images.
         real_median_train_distance: the same for the real test crops.
         threshold: the real crops' quantile used by ``copy_rate``.
@@ -107,8 +114,8 @@ class Memorisation:
 
     copy_rate: float | None
     input_copy_rate: float | None
-    exact_train_copies: float
-    exact_input_copies: float
+    exact_train_copies: float | None
+    exact_input_copies: float | None
     median_train_distance: float | None
     real_median_train_distance: float | None
     threshold: float | None
@@ -124,42 +131,45 @@ class Memorisation:
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in d.items()}
 
 
+Pairs = tuple[np.ndarray, np.ndarray]
+
+
 def memorisation_summary(
     *,
-    gen_digests: Sequence[str],
-    control_digests: Sequence[str],
-    train_digests: Sequence[str] | set[str],
     gen_features: np.ndarray | None = None,
-    gen_control_features: np.ndarray | None = None,
     real_features: np.ndarray | None = None,
-    real_control_features: np.ndarray | None = None,
     train_features: np.ndarray | None = None,
+    gen_pairs: Pairs | None = None,
+    real_pairs: Pairs | None = None,
+    gen_digests: Sequence[str] | None = None,
+    input_digests: Sequence[str | None] | None = None,
+    train_digests: Sequence[str] | frozenset[str] | set[str] | None = None,
 ) -> Memorisation:
     """The memorisation figures of a generated set.
 
     Args:
-        gen_digests: pixel digest of each generated image.
-        control_digests: pixel digest of each generated image's own control (input) crop.
-        train_digests: pixel digests of the training crops.
-        gen_features: Inception features of the generated images (None: pixel checks only).
-        gen_control_features: features of each generated image's control crop (row-aligned).
-        real_features: features of the real test targets.
-        real_control_features: features of each real target's control crop (row-aligned).
+        gen_features: Inception features of the generated images.
+        real_features: features of the real test targets (unseen by any generator).
         train_features: features of the training crops.
+        gen_pairs: (features of generated images, features of each one's own control crop),
+            row-aligned: the images whose control is known.
+        real_pairs: the same for real targets and their controls.
+        gen_digests: pixel digest of each generated image.
+        input_digests: pixel digest of each generated image's own control crop (None where
+            unknown), aligned with ``gen_digests``.
+        train_digests: pixel digests of the training crops.
     """
-    n = len(gen_digests)
-    if len(control_digests) != n:
-        raise ValueError("one control digest per generated image is needed")
-    train_set = set(train_digests)
-    exact_train = float(np.mean([d in train_set for d in gen_digests])) if n else 0.0
-    exact_input = (
-        float(np.mean([g == c for g, c in zip(gen_digests, control_digests, strict=True)]))
-        if n
-        else 0.0
-    )
+    n = len(gen_features) if gen_features is not None else len(gen_digests or ())
+    exact_train = exact_input = None
+    if gen_digests is not None and train_digests is not None:
+        train_set = set(train_digests)
+        exact_train = float(np.mean([d in train_set for d in gen_digests])) if n else 0.0
+    if gen_digests is not None and input_digests is not None:
+        if len(input_digests) != len(gen_digests):
+            raise ValueError("one input digest per generated image is needed")
+        same = [c is not None and g == c for g, c in zip(gen_digests, input_digests, strict=True)]
+        exact_input = float(np.mean(same)) if n else 0.0
     copy_rate = input_rate = med_gen = med_real = thr = in_thr = None
-    n_real = 0 if real_features is None else len(real_features)
-    n_train = len(train_set) if train_features is None else len(train_features)
     if gen_features is not None and n:
         if real_features is None or train_features is None:
             raise ValueError("real and training features are needed with generated features")
@@ -168,15 +178,20 @@ def memorisation_summary(
         thr = float(np.quantile(d_real, QUANTILE))
         copy_rate = float(np.mean(d_gen <= thr))
         med_gen, med_real = float(np.median(d_gen)), float(np.median(d_real))
-        if gen_control_features is not None and real_control_features is not None:
-            p_gen = paired_distances(gen_features, gen_control_features)
-            p_real = paired_distances(real_features, real_control_features)
-            in_thr = float(np.quantile(p_real, QUANTILE))
-            input_rate = float(np.mean(p_gen <= in_thr))
+    if (
+        gen_pairs is not None
+        and real_pairs is not None
+        and len(gen_pairs[0])
+        and len(real_pairs[0])
+    ):
+        p_gen = paired_distances(*gen_pairs)
+        p_real = paired_distances(*real_pairs)
+        in_thr = float(np.quantile(p_real, QUANTILE))
+        input_rate = float(np.mean(p_gen <= in_thr))
     flags = []
-    if exact_train > FLAG_EXACT or (copy_rate is not None and copy_rate > FLAG_RATE):
+    if (exact_train or 0.0) > FLAG_EXACT or (copy_rate is not None and copy_rate > FLAG_RATE):
         flags.append("copies training images")
-    if exact_input > FLAG_EXACT or (input_rate is not None and input_rate > FLAG_RATE):
+    if (exact_input or 0.0) > FLAG_EXACT or (input_rate is not None and input_rate > FLAG_RATE):
         flags.append("copies its input")
     return Memorisation(
         copy_rate=copy_rate,
@@ -188,7 +203,43 @@ def memorisation_summary(
         threshold=thr,
         input_threshold=in_thr,
         n_gen=n,
-        n_real=n_real,
-        n_train=n_train,
+        n_real=0 if real_features is None else len(real_features),
+        n_train=0 if train_features is None else len(train_features),
         flags=tuple(flags),
     )
+
+
+def memorisation_metrics(inputs: SetInputs) -> dict[str, SetValue]:
+    """The ``kind="set_fn"`` entries ``memorisation`` (the training near-copy rate) and
+    ``input_copies`` (the input near-copy rate), from one :func:`memorisation_summary`; both carry
+    the whole summary (exact copies, flags) as their detail."""
+    from cellbench.metrics.registry import SetValue
+
+    def pairs(feats: np.ndarray | None, rows: np.ndarray | None) -> Pairs | None:
+        ctrl = inputs.control_inception
+        if feats is None or rows is None or ctrl is None:
+            return None
+        ok = np.asarray(rows) >= 0
+        return feats[ok], ctrl[np.asarray(rows)[ok]]
+
+    input_digests = None
+    if inputs.gen_control is not None and inputs.control_digests is not None:
+        input_digests = [
+            str(inputs.control_digests[r]) if r >= 0 else None for r in inputs.gen_control
+        ]
+    m = memorisation_summary(
+        gen_features=inputs.gen_inception,
+        real_features=inputs.real_inception,
+        train_features=inputs.train_inception,
+        gen_pairs=pairs(inputs.gen_inception, inputs.gen_control),
+        real_pairs=pairs(inputs.real_inception, inputs.real_control),
+        gen_digests=None if inputs.gen_digests is None else [str(d) for d in inputs.gen_digests],
+        input_digests=input_digests,
+        train_digests=inputs.train_digests,
+    )
+    detail = m.to_dict()
+    nan = float("nan")
+    return {
+        "memorisation": SetValue(nan if m.copy_rate is None else m.copy_rate, detail),
+        "input_copies": SetValue(nan if m.input_copy_rate is None else m.input_copy_rate, detail),
+    }

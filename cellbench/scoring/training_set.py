@@ -15,9 +15,10 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 
 from cellbench.io import atomic_path, sha256_bytes
 from cellbench.metrics.rewards import SUITE_VERSION
@@ -118,3 +119,61 @@ def training_arrays(
         f"({format_size(path.stat().st_size)}; `cellbench cache info|clear`)"
     )
     return TrainingArrays(frozenset(digests), inc, len(keys))
+
+
+#: the :class:`~cellbench.metrics.registry.SetInputs` fields :func:`copy_inputs` fills
+COPY_FIELDS = (
+    "control_digests",
+    "gen_digests",
+    "gen_control",
+    "real_control",
+    "train_inception",
+    "train_digests",
+)
+
+
+def control_rows(protocol: pd.DataFrame, task_ids: np.ndarray | list[str]) -> list[str]:
+    """The control keys of ``task_ids`` in the row order of
+    :func:`cellbench.scoring.images.control_arrays` (distinct crops, protocol order)."""
+    controls = protocol.drop_duplicates("control_key")["control_key"].astype(str)
+    wanted = set(protocol.loc[protocol["task_id"].isin(set(task_ids)), "control_key"].astype(str))
+    return [k for k in controls if k in wanted]
+
+
+def copy_inputs(
+    scorer: Scorer,
+    ds: BBBC021Dataset,
+    protocol: pd.DataFrame,
+    task_ids: np.ndarray,
+    gen_digests: list[str],
+    evaluated: np.ndarray,
+    *,
+    needs: set[str],
+    use_inception: bool,
+    progress: Progress = _noop,
+) -> dict[str, Any]:
+    """The :data:`COPY_FIELDS` of :class:`~cellbench.metrics.registry.SetInputs` that the
+    metrics' ``needs`` name: which control row each generated image (and each real target on the
+    ``evaluated`` side) was given as input, the controls' and training crops' pixel digests and
+    the training split's sampled features. Fields nobody needs stay None."""
+    out: dict[str, Any] = dict.fromkeys(COPY_FIELDS)
+    if not needs & set(COPY_FIELDS):
+        return out
+    keys = control_rows(protocol, task_ids)
+    row = {k: i for i, k in enumerate(keys)}
+    control_of = dict(
+        zip(protocol["task_id"].astype(str), protocol["control_key"].astype(str), strict=True)
+    )
+    out["gen_digests"] = np.array(gen_digests, dtype=str)
+    out["gen_control"] = np.array([row.get(control_of[str(t)], -1) for t in task_ids], dtype=int)
+    out["real_control"] = np.array(
+        [row.get(str(k), -1) for k in protocol["control_key"].to_numpy()[evaluated]], dtype=int
+    )
+    out["control_digests"] = np.array(
+        [sha256_bytes(np.ascontiguousarray(c).tobytes()) for c in ds.load_crops(keys)], dtype=str
+    )
+    if needs & {"train_inception", "train_digests"}:
+        train = training_arrays(scorer, ds, use_inception=use_inception, progress=progress)
+        out["train_digests"] = train.digests
+        out["train_inception"] = train.inception
+    return out
