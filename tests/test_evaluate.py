@@ -33,8 +33,10 @@ def world(tmp_path_factory: pytest.TempPathFactory):
     wrong_target = dict(
         zip(by_moa["task_id"], np.roll(by_moa["target_key"].to_numpy(), shift), strict=True)
     )
+    train_keys = ds.split("train")["SAMPLE_KEY"].tolist()
     makers = {
         "real": lambda r: ds.load_crop(r.target_key),
+        "train": lambda r: ds.load_crop(train_keys[int(r.Index) % len(train_keys)]),
         "identity": lambda r: ds.load_crop(r.control_key),
         "noise": lambda r: rng.integers(0, 256, (96, 96, 3), dtype=np.uint8),
         "black": lambda r: np.zeros((96, 96, 3), np.uint8),
@@ -88,10 +90,23 @@ def test_bad_generators_score_clearly_worse(world) -> None:
     assert res["black"]["metrics"]["overall"]["n"] == len(world["table"])
 
 
+def test_copies_of_training_crops_and_of_the_input_are_flagged(world) -> None:
+    res = world["results"]
+    flags = {n: d["set_detail"]["memorisation"]["flags"] for n, d in res.items()}
+    assert flags["train"] == ["copies training images"]
+    assert flags["identity"] == ["copies its input"]
+    assert flags["real"] == [] and flags["wrong"] == []
+    assert _v(res["train"], "memorisation") == 1.0 and _v(res["identity"], "input_copies") == 1.0
+    # unseen real crops sit at the rule's own quantile (1 %), far under the 10 % flag rate
+    assert _v(res["real"], "memorisation") <= 0.05 and _v(res["real"], "input_copies") <= 0.05
+    detail = res["identity"]["set_detail"]["memorisation"]
+    assert detail["exact_input_copies"] == 1.0 and detail["exact_train_copies"] == 0.0
+
+
 def test_same_inputs_same_metrics(world) -> None:
     again = evaluate(world["root"] / "identity", "bbbc021-sim", data_dir=world["data"], seed=0)
     first = world["results"]["identity"]
-    for key in ("metrics", "per_moa", "per_compound", "reference", "fid_detail"):
+    for key in ("metrics", "per_moa", "per_compound", "reference", "fid_detail", "set_detail"):
         assert again[key] == first[key], key
 
 
