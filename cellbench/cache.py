@@ -3,7 +3,9 @@
 The cache (``$CELLBENCH_CACHE_DIR``, else the user cache folder) holds only what cellbench can
 recompute: ``reference-features/`` (segmentation and Inception features and morphology profiles of
 a protocol's real target crops and of its control crops, keyed by the dataset index, protocol,
-segmenter, profile version and network). The weights folder
+segmenter, profile version and network). and ``training-features/``
+(the training split's pixel digests and sampled Inception features, for the memorisation
+metrics). The weights folder
 (``$CELLBENCH_WEIGHTS_DIR``, else ``weights/`` in the user data folder) holds the FID Inception
 weights (:mod:`cellbench.features.weights`). :func:`clear_cache` deletes only cellbench's own
 sub-folders of the cache, never anything else a shared cache folder may hold.
@@ -23,6 +25,8 @@ __all__ = ["CACHE_PARTS", "cache_info", "clear_cache"]
 #: the sub-folders of the cache folder that cellbench writes, and what each holds
 CACHE_PARTS: dict[str, str] = {
     "reference-features": "features of each protocol's real crops (recomputed when missing)",
+    "training-features": "pixel digests and sampled features of the training split, for the "
+    "memorisation metrics (recomputed when missing)",
 }
 
 

@@ -33,8 +33,10 @@ def world(tmp_path_factory: pytest.TempPathFactory):
     wrong_target = dict(
         zip(by_moa["task_id"], np.roll(by_moa["target_key"].to_numpy(), shift), strict=True)
     )
+    train_keys = ds.split("train")["SAMPLE_KEY"].tolist()
     makers = {
         "real": lambda r: ds.load_crop(r.target_key),
+        "train": lambda r: ds.load_crop(train_keys[int(r.Index) % len(train_keys)]),
         "identity": lambda r: ds.load_crop(r.control_key),
         "noise": lambda r: rng.integers(0, 256, (96, 96, 3), dtype=np.uint8),
         "black": lambda r: np.zeros((96, 96, 3), np.uint8),
@@ -111,6 +113,19 @@ def test_held_out_set_metrics_tell_real_from_wrong_images(world) -> None:
     assert ref["retrieval_top1"]["value"] >= ident["metrics"]["retrieval_top1"]["value"]
     assert ident["set_detail"]["coverage"]["k"] == 5
     assert set(ident["set_detail"]["coverage"]["per_moa"]) == set(world["table"]["moa"])
+
+
+def test_copies_of_training_crops_and_of_the_input_are_flagged(world) -> None:
+    res = world["results"]
+    flags = {n: d["set_detail"]["memorisation"]["flags"] for n, d in res.items()}
+    assert flags["train"] == ["copies training images"]
+    assert flags["identity"] == ["copies its input"]
+    assert flags["real"] == [] and flags["wrong"] == []
+    assert _v(res["train"], "memorisation") == 1.0 and _v(res["identity"], "input_copies") == 1.0
+    # unseen real crops sit at the rule's own quantile (1 %), far under the 10 % flag rate
+    assert _v(res["real"], "memorisation") <= 0.05 and _v(res["real"], "input_copies") <= 0.05
+    detail = res["identity"]["set_detail"]["memorisation"]
+    assert detail["exact_input_copies"] == 1.0 and detail["exact_train_copies"] == 0.0
 
 
 def test_same_inputs_same_metrics(world) -> None:

@@ -104,7 +104,15 @@ def sim_world(tmp_path_factory: pytest.TempPathFactory):
 def test_every_defect_is_pure_seeded_and_identity_at_zero(sim_world) -> None:
     suite = sim_world["suite"]
     crops, segs = suite.crops[:6], suite.segs[:6]
-    kw = {"moas": suite.moas[:6], "donors": suite.crops, "donor_moas": suite.moas}
+    kw = {
+        "moas": suite.moas[:6],
+        "donors": suite.crops,
+        "donor_moas": suite.moas,
+        "compounds": suite.compounds[:6],
+        "donor_compounds": suite.compounds,
+        "controls": suite.controls[:6],
+        "train_donors": suite.train_donors,
+    }
     for name in DEFECTS:
         before = crops.copy()
         zero = apply_defect(name, crops, 0.0, seed=3, segs=segs, **kw)
@@ -131,6 +139,51 @@ def test_defects_refuse_bad_input(sim_world) -> None:
         apply_defect("blur", crops.astype(np.float32), 0.5)
     with pytest.raises(ValueError, match="donors"):
         apply_defect("moa_swap", crops, 0.5)
+    for name, word in (
+        ("compound_swap", "compounds"),
+        ("phenotype_erase", "controls"),
+        ("training_copies", "train_donors"),
+    ):
+        with pytest.raises(ValueError, match=word):
+            apply_defect(name, crops, 0.5)
+
+
+def test_the_held_out_defects_do_what_they_say(sim_world) -> None:
+    suite = sim_world["suite"]
+    crops = suite.crops
+    ctx = {
+        "compounds": suite.compounds,
+        "donors": crops,
+        "donor_compounds": suite.compounds,
+        "controls": suite.controls,
+        "train_donors": suite.train_donors,
+    }
+    n = len(crops)
+    # mode collapse: half the images become one image of the set; nested across severities
+    half = apply_defect("mode_collapse", crops, 0.5, **ctx)
+    full = apply_defect("mode_collapse", crops, 1.0, **ctx)
+    changed = ~np.all(half == crops, axis=(1, 2, 3))
+    assert changed.sum() >= n // 2 - 1 and len({im.tobytes() for im in full}) == 1
+    assert np.array_equal(full[changed], half[changed])
+    # compound swap: no image of a swapped compound shows a crop of its own compound
+    swapped = apply_defect("compound_swap", crops, 1.0, **ctx)
+    own = {c: {im.tobytes() for im in crops[suite.compounds == c]} for c in suite.compounds}
+    for i in range(n):
+        if len(set(suite.compounds)) > 1:
+            assert swapped[i].tobytes() not in own[suite.compounds[i]] or np.array_equal(
+                swapped[i], crops[i]
+            )
+    moved = ~np.all(swapped == crops, axis=(1, 2, 3))
+    assert moved.mean() > 0.9
+    # phenotype erased: each hit image is a control, never its own task's control
+    erased = apply_defect("phenotype_erase", crops, 1.0, **ctx)
+    controls = {im.tobytes() for im in suite.controls}
+    assert all(im.tobytes() in controls for im in erased)
+    assert not np.any(np.all(erased == suite.controls, axis=(1, 2, 3)) & (n > 1))
+    # training copies: every image is a training crop
+    copies = apply_defect("training_copies", crops, 1.0, **ctx)
+    train = {im.tobytes() for im in suite.train_donors}
+    assert all(im.tobytes() in train for im in copies)
 
 
 def test_object_defects_do_what_they_say_on_the_masks(sim_world) -> None:

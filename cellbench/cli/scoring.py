@@ -79,6 +79,21 @@ def _results_notes(doc: dict) -> list[str]:
         f"{im['missing_tasks']} missing, {im['n_problems']} problem(s); "
         f"{'complete' if doc['complete'] else 'NOT complete'}"
     ]
+    copies = (doc.get("set_detail") or {}).get("memorisation") or {}
+    if copies.get("flags"):
+        exact = [
+            f"{copies[k]:.0%} pixel-identical to {what}"
+            for k, what in (
+                ("exact_train_copies", "a training crop"),
+                ("exact_input_copies", "their input"),
+            )
+            if isinstance(copies.get(k), float | int)
+        ]
+        notes.append(
+            "memorisation flag: "
+            + "; ".join(copies["flags"])
+            + (f" ({', '.join(exact)})" if exact else "")
+        )
     if doc.get("best_of_n", 1) > 1:
         sel = (doc.get("generation") or {}).get("selection_reward", "overall")
         notes.append(

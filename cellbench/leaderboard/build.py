@@ -180,6 +180,14 @@ class Row:
     def kind(self) -> str:
         return str(self.meta.get("kind", "model"))
 
+    @property
+    def copy_flags(self) -> list[str]:
+        """The memorisation flags of the result ("copies training images", "copies its
+        input"; :mod:`cellbench.metrics.memorisation`), empty when none."""
+        detail = ((self.doc.get("set_detail") or {}).get("memorisation")) or {}
+        flags = detail.get("flags") or []
+        return [str(f) for f in flags if isinstance(f, str)]
+
     def value(self, key: str) -> float | None:
         v = (self.doc.get("metrics", {}).get(key) or {}).get("value")
         return v if isinstance(v, int | float) and math.isfinite(v) else None

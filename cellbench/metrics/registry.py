@@ -80,7 +80,8 @@ class MetricSpec:
     Attributes:
         name: key in the result document and column of the per-image table.
         label: short display name (leaderboard column header).
-        family: ``"reward"``, ``"accuracy"``, ``"distance"`` or ``"profile"``.
+        family: ``"reward"``, ``"accuracy"``, ``"distance"``, ``"fidelity"``, ``"diversity"``,
+            ``"retrieval"``, ``"profile"`` or ``"memorisation"``.
         higher_is_better: the metric's direction.
         digits: decimals shown in the ``cellbench eval`` table and on the leaderboard.
         needs: what the metric is computed from (shown by ``cellbench ls metrics``).
@@ -144,6 +145,12 @@ SET_INPUT_NAMES: dict[str, str] = {
     "real_profile": "morphology profile",
     "control_inception": "Inception features of the DMSO controls",
     "control_profile": "morphology profile of the DMSO controls",
+    "train_inception": "Inception features of the training split",
+    "train_digests": "pixel digests of the training split",
+    "gen_digests": "pixel digests of the generated images",
+    "control_digests": "pixel digests of the DMSO controls",
+    "gen_control": "control row of each generated image",
+    "real_control": "control row of each real image",
 }
 
 
@@ -168,6 +175,14 @@ class SetInputs:
         real_profile: (m, p) morphology profiles of the real images, or None.
         control_inception: (c, 2048) Inception features of the DMSO controls, or None.
         control_profile: (c, p) morphology profiles of the DMSO controls, or None.
+        control_digests: (c,) pixel digests of the DMSO controls, or None.
+        gen_digests: (n,) pixel digests of the generated images, or None.
+        gen_control: (n,) row of ``control_*`` holding each generated image's own control (its
+            task's input), -1 where it is not among them; or None.
+        real_control: (m,) the same for each real image, or None.
+        train_inception: (t, 2048) Inception features of (a seeded sample of) the training split
+            (:mod:`cellbench.scoring.training_set`), or None.
+        train_digests: pixel digests of every training crop, or None.
     """
 
     compounds: np.ndarray
@@ -181,6 +196,12 @@ class SetInputs:
     real_profile: np.ndarray | None = None
     control_inception: np.ndarray | None = None
     control_profile: np.ndarray | None = None
+    control_digests: np.ndarray | None = None
+    gen_digests: np.ndarray | None = None
+    gen_control: np.ndarray | None = None
+    real_control: np.ndarray | None = None
+    train_inception: np.ndarray | None = None
+    train_digests: frozenset[str] | None = None
 
     @property
     def n_gen(self) -> int:
@@ -225,6 +246,9 @@ class SetInputs:
             moas=self.real_moas[a],
             gen_inception=take(self.real_inception, a),
             gen_profile=take(self.real_profile, a),
+            gen_digests=None,
+            gen_control=take(self.real_control, a),
+            real_control=take(self.real_control, b),
             real_compounds=self.real_compounds[b],
             real_moas=self.real_moas[b],
             real_inception=take(self.real_inception, b),
@@ -652,5 +676,37 @@ for _name, _label, _higher, _summary in (
             tolerance="profile",
             group="held-out",
             inputs=("gen_profile", "real_profile", "control_profile"),
+        )
+    )
+for _name, _label, _summary, _inputs in (
+    (
+        "memorisation",
+        "train copies",
+        "fraction of generated images nearer a training crop (Inception space) than 99% of the "
+        "real test crops are; pixel copies and the flag in the detail",
+        ("gen_inception", "real_inception", "train_inception"),
+    ),
+    (
+        "input_copies",
+        "input copies",
+        "fraction of generated images nearer their own control crop than 99% of the real targets "
+        "are to theirs; pixel copies and the flag in the detail",
+        ("gen_inception", "real_inception", "control_inception", "gen_control", "real_control"),
+    ),
+):
+    register_metric(
+        MetricSpec(
+            _name,
+            _label,
+            "memorisation",
+            False,
+            3,
+            "Inception features, pixel digests, training split",
+            _summary,
+            "set_fn",
+            "cellbench.metrics.memorisation:memorisation_metrics",
+            tolerance="memorisation",
+            group="held-out",
+            inputs=_inputs,
         )
     )

@@ -45,6 +45,7 @@ from cellbench.metrics.registry import (
 from cellbench.metrics.rewards import OVERALL_WEIGHTS, SUITE_VERSION
 from cellbench.results.document import RESULT_SCHEMA
 from cellbench.scoring.images import control_arrays, reference_arrays
+from cellbench.scoring.training_set import copy_inputs
 
 if TYPE_CHECKING:
     from cellbench.data.bbbc021 import BBBC021Dataset
@@ -187,6 +188,18 @@ def aggregate(
             real_profile=real_prof,
             control_inception=controls.inception if controls is not None else None,
             control_profile=control_prof,
+            **copy_inputs(
+                scorer,
+                ds,
+                protocol,
+                task_ids,
+                arrays.pixel_sha256,
+                evaluated,
+                controls.keys if controls is not None else None,
+                needs=needs if use_inc else set(),  # every copy metric needs Inception features
+                use_inception=use_inc,
+                progress=progress,
+            ),
         )
         metrics_set, reference_set, set_detail = set_fn_values(inputs)
         progress("held-out set metrics", 2, 2)

@@ -171,6 +171,8 @@ class ControlArrays(NamedTuple):
     profile: np.ndarray
     #: the batch (plate) of each control crop
     batches: np.ndarray
+    #: the SAMPLE_KEY of each control crop
+    keys: np.ndarray
 
 
 def control_arrays(
@@ -201,4 +203,5 @@ def control_arrays(
         inc[rows] if inc is not None else None,
         prof[rows],
         controls["batch"].to_numpy().astype(str)[rows],
+        controls["control_key"].to_numpy().astype(str)[rows],
     )

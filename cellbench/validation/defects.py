@@ -8,8 +8,10 @@ Every defect is a pure, seeded function ``(crops, severity, rng, **context) -> c
   where a copy goes) is drawn the same way whatever the severity, so with the same seed a higher
   severity damages the *same* objects more: the damage is nested across severities;
 * context keywords: ``dna_channel``, ``segs`` (the crops' segmentations, computed here with the
-  ``classical`` backend when not given) and, for ``moa_swap``, ``moas`` / ``donors`` /
-  ``donor_moas``.
+  ``classical`` backend when not given) and, for the defects that need more than the crops
+  (:attr:`DefectSpec.context`), ``moas`` / ``donors`` / ``donor_moas`` (``moa_swap``),
+  ``compounds`` / ``donors`` / ``donor_compounds`` (``compound_swap``), ``controls``
+  (``phenotype_erase``) and ``train_donors`` (``training_copies``).
 
 Object defects work on the real segmentation masks: a nucleus (or cell) is erased by filling its
 dilated mask with pixels drawn from the crop's own background, and re-drawn moved, stretched,
@@ -40,6 +42,13 @@ noise               FID/KID       additive Gaussian noise, sd 40 grey levels
 intensity_shift     FID/KID       +100 grey levels on every channel (clipped)
 channel_swap        FID/KID       DNA and the first other channel exchanged (a blend below 1)
 pure_noise          FID/KID       every image replaced by uniform noise (fraction = severity)
+mode_collapse       recall,       images replaced by one image of the set (fraction = severity)
+                    coverage
+compound_swap       retrieval     every image of a compound replaced by another compound's crop
+                                  (fraction of compounds = severity)
+phenotype_erase     profile shift images replaced by DMSO controls of other tasks (fraction =
+                                  severity)
+training_copies     memorisation  images replaced by training crops (fraction = severity)
 ==================  ============  =================================================================
 """
 
@@ -65,8 +74,10 @@ __all__ = [
     "cell_shrink",
     "cell_two_nuclei",
     "channel_swap",
+    "compound_swap",
     "intensity_shift",
     "moa_swap",
+    "mode_collapse",
     "noise",
     "nucleus_duplicate",
     "nucleus_grow",
@@ -75,8 +86,10 @@ __all__ = [
     "nucleus_remove",
     "nucleus_shrink",
     "nucleus_stretch",
+    "phenotype_erase",
     "pure_noise",
     "segment_all",
+    "training_copies",
 ]
 
 HALO = 2  # px of dilation around an object mask: the blurred rim of a nucleus or cell goes with it
@@ -874,6 +887,94 @@ def pure_noise(
     return out
 
 
+def mode_collapse(
+    crops: np.ndarray, severity: float, rng: np.random.Generator, **_: Any
+) -> np.ndarray:
+    """Replace round(severity x N) random images by one image of the set (the same for all)."""
+    crops = _check(crops, severity)
+    hit = _affected(rng, len(crops), severity)
+    keep = int(rng.integers(len(crops)))  # drawn whatever the severity
+    out = crops.copy()
+    out[hit] = crops[keep]
+    return out
+
+
+def compound_swap(
+    crops: np.ndarray,
+    severity: float,
+    rng: np.random.Generator,
+    *,
+    compounds: Sequence[str],
+    donors: np.ndarray,
+    donor_compounds: Sequence[str],
+) -> np.ndarray:
+    """Every image of round(severity x C) of the C compounds replaced by a random donor crop of
+    the next compound in a random cycle over the compounds (so no compound keeps its own)."""
+    crops = _check(crops, severity)
+    compounds = np.asarray(compounds).astype(str)
+    donor_compounds = np.asarray(donor_compounds).astype(str)
+    if len(compounds) != len(crops) or len(donor_compounds) != len(donors):
+        raise ValueError("compound_swap needs one compound per crop and per donor")
+    names = np.unique(compounds)
+    cycle = names[rng.permutation(len(names))]
+    partner = {a: b for a, b in zip(cycle, np.roll(cycle, -1), strict=True)}
+    swapped = (
+        set(cycle[: _round_half_up(severity * len(names))].tolist()) if len(names) > 1 else set()
+    )
+    picks = np.full(len(crops), -1)
+    for i in range(len(crops)):  # one draw per image whatever the severity
+        pool = np.flatnonzero(donor_compounds == partner[compounds[i]])
+        if len(pool):
+            picks[i] = pool[rng.integers(len(pool))]
+    out = crops.copy()
+    for i in range(len(crops)):
+        if compounds[i] in swapped and picks[i] >= 0:
+            out[i] = donors[picks[i]]
+    return out
+
+
+def phenotype_erase(
+    crops: np.ndarray,
+    severity: float,
+    rng: np.random.Generator,
+    *,
+    controls: np.ndarray,
+) -> np.ndarray:
+    """Replace round(severity x N) random images by a control (DMSO) crop of another task: the
+    drug's phenotype is gone, and the image is not its own task's input."""
+    crops = _check(crops, severity)
+    if len(controls) != len(crops):
+        raise ValueError("phenotype_erase needs one control crop per crop")
+    hit = _affected(rng, len(crops), severity)
+    keys = [c.tobytes() for c in controls]
+    picks = np.arange(len(crops))
+    for i in range(len(crops)):  # one draw per image whatever the severity
+        others = [j for j in range(len(crops)) if keys[j] != keys[i]]
+        if others:
+            picks[i] = others[rng.integers(len(others))]
+    out = crops.copy()
+    out[hit] = controls[picks[hit]]
+    return out
+
+
+def training_copies(
+    crops: np.ndarray,
+    severity: float,
+    rng: np.random.Generator,
+    *,
+    train_donors: np.ndarray,
+) -> np.ndarray:
+    """Replace round(severity x N) random images by random crops of the training split."""
+    crops = _check(crops, severity)
+    if len(train_donors) == 0:
+        raise ValueError("training_copies needs training crops")
+    hit = _affected(rng, len(crops), severity)
+    picks = rng.integers(len(train_donors), size=len(crops))  # drawn whatever the severity
+    out = crops.copy()
+    out[hit] = train_donors[picks[hit]]
+    return out
+
+
 # --------------------------------------------------------------------------------- the catalogue
 @dataclass(frozen=True)
 class DefectSpec:
@@ -884,9 +985,15 @@ class DefectSpec:
     targets: tuple[str, ...]
     summary: str
     uses_masks: bool = True
-    needs_donors: bool = False
+    #: context keywords the defect needs beyond the crops (donor crops, controls, ...)
+    context: tuple[str, ...] = ()
     #: metrics the defect should leave where they are (reported beside the targets)
     steady: tuple[str, ...] = ()
+
+    @property
+    def needs_donors(self) -> bool:
+        """True when the defect needs more than the crops themselves (not run on real crops)."""
+        return bool(self.context)
 
 
 def _spec(fn, targets, summary, **kw) -> DefectSpec:
@@ -925,13 +1032,40 @@ DEFECTS: dict[str, DefectSpec] = {
             ["moa"],
             "images replaced by another MoA's",
             uses_masks=False,
-            needs_donors=True,
+            context=("moas", "donors", "donor_moas"),
         ),
         _spec(blur, _FID, "Gaussian blur up to sigma 3 px", uses_masks=False),
         _spec(noise, _FID, "Gaussian noise up to sd 40", uses_masks=False),
         _spec(intensity_shift, _FID, "+ up to 100 grey levels", uses_masks=False),
         _spec(channel_swap, _FID, "DNA and actin exchanged", uses_masks=False),
         _spec(pure_noise, _FID, "images replaced by uniform noise", uses_masks=False),
+        _spec(
+            mode_collapse,
+            ["recall", "coverage"],
+            "images replaced by one image of the set",
+            uses_masks=False,
+        ),
+        _spec(
+            compound_swap,
+            ["retrieval_top1", "retrieval_map"],
+            "each compound's images replaced by another compound's",
+            uses_masks=False,
+            context=("compounds", "donors", "donor_compounds"),
+        ),
+        _spec(
+            phenotype_erase,
+            ["profile_shift_corr"],
+            "images replaced by DMSO controls of other tasks",
+            uses_masks=False,
+            context=("controls",),
+        ),
+        _spec(
+            training_copies,
+            ["copy_rate"],
+            "images replaced by training crops",
+            uses_masks=False,
+            context=("train_donors",),
+        ),
     )
 }
 
@@ -951,17 +1085,21 @@ def apply_defect(
     seed: int = 0,
     dna_channel: int = 2,
     segs: Sequence | None = None,
-    moas: Sequence[str] | None = None,
-    donors: np.ndarray | None = None,
-    donor_moas: Sequence[str] | None = None,
+    **context: Any,
 ) -> np.ndarray:
-    """Apply defect ``name`` at ``severity`` with its own seeded generator (see :func:`defect_seed`)."""
+    """Apply defect ``name`` at ``severity`` with its own seeded generator (see :func:`defect_seed`).
+
+    ``context`` holds the keywords some defects need (:attr:`DefectSpec.context`: ``moas``,
+    ``donors``, ``donor_moas``, ``compounds``, ``donor_compounds``, ``controls``,
+    ``train_donors``); the others ignore it.
+    """
     spec = DEFECTS[name]
     rng = np.random.default_rng(defect_seed(seed, name))
-    if spec.needs_donors:
-        if moas is None or donors is None or donor_moas is None:
-            raise ValueError(f"defect {name} needs moas, donors and donor_moas")
-        return spec.fn(crops, severity, rng, moas=moas, donors=donors, donor_moas=donor_moas)
+    if spec.context:
+        missing = [k for k in spec.context if context.get(k) is None]
+        if missing:
+            raise ValueError(f"defect {name} needs {', '.join(spec.context)}")
+        return spec.fn(crops, severity, rng, **{k: context[k] for k in spec.context})
     if spec.uses_masks:
         return spec.fn(crops, severity, rng, dna_channel=dna_channel, segs=segs)
     return spec.fn(crops, severity, rng, dna_channel=dna_channel)

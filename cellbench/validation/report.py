@@ -170,6 +170,12 @@ class SimSuite:
         self.protocol = full.iloc[pick].reset_index(drop=True)
         self.crops = self.ds.load_crops(self.protocol["target_key"].tolist())
         self.moas = self.protocol["moa"].to_numpy().astype(str)
+        self.compounds = self.protocol["compound"].to_numpy().astype(str)
+        self.controls = self.ds.load_crops(self.protocol["control_key"].tolist())
+        train = self.ds.split("train")
+        train = train[~train["is_control"]]["SAMPLE_KEY"].astype(str).to_numpy()
+        pick = np.sort(rng.choice(len(train), size=min(len(self.crops), len(train)), replace=False))
+        self.train_donors = self.ds.load_crops(train[pick].tolist())
         self.dna_channel = self.ds.card.dna_channel
         self.segs = [
             self.scorer.backend.segment(c, dna_channel=self.dna_channel) for c in self.crops
@@ -208,6 +214,10 @@ class SimSuite:
             moas=self.moas,
             donors=self.crops,
             donor_moas=self.moas,
+            compounds=self.compounds,
+            donor_compounds=self.compounds,
+            controls=self.controls,
+            train_donors=self.train_donors,
         )
 
     def run(self, defects: Sequence[str], severities: Sequence[float]) -> dict[str, Any]:
