@@ -1061,7 +1061,7 @@ DEFECTS: dict[str, DefectSpec] = {
         ),
         _spec(
             training_copies,
-            ["copy_rate"],
+            ["memorisation"],
             "images replaced by training crops",
             uses_masks=False,
             context=("train_donors",),

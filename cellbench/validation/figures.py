@@ -170,8 +170,11 @@ def matrix_png(doc: dict, source: str, path: Path) -> None:
     scale = np.nanmax(np.abs(vals), axis=0)
     scale[~np.isfinite(scale) | (scale == 0)] = 1.0
     signed = vals / scale
+    from cellbench.metrics.registry import lower_is_better
+
+    lower = lower_is_better()
     for j, m in enumerate(metrics):  # colour by "worse" (red) / "better" (blue)
-        if m in ("fid_o", "kid_o"):
+        if m in lower:
             signed[:, j] = -signed[:, j]
     fig, ax = plt.subplots(figsize=(1.0 * len(metrics) + 2.5, 0.42 * len(defects) + 1.5))
     ax.imshow(signed, cmap="RdBu", vmin=-1, vmax=1, aspect="auto")

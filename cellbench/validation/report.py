@@ -44,6 +44,9 @@ REPORT_SCHEMA = "cellbench.validation/1"
 DEFAULT_SEVERITIES: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
 REWARDS_AND_OVERALL: tuple[str, ...] = (*REWARD_NAMES, "overall")
 SET_METRICS: tuple[str, ...] = ("fid_o", "kid_o")
+#: the set-level held-out metrics (registry ``kind="set_fn"``): one number per image set, no
+#: interval, reported where their inputs were computed
+HELD_OUT_SET: tuple[str, ...] = tuple(s.name for s in registry.set_fn_metrics())
 LOWER_IS_BETTER = registry.lower_is_better()  # the metric registry says which way is worse
 
 
@@ -221,7 +224,8 @@ class SimSuite:
         )
 
     def run(self, defects: Sequence[str], severities: Sequence[float]) -> dict[str, Any]:
-        metrics = [*REWARDS_AND_OVERALL, "moa_accuracy"] + (list(SET_METRICS) if self.fid else [])
+        set_level = (list(SET_METRICS) if self.fid else []) + list(HELD_OUT_SET)
+        metrics = [*REWARDS_AND_OVERALL, "moa_accuracy", *set_level]
         total = 1 + len(defects) * len(severities)
         done = 0
         self.progress("validation (sim)", done, total)
@@ -242,8 +246,10 @@ class SimSuite:
                 row: dict[str, dict] = {}
                 for m in metrics:
                     value = doc["metrics"][m]["value"]
-                    if m in SET_METRICS:
-                        delta = None if value is None else value - baseline[m]
+                    if m in set_level:
+                        delta = (
+                            None if value is None or baseline[m] is None else value - baseline[m]
+                        )
                         row[m] = {"value": value, "delta": delta, "ci": None, "n": len(pi)}
                     elif baseline[m] is None:
                         row[m] = {"value": None, "delta": None, "ci": None, "n": 0}
