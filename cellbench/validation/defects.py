@@ -42,8 +42,8 @@ noise               FID/KID       additive Gaussian noise, sd 40 grey levels
 intensity_shift     FID/KID       +100 grey levels on every channel (clipped)
 channel_swap        FID/KID       DNA and the first other channel exchanged (a blend below 1)
 pure_noise          FID/KID       every image replaced by uniform noise (fraction = severity)
-mode_collapse       recall,       images replaced by one image of the set (fraction = severity)
-                    coverage
+mode_collapse       recall,       the set collapses onto N^(1-severity) of its own images (1 image at
+                    coverage      severity 1: the same image for every task)
 compound_swap       retrieval     every image of a compound replaced by another compound's crop
                                   (fraction of compounds = severity)
 phenotype_erase     profile shift images replaced by DMSO controls of other tasks (fraction =
@@ -890,12 +890,17 @@ def pure_noise(
 def mode_collapse(
     crops: np.ndarray, severity: float, rng: np.random.Generator, **_: Any
 ) -> np.ndarray:
-    """Replace round(severity x N) random images by one image of the set (the same for all)."""
+    """Collapse the set onto round(N^(1 - severity)) of its own images: those are kept (the first
+    of a random order, so the kept set is nested across severities) and every other image becomes
+    a copy of one of them (severity 1: one image for every task)."""
     crops = _check(crops, severity)
-    hit = _affected(rng, len(crops), severity)
-    keep = int(rng.integers(len(crops)))  # drawn whatever the severity
+    n = len(crops)
+    order, u = rng.permutation(n), rng.random(n)  # drawn whatever the severity
+    m = max(1, min(n, _round_half_up(n ** (1.0 - severity))))
+    kept = order[:m]
     out = crops.copy()
-    out[hit] = crops[keep]
+    others = order[m:]
+    out[others] = crops[kept[np.minimum((u[others] * m).astype(int), m - 1)]]
     return out
 
 
@@ -1042,7 +1047,7 @@ DEFECTS: dict[str, DefectSpec] = {
         _spec(
             mode_collapse,
             ["recall", "coverage"],
-            "images replaced by one image of the set",
+            "the set collapsed onto N^(1-s) of its images",
             uses_masks=False,
         ),
         _spec(
