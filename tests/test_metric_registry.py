@@ -278,6 +278,10 @@ def test_a_set_fn_function_must_return_every_metric_it_is_registered_for() -> No
             compute_set(("toy_cover", "toy_inc_mean", "toy_other"), inputs)
         got = compute_set(("toy_cover", "toy_inc_mean"), inputs)
     assert got["toy_cover"].value == pytest.approx(2 / 3) and got["toy_inc_mean"].value == 0.0
+    # an empty side (a split half of compounds with one real image each): absent, not called
+    with registered(TOY_SET), registered(TOY_SET_INC):
+        none = compute_set(("toy_cover",), replace(inputs, real_compounds=np.array([], str)))
+    assert none["toy_cover"].absent == "not computed: no real images"
 
 
 def test_set_inputs_split_half_and_bad_registrations() -> None:

@@ -415,8 +415,9 @@ def compute_per_image(
 def compute_set(names: tuple[str, ...] | list[str], inputs: SetInputs) -> dict[str, SetResult]:
     """The ``kind="set_fn"`` metrics ``names`` on ``inputs``: each function called once.
 
-    A metric whose needed inputs are None is absent (with the reason); a function registered
-    under several names returns a mapping name -> :class:`SetValue` that must hold all of them.
+    A metric whose needed inputs are None, or of an empty generated or real side, is absent (with
+    the reason); a function registered under several names returns a mapping name ->
+    :class:`SetValue` that must hold all of them.
     """
     out: dict[str, SetResult] = {}
     by_function: dict[str, list[MetricSpec]] = {}
@@ -425,8 +426,13 @@ def compute_set(names: tuple[str, ...] | list[str], inputs: SetInputs) -> dict[s
         if s.kind != "set_fn":
             raise ValueError(f"metric {name!r} is kind {s.kind!r}, not 'set_fn'")
         by_function.setdefault(s.function, []).append(s)
+    empty = (
+        "not computed: no generated images"
+        if not inputs.n_gen
+        else ("not computed: no real images" if not inputs.n_real else None)
+    )
     for function, group in by_function.items():
-        reasons = {s.name: inputs.absent(s.inputs) for s in group}
+        reasons = {s.name: empty or inputs.absent(s.inputs) for s in group}
         for s in group:
             if reasons[s.name] is not None:
                 out[s.name] = SetResult(None, {}, reasons[s.name])
