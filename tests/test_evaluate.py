@@ -96,8 +96,12 @@ def test_held_out_set_metrics_tell_real_from_wrong_images(world) -> None:
     targets of other-MoA tasks retrieve the wrong compounds."""
     res = world["results"]
     real = res["real"]["metrics"]
-    for m in ("precision", "recall", "density", "coverage", "retrieval_top1"):
+    for m in ("precision", "recall", "coverage", "retrieval_top1"):
         assert real[m]["value"] == 1.0, m
+    # density counts real 5-NN balls holding each image; against itself every 5th neighbour sits
+    # exactly on its ball's edge, where float32 distances decide a few ties (measured 1.0167:
+    # 7 of 420 ties)
+    assert abs(real["density"]["value"] - 1.0) <= 0.02
     assert real["retrieval_map"]["n_gen"] == len(world["table"])
     assert res["wrong"]["metrics"]["retrieval_top1"]["value"] < 0.5
     assert res["wrong"]["metrics"]["retrieval_map"]["value"] < real["retrieval_map"]["value"]
