@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -43,13 +44,53 @@ def results_rows(doc: dict) -> list[list[str]]:
     from cellbench.metrics.registry import specs
 
     ref = doc["reference"]["metrics"]
+    absent = set(doc.get("metrics_not_computed") or ())
     rows = []
     for s in specs():
         if not s.per_image and not doc.get("fid_computed"):
             continue
         real = _fmt(ref.get(s.name), s.digits) + ("" if s.per_image else " (split half)")
-        rows.append([s.name, s.arrow, _fmt(doc["metrics"].get(s.name), s.digits), real])
+        model = _fmt(doc["metrics"].get(s.name), s.digits)
+        name = s.name
+        if s.name in absent:
+            model = "not computed (--no-fid)"
+        if s.name == "overall" and doc.get("overall_comparable") is False:
+            name = "overall (without moa: NOT comparable)"
+        rows.append([name, s.arrow, model, real])
     return rows
+
+
+def compound_counts_note(doc: dict) -> str | None:
+    """Images per compound (generated, and real where FID/KID were computed): min, median, max."""
+    gen = [
+        (e.get("overall") or {}).get("n") for e in (doc.get("per_compound") or {}).values()
+    ]
+    gen = [k for k in gen if isinstance(k, int)]
+    if not gen:
+        return None
+
+    def spread(xs: list[int]) -> str:
+        return f"{min(xs)} / {statistics.median_low(xs)} / {max(xs)}"
+
+    note = f"images per compound (min / median / max over {len(gen)}): generated {spread(gen)}"
+    fid_per = ((doc.get("fid_detail") or {}).get("model") or {}).get("per_compound") or {}
+    real = [v["n_real"] for v in fid_per.values() if isinstance(v.get("n_real"), int)]
+    if real:
+        note += f", real {spread(real)}"
+    return note
+
+
+def no_fid_note(doc: dict) -> str | None:
+    """The note of a result scored without Inception: what it lacks, and that ``overall`` differs."""
+    if doc.get("overall_comparable", True):
+        return None
+    absent = ", ".join(doc.get("metrics_not_computed") or ()) or "moa"
+    parts = " + ".join(doc.get("overall_components") or ())
+    return (
+        f"scored with --no-fid (no Inception): not computed: {absent}; overall = {parts} "
+        "(moa left out), NOT comparable with an overall scored with Inception (never ranked "
+        "with one)"
+    )
 
 
 def _results_notes(doc: dict) -> list[str]:
@@ -59,6 +100,15 @@ def _results_notes(doc: dict) -> list[str]:
         f"{im['missing_tasks']} missing, {im['n_problems']} problem(s); "
         f"{'complete' if doc['complete'] else 'NOT complete'}"
     ]
+    counts = compound_counts_note(doc)
+    if counts is not None:
+        notes.append(counts)
+    no_fid = no_fid_note(doc)
+    if no_fid is not None:
+        notes.append(no_fid)
+    small = ((doc.get("metrics") or {}).get("fid_c") or {}).get("small_n") or {}
+    if small.get("warning"):
+        notes.append(f"warning: {small['warning']}")
     if doc.get("best_of_n", 1) > 1:
         sel = (doc.get("generation") or {}).get("selection_reward", "overall")
         notes.append(
@@ -163,7 +213,13 @@ def eval_cmd(
     backend: BackendOpt = "classical",
     strict: Annotated[bool, typer.Option(help="Fail on any bad or missing image.")] = False,
     no_fid: Annotated[
-        bool, typer.Option("--no-fid", help="Skip Inception: no FID/KID and no moa reward.")
+        bool,
+        typer.Option(
+            "--no-fid",
+            help="Skip Inception: no FID/KID, no moa reward, no MoA accuracy and no "
+            "Inception-based metric; overall is then summed without moa and is NOT comparable "
+            "with (or ranked beside) an overall scored with Inception.",
+        ),
     ] = False,
     shard: Annotated[
         str | None,

@@ -393,6 +393,13 @@ def _check_results(r: _Reader, files: set[str], *, require_current_suite: bool) 
         r.add(path, "is marked incomplete by cellbench eval", "partial")
     if not doc["fid_computed"] or any(k not in doc["metrics"] for k in set_names()):
         r.add(path, "has no FID/KID (scored with --no-fid): re-score without --no-fid", "partial")
+    if doc.get("overall_comparable") is False:
+        r.add(
+            path,
+            "/overall_comparable is false: overall was summed without moa (scored with "
+            "--no-fid) and is never ranked with a full overall; re-score without --no-fid",
+            "partial",
+        )
     for name in per_image_names():
         est = doc["metrics"][name]
         if est["value"] is None:
