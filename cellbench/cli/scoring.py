@@ -62,9 +62,7 @@ def results_rows(doc: dict) -> list[list[str]]:
 
 def compound_counts_note(doc: dict) -> str | None:
     """Images per compound (generated, and real where FID/KID were computed): min, median, max."""
-    gen = [
-        (e.get("overall") or {}).get("n") for e in (doc.get("per_compound") or {}).values()
-    ]
+    gen = [(e.get("overall") or {}).get("n") for e in (doc.get("per_compound") or {}).values()]
     gen = [k for k in gen if isinstance(k, int)]
     if not gen:
         return None

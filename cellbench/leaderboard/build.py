@@ -125,6 +125,23 @@ def metric_cell(doc: dict, col: Column) -> Cell:
         )
         return Cell(fmt(value, col.digits), sort_key(value), interval, f"n = {est.get('n', '?')}")
     title = f"n_gen = {est.get('n_gen', '?')}, n_real = {est.get('n_real', '?')}"
+    lo, hi = (est.get("ci") or [None, None])[:2]
+    if lo is not None and hi is not None:  # FID_o, KID_o: over resampled generated images
+        title += f"; 95% interval over {est.get('n_boot', '?')} resamples of the generated images"
+        return Cell(
+            fmt(value, col.digits),
+            sort_key(value),
+            f"[{fmt(lo, col.digits)}, {fmt(hi, col.digits)}]",
+            title,
+        )
+    small = est.get("small_n") or {}
+    if small.get("warning"):  # FID_c over compounds with few images
+        return Cell(
+            fmt(value, col.digits),
+            sort_key(value),
+            f"⚠ {small['below']}/{small['compounds']} compounds n < {small['threshold']}",
+            f"{title}; {small['warning']}",
+        )
     interval = ""
     if col.key == "kid_o":
         std = ((doc.get("fid_detail") or {}).get("model") or {}).get("overall", {}).get("kid_std")
