@@ -235,7 +235,7 @@ def page(chromium: str, tmp_path_factory: pytest.TempPathFactory):
 # the entry rows of the first (current, ranked) table, and one column's data-sort values
 ROWS_JS = """(() => {
   const t = document.querySelector('table.ranked');
-  const th = Array.from(t.tHead.rows[0].cells);
+  const th = Array.from(t.tHead.rows[t.tHead.rows.length - 1].cells);
   const i = th.findIndex(h => h.dataset.key === '%s');
   const rows = Array.from(t.tBodies[1].rows);
   return {ids: rows.map(r => r.dataset.entry), vals: rows.map(r => r.cells[i].dataset.sort),

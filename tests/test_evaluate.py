@@ -88,10 +88,37 @@ def test_bad_generators_score_clearly_worse(world) -> None:
     assert res["black"]["metrics"]["overall"]["n"] == len(world["table"])
 
 
+def test_held_out_set_metrics_tell_real_from_wrong_images(world) -> None:
+    """The real targets are the real side itself: precision, recall, density and coverage 1 and
+    every compound retrieved first; copies of one real image are precise but cover nothing; the
+    targets of other-MoA tasks retrieve the wrong compounds."""
+    res = world["results"]
+    real = res["real"]["metrics"]
+    for m in ("precision", "recall", "density", "coverage", "retrieval_top1"):
+        assert real[m]["value"] == 1.0, m
+    assert real["retrieval_map"]["n_gen"] == len(world["table"])
+    assert res["wrong"]["metrics"]["retrieval_top1"]["value"] < 0.5
+    assert res["wrong"]["metrics"]["retrieval_map"]["value"] < real["retrieval_map"]["value"]
+    for name in ("noise", "black"):
+        assert res[name]["metrics"]["precision"]["value"] < 0.1, name
+        assert res[name]["metrics"]["coverage"]["value"] < 0.1, name
+    ident = res["identity"]
+    assert ident["metrics"]["retrieval_map_profile"] == {
+        "value": None,
+        "n_gen": len(world["table"]),
+        "n_real": real["retrieval_map"]["n_real"],
+        "absent": "not computed: no morphology profile",
+    }
+    ref = ident["reference"]["metrics"]  # split half of the real crops: the ceiling
+    assert ref["retrieval_top1"]["value"] >= ident["metrics"]["retrieval_top1"]["value"]
+    assert ident["set_detail"]["coverage"]["k"] == 5
+    assert set(ident["set_detail"]["coverage"]["per_moa"]) == set(world["table"]["moa"])
+
+
 def test_same_inputs_same_metrics(world) -> None:
     again = evaluate(world["root"] / "identity", "bbbc021-sim", data_dir=world["data"], seed=0)
     first = world["results"]["identity"]
-    for key in ("metrics", "per_moa", "per_compound", "reference", "fid_detail"):
+    for key in ("metrics", "per_moa", "per_compound", "reference", "fid_detail", "set_detail"):
         assert again[key] == first[key], key
 
 
@@ -143,7 +170,10 @@ def test_shards_merge_to_the_unsharded_result(world) -> None:
         parts.append(out)
     merged = merge_shards(parts, data_dir=data, out=root / "merged.json")
     whole = world["results"]["identity"]
-    for key in ("metrics", "per_moa", "per_compound", "reference", "fid_detail"):
+    # the set-level held-out metrics are recomputed from the merged arrays: equal too
+    assert whole["metrics"]["retrieval_map"]["value"] is not None
+    assert whole["metrics"]["coverage"]["value"] is not None
+    for key in ("metrics", "per_moa", "per_compound", "reference", "fid_detail", "set_detail"):
         assert merged[key] == whole[key], key
     for name in ("fid_o", "kid_o"):  # the bootstrap intervals over images, exactly
         assert merged["metrics"][name]["ci"] == whole["metrics"][name]["ci"], name

@@ -15,13 +15,17 @@ import pandas as pd
 import pytest
 
 from cellbench.metrics.registry import (
+    GROUPS,
     METRICS,
     MetricSpec,
     PerImageInputs,
+    SetInputs,
+    SetValue,
     lower_is_better,
     per_image_names,
     registered,
     spec,
+    specs,
 )
 
 TOY = MetricSpec(
@@ -50,6 +54,42 @@ def toy():
     assert TOY.name not in METRICS
 
 
+TOY_SET = MetricSpec(
+    name="toy_cover",
+    label="Toy cover",
+    family="coverage",
+    higher_is_better=True,
+    digits=3,
+    needs="compound labels",
+    summary="fraction of the real compounds that have a generated image (a test metric)",
+    kind="set_fn",
+    function="tests.test_metric_registry:toy_set",
+)
+TOY_SET_INC = MetricSpec(
+    name="toy_inc_mean",
+    label="Toy inc",
+    family="distance",
+    higher_is_better=False,
+    digits=4,
+    needs="Inception features",
+    summary="mean generated Inception feature (a test metric)",
+    kind="set_fn",
+    function="tests.test_metric_registry:toy_set",
+    inputs=("gen_inception", "real_inception"),
+)
+TOY_CALLS: list[int] = []
+
+
+def toy_set(inputs: SetInputs) -> dict[str, SetValue]:
+    """Two toy set-level metrics from one function (called once per evaluation)."""
+    TOY_CALLS.append(inputs.n_gen)
+    cover = len(set(inputs.compounds)) / len(set(inputs.real_compounds))
+    out = {"toy_cover": SetValue(cover, {"n_compounds": np.int64(len(set(inputs.compounds)))})}
+    if inputs.gen_inception is not None:
+        out["toy_inc_mean"] = SetValue(float(inputs.gen_inception.mean()))
+    return out
+
+
 def test_registry_entries_carry_everything_consumers_need() -> None:
     overall, fid = spec("overall"), spec("fid_o")
     assert (overall.family, overall.higher_is_better, overall.kind, overall.digits) == (
@@ -64,8 +104,22 @@ def test_registry_entries_carry_everything_consumers_need() -> None:
         "set",
         "FID_o",
     )
-    assert lower_is_better() == {"fid_o", "fid_c", "kid_o", "kid_c"}
+    assert lower_is_better() >= {"fid_o", "fid_c", "kid_o", "kid_c"}
     assert per_image_names()[-2:] == ("overall", "moa_accuracy")
+    # two groups: the seven rewards and overall, which a generator may train on; the rest held out
+    rewards = [s.name for s in specs() if s.group == "rewards"]
+    assert rewards == [
+        "moa",
+        "nuc_in_cyto",
+        "roundness",
+        "nuc_size",
+        "cyto_size",
+        "nuc_count",
+        "cyto_count",
+        "overall",
+    ]
+    assert {s.group for s in specs()} == set(GROUPS)
+    assert spec("moa_accuracy").group == spec("fid_o").group == "held-out"
 
 
 @pytest.fixture(scope="module")
@@ -149,3 +203,95 @@ def test_a_set_metric_the_builder_cannot_compute_is_refused_at_registration() ->
     with pytest.raises(ValueError, match="unknown kind"):
         register_metric(replace(TOY, kind="pairwise"))
     assert "swd" not in METRICS and TOY.name not in METRICS
+
+
+def test_a_set_fn_metric_in_the_json_the_table_and_absent_without_its_inputs(tiny: Path) -> None:
+    """Two ``set_fn`` entries of one function: computed once, written with n_gen/n_real, its
+    split-half reference and its detail; the one needing Inception is absent under --no-fid,
+    with the reason, in the JSON and the table; the table shows the two groups in order."""
+    import importlib
+
+    from cellbench.cli.scoring import results_groups, results_markdown
+    from cellbench.evaluation import evaluate
+    from cellbench.results.schema import result_problems
+
+    calls = importlib.import_module("tests.test_metric_registry").TOY_CALLS  # what METRICS calls
+    calls.clear()
+    with registered(TOY_SET), registered(TOY_SET_INC):
+        doc = evaluate(tiny / "identity", data_dir=tiny / "data", fid=False, out=tiny / "s.json")
+        assert result_problems(doc) == []
+        md = results_markdown(doc)
+        groups = results_groups(doc)
+    n = doc["images"]["n_images"]
+    assert len(calls) == 2 and calls[0] == n and 0 < calls[1] < n  # model, then the split half
+    cover = doc["metrics"]["toy_cover"]
+    assert cover == {"value": 1.0, "n_gen": n, "n_real": cover["n_real"]} and cover["n_real"] > 0
+    assert doc["reference"]["metrics"]["toy_cover"] == {"value": 1.0}
+    assert doc["set_detail"]["toy_cover"]["n_compounds"] == len(
+        set(pd.read_csv(tiny / "s.per_image.csv")["compound"])
+    )
+    inc = doc["metrics"]["toy_inc_mean"]
+    assert inc["value"] is None and inc["absent"] == "not computed: no Inception features"
+    assert "toy_inc_mean" not in doc["set_detail"]
+    assert [g for g, _ in groups] == ["rewards", "held-out metrics"]
+    held = {r[0]: r for r in groups[1][1]}
+    assert held["toy_inc_mean"][2] == "absent (not computed: no Inception features)"
+    assert held["toy_cover"][2] == "1.000" and held["toy_cover"][3] == "1.000 (split half)"
+    assert md.index("**rewards**") < md.index("| overall") < md.index("**held-out metrics**")
+    assert md.index("**held-out metrics**") < md.index("| toy_cover")
+    assert doc["metric_groups"]["rewards"][-1] == "overall"
+    assert doc["metric_groups"]["held-out"][-2:] == ["toy_cover", "toy_inc_mean"]
+
+
+def test_a_set_fn_function_must_return_every_metric_it_is_registered_for() -> None:
+    from dataclasses import replace
+
+    from cellbench.metrics.registry import compute_set
+
+    inputs = SetInputs(
+        compounds=np.array(["a", "b"]),
+        moas=np.array(["m", "m"]),
+        real_compounds=np.array(["a", "b", "c"]),
+        real_moas=np.array(["m", "m", "m"]),
+        seed=0,
+        gen_inception=np.zeros((2, 3)),
+        real_inception=np.zeros((3, 3)),
+    )
+    other = replace(TOY_SET, name="toy_other")  # a third name the function does not return
+    with registered(TOY_SET), registered(TOY_SET_INC), registered(other):
+        with pytest.raises(ValueError, match=r"toy_other.*mapping with a SetValue"):
+            compute_set(("toy_cover", "toy_inc_mean", "toy_other"), inputs)
+        got = compute_set(("toy_cover", "toy_inc_mean"), inputs)
+    assert got["toy_cover"].value == pytest.approx(2 / 3) and got["toy_inc_mean"].value == 0.0
+
+
+def test_set_inputs_split_half_and_bad_registrations() -> None:
+    from dataclasses import replace
+
+    from cellbench.metrics.registry import register_metric
+
+    real = np.array(["a"] * 5 + ["b"] * 4 + ["c"])
+    feats = np.arange(10.0)[:, None]
+    inputs = SetInputs(
+        compounds=np.array(["a"]),
+        moas=np.array(["m"]),
+        real_compounds=real,
+        real_moas=np.array(["m"] * 10),
+        seed=3,
+        gen_inception=np.zeros((1, 1)),
+        real_inception=feats,
+    )
+    half = inputs.split_half()
+    assert sorted(half.compounds) == ["a", "a", "b", "b"]  # c (one image) left out
+    assert sorted(half.real_compounds) == ["a", "a", "a", "b", "b"]
+    rows = np.concatenate([half.gen_inception[:, 0], half.real_inception[:, 0]])
+    assert sorted(rows) == list(range(9))  # every image of a and b, once
+    assert list(real[half.gen_inception[:, 0].astype(int)]) == list(half.compounds)
+    assert inputs.absent(("gen_profile",)) == "not computed: no morphology profile"
+    with pytest.raises(ValueError, match="inputs"):
+        register_metric(replace(TOY_SET, inputs=("gen_pixels",)))
+    with pytest.raises(ValueError, match="inputs"):
+        register_metric(replace(TOY, inputs=("gen_inception",)))  # inputs are for set_fn only
+    with pytest.raises(ValueError, match="unknown group"):
+        register_metric(replace(TOY, group="training"))
+    assert "toy_cover" not in METRICS and TOY.name not in METRICS

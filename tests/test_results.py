@@ -52,15 +52,18 @@ def test_results_table_as_markdown(capsys) -> None:
         "model",
         "real reference",
     ]
-    assert len(lines) == 2 + 13  # header, rule, 9 per-image metrics and 4 distances
+    # header, rule; "rewards" heading, 7 rewards and overall; "held-out metrics" heading,
+    # moa_accuracy and 4 distances (a result without the set_fn metrics shows none of them)
+    assert len(lines) == 2 + 1 + 8 + 1 + 5
+    assert lines[2].startswith("| **rewards**") and lines[11].startswith("| **held-out metrics**")
     o, ref = doc["metrics"]["overall"], doc["reference"]["metrics"]["overall"]
-    overall = [c.strip() for c in lines[2 + 7].strip("|").split("|")]
+    overall = [c.strip() for c in lines[2 + 8].strip("|").split("|")]
     assert overall == [
         "overall",
         "↑",
         f"{o['value']:.2f} [{o['ci'][0]:.2f}, {o['ci'][1]:.2f}]",
         f"{ref['value']:.2f} [{ref['ci'][0]:.2f}, {ref['ci'][1]:.2f}]",
     ]
-    fid = [c.strip() for c in lines[2 + 9].strip("|").split("|")]
+    fid = [c.strip() for c in lines[2 + 11].strip("|").split("|")]
     assert fid[:3] == ["fid_o", "↓", f"{doc['metrics']['fid_o']['value']:.2f}"]
     assert fid[3].endswith("(split half)")

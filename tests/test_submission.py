@@ -21,7 +21,7 @@ import pytest
 from cellbench._version import __version__
 from cellbench.data.layout import MOAS
 from cellbench.metrics.bootstrap import bootstrap_mean, grouped_bootstrap
-from cellbench.metrics.registry import per_image_names
+from cellbench.metrics.registry import per_image_names, set_fn_metrics
 from cellbench.metrics.rewards import OVERALL_WEIGHTS, REWARD_NAMES, SUITE_VERSION
 from cellbench.submission import validate_submission
 from cellbench.submission.schema import SchemaDefinitionError, Validator, load_schema
@@ -99,6 +99,12 @@ def results_doc(table: pd.DataFrame) -> dict:
         metrics[name] = {"value": value, "n_gen": n, "n_real": n}
     reference = {m: {"value": 0.5, "ci": [0.4, 0.6], "n": n} for m in metric_names}
     reference.update({k: {"value": 1.0} for k in ("fid_o", "fid_c", "kid_o", "kid_c")})
+    for s in set_fn_metrics():  # the set-level held-out metrics; the profile ones absent
+        absent = "not computed: no morphology profile" if "gen_profile" in s.inputs else None
+        metrics[s.name] = {"value": None if absent else 0.5, "n_gen": n, "n_real": n}
+        reference[s.name] = {"value": None if absent else 0.9}
+        if absent:
+            metrics[s.name]["absent"] = reference[s.name]["absent"] = absent
     return {
         "schema": "cellbench.results/1",
         "complete": True,
@@ -342,6 +348,31 @@ def test_results_without_fid(sub: Path) -> None:
 
     edit_json(sub / "results.json", no_fid)
     assert "--no-fid" in only(validate_submission(sub), "partial")
+
+
+def test_results_without_the_held_out_set_metrics(sub: Path) -> None:
+    """A result of a cellbench without the set-level held-out metrics, or with one of the
+    Inception-based ones absent though Inception ran, is partial; an absent profile metric (with
+    its reason) is accepted."""
+    names = [s.name for s in set_fn_metrics()]
+    assert {"precision", "coverage", "retrieval_top1", "retrieval_map"} <= set(names)
+    edit_json(sub / "results.json", lambda d: d["metrics"].pop("coverage"))
+    text = only(validate_submission(sub), "partial")
+    assert "has no held-out metric coverage (scored by an older cellbench)" in text
+
+    def absent(d: dict) -> None:
+        d["metrics"]["coverage"] = {
+            "value": None,
+            "n_gen": 1,
+            "n_real": 1,
+            "absent": "not computed: no Inception features",
+        }
+        d["metrics"]["recall"]["value"] = None  # null with no reason
+
+    edit_json(sub / "results.json", absent)
+    text = only(validate_submission(sub), "partial")
+    assert "/metrics/coverage is absent (not computed: no Inception features)" in text
+    assert "/metrics/recall/value is null with no reason given" in text
 
 
 def test_image_problems_make_a_result_partial(sub: Path) -> None:

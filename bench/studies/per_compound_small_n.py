@@ -71,9 +71,7 @@ def study(
     directions /= np.linalg.norm(directions, axis=1, keepdims=True)
     control = np.flatnonzero(cpds == CONTROL)
     need = 2 * max(sizes)
-    compounds = [
-        c for c in sorted(set(cpds)) if c != CONTROL and (cpds == c).sum() >= need
-    ]
+    compounds = [c for c in sorted(set(cpds)) if c != CONTROL and (cpds == c).sum() >= need]
     if not compounds or len(control) < max(sizes):
         raise CellbenchError(f"no compound has {need} crops: choose smaller --sizes")
     dists = {

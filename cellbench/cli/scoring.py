@@ -6,13 +6,16 @@ import json
 import statistics
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from cellbench.cli.app import app, ls_app
 from cellbench.cli.options import BackendOpt, DataDirOpt, DatasetOpt, DeviceOpt, JsonOpt
 from cellbench.ui import phase_progress
+
+if TYPE_CHECKING:
+    from cellbench.metrics.registry import MetricSpec
 
 reference_app = typer.Typer(
     help="Reference statistics for the z-scored rewards.", no_args_is_help=True
@@ -35,29 +38,45 @@ def _fmt(est: dict | None, digits: int = 3) -> str:
 RESULT_HEADERS: tuple[str, ...] = ("metric", "", "model", "real reference")
 
 
-def results_rows(doc: dict) -> list[list[str]]:
-    """The rows of the results table: every registered metric the document holds.
-
-    Per-image metrics always, set-level distances when FID/KID were computed; direction and
-    digits come from the metric registry (:mod:`cellbench.metrics.registry`).
-    """
-    from cellbench.metrics.registry import specs
-
+def _row(doc: dict, s: MetricSpec) -> list[str] | None:
     ref = doc["reference"]["metrics"]
-    absent = set(doc.get("metrics_not_computed") or ())
-    rows = []
-    for s in specs():
-        if not s.per_image and not doc.get("fid_computed"):
-            continue
-        real = _fmt(ref.get(s.name), s.digits) + ("" if s.per_image else " (split half)")
-        model = _fmt(doc["metrics"].get(s.name), s.digits)
-        name = s.name
-        if s.name in absent:
-            model = "not computed (--no-fid)"
-        if s.name == "overall" and doc.get("overall_comparable") is False:
-            name = "overall (without moa: NOT comparable)"
-        rows.append([name, s.arrow, model, real])
-    return rows
+    if s.kind == "set" and not doc.get("fid_computed"):
+        return None
+    got = doc["metrics"].get(s.name)
+    if s.kind == "set_fn" and got is None:
+        return None  # a result of a cellbench without the metric
+    if got is not None and got.get("absent"):
+        return [s.name, s.arrow, f"absent ({got['absent']})", "-"]
+    real = _fmt(ref.get(s.name), s.digits) + ("" if s.per_image else " (split half)")
+    model = _fmt(got, s.digits)
+    if s.name in set(doc.get("metrics_not_computed") or ()):
+        model = "not computed (--no-fid)"
+    name = s.name
+    if s.name == "overall" and doc.get("overall_comparable") is False:
+        name = "overall (without moa: NOT comparable)"
+    return [name, s.arrow, model, real]
+
+
+def results_groups(doc: dict) -> list[tuple[str, list[list[str]]]]:
+    """The rows of the results table by metric group (``rewards``, then ``held-out metrics``).
+
+    Per-image metrics always, FID/KID when they were computed, the ``set_fn`` metrics the
+    document holds (an absent one with its reason); direction and digits come from the metric
+    registry (:mod:`cellbench.metrics.registry`).
+    """
+    from cellbench.metrics.registry import GROUP_LABELS, grouped
+
+    out = []
+    for group, members in grouped():
+        rows = [r for r in (_row(doc, s) for s in members) if r is not None]
+        if rows:
+            out.append((GROUP_LABELS[group], rows))
+    return out
+
+
+def results_rows(doc: dict) -> list[list[str]]:
+    """The rows of the results table (:func:`results_groups` without the group headings)."""
+    return [r for _, rows in results_groups(doc) for r in rows]
 
 
 def compound_counts_note(doc: dict) -> str | None:
@@ -133,15 +152,21 @@ def results_markdown(doc: dict) -> str:
     from tabulate import tabulate
 
     title, caption = _results_title(doc)
+    rows = []
+    for label, members in results_groups(doc):
+        rows.append([f"**{label}**", "", "", ""])
+        rows.extend(members)
     table = tabulate(
-        results_rows(doc),
+        rows,
         headers=list(RESULT_HEADERS),
         tablefmt="pipe",
         colalign=("left", "center", "right", "right"),
         disable_numparse=True,
     )
+    from cellbench.metrics.registry import GROUP_NOTE
+
     notes = "\n".join(f"- {n}" for n in _results_notes(doc))
-    return f"## {title}\n\n{table}\n\n{caption}.\n\n{notes}\n"
+    return f"## {title}\n\n{table}\n\n{caption}. {GROUP_NOTE}\n\n{notes}\n"
 
 
 def print_results_table(doc: dict, fmt: str = "table") -> None:
@@ -159,8 +184,12 @@ def print_results_table(doc: dict, fmt: str = "table") -> None:
     t.add_column("", justify="center")
     t.add_column("model", justify="right")
     t.add_column("real reference", justify="right")
-    for row in results_rows(doc):
-        t.add_row(*row)
+    for i, (label, rows) in enumerate(results_groups(doc)):
+        if i:
+            t.add_section()
+        t.add_row(f"[bold]{label}[/bold]", "", "", "")
+        for row in rows:
+            t.add_row(*row)
     out_console.print(t)
     first, *rest = _results_notes(doc)
     out_console.print(first)
@@ -407,7 +436,8 @@ def classifier_eval(
 
 @ls_app.command("metrics")
 def ls_metrics(as_json: JsonOpt = False) -> None:
-    """List the metrics of the suite: version, family, direction, kind and what each needs."""
+    """List the metrics of the suite by group (rewards, held-out): version, family, direction,
+    kind and what each needs."""
     from dataclasses import asdict
 
     from cellbench.metrics.registry import specs
@@ -416,13 +446,17 @@ def ls_metrics(as_json: JsonOpt = False) -> None:
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
+    from cellbench.metrics.registry import GROUP_LABELS, GROUP_NOTE, grouped
     from cellbench.ui import out_console
 
-    for s in specs():
-        out_console.print(
-            f"[bold]{s.name:<13}[/bold] {s.arrow} v{s.version} {s.family}, {s.kind}, "
-            f"needs {s.needs}: {s.summary}"
-        )
+    for group, members in grouped():
+        out_console.print(f"[bold underline]{GROUP_LABELS[group]}[/bold underline]")
+        for s in members:
+            out_console.print(
+                f"[bold]{s.name:<13}[/bold] {s.arrow} v{s.version} {s.family}, {s.kind}, "
+                f"needs {s.needs}: {s.summary}"
+            )
+    out_console.print(GROUP_NOTE)
 
 
 @ls_app.command("segmenters")

@@ -33,6 +33,7 @@ from typing import Any
 from cellbench._version import __version__
 from cellbench.errors import CellbenchError
 from cellbench.io import atomic_write_text
+from cellbench.metrics.registry import GROUP_NOTE
 from cellbench.metrics.rewards import SUITE_VERSION
 from cellbench.protocol_registry import CUSTOM, PROTOCOLS, protocol_spec_of
 from cellbench.submission.validate import (
@@ -58,17 +59,34 @@ class Column:
     higher_is_better: bool
     digits: int
     interval: bool = True
+    group: str = "rewards"
 
 
 def columns() -> tuple[Column, ...]:
-    """One column per registered metric (:mod:`cellbench.metrics.registry`), the ranking metric
-    first and the others in registry order; per-image metrics carry an interval."""
-    from cellbench.metrics.registry import RANK_METRIC, specs
+    """One column per registered metric (:mod:`cellbench.metrics.registry`) by group (rewards,
+    then held-out metrics), the ranking metric first and the others in registry order; per-image
+    metrics carry an interval."""
+    from cellbench.metrics.registry import GROUPS, RANK_METRIC, specs
 
-    ordered = sorted(specs(), key=lambda s: s.name != RANK_METRIC)  # stable: registry order
-    return tuple(
-        Column(s.name, s.label, s.higher_is_better, s.digits, s.per_image) for s in ordered
+    ordered = sorted(  # stable: registry order within a group
+        specs(), key=lambda s: (GROUPS.index(s.group), s.name != RANK_METRIC)
     )
+    return tuple(
+        Column(s.name, s.label, s.higher_is_better, s.digits, s.per_image, s.group) for s in ordered
+    )
+
+
+def column_groups(cols: tuple[Column, ...] | None = None) -> list[dict]:
+    """The group heading cells above ``cols`` (default: :func:`columns`): label and span."""
+    from cellbench.metrics.registry import GROUP_LABELS
+
+    out: list[dict] = []
+    for c in columns() if cols is None else cols:
+        if out and out[-1]["group"] == c.group:
+            out[-1]["span"] += 1
+        else:
+            out.append({"group": c.group, "label": GROUP_LABELS[c.group], "span": 1})
+    return out
 
 
 def breakdown_columns() -> tuple[Column, ...]:
@@ -125,6 +143,8 @@ def metric_cell(doc: dict, col: Column) -> Cell:
         )
         return Cell(fmt(value, col.digits), sort_key(value), interval, f"n = {est.get('n', '?')}")
     title = f"n_gen = {est.get('n_gen', '?')}, n_real = {est.get('n_real', '?')}"
+    if est.get("absent"):
+        return Cell("–", "", "", est["absent"])
     lo, hi = (est.get("ci") or [None, None])[:2]
     if lo is not None and hi is not None:  # FID_o, KID_o: over resampled generated images
         title += f"; 95% interval over {est.get('n_boot', '?')} resamples of the generated images"
@@ -558,6 +578,8 @@ def build_leaderboard(
         "script": script,
         "script_hash": script_hash,
         "columns": columns(),
+        "column_groups": column_groups(),
+        "group_note": GROUP_NOTE,
         "validation_doc": VALIDATION_DOC,
         "repo_url": REPO_URL,
         "suite_version": SUITE_VERSION,

@@ -32,14 +32,19 @@ from cellbench.data.layout import MOAS
 from cellbench.io import atomic_path, atomic_write_text, sha256_bytes
 from cellbench.metrics.bootstrap import bootstrap_mean, grouped_bootstrap
 from cellbench.metrics.registry import (
+    GROUP_NOTE,
     PerImageInputs,
+    SetInputs,
     compute_per_image,
+    compute_set,
+    distance_metrics,
+    grouped,
     per_image_names,
-    set_metrics,
+    set_fn_metrics,
 )
 from cellbench.metrics.rewards import OVERALL_WEIGHTS, SUITE_VERSION, overall_components
 from cellbench.results.document import RESULT_SCHEMA
-from cellbench.scoring.images import reference_arrays
+from cellbench.scoring.images import control_arrays, reference_arrays
 
 if TYPE_CHECKING:
     from cellbench.data.bbbc021 import BBBC021Dataset
@@ -145,7 +150,7 @@ def aggregate(
         gen_counts = {c: int((compounds == c).sum()) for c in np.unique(compounds)}
         floor = split_half_floor(real_feats, real_cpds, seed, gen_counts=gen_counts, kid_seed=seed)
         progress("FID/KID", 2, 2)
-        for s in set_metrics():  # fid_kid_summary's fields (checked by register_metric)
+        for s in distance_metrics():  # fid_kid_summary's fields (checked by register_metric)
             metrics[s.name] = {
                 "value": round(float(getattr(summary, s.name)), 6),
                 "n_gen": n,
@@ -157,6 +162,38 @@ def aggregate(
             metrics["fid_c"]["small_n"] = small_n_record(summary.compounds)
         fid_doc = {"model": summary.to_dict(), "split_half_floor": floor.to_dict()}
         reference["fid_note"] = "split half: each compound's real crops, one half against the other"
+
+    set_detail: dict[str, Any] | None = None
+    if set_fn_metrics() and n:
+        progress("held-out set metrics", 0, 2)
+        evaluated = real_side(protocol, task_ids, compounds, fid_real)
+        needs = {i for s in set_fn_metrics() for i in s.inputs}
+        controls = None
+        if needs & {"control_inception", "control_profile"}:
+            controls = control_arrays(
+                scorer, ds, protocol, task_ids, use_inception=use_inc, progress=progress
+            )
+        inputs = SetInputs(
+            compounds=compounds,
+            moas=moas,
+            real_compounds=ref_compounds[evaluated],
+            real_moas=ref_moas[evaluated],
+            seed=seed,
+            gen_inception=arrays.inception if use_inc else None,
+            gen_profile=getattr(arrays, "profile", None),
+            real_inception=ref_inc[evaluated] if ref_inc is not None else None,
+            real_profile=None,
+            control_inception=controls[1] if controls is not None else None,
+            control_profile=None,
+        )
+        metrics_set, reference_set, set_detail = set_fn_values(inputs)
+        progress("held-out set metrics", 2, 2)
+        metrics.update(metrics_set)
+        reference["metrics"].update(reference_set)
+        reference["set_note"] = (
+            "split half: each compound's real crops, one half as the generated side against the "
+            "other"
+        )
 
     per_image = pd.DataFrame(
         {
@@ -181,6 +218,9 @@ def aggregate(
         "per_compound": _grouped(values, names, compounds, seed) if n else {},
         "reference": reference,
         "fid_detail": fid_doc,
+        "set_detail": set_detail,
+        "metric_groups": {g: [s.name for s in members] for g, members in grouped()},
+        "metric_groups_note": GROUP_NOTE,
         "overall_weights": OVERALL_WEIGHTS,
     }
     return doc, per_image
@@ -227,6 +267,34 @@ def overall_record(metrics: dict[str, Any], *, moa_computed: bool) -> dict[str, 
         "overall_comparable": moa_computed,
         "metrics_not_computed": absent,
     }
+
+
+def set_fn_values(inputs: SetInputs) -> tuple[dict, dict, dict]:
+    """Every ``kind="set_fn"`` metric on ``inputs`` and on its split half (the real reference).
+
+    Returns:
+        ``metrics`` entries (value, n_gen, n_real, and ``absent`` with the reason when a needed
+        input is missing), the reference row's entries and the ``set_detail`` section (each
+        computed metric's detail, the reference's under ``"reference"``).
+    """
+    names = tuple(s.name for s in set_fn_metrics())
+    model = compute_set(names, inputs)
+    half = inputs.split_half()
+    ref = compute_set(names, half)
+    metrics: dict[str, dict] = {}
+    reference: dict[str, dict] = {}
+    detail: dict[str, dict] = {}
+    for name in names:
+        m, r = model[name], ref[name]
+        metrics[name] = {"value": m.value, "n_gen": inputs.n_gen, "n_real": inputs.n_real}
+        reference[name] = {"value": r.value}
+        if m.absent is not None:
+            metrics[name]["absent"] = m.absent
+        if r.absent is not None:
+            reference[name]["absent"] = r.absent
+        if m.absent is None:
+            detail[name] = {**m.detail, "reference": r.detail}
+    return metrics, reference, detail
 
 
 def real_side(

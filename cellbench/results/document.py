@@ -94,7 +94,8 @@ class SmallSample(TypedDict):
 
 
 class Distance(TypedDict):
-    """A set-level distance (FID/KID) with the numbers of generated and real images behind it.
+    """A set-level metric (FID/KID, a ``set_fn`` metric) with the numbers of generated and real
+    images behind it; ``absent`` says why it was not computed (value null).
 
     FID_o and KID_o carry a 95% interval over resampled generated images (``ci``; the real
     images are held fixed: ``resampled``), FID_c its small-sample record (``small_n``).
@@ -103,6 +104,7 @@ class Distance(TypedDict):
     value: float | None
     n_gen: Count
     n_real: Count
+    absent: NotRequired[str]
     ci: NotRequired[Annotated[list[float | None], Rule(minItems=2, maxItems=2)]]
     n_boot: NotRequired[Annotated[int, Rule(minimum=1)]]
     method: NotRequired[Literal["linearised", "exact"]]
@@ -111,9 +113,10 @@ class Distance(TypedDict):
 
 
 class ReferenceDistance(TypedDict):
-    """A set-level distance of the real reference row: the split-half floor."""
+    """A set-level metric of the real reference row: its split-half value."""
 
     value: float | None
+    absent: NotRequired[str]
 
 
 Estimates = Annotated[dict[str, Estimate], MetricMap("estimate", None, require=False)]
@@ -216,6 +219,7 @@ class Reference(TypedDict):
     ]
     per_moa: NotRequired[dict[str, Estimates]]
     fid_note: NotRequired[str]
+    set_note: NotRequired[str]
 
 
 class Environment(TypedDict):
@@ -255,6 +259,9 @@ class ResultDocument(TypedDict):
     per_compound: NotRequired[dict[str, Estimates]]
     reference: NotRequired[Reference]
     fid_detail: NotRequired[dict[str, Any] | None]
+    set_detail: NotRequired[dict[str, Any] | None]
+    metric_groups: NotRequired[dict[str, list[str]]]
+    metric_groups_note: NotRequired[str]
     overall_weights: NotRequired[dict[str, float]]
     #: the rewards summed into ``overall`` (``moa`` is missing without Inception)
     overall_components: NotRequired[list[str]]

@@ -147,3 +147,29 @@ def reference_arrays(
         f"({format_size(path.stat().st_size)}; `cellbench cache info|clear`)"
     )
     return seg, inc
+
+
+def control_arrays(
+    scorer: Scorer,
+    ds: BBBC021Dataset,
+    protocol: pd.DataFrame,
+    task_ids: np.ndarray | list[str],
+    *,
+    use_inception: bool,
+    progress: Progress = _noop,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Features of the real DMSO control crops of the tasks ``task_ids`` (one row per distinct
+    control crop, in protocol order), through :func:`reference_arrays` and its cache (the features
+    of all the protocol's controls are cached together)."""
+    controls = protocol.drop_duplicates("control_key").reset_index(drop=True)
+    as_targets = controls.assign(target_key=controls["control_key"])
+    seg, inc = reference_arrays(
+        scorer,
+        ds,
+        as_targets,
+        use_inception=use_inception,
+        progress=lambda phase, d, t: progress(phase.replace("reference", "controls"), d, t),
+    )
+    wanted = set(protocol.loc[protocol["task_id"].isin(set(task_ids)), "control_key"])
+    rows = controls["control_key"].isin(wanted).to_numpy()
+    return seg[rows], (inc[rows] if inc is not None else None)

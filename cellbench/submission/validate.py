@@ -40,7 +40,7 @@ from typing import Any
 
 from cellbench._version import __version__
 from cellbench.io import sha256_bytes
-from cellbench.metrics.registry import per_image_names, set_names
+from cellbench.metrics.registry import distance_names, per_image_names, set_fn_metrics
 from cellbench.metrics.rewards import SUITE_VERSION
 from cellbench.results.document import RESULT_SCHEMA, SCORE_FIELDS
 from cellbench.results.schema import result_problems
@@ -391,8 +391,28 @@ def _check_results(r: _Reader, files: set[str], *, require_current_suite: bool) 
         and not img["n_problems"]
     ):
         r.add(path, "is marked incomplete by cellbench eval", "partial")
-    if not doc["fid_computed"] or any(k not in doc["metrics"] for k in set_names()):
+    if not doc["fid_computed"] or any(k not in doc["metrics"] for k in distance_names()):
         r.add(path, "has no FID/KID (scored with --no-fid): re-score without --no-fid", "partial")
+    elif suite != SUITE_VERSION:
+        pass  # an older suite's result (stale) predates the set-level held-out metrics
+    elif missing := [s.name for s in set_fn_metrics() if s.name not in doc["metrics"]]:
+        r.add(
+            path,
+            f"has no held-out metric {', '.join(missing)} (scored by an older cellbench): "
+            "re-score with this cellbench",
+            "partial",
+        )
+    else:
+        for s in set_fn_metrics():
+            est = doc["metrics"][s.name]
+            if est.get("value") is None and not est.get("absent"):
+                r.add(path, f"/metrics/{s.name}/value is null with no reason given", "partial")
+            elif "Inception" in str(est.get("absent", "")):
+                r.add(
+                    path,
+                    f"/metrics/{s.name} is absent ({est['absent']}) though FID/KID were computed",
+                    "partial",
+                )
     if doc.get("overall_comparable") is False:
         r.add(
             path,
@@ -689,7 +709,15 @@ def _compare_mean(r: _Reader, table: Path, where: str, est: dict, values: list[f
 
 
 # ------------------------------------------------------------------------ merged submissions
-_NUMBER_KEYS = ("metrics", "per_moa", "per_compound", "reference", "fid_detail", "images")
+_NUMBER_KEYS = (
+    "metrics",
+    "per_moa",
+    "per_compound",
+    "reference",
+    "fid_detail",
+    "set_detail",
+    "images",
+)
 
 
 def numbers_of(doc: dict) -> dict:

@@ -1,8 +1,10 @@
 // Sortable tables: click (or Enter/Space on) a column header to sort that table's entry rows;
-// click again to reverse. Rows in a tbody with class "reference" stay pinned. Numbers sort
+// click again to reverse (the last header row holds the column headers; a row above it may group
+// them). Rows in a tbody with class "reference" stay pinned. Numbers sort
 // numerically from each cell's data-sort attribute; empty values always go last.
 (function () {
   "use strict";
+  function headerRow(table) { return table.tHead.rows[table.tHead.rows.length - 1]; }
   function keyOf(row, index) {
     var cell = row.cells[index];
     if (!cell) { return ""; }
@@ -18,7 +20,7 @@
   }
   function sortTable(table, index, numeric, th) {
     var descending = th.getAttribute("aria-sort") === "ascending";
-    Array.prototype.forEach.call(table.tHead.rows[0].cells, function (h) { h.removeAttribute("aria-sort"); });
+    Array.prototype.forEach.call(headerRow(table).cells, function (h) { h.removeAttribute("aria-sort"); });
     th.setAttribute("aria-sort", descending ? "descending" : "ascending");
     Array.prototype.forEach.call(table.tBodies, function (body) {
       if (body.classList.contains("reference")) { return; }
@@ -36,7 +38,7 @@
   }
   Array.prototype.forEach.call(document.querySelectorAll("table.sortable"), function (table) {
     if (!table.tHead) { return; }
-    Array.prototype.forEach.call(table.tHead.rows[0].cells, function (th, index) {
+    Array.prototype.forEach.call(headerRow(table).cells, function (th, index) {
       var numeric = th.getAttribute("data-type") !== "text";
       var button = th.querySelector("button") || th;
       button.addEventListener("click", function () { sortTable(table, index, numeric, th); });
