@@ -1,4 +1,4 @@
-"""FID_o/KID_o bootstrap intervals (over generated images) and FID_c's small-sample record."""
+"""Small samples made honest: FID_o/KID_o bootstrap intervals, FID_c small-n record, n per compound."""
 
 from __future__ import annotations
 
@@ -149,3 +149,36 @@ def test_small_n_record_counts_compounds_below_the_threshold() -> None:
     assert rec["min_images"] == 3 and "2 of 3 compounds" in rec["warning"]
     only_big = fid_kid_per_compound(g[:big], labels[:big], g[:big], labels[:big], n_subsets=2)
     assert small_n_record(only_big)["warning"] is None
+
+
+def test_eval_table_prints_n_per_compound_and_the_fid_c_warning() -> None:
+    from cellbench.cli.scoring import _results_notes, compound_counts_note
+
+    est = {"value": 0.0, "ci": [0.0, 0.0]}
+    doc = {
+        "images": {
+            "n_images": 9,
+            "n_tasks_covered": 9,
+            "n_tasks_expected": 9,
+            "missing_tasks": 0,
+            "n_problems": 0,
+        },
+        "complete": True,
+        "per_compound": {
+            c: {"overall": {**est, "n": k}} for c, k in (("a", 2), ("b", 3), ("c", 4))
+        },
+        "fid_detail": {
+            "model": {"per_compound": {"a": {"n_real": 5}, "b": {"n_real": 7}, "c": {"n_real": 9}}}
+        },
+        "metrics": {"fid_c": {"small_n": {"warning": "FID_c averages 3 of 3 compounds ..."}}},
+    }
+    note = compound_counts_note(doc)
+    assert (
+        note
+        == "images per compound (min / median / max over 3): generated 2 / 3 / 4, real 5 / 7 / 9"
+    )
+    notes = _results_notes(doc)
+    assert note in notes and "warning: FID_c averages 3 of 3 compounds ..." in notes
+    doc["metrics"]["fid_c"]["small_n"]["warning"] = None
+    assert not any(n.startswith("warning") for n in _results_notes(doc))
+    assert compound_counts_note({"per_compound": {}}) is None
