@@ -28,6 +28,7 @@ import numpy as np
 from cellbench.errors import CellbenchError
 from cellbench.metrics.bootstrap import CI_LEVEL, N_BOOTSTRAP, Estimate, bootstrap_mean
 from cellbench.metrics.registry import per_image_names, set_names
+from cellbench.metrics.rewards import overall_components
 from cellbench.results.builder import result_paths
 from cellbench.results.document import RESULT_SCHEMA
 
@@ -86,6 +87,10 @@ def _scoring_identity(doc: Mapping[str, Any]) -> dict[str, Any]:
         # the classifier and reference statistics behind the rewards (docs/scoring.md "Artifacts");
         # results written before artifact sets were recorded have none
         "artifact set": (doc.get("artifacts") or {}).get("sha256"),
+        # an overall without moa (--no-fid) is another quantity (docs/scoring.md)
+        "overall components": tuple(
+            doc.get("overall_components") or overall_components(bool(doc.get("fid_computed")))
+        ),
     }
 
 
@@ -95,6 +100,8 @@ def _describe(what: str, value: Any) -> str:
         return f"{name} (index {str(sha)[:12]})"
     if what in ("protocol", "reference statistics", "artifact set"):
         return str(value)[:12]
+    if what == "overall components":
+        return " + ".join(value)
     if what == "segmenter" and isinstance(value, Mapping):
         return f"{value.get('name')} v{value.get('version')}"
     return str(value)
@@ -110,7 +117,9 @@ def check_comparable(a: Mapping[str, Any], b: Mapping[str, Any], b_path: str | P
                 f"scored on a different {what} than the first result: {_describe(what, vb)} "
                 f"here, {_describe(what, va)} there; refusing to compare",
                 path=b_path,
-                fix="compare results of the same dataset and protocol, scored by the same "
+                fix="score both with Inception (without --no-fid)"
+                if what == "overall components"
+                else "compare results of the same dataset and protocol, scored by the same "
                 "cellbench metric suite (`cellbench eval ... --protocol` the same file)",
             )
 

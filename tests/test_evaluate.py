@@ -212,6 +212,13 @@ def test_shards_merge_to_the_unsharded_result(world) -> None:
     assert whole["metrics"]["coverage"]["value"] is not None
     for key in ("metrics", "per_moa", "per_compound", "reference", "fid_detail", "set_detail"):
         assert merged[key] == whole[key], key
+    for name in ("fid_o", "kid_o"):  # the bootstrap intervals over images, exactly
+        assert merged["metrics"][name]["ci"] == whole["metrics"][name]["ci"], name
+        assert merged["metrics"][name]["n_boot"] == whole["metrics"][name]["n_boot"] == 1000
+    assert merged["metrics"]["fid_c"]["small_n"] == whole["metrics"]["fid_c"]["small_n"]
+    assert merged["fid_detail"]["model"]["intervals"] == whole["fid_detail"]["model"]["intervals"]
+    for key in ("overall_components", "overall_comparable", "metrics_not_computed"):
+        assert merged[key] == whole[key], key
     assert merged["images"]["sha256"] == whole["images"]["sha256"]
     assert merged["complete"] is True
     with pytest.raises(Exception, match="do not cover"):
@@ -269,6 +276,76 @@ def test_cli_eval_json_and_errors(world, tmp_path: Path) -> None:
     )
     assert bad.returncode == 2 and "no usable image" in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "bad.json").exists()
+
+
+def test_set_distances_have_intervals_and_small_n_record(world) -> None:
+    doc = world["results"]["identity"]  # not "wrong": its images are the real set permuted, FID 0
+    for name in ("fid_o", "kid_o"):
+        m = doc["metrics"][name]
+        assert m["ci"][0] <= m["value"] <= m["ci"][1] and m["ci"][0] < m["ci"][1], name
+        assert (m["method"], m["resampled"]) == (
+            "linearised" if name == "fid_o" else "exact",
+            "generated",
+        )
+    small = doc["metrics"]["fid_c"]["small_n"]
+    per = doc["fid_detail"]["model"]["per_compound"]
+    sizes = [min(v["n_gen"], v["n_real"]) for v in per.values()]
+    assert small["compounds"] == len(per) and small["min_images"] == min(sizes)
+    from cellbench.metrics.fid import FID_C_MIN_IMAGES
+
+    assert small["below"] == sum(k < FID_C_MIN_IMAGES for k in sizes) > 0  # tiny: few images
+    assert small["warning"].startswith(f"FID_c averages {small['below']} of {len(per)}")
+    for key in ("fid_o", "fid_c", "kid_o", "kid_c"):  # the reference row has no interval
+        assert set(doc["reference"]["metrics"][key]) == {"value"}
+    assert doc["overall_comparable"] is True and doc["metrics_not_computed"] == []
+    assert doc["overall_components"] == list(doc["overall_weights"])
+
+
+def test_no_fid_says_what_it_drops(world, tmp_path: Path) -> None:
+    """--no-fid: moa, moa_accuracy and the Inception metrics absent, overall labelled."""
+    from cellbench.cli.scoring import results_markdown
+    from cellbench.leaderboard.build import overall_comparable
+
+    doc = evaluate(
+        world["root"] / "identity", "bbbc021-sim", data_dir=world["data"], seed=0, fid=False
+    )
+    assert doc["overall_comparable"] is False and overall_comparable(doc) is False
+    assert doc["overall_components"] == [
+        "nuc_in_cyto",
+        "roundness",
+        "nuc_size",
+        "cyto_size",
+        "nuc_count",
+        "cyto_count",
+    ]
+    assert {"moa", "moa_accuracy", "fid_o", "fid_c", "kid_o", "kid_c"} <= set(
+        doc["metrics_not_computed"]
+    )
+    assert "overall" not in doc["metrics_not_computed"]
+    # overall is the weighted sum of the six mask rewards, per image
+    table = pd.read_csv(world["root"] / "identity.per_image.csv")  # the full run's rewards
+    weights = doc["overall_weights"]
+    six = sum(weights[c] * table[c] for c in doc["overall_components"])
+    assert doc["metrics"]["overall"]["value"] == pytest.approx(six.mean(), abs=1e-5)
+    with_moa = world["results"]["identity"]["metrics"]["overall"]["value"]
+    assert doc["metrics"]["overall"]["value"] != pytest.approx(with_moa, abs=1e-3)
+    md = results_markdown(doc)
+    assert "overall (without moa: NOT comparable)" in md
+    assert "not computed (--no-fid)" in md  # the moa and moa_accuracy rows
+    assert "scored with --no-fid (no Inception): not computed: moa, moa_accuracy" in md
+    assert "FID_o" not in md.split("\n\n")[1]  # no distance row in the table
+
+
+def test_no_fid_overall_is_not_compared_with_a_full_one(world) -> None:
+    from cellbench.compare import check_comparable
+    from cellbench.errors import CellbenchError
+
+    doc = evaluate(
+        world["root"] / "identity", "bbbc021-sim", data_dir=world["data"], seed=0, fid=False
+    )
+    with pytest.raises(CellbenchError, match="overall components"):
+        check_comparable(world["results"]["real"], doc, "nofid.json")
+    check_comparable(world["results"]["real"], world["results"]["noise"], "noise.json")
 
 
 def test_reward_model_matches_eval(world) -> None:

@@ -281,3 +281,56 @@ def test_one_table_per_named_protocol_the_papers_one_labelled(tmp_path: Path) ->
     assert "protocol cellflux-5120 v1 (the papers&#39; protocol)" in section
     assert "papers" not in html.split(f'id="{ids[0]}"', 1)[1].split("</section>", 1)[0]
     assert "custom protocol" in html.split(f'id="{ids[2]}"', 1)[1].split("</section>", 1)[0]
+
+
+def test_overall_without_moa_is_labelled_and_never_ranked() -> None:
+    """A --no-fid overall (validator refuses it; a hand-made table could hold one) is not ranked."""
+    from types import SimpleNamespace
+
+    from cellbench.leaderboard.build import Row, _rank, metric_cell
+
+    def row(name: str, overall: float, comparable: bool | None) -> Row:
+        doc: dict = {"metrics": {"overall": {"value": overall, "ci": [0.0, 1.0], "n": 5}}}
+        if comparable is None:  # a result written before the flag: fid_computed decides
+            doc["fid_computed"] = False
+        else:
+            doc["overall_comparable"] = comparable
+            doc["overall_components"] = ["nuc_in_cyto", "roundness"]
+        return Row(SimpleNamespace(name=name, results=doc, metadata={"kind": "model"}))
+
+    rows = [row("a", 1.0, True), row("b", 9.0, False), row("c", 0.5, True), row("d", 8, None)]
+    _rank(rows)
+    assert [r.folder for r in rows] == ["a", "c", "b", "d"]
+    assert [r.rank for r in rows] == [1, 2, None, None]
+    overall = next(c for c in columns() if c.key == "overall")
+    cell = metric_cell(rows[2].doc, overall)
+    assert cell.text == "9.00" and cell.interval == "not comparable: no moa (--no-fid)"
+    assert "nuc_in_cyto + roundness" in cell.title
+    assert metric_cell(rows[0].doc, overall).interval == "[0.00, 1.00]"
+
+
+def test_distance_cells_show_interval_and_small_n_warning() -> None:
+    from cellbench.leaderboard.build import metric_cell
+
+    cols = {c.key: c for c in columns()}
+    doc = {
+        "metrics": {
+            "fid_o": {"value": 50.0, "n_gen": 9, "n_real": 9, "ci": [45.0, 56.5], "n_boot": 1000},
+            "fid_c": {
+                "value": 90.0,
+                "n_gen": 9,
+                "n_real": 9,
+                "small_n": {
+                    "threshold": 30,
+                    "compounds": 3,
+                    "below": 2,
+                    "min_images": 4,
+                    "warning": "FID_c averages 2 of 3 compounds ...",
+                },
+            },
+        }
+    }
+    fid_o = metric_cell(doc, cols["fid_o"])
+    assert fid_o.interval == "[45.00, 56.50]" and "1000 resamples" in fid_o.title
+    fid_c = metric_cell(doc, cols["fid_c"])
+    assert fid_c.interval == "⚠ 2/3 compounds n < 30" and "FID_c averages 2 of 3" in fid_c.title

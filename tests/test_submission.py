@@ -687,3 +687,14 @@ def test_artifact_record_must_agree_with_the_recorded_hashes(sub: Path) -> None:
 
     edit_json(sub / "results.json", change)
     assert "disagree with /reference_stats_sha256" in only(validate_submission(sub), "artifact")
+
+
+def test_overall_without_moa_is_refused(sub: Path) -> None:
+    """A result whose overall lacks moa (--no-fid) says so and is never accepted for ranking."""
+
+    def no_moa(d: dict) -> None:
+        d["overall_comparable"] = False
+        d["overall_components"] = [c for c in d.get("overall_weights", {}) if c != "moa"]
+
+    edit_json(sub / "results.json", no_moa)
+    assert "/overall_comparable is false" in only(validate_submission(sub), "partial")

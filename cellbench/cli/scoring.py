@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -47,7 +48,13 @@ def _row(doc: dict, s: MetricSpec) -> list[str] | None:
     if got is not None and got.get("absent"):
         return [s.name, s.arrow, f"absent ({got['absent']})", "-"]
     real = _fmt(ref.get(s.name), s.digits) + ("" if s.per_image else " (split half)")
-    return [s.name, s.arrow, _fmt(got, s.digits), real]
+    model = _fmt(got, s.digits)
+    if s.name in set(doc.get("metrics_not_computed") or ()):
+        model = "not computed (--no-fid)"
+    name = s.name
+    if s.name == "overall" and doc.get("overall_comparable") is False:
+        name = "overall (without moa: NOT comparable)"
+    return [name, s.arrow, model, real]
 
 
 def results_groups(doc: dict) -> list[tuple[str, list[list[str]]]]:
@@ -72,6 +79,37 @@ def results_rows(doc: dict) -> list[list[str]]:
     return [r for _, rows in results_groups(doc) for r in rows]
 
 
+def compound_counts_note(doc: dict) -> str | None:
+    """Images per compound (generated, and real where FID/KID were computed): min, median, max."""
+    gen = [(e.get("overall") or {}).get("n") for e in (doc.get("per_compound") or {}).values()]
+    gen = [k for k in gen if isinstance(k, int)]
+    if not gen:
+        return None
+
+    def spread(xs: list[int]) -> str:
+        return f"{min(xs)} / {statistics.median_low(xs)} / {max(xs)}"
+
+    note = f"images per compound (min / median / max over {len(gen)}): generated {spread(gen)}"
+    fid_per = ((doc.get("fid_detail") or {}).get("model") or {}).get("per_compound") or {}
+    real = [v["n_real"] for v in fid_per.values() if isinstance(v.get("n_real"), int)]
+    if real:
+        note += f", real {spread(real)}"
+    return note
+
+
+def no_fid_note(doc: dict) -> str | None:
+    """The note of a result scored without Inception: what it lacks, and that ``overall`` differs."""
+    if doc.get("overall_comparable", True):
+        return None
+    absent = ", ".join(doc.get("metrics_not_computed") or ()) or "moa"
+    parts = " + ".join(doc.get("overall_components") or ())
+    return (
+        f"scored with --no-fid (no Inception): not computed: {absent}; overall = {parts} "
+        "(moa left out), NOT comparable with an overall scored with Inception (never ranked "
+        "with one)"
+    )
+
+
 def _results_notes(doc: dict) -> list[str]:
     im = doc["images"]
     notes = [
@@ -94,6 +132,15 @@ def _results_notes(doc: dict) -> list[str]:
             + "; ".join(copies["flags"])
             + (f" ({', '.join(exact)})" if exact else "")
         )
+    counts = compound_counts_note(doc)
+    if counts is not None:
+        notes.append(counts)
+    no_fid = no_fid_note(doc)
+    if no_fid is not None:
+        notes.append(no_fid)
+    small = ((doc.get("metrics") or {}).get("fid_c") or {}).get("small_n") or {}
+    if small.get("warning"):
+        notes.append(f"warning: {small['warning']}")
     if doc.get("best_of_n", 1) > 1:
         sel = (doc.get("generation") or {}).get("selection_reward", "overall")
         notes.append(
@@ -208,7 +255,13 @@ def eval_cmd(
     backend: BackendOpt = "classical",
     strict: Annotated[bool, typer.Option(help="Fail on any bad or missing image.")] = False,
     no_fid: Annotated[
-        bool, typer.Option("--no-fid", help="Skip Inception: no FID/KID and no moa reward.")
+        bool,
+        typer.Option(
+            "--no-fid",
+            help="Skip Inception: no FID/KID, no moa reward, no MoA accuracy and no "
+            "Inception-based metric; overall is then summed without moa and is NOT comparable "
+            "with (or ranked beside) an overall scored with Inception.",
+        ),
     ] = False,
     shard: Annotated[
         str | None,

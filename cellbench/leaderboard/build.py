@@ -118,9 +118,24 @@ class Cell:
     title: str = ""
 
 
+def overall_comparable(doc: dict) -> bool:
+    """False for a result whose ``overall`` lacks ``moa`` (scored with ``--no-fid``)."""
+    if "overall_comparable" in doc:
+        return bool(doc["overall_comparable"])
+    return bool(doc.get("fid_computed", True))  # results written before the flag
+
+
 def metric_cell(doc: dict, col: Column) -> Cell:
     est = doc.get("metrics", {}).get(col.key) or {}
     value = est.get("value")
+    if col.key == "overall" and not overall_comparable(doc):
+        parts = " + ".join(doc.get("overall_components") or ())
+        return Cell(
+            fmt(value, col.digits),
+            sort_key(None),
+            "not comparable: no moa (--no-fid)",
+            f"overall = {parts}; not ranked",
+        )
     if col.interval:
         lo, hi = (est.get("ci") or [None, None])[:2]
         interval = (
@@ -130,6 +145,23 @@ def metric_cell(doc: dict, col: Column) -> Cell:
     title = f"n_gen = {est.get('n_gen', '?')}, n_real = {est.get('n_real', '?')}"
     if est.get("absent"):
         return Cell("–", "", "", est["absent"])
+    lo, hi = (est.get("ci") or [None, None])[:2]
+    if lo is not None and hi is not None:  # FID_o, KID_o: over resampled generated images
+        title += f"; 95% interval over {est.get('n_boot', '?')} resamples of the generated images"
+        return Cell(
+            fmt(value, col.digits),
+            sort_key(value),
+            f"[{fmt(lo, col.digits)}, {fmt(hi, col.digits)}]",
+            title,
+        )
+    small = est.get("small_n") or {}
+    if small.get("warning"):  # FID_c over compounds with few images
+        return Cell(
+            fmt(value, col.digits),
+            sort_key(value),
+            f"⚠ {small['below']}/{small['compounds']} compounds n < {small['threshold']}",
+            f"{title}; {small['warning']}",
+        )
     interval = ""
     if col.key == "kid_o":
         std = ((doc.get("fid_detail") or {}).get("model") or {}).get("overall", {}).get("kid_std")
@@ -257,11 +289,22 @@ def _table_key(sub: Submission) -> tuple:
 
 
 def _rank(rows: list[Row]) -> None:
-    """Order rows by overall reward (best first, missing last); rank models only (1, 2, 2, 4)."""
-    rows.sort(key=lambda r: (r.value("overall") is None, -(r.value("overall") or 0.0), r.folder))
+    """Order rows by overall reward (best first, missing last); rank models only (1, 2, 2, 4).
+
+    A row whose ``overall`` lacks ``moa`` (``--no-fid``; the validator refuses these, so only a
+    hand-made folder gets here) is placed last and never ranked.
+    """
+    rows.sort(
+        key=lambda r: (
+            not overall_comparable(r.doc),
+            r.value("overall") is None,
+            -(r.value("overall") or 0.0),
+            r.folder,
+        )
+    )
     rank, seen, last = 0, 0, None
     for row in rows:
-        if row.kind != "model":
+        if row.kind != "model" or not overall_comparable(row.doc):
             continue
         seen += 1
         v = row.value("overall")

@@ -26,21 +26,30 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "FID_C_MIN_IMAGES",
     "KID_MAX_SUBSET_SIZE",
+    "SET_BOOTSTRAP",
     "CompoundScores",
     "FidKid",
     "FidKidSummary",
     "GaussianStats",
+    "SetInterval",
     "fid_from_features",
+    "fid_influence",
     "fid_kid_overall",
     "fid_kid_per_compound",
     "fid_kid_summary",
     "frechet_distance",
+    "kid_bootstrap_deviations",
     "kid_from_features",
     "kid_subset_size",
+    "overall_with_intervals",
     "split_half_floor",
 ]
 
+#: FID_c warns when it averages compounds with fewer images a side than this (docs/scoring.md,
+#: measured by bench/studies/per_compound_small_n.py, docs/benchmarks.md)
+FID_C_MIN_IMAGES = 30
 #: KID subset size cap (docs/scoring.md: subsets of min(100, smallest set)).
 KID_MAX_SUBSET_SIZE = 100
 _EPS = np.finfo(np.float64).eps
@@ -308,6 +317,167 @@ def kid_from_features(
 
 
 # ------------------------------------------------------------------------------------------------
+# Bootstrap intervals of FID_o and KID_o (over generated images; the real set is held fixed)
+
+
+def fid_influence(gen: Any, real: Any) -> tuple[float, np.ndarray]:
+    """FID of ``gen`` against ``real`` and each generated image's influence on it.
+
+    With the real set fixed, FID is a smooth function of the generated images' empirical
+    distribution; its first-order expansion around that distribution is
+    ``FID(resampled) ~ FID + mean over the resample of IF``, with
+
+    ``IF_i = 2 (mu_g - mu_r).u_i + k |u_i|^2 - tr C_g - k u_i^T A u_i + tr M^(1/2)``,
+
+    ``u_i = x_i - mu_g``, ``k = n / (n - 1)``, ``M = S C_g S``, ``S = C_r^(1/2)`` and
+    ``A = S M^(-1/2) S`` (the Gaussian optimal-transport map from the generated to the real
+    distribution; eigenvalues of M at rounding level are left out as in :func:`frechet_distance`).
+    The influence values have mean 0. Costs two symmetric eigen decompositions of d x d, as one
+    FID does, where an exact bootstrap needs one per replicate.
+
+    Returns:
+        ``(fid, influence)`` with ``influence`` of shape ``(n_gen,)``.
+    """
+    x = _as_features(gen, "gen")
+    y = _as_features(real, "real")
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"feature dimensions differ: {x.shape[1]} vs {y.shape[1]}")
+    if len(x) < 2 or len(y) < 2:
+        raise ValueError(f"FID needs at least 2 samples per set, got {len(x)} and {len(y)}")
+    n = len(x)
+    mu_g, mu_r = x.mean(0), y.mean(0)
+    u = x - mu_g
+    c_g = u.T @ u / (n - 1)
+    c_r = np.cov(y, rowvar=False).reshape(x.shape[1], x.shape[1])
+    s_r = _psd_sqrt((c_r + c_r.T) / 2)
+    m = s_r @ c_g @ s_r
+    w, v = np.linalg.eigh((m + m.T) / 2)
+    keep = w > _rounding_floor(w, m.shape[0])
+    root = np.sqrt(w[keep])
+    delta = mu_g - mu_r
+    tr_g = float(np.trace(c_g))
+    fid = float(delta @ delta + tr_g + np.trace(c_r) - 2.0 * root.sum())
+    z = u @ (s_r @ v[:, keep])  # (n, k): u_i in M's eigenbasis, through S
+    quad = (z * z) @ (1.0 / root)  # u_i^T A u_i
+    k = n / (n - 1)
+    influence = 2.0 * (u @ delta) + k * np.einsum("ij,ij->i", u, u) - tr_g - k * quad + root.sum()
+    return fid, influence - influence.mean()
+
+
+def _poly_kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return (x @ y.T / x.shape[1] + 1.0) ** 3
+
+
+def kid_bootstrap_deviations(
+    gen: Any, real: Any, counts: np.ndarray, block: int = 512
+) -> np.ndarray:
+    """Exact bootstrap replicates of the complete unbiased MMD^2, minus its full-sample value.
+
+    The generated images are resampled (``counts``, ``(n_boot, n_gen)`` from
+    :func:`cellbench.metrics.bootstrap.bootstrap_counts`), the real ones are fixed, so the real
+    term cancels. Within a resample, pairs of copies of the same image are left out of the
+    generated-generated mean (they would add each image's self-similarity, a bias of the
+    resampling, not of the data): ``(c^T K c - sum c_i^2 K_ii) / (n^2 - sum c_i^2)``. The kernel
+    is KID's ``(x.y / d + 1)^3``, computed ``block`` rows at a time (memory ``block x n``).
+    KID_o (subsets of 100) estimates the same complete statistic without bias.
+    """
+    x = _as_features(gen, "gen")
+    y = _as_features(real, "real")
+    c = np.asarray(counts, np.float64)
+    n = len(x)
+    if c.ndim != 2 or c.shape[1] != n:
+        raise ValueError(f"counts must be (n_boot, {n}), got {c.shape}")
+    kc = np.zeros((n, len(c)))  # (K c_b)_i for every replicate b
+    diag = np.empty(n)
+    row_real = np.empty(n)  # mean over real images of k(x_i, y)
+    row_gen = np.zeros(n)  # sum over generated images of k(x_i, x)
+    starts = range(0, n, block)
+    for i0 in starts:  # K is symmetric: blocks on and above the diagonal only
+        bi = slice(i0, min(i0 + block, n))
+        for j0 in starts:
+            if j0 < i0:
+                continue
+            bj = slice(j0, min(j0 + block, n))
+            kb = _poly_kernel(x[bi], x[bj])
+            kc[bi] += kb @ c[:, bj].T
+            row_gen[bi] += kb.sum(1)
+            if j0 == i0:
+                diag[bi] = np.diagonal(kb)
+            else:
+                kc[bj] += kb.T @ c[:, bi].T
+                row_gen[bj] += kb.sum(0)
+        row_real[bi] = _poly_kernel(x[bi], y).mean(1)
+    quad = np.einsum("bi,ib->b", c, kc)
+    sq = (c * c).sum(1)
+    reps = (quad - (c * c) @ diag) / (n * n - sq) - 2.0 * (c @ row_real) / n
+    full = (row_gen.sum() - diag.sum()) / (n * (n - 1)) - 2.0 * row_real.mean()
+    return reps - full
+
+
+@dataclass(frozen=True)
+class SetInterval:
+    """A 95% bootstrap interval of a set-level distance, over resampled generated images."""
+
+    low: float
+    high: float
+    n_boot: int
+    method: str
+
+    def as_dict(self, digits: int = 6) -> dict[str, Any]:
+        """JSON-ready: ``ci``, ``n_boot``, ``method``, ``resampled``."""
+        return {
+            "ci": [round(self.low, digits), round(self.high, digits)],
+            "n_boot": self.n_boot,
+            "method": self.method,
+            "resampled": "generated",
+        }
+
+
+#: bootstrap replicates behind the FID_o and KID_o intervals (docs/scoring.md)
+SET_BOOTSTRAP = 1000
+FID_INTERVAL_METHOD = "linearised"
+KID_INTERVAL_METHOD = "exact"
+
+
+def overall_with_intervals(
+    gen_feats: Any,
+    real_feats: Any,
+    *,
+    n_subsets: int = 100,
+    seed: int = 0,
+    max_subset_size: int = KID_MAX_SUBSET_SIZE,
+    n_boot: int = SET_BOOTSTRAP,
+) -> tuple[FidKid, dict[str, SetInterval]]:
+    """FID_o and KID_o as :func:`fid_kid_overall`, with 95% intervals over the generated images.
+
+    The real images are held fixed (every model of a protocol is scored against the same real
+    set, so its sampling is not part of the comparison), the generated ones resampled with
+    replacement: one set of counts, ``bootstrap_counts(n_gen, seed=seed, n_boot=n_boot)``, for
+    both. FID_o's replicates are first-order (:func:`fid_influence`, which also gives FID_o
+    itself: an exact replicate would cost one 2048-d eigen decomposition each), KID_o's exact
+    (:func:`kid_bootstrap_deviations`). Each interval is the reported value plus the 2.5% and
+    97.5% quantiles of replicate minus full-sample statistic
+    (:func:`cellbench.metrics.bootstrap.shifted_percentile_interval`).
+    """
+    from cellbench.metrics.bootstrap import bootstrap_counts, shifted_percentile_interval
+
+    g = _as_features(gen_feats, "gen_feats")
+    r = _as_features(real_feats, "real_feats")
+    m = kid_subset_size(len(g), len(r), max_subset_size)
+    kid, kid_std = kid_from_features(g, r, m, n_subsets, seed)
+    fid, influence = fid_influence(g, r)
+    counts = bootstrap_counts(len(g), seed=seed, n_boot=n_boot)
+    fid_dev = (counts - 1.0) @ influence / len(g)
+    kid_dev = kid_bootstrap_deviations(g, r, counts)
+    fid_ci = shifted_percentile_interval(fid, fid_dev)
+    kid_ci = shifted_percentile_interval(kid, kid_dev)
+    return FidKid(fid, kid, kid_std, len(g), len(r), m), {
+        "fid_o": SetInterval(*fid_ci, n_boot, FID_INTERVAL_METHOD),
+        "kid_o": SetInterval(*kid_ci, n_boot, KID_INTERVAL_METHOD),
+    }
+
+
+# ------------------------------------------------------------------------------------------------
 # Overall and per-compound scores
 
 
@@ -342,6 +512,8 @@ class FidKidSummary:
 
     overall: FidKid
     compounds: CompoundScores
+    #: 95% intervals of ``fid_o`` and ``kid_o`` (empty unless asked for: ``n_boot`` > 0)
+    intervals: dict[str, SetInterval] = field(default_factory=dict)
 
     @property
     def fid_o(self) -> float:
@@ -375,6 +547,11 @@ class FidKidSummary:
             "skipped": {
                 k: {"n_gen": g, "n_real": r} for k, (g, r) in self.compounds.skipped.items()
             },
+            **(
+                {"intervals": {k: v.as_dict() for k, v in self.intervals.items()}}
+                if self.intervals
+                else {}
+            ),
         }
 
 
@@ -452,15 +629,23 @@ def fid_kid_summary(
     n_subsets: int = 100,
     seed: int = 0,
     max_subset_size: int = KID_MAX_SUBSET_SIZE,
+    n_boot: int = 0,
 ) -> FidKidSummary:
     """FID_o, KID_o (all rows as given) and FID_c, KID_c (per compound) in one object.
 
     Pass the real test targets of the evaluated compounds only: FID_o compares all rows given.
+    With ``n_boot`` > 0, FID_o and KID_o come with 95% intervals over the generated images
+    (:func:`overall_with_intervals`; FID_o is then computed through :func:`fid_influence`, equal
+    to :func:`fid_from_features` to rounding).
     """
     kw = {"n_subsets": n_subsets, "seed": seed, "max_subset_size": max_subset_size}
-    overall = fid_kid_overall(gen_feats, real_feats, **kw)
+    intervals: dict[str, SetInterval] = {}
+    if n_boot > 0:
+        overall, intervals = overall_with_intervals(gen_feats, real_feats, n_boot=n_boot, **kw)
+    else:
+        overall = fid_kid_overall(gen_feats, real_feats, **kw)
     compounds = fid_kid_per_compound(gen_feats, gen_compounds, real_feats, real_compounds, **kw)
-    return FidKidSummary(overall, compounds)
+    return FidKidSummary(overall, compounds, intervals)
 
 
 def split_half_floor(

@@ -132,8 +132,23 @@ def compute_rewards(
     return out
 
 
+def overall_components(moa_computed: bool) -> list[str]:
+    """The rewards summed into ``overall``: all seven, or six without ``moa``.
+
+    Without Inception (``cellbench eval --no-fid``) there are no classifier probabilities, so
+    ``overall`` is the weighted sum of the six mask rewards only: a different quantity, on a
+    different scale, which is never ranked or compared with an ``overall`` that includes ``moa``.
+    The result document records the components and ``overall_comparable`` (docs/scoring.md).
+    """
+    return [n for n in OVERALL_WEIGHTS if moa_computed or n != "moa"]
+
+
 def overall_reward(rewards: Mapping[str, np.ndarray]) -> np.ndarray:
-    """The weighted sum; the ``moa`` term is left out where it is NaN (no classifier)."""
+    """The weighted sum; the ``moa`` term is left out where it is NaN (no classifier).
+
+    An ``overall`` without ``moa`` is not comparable with one that has it (see
+    :func:`overall_components`); the result document says which it is.
+    """
     total = np.zeros_like(np.asarray(rewards["nuc_in_cyto"], np.float64))
     for name, w in OVERALL_WEIGHTS.items():
         term = np.asarray(rewards[name], np.float64)

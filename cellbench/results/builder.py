@@ -42,13 +42,14 @@ from cellbench.metrics.registry import (
     per_image_names,
     set_fn_metrics,
 )
-from cellbench.metrics.rewards import OVERALL_WEIGHTS, SUITE_VERSION
+from cellbench.metrics.rewards import OVERALL_WEIGHTS, SUITE_VERSION, overall_components
 from cellbench.results.document import RESULT_SCHEMA
 from cellbench.scoring.images import control_arrays, reference_arrays
 from cellbench.scoring.training_set import copy_inputs
 
 if TYPE_CHECKING:
     from cellbench.data.bbbc021 import BBBC021Dataset
+    from cellbench.metrics.fid import CompoundScores
     from cellbench.scoring.arrays import ImageArrays
     from cellbench.scoring.images import ControlArrays
     from cellbench.scoring.scorer import Scorer
@@ -140,12 +141,14 @@ def aggregate(
     }
     fid_doc: dict[str, Any] | None = None
     if use_inc and n:
-        from cellbench.metrics.fid import fid_kid_summary, split_half_floor
+        from cellbench.metrics.fid import SET_BOOTSTRAP, fid_kid_summary, split_half_floor
 
         progress("FID/KID", 0, 2)
         evaluated = real_side(protocol, task_ids, compounds, fid_real)
         real_feats, real_cpds = ref_inc[evaluated], ref_compounds[evaluated]
-        summary = fid_kid_summary(arrays.inception, compounds, real_feats, real_cpds, seed=seed)
+        summary = fid_kid_summary(
+            arrays.inception, compounds, real_feats, real_cpds, seed=seed, n_boot=SET_BOOTSTRAP
+        )
         gen_counts = {c: int((compounds == c).sum()) for c in np.unique(compounds)}
         floor = split_half_floor(real_feats, real_cpds, seed, gen_counts=gen_counts, kid_seed=seed)
         progress("FID/KID", 2, 2)
@@ -154,8 +157,11 @@ def aggregate(
                 "value": round(float(getattr(summary, s.name)), 6),
                 "n_gen": n,
                 "n_real": int(evaluated.sum()),
+                **(summary.intervals[s.name].as_dict() if s.name in summary.intervals else {}),
             }
             reference["metrics"][s.name] = {"value": round(float(getattr(floor, s.name)), 6)}
+        if "fid_c" in metrics:
+            metrics["fid_c"]["small_n"] = small_n_record(summary.compounds)
         fid_doc = {"model": summary.to_dict(), "split_half_floor": floor.to_dict()}
         reference["fid_note"] = "split half: each compound's real crops, one half against the other"
 
@@ -228,6 +234,7 @@ def aggregate(
     )
     doc = {
         "metrics": metrics,
+        **overall_record(metrics, moa_computed=probs is not None or (use_inc and not n)),
         "per_moa": _grouped(values, names, moas, seed) if n else {},
         "per_compound": _grouped(values, names, compounds, seed) if n else {},
         "reference": reference,
@@ -261,6 +268,49 @@ def centred_profiles(
         centre_on_batches(real, real_batches, cp, cb),
         centre_on_batches(cp, cb, cp, cb),
     )
+
+
+def small_n_record(scores: CompoundScores) -> dict[str, Any]:
+    """How many of the compounds averaged into FID_c have fewer images than FID needs.
+
+    A compound counts as small when its generated or its real side has fewer than
+    :data:`cellbench.metrics.fid.FID_C_MIN_IMAGES` images (docs/scoring.md: the threshold's
+    measurement); ``warning`` is a sentence when any does, else None.
+    """
+    from cellbench.metrics.fid import FID_C_MIN_IMAGES
+
+    sizes = {c: min(v.n_gen, v.n_real) for c, v in scores.per_compound.items()}
+    small = sorted(c for c, k in sizes.items() if k < FID_C_MIN_IMAGES)
+    warning = None
+    if small:
+        warning = (
+            f"FID_c averages {len(small)} of {len(sizes)} compounds with fewer than "
+            f"{FID_C_MIN_IMAGES} images a side (smallest {min(sizes.values())}): there its "
+            "small-sample bias outweighs the signal; read KID_c"
+        )
+    return {
+        "threshold": FID_C_MIN_IMAGES,
+        "compounds": len(sizes),
+        "below": len(small),
+        "min_images": min(sizes.values()) if sizes else 0,
+        "warning": warning,
+    }
+
+
+def overall_record(metrics: dict[str, Any], *, moa_computed: bool) -> dict[str, Any]:
+    """What ``overall`` sums and which registered metrics are absent (``--no-fid`` drops some).
+
+    ``overall_comparable`` is False when ``moa`` is not in ``overall`` (no Inception, so no
+    classifier): such an ``overall`` is never ranked or compared with a full one.
+    """
+    from cellbench.metrics.registry import specs
+
+    absent = [s.name for s in specs() if (metrics.get(s.name) or {}).get("value") is None]
+    return {
+        "overall_components": overall_components(moa_computed),
+        "overall_comparable": moa_computed,
+        "metrics_not_computed": absent,
+    }
 
 
 def set_fn_values(inputs: SetInputs) -> tuple[dict, dict, dict]:

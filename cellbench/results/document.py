@@ -83,14 +83,33 @@ class Estimate(TypedDict):
     n: Count
 
 
+class SmallSample(TypedDict):
+    """FID_c's small-sample record: compounds with fewer images a side than ``threshold``."""
+
+    threshold: Count
+    compounds: Count
+    below: Count
+    min_images: Count
+    warning: str | None
+
+
 class Distance(TypedDict):
     """A set-level metric (FID/KID, a ``set_fn`` metric) with the numbers of generated and real
-    images behind it; ``absent`` says why it was not computed (value null)."""
+    images behind it; ``absent`` says why it was not computed (value null).
+
+    FID_o and KID_o carry a 95% interval over resampled generated images (``ci``; the real
+    images are held fixed: ``resampled``), FID_c its small-sample record (``small_n``).
+    """
 
     value: float | None
     n_gen: Count
     n_real: Count
     absent: NotRequired[str]
+    ci: NotRequired[Annotated[list[float | None], Rule(minItems=2, maxItems=2)]]
+    n_boot: NotRequired[Annotated[int, Rule(minimum=1)]]
+    method: NotRequired[Literal["linearised", "exact"]]
+    resampled: NotRequired[Literal["generated"]]
+    small_n: NotRequired[SmallSample]
 
 
 class ReferenceDistance(TypedDict):
@@ -244,6 +263,12 @@ class ResultDocument(TypedDict):
     metric_groups: NotRequired[dict[str, list[str]]]
     metric_groups_note: NotRequired[str]
     overall_weights: NotRequired[dict[str, float]]
+    #: the rewards summed into ``overall`` (``moa`` is missing without Inception)
+    overall_components: NotRequired[list[str]]
+    #: False when ``overall`` lacks ``moa`` (``--no-fid``): never ranked with a full ``overall``
+    overall_comparable: NotRequired[bool]
+    #: registered metrics without a value in this document (``--no-fid``: the Inception ones)
+    metrics_not_computed: NotRequired[list[str]]
     environment: Environment
     wall_time_s: Annotated[float, Rule(minimum=0)]
     best_of_n: NotRequired[Annotated[int, Rule(minimum=1)]]

@@ -413,6 +413,13 @@ def _check_results(r: _Reader, files: set[str], *, require_current_suite: bool) 
                     f"/metrics/{s.name} is absent ({est['absent']}) though FID/KID were computed",
                     "partial",
                 )
+    if doc.get("overall_comparable") is False:
+        r.add(
+            path,
+            "/overall_comparable is false: overall was summed without moa (scored with "
+            "--no-fid) and is never ranked with a full overall; re-score without --no-fid",
+            "partial",
+        )
     for name in per_image_names():
         est = doc["metrics"][name]
         if est["value"] is None:
