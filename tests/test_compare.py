@@ -55,6 +55,16 @@ def _direct(a: Path, b: Path, metric: str, n_boot: int) -> tuple[float, float, f
     return float(d.mean()), float(lo), float(hi), len(d)
 
 
+#: the set-level held-out metrics computed without Inception (from the morphology profile)
+PROFILE_SET = {
+    "profile_shift_corr",
+    "profile_energy",
+    "retrieval_top1_profile",
+    "retrieval_top5_profile",
+    "retrieval_map_profile",
+}
+
+
 def test_cli_compare_json_matches_a_direct_computation(results: dict[str, Path]) -> None:
     a, b = results["identity"], results["noise"]
     res = run_cli("compare", str(a), str(b), "--json", "--n-boot", "500")
@@ -63,9 +73,10 @@ def test_cli_compare_json_matches_a_direct_computation(results: dict[str, Path])
     n_tasks = len(pd.read_csv(results["root"] / "protocol.csv"))
     assert doc["n_tasks"] == {"a": n_tasks, "b": n_tasks, "shared": n_tasks}
     assert doc["bootstrap"] == {"n_boot": 500, "seed": 0, "level": 0.95}
-    # no Inception pass: no moa and no moa_accuracy (overall is summed without moa); no FID
+    # no Inception pass: no moa and no moa_accuracy (overall is summed without moa); no FID; of
+    # the set-level held-out metrics only those of the morphology profile (no Inception needed)
     assert list(doc["paired"]) == ["overall", "nuc_in_cyto", *MORPHOLOGY]
-    assert doc["set_level"] == {}
+    assert set(doc["set_level"]) == PROFILE_SET
     for metric, est in doc["paired"].items():
         mean, lo, hi, n = _direct(a, b, metric, 500)
         assert est["n"] == n == n_tasks, metric
@@ -82,7 +93,7 @@ def test_cli_compare_table_and_self_comparison(results: dict[str, Path]) -> None
     assert lines[0] == f"A: {results['identity']}" and lines[1] == f"B: {results['noise']}"
     assert "shared tasks" in lines[2] and "95% paired bootstrap (200 resamples, seed 0)" in lines[2]
     rows = {ln.split()[0]: ln.split() for ln in lines[4:]}
-    assert set(rows) == {"overall", "nuc_in_cyto", *MORPHOLOGY}
+    assert set(rows) == {"overall", "nuc_in_cyto", *MORPHOLOGY, *PROFILE_SET}
     want = compare_results(results["identity"], results["noise"], n_boot=200)["paired"]
     assert float(rows["nuc_count"][1]) == pytest.approx(want["nuc_count"]["value"], abs=5e-4)
     same = compare_results(results["noise"], results["noise"])["paired"]
