@@ -78,7 +78,12 @@ def load_result(path: str | Path) -> dict[str, Any]:
 def _scoring_identity(doc: Mapping[str, Any]) -> dict[str, Any]:
     """What must agree between two results for their per-task values to be comparable."""
     dataset = doc.get("dataset") or {}
-    return {
+    return {  # checked in this order: the most specific reason first
+        # an overall without moa (--no-fid) is another quantity (docs/scoring.md); a --no-fid run
+        # also records a smaller artifact set (no classifier), which this explains better
+        "overall components": tuple(
+            doc.get("overall_components") or overall_components(bool(doc.get("fid_computed")))
+        ),
         "dataset": (dataset.get("name"), dataset.get("index_sha256")),
         "protocol": (doc.get("protocol") or {}).get("sha256"),
         "metric suite version": doc.get("metric_suite_version"),
@@ -87,10 +92,6 @@ def _scoring_identity(doc: Mapping[str, Any]) -> dict[str, Any]:
         # the classifier and reference statistics behind the rewards (docs/scoring.md "Artifacts");
         # results written before artifact sets were recorded have none
         "artifact set": (doc.get("artifacts") or {}).get("sha256"),
-        # an overall without moa (--no-fid) is another quantity (docs/scoring.md)
-        "overall components": tuple(
-            doc.get("overall_components") or overall_components(bool(doc.get("fid_computed")))
-        ),
     }
 
 

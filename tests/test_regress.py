@@ -65,7 +65,8 @@ def test_committed_set_passes(baseline: dict) -> None:
     expected = json.loads((FOLDER / "expected.json").read_text())
     n, moved = regress.compare(expected, baseline["got"])
     assert moved == [], "\n".join(map(str, moved))
-    assert n == sum(len(v) for v in expected["per_image"].values()) + 3 * 9 + 4
+    per_image = sum(len(v) for v in expected["per_image"].values())
+    assert n == per_image + 3 * 9 + 4 + len(expected["held_out"])
     assert baseline["got"]["inputs"] == expected["inputs"]
     # a blank image has no nucleus: the clipped minimum on roundness, as docs/scoring.md says
     labels = expected["labels"]

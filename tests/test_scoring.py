@@ -42,7 +42,7 @@ def _counting(scorer: Scorer, monkeypatch: pytest.MonkeyPatch) -> dict[str, list
     """Replace the three stages by deterministic fakes that record the batch size of each call."""
     calls: dict[str, list[int]] = {"seg": [], "inception": [], "probs": []}
 
-    def seg(images, on_progress=None):
+    def seg(images, on_progress=None, profile=False):
         calls["seg"].append(len(images))
         return np.tile(np.arange(len(scorer.feature_names), dtype=np.float64), (len(images), 1))
 

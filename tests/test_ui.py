@@ -91,7 +91,9 @@ def test_in_process_segmentation_reports_every_32_images(monkeypatch) -> None:
 
     monkeypatch.setenv("CELLBENCH_WORKERS", "1")
     monkeypatch.setattr(
-        classical, "segment_batch", lambda imgs, dna_channel: np.zeros((len(imgs), 6))
+        classical,
+        "segment_batch",
+        lambda imgs, dna_channel, profile=False: np.zeros((len(imgs), 6)),
     )
     calls: list[int] = []
     backend = backends.get_backend("classical")

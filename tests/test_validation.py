@@ -364,7 +364,11 @@ def test_validate_metrics_writes_the_report(sim_world, tmp_path: Path) -> None:
     assert doc["sim"]["n_images"] == 16
     rows = (out / "sensitivity.csv").read_text().splitlines()
     assert rows[0].startswith("source,defect,severity,metric")
-    assert len(rows) == 1 + 2 * 9  # 2 defects x 1 severity x 9 metrics (moa empty without FID)
+    from cellbench.validation.report import HELD_OUT_SET
+
+    # 2 defects x 1 severity x (9 per-image metrics + the set-level held-out ones); the moa and
+    # Inception-based ones are empty without FID
+    assert len(rows) == 1 + 2 * (9 + len(HELD_OUT_SET))
 
 
 def test_curves_svg_without_matplotlib(tmp_path: Path) -> None:

@@ -833,3 +833,12 @@ def segment_batch(
             segment_stack(chunk, dna_channel=dna_channel, params=params)
         )
     return out
+
+
+if __name__ == "__main__":
+    import argparse
+
+    argparse.ArgumentParser(
+        description="The frozen classical v3 segmenter before the compiled nucleus pass (a module "
+        "imported by segment_speed.py, nucleus_exactness.py and tests/test_segment_exact.py)."
+    ).parse_args()
