@@ -74,6 +74,15 @@ def test_backend_features_on_sim_crops(one_torch_thread) -> None:
     assert (feats[:, 0] >= 1).all()
     empty = be.features(np.zeros((2, 96, 96, 3), np.uint8), dna_channel=2)
     assert (empty[:, 0] == 0).all()
+    # with the morphology profile (what `cellbench eval` asks for): the same six features first,
+    # then the profile of the same masks
+    from cellbench.features.profile import profile_stack
+
+    both = be.features(crops[:3], dna_channel=2, profile=True)
+    np.testing.assert_allclose(both[:, : len(FEATURE_NAMES)], feats[:3])
+    stack = be.segment_stack(crops[:3], dna_channel=2)
+    want = profile_stack(crops[:3], stack.nuclei, stack.cells, dna_channel=2)
+    np.testing.assert_allclose(both[:, len(FEATURE_NAMES) :], want)
 
 
 #: mean F1 at IoU 0.5 and 0.75 of the shipped network on DSB2018 images 0, 16, 32, 48, 64 (sorted

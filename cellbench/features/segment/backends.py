@@ -240,15 +240,20 @@ class UNetBackend(SegmentationBackend):
             )
         return self.segment_stack(img[None], dna_channel=dna_channel)[0]
 
-    def features(self, images, *, dna_channel, on_progress=None):
+    def features(self, images, *, dna_channel, on_progress=None, profile=False):
+        from cellbench.features.profile import profile_stack, profile_width
         from cellbench.features.segment.classical import stack_features
 
-        out = np.zeros((len(images), len(self.feature_names)))
+        n_feat = len(self.feature_names)
+        out = np.zeros((len(images), n_feat + (profile_width(images.shape[-1]) if profile else 0)))
         for start in range(0, len(images), self.batch):
             chunk = np.asarray(images[start : start + self.batch])
-            out[start : start + len(chunk)] = stack_features(
-                self.segment_stack(chunk, dna_channel=dna_channel)
-            )
+            stack = self.segment_stack(chunk, dna_channel=dna_channel)
+            out[start : start + len(chunk), :n_feat] = stack_features(stack)
+            if profile:  # the morphology profile of the same masks
+                out[start : start + len(chunk), n_feat:] = profile_stack(
+                    chunk, stack.nuclei, stack.cells, dna_channel=dna_channel
+                )
             if on_progress is not None:
                 on_progress(start + len(chunk), len(images))
         return out
