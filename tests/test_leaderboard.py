@@ -66,7 +66,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def _rows(html: str, table_id: str) -> list[str]:
     section = html.split(f'id="{table_id}"', 1)[1].split("</section>", 1)[0]
     body = section.split('<tbody class="entries">', 1)[1].split("</tbody>", 1)[0]
-    return re.findall(r'<tr data-entry="([^"]+)">', body)
+    return re.findall(r'<tr data-entry="([^"]+)"', body)
 
 
 def _table_ids(html: str) -> list[str]:
@@ -87,7 +87,7 @@ def test_tables_ranking_and_stale_entries(site: tuple[Path, Path]) -> None:
     }
     assert rows == sorted(rows, key=lambda r: -overall[r])  # best overall first
     ranks = re.findall(
-        r'<tr data-entry="([^"]+)">\s*<td class="num" data-sort="(\d*)">', html.split(stale)[0]
+        r'<tr data-entry="([^"]+)"[^>]*>\s*<td class="num" data-sort="(\d*)">', html.split(stale)[0]
     )
     ranked = {r: k for r, k in ranks}
     assert ranked["2026-01-17_identity"] == ""  # the anchor is never ranked

@@ -93,12 +93,21 @@ def leaderboard_build(
         str | None,
         typer.Option(help="Build stamp text (default: UTC time, or $SOURCE_DATE_EPOCH)."),
     ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Data folder holding the entries' datasets: each entry page then shows a "
+            "control | generated | real target grid of its submitted images (without it, the "
+            "page says there is none)."
+        ),
+    ] = None,
 ) -> None:
-    """Build the static leaderboard (opens from disk: inline CSS/JS/SVG, no network)."""
+    """Build the static leaderboard (opens from disk: inline CSS/JS/SVG, no network), with
+    CSV/JSON downloads of each table in DIR/downloads/."""
     from cellbench.leaderboard.build import build_leaderboard
     from cellbench.ui import info
 
-    summary = build_leaderboard(submissions, out, stamp=stamp)
+    summary = build_leaderboard(submissions, out, stamp=stamp, data_dir=data_dir)
     info(
         f"[green]wrote[/green] {out / 'index.html'}: {summary.n_entries} entries, "
         f"{summary.n_tables} current table(s), {summary.n_stale} stale table(s)"

@@ -48,6 +48,24 @@ from cellbench.submission.validate import (
 REPO_URL = "https://github.com/cellbench/cellbench"
 VALIDATION_DOC = f"{REPO_URL}/blob/main/docs/validation.md"
 MARKER = ".cellbench-leaderboard"
+#: the page's scripts (inlined, allowed by their hashes): sorting, then search/filters/collapse
+SCRIPTS: tuple[str, ...] = ("sort.js", "board.js")
+
+
+#: the columns a collapsed group still shows (the ranking metric, the classifier's accuracy and
+#: the scatter's FID_o); a collapsed group with none of them shows its first column
+SUMMARY_METRICS: tuple[str, ...] = ("overall", "moa_accuracy", "fid_o")
+#: groups collapsed when the page opens, so that the table fits a 1,366-px screen
+COLLAPSED_GROUPS: tuple[str, ...] = ("held-out",)
+#: where the project's docs define the metrics of each registry family (docs/scoring.md sections)
+SCORING_DOC = f"{REPO_URL}/blob/main/docs/scoring.md"
+DOC_SECTIONS: dict[str, str] = {
+    "fidelity": "#held-out-metrics",
+    "diversity": "#held-out-metrics",
+    "retrieval": "#held-out-metrics",
+    "memorisation": "#held-out-metrics",
+    "profile": "#morphology-profile",
+}
 
 
 @dataclass(frozen=True)
@@ -60,6 +78,8 @@ class Column:
     digits: int
     interval: bool = True
     group: str = "rewards"
+    #: shown while its group is collapsed
+    pinned: bool = False
 
 
 def columns() -> tuple[Column, ...]:
@@ -71,9 +91,41 @@ def columns() -> tuple[Column, ...]:
     ordered = sorted(  # stable: registry order within a group
         specs(), key=lambda s: (GROUPS.index(s.group), s.name != RANK_METRIC)
     )
+    pinned = {s.name for s in ordered if s.name in SUMMARY_METRICS}
+    for group in GROUPS:  # a group without a summary metric keeps its first column
+        first = next((s.name for s in ordered if s.group == group), None)
+        if first and not any(s.group == group and s.name in pinned for s in ordered):
+            pinned.add(first)
     return tuple(
-        Column(s.name, s.label, s.higher_is_better, s.digits, s.per_image, s.group) for s in ordered
+        Column(
+            s.name, s.label, s.higher_is_better, s.digits, s.per_image, s.group, s.name in pinned
+        )
+        for s in ordered
     )
+
+
+def legend() -> list[dict]:
+    """One entry per metric column (the registry is the single source): key, label, direction,
+    group, what it measures, what it needs, and the link to its definition in the docs."""
+    from cellbench.metrics.registry import GROUP_LABELS, spec
+
+    out = []
+    for c in columns():
+        s = spec(c.key)
+        out.append(
+            {
+                "key": c.key,
+                "label": c.label,
+                "arrow": s.arrow,
+                "direction": "higher is better" if s.higher_is_better else "lower is better",
+                "group": GROUP_LABELS[s.group],
+                "summary": s.summary,
+                "needs": s.needs,
+                "interval": "95% bootstrap interval" if c.interval else "set-level",
+                "href": SCORING_DOC + DOC_SECTIONS.get(s.family, ""),
+            }
+        )
+    return out
 
 
 def column_groups(cols: tuple[Column, ...] | None = None) -> list[dict]:
@@ -187,10 +239,16 @@ def reference_cells(doc: dict) -> list[Cell]:
 
 
 # ------------------------------------------------------------------------------------ model
+#: the two verification states of a row
+VERIFIED, SELF_REPORTED = "verified", "self-reported"
+
+
 @dataclass
 class Row:
     sub: Submission
     rank: int | None = None
+    #: "verified" (re-scored from its images) or "self-reported"
+    verification: str = SELF_REPORTED
 
     @property
     def folder(self) -> str:
@@ -211,6 +269,22 @@ class Row:
     @property
     def kind(self) -> str:
         return str(self.meta.get("kind", "model"))
+
+    @property
+    def description(self) -> str:
+        return str(self.meta.get("description") or "")
+
+    @property
+    def best_of_n(self) -> int:
+        """N of best-of-N selection (1: one sample per task)."""
+        bon = self.meta.get("best_of_n") or {}
+        n = bon.get("n", 1) if bon.get("used") else 1
+        return n if isinstance(n, int) and n >= 1 else 1
+
+    @property
+    def search_text(self) -> str:
+        """What the page's search box matches: name, folder and description."""
+        return " ".join((self.model_name, self.folder, self.description))
 
     @property
     def copy_flags(self) -> list[str]:
@@ -379,6 +453,128 @@ def _suite_order(suite: str) -> float:
         return -1.0
 
 
+# -------------------------------------------------------------------------------- downloads
+#: the columns of a downloaded table before the metrics (stable names)
+ENTRY_FIELDS: tuple[str, ...] = (
+    "rank",
+    "folder",
+    "model",
+    "kind",
+    "verification",
+    "best_of_n",
+    "date",
+)
+
+
+def download_fields() -> list[str]:
+    """The column names of the CSV/JSON downloads: :data:`ENTRY_FIELDS`, then for every metric
+    (registry order, as the page) ``<key>``, ``<key>_ci_low`` and ``<key>_ci_high``."""
+    out = list(ENTRY_FIELDS)
+    for c in columns():
+        out += [c.key, f"{c.key}_ci_low", f"{c.key}_ci_high"]
+    return out
+
+
+def _metric_values(metrics: dict) -> dict[str, Any]:
+    """The values of the metric fields, exactly as in ``results.json`` (None where absent)."""
+    out: dict[str, Any] = {}
+    for c in columns():
+        est = metrics.get(c.key) or {}
+        ci = est.get("ci") if isinstance(est.get("ci"), list) else [None, None]
+        for name, v in ((c.key, est.get("value")), (f"{c.key}_ci_low", ci[0] if ci else None)):
+            out[name] = v if isinstance(v, int | float) and not isinstance(v, bool) else None
+        hi = ci[1] if ci and len(ci) > 1 else None
+        out[f"{c.key}_ci_high"] = (
+            hi if isinstance(hi, int | float) and not isinstance(hi, bool) else None
+        )
+    return out
+
+
+def table_records(table: Table) -> list[dict[str, Any]]:
+    """The rows of one table for the downloads: the real reference first (``kind`` =
+    ``reference``), then the entries in page order; keys are :func:`download_fields`."""
+    ref = {
+        "rank": None,
+        "folder": None,
+        "model": "real reference",
+        "kind": "reference",
+        "verification": None,
+        "best_of_n": None,
+        "date": None,
+        **_metric_values(table.reference_doc.get("reference", {}).get("metrics", {})),
+    }
+    rows = [ref]
+    for row in table.rows:
+        rows.append(
+            {
+                "rank": row.rank,
+                "folder": row.folder,
+                "model": row.model_name,
+                "kind": row.kind,
+                "verification": row.verification,
+                "best_of_n": row.best_of_n,
+                "date": row.sub.date,
+                **_metric_values(row.doc.get("metrics", {})),
+            }
+        )
+    return rows
+
+
+def download_stem(table: Table) -> str:
+    """The file name (without suffix) of a table's downloads: its anchor, file-name safe."""
+    return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in table.anchor_id)
+
+
+def _csv_cell(value: Any) -> str:
+    """A number as its JSON text (the same digits as ``results.json``), empty when missing."""
+    if value is None:
+        return ""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return json.dumps(value)
+    return str(value)
+
+
+def write_downloads(table: Table, folder: Path) -> dict[str, str]:
+    """Write ``<stem>.csv`` and ``<stem>.json`` of ``table`` into ``folder``; return their names
+    relative to the site root (``downloads/...``)."""
+    import csv
+    import io
+
+    stem = download_stem(table)
+    fields = download_fields()
+    records = table_records(table)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(fields)
+    for rec in records:
+        writer.writerow([_csv_cell(rec[f]) for f in fields])
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / f"{stem}.csv", buf.getvalue())
+    doc = {
+        "schema": "cellbench.leaderboard-table/1",
+        "table": {
+            "id": table.anchor_id,
+            "dataset": table.dataset,
+            "dataset_version": table.dataset_version,
+            "simulated": table.simulated,
+            "metric_suite_version": table.suite,
+            "current": table.current,
+            "segmenter": table.segmenter,
+            "protocol": {
+                "name": table.protocol_name,
+                "version": table.protocol_version,
+                "sha256": table.protocol_sha256,
+                "n_tasks": table.n_tasks,
+            },
+            "artifacts_sha256": table.artifacts_sha256,
+        },
+        "columns": fields,
+        "rows": records,
+    }
+    atomic_write_text(folder / f"{stem}.json", json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
+    return {"csv": f"downloads/{stem}.csv", "json": f"downloads/{stem}.json"}
+
+
 # ------------------------------------------------------------------------------------- plot
 def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     if hi <= lo:
@@ -397,23 +593,43 @@ def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     return ticks
 
 
+def _ci(est: dict) -> tuple[float, float] | None:
+    lo, hi = ((est or {}).get("ci") or [None, None])[:2]
+    ok = all(isinstance(v, int | float) and math.isfinite(v) for v in (lo, hi))
+    return (float(lo), float(hi)) if ok else None
+
+
 def trade_off_plot(table: Table) -> dict | None:
-    """Coordinates of the overall-reward-vs-FID_o scatter of one table (None without points)."""
+    """The overall-reward-vs-FID_o scatter of one table (None without points).
+
+    Each point carries its 95% intervals on both axes where ``results.json`` has them (FID_o over
+    resampled generated images, overall the bootstrap of the mean) as bars, and a number placed so
+    that no two labels overlap (:mod:`cellbench.leaderboard.labels`); the key below the plot maps
+    each number to its entry. The real reference is ``R``.
+    """
+    from cellbench.leaderboard.labels import place_labels
+
     points = []
     for row in table.rows:
         x, y = row.value("fid_o"), row.value("overall")
         if x is not None and y is not None:
+            metrics = row.doc.get("metrics", {})
             points.append(
                 {
                     "x": x,
                     "y": y,
-                    "label": row.model_name,
+                    "xci": _ci(metrics.get("fid_o")),
+                    "yci": _ci(metrics.get("overall")),
+                    "name": row.model_name,
                     "kind": row.kind,
+                    "folder": row.folder,
                     "href": f"entries/{row.folder}.html",
                 }
             )
     if not points:
         return None
+    for i, p in enumerate(points, start=1):
+        p["label"] = str(i)
     ref = table.reference_doc.get("reference", {}).get("metrics", {})
     rx, ry = (ref.get("fid_o") or {}).get("value"), (ref.get("overall") or {}).get("value")
     if rx is not None and ry is not None:
@@ -421,13 +637,18 @@ def trade_off_plot(table: Table) -> dict | None:
             {
                 "x": rx,
                 "y": ry,
-                "label": "real reference (split half)",
+                "xci": _ci(ref.get("fid_o")),
+                "yci": _ci(ref.get("overall")),
+                "name": "real reference (split half)",
                 "kind": "reference",
+                "folder": "",
                 "href": "",
+                "label": "R",
             }
         )
     w, h, left, right, top, bottom = 640, 360, 64, 24, 16, 48
-    xs, ys = [p["x"] for p in points], [p["y"] for p in points]
+    xs = [v for p in points for v in (p["x"], *(p["xci"] or ()))]
+    ys = [v for p in points for v in (p["y"], *(p["yci"] or ()))]
     xt = _nice_ticks(min(0.0, min(xs)), max(xs) * 1.05 + 1e-9)
     yt = _nice_ticks(
         min(ys) - 0.05 * (max(ys) - min(ys) + 1), max(ys) + 0.05 * (max(ys) - min(ys) + 1)
@@ -441,12 +662,39 @@ def trade_off_plot(table: Table) -> dict | None:
 
     for p in points:
         p["cx"], p["cy"] = px(p["x"]), py(p["y"])
-        # labels near the right edge are drawn to the left of their point
-        p["anchor"] = "end" if p["cx"] > left + 0.6 * (w - left - right) else "start"
-        p["lx"] = round(p["cx"] - 8, 2) if p["anchor"] == "end" else round(p["cx"] + 8, 2)
-        if len(p["label"]) > 40:
-            p["label"] = p["label"][:39] + "…"
-        p["title"] = f"{p['label']}: overall {fmt(p['y'], 2)}, FID_o {fmt(p['x'], 2)}"
+        p["xbar"] = None if p["xci"] is None else (px(p["xci"][0]), px(p["xci"][1]))
+        p["ybar"] = None if p["yci"] is None else (py(p["yci"][0]), py(p["yci"][1]))
+
+        def ci_text(ci: tuple[float, float] | None) -> str:
+            return "" if ci is None else f" [{fmt(ci[0], 2)}, {fmt(ci[1], 2)}]"
+
+        p["overall_text"] = fmt(p["y"], 2) + ci_text(p["yci"])
+        p["fid_text"] = fmt(p["x"], 2) + ci_text(p["xci"])
+        p["title"] = (
+            f"{p['label']}: {p['name']}: overall {p['overall_text']}, FID_o {p['fid_text']}"
+        )
+    boxes = place_labels(
+        [(p["cx"], p["cy"]) for p in points],
+        [p["label"] for p in points],
+        (left, top, w - right, h - bottom),
+    )
+    for p, box in zip(points, boxes, strict=True):
+        p["box"] = {"x": round(box.x, 2), "y": round(box.y, 2), "w": box.w, "h": box.h}
+        p["lx"], p["ly"] = round(box.x + 1, 2), round(box.y + box.h - 2, 2)
+        bx, by = box.centre
+        dx, dy = bx - p["cx"], by - p["cy"]
+        d = math.hypot(dx, dy)
+        p["leader"] = None
+        if d > 16:  # placed away from its point: a leader line from the marker to the box edge
+            t = min(
+                (box.w / 2) / abs(dx) if dx else math.inf, (box.h / 2) / abs(dy) if dy else math.inf
+            )
+            p["leader"] = {
+                "x1": round(p["cx"] + dx * 5 / d, 2),
+                "y1": round(p["cy"] + dy * 5 / d, 2),
+                "x2": round(bx - dx * t, 2),
+                "y2": round(by - dy * t, 2),
+            }
     return {
         "width": w,
         "height": h,
@@ -571,22 +819,33 @@ class BuildSummary:
 
 
 def build_leaderboard(
-    submissions: str | Path, out: str | Path, *, stamp: str | None = None
+    submissions: str | Path,
+    out: str | Path,
+    *,
+    stamp: str | None = None,
+    data_dir: str | Path | None = None,
 ) -> BuildSummary:
-    """Write the site for the submissions under ``submissions`` into ``out``."""
+    """Write the site for the submissions under ``submissions`` into ``out``.
+
+    ``data_dir``: the data folder holding the entries' datasets, for the control | generated |
+    real target grids of the entry pages (without it, or for an entry without images, the page
+    says why there is no grid).
+    """
     submissions, out = Path(submissions), Path(out)
     subs = load_submissions(submissions)
     tables = group_tables(subs)
     env = _template_env()
     style, style_hash = _asset("style.css")
-    script, script_hash = _asset("sort.js")
+    scripts = [_asset(name) for name in SCRIPTS]
+    grids = _GridSource(None if data_dir is None else Path(data_dir))
     common = {
         "style": style,
         "style_hash": style_hash,
-        "script": script,
-        "script_hash": script_hash,
+        "scripts": [text for text, _ in scripts],
+        "script_hashes": " ".join(f"'{h}'" for _, h in scripts),
         "columns": columns(),
         "column_groups": column_groups(),
+        "collapsed_groups": " ".join(COLLAPSED_GROUPS),
         "group_note": GROUP_NOTE,
         "validation_doc": VALIDATION_DOC,
         "repo_url": REPO_URL,
@@ -598,10 +857,15 @@ def build_leaderboard(
         pages = []
         current = [t for t in tables if t.current]
         stale = [t for t in tables if not t.current]
+        downloads = {t.anchor_id: write_downloads(t, tmp / "downloads") for t in tables}
+        rows = [r for t in tables for r in t.rows]
         index = env.get_template("index.html.j2").render(
             **common,
             current=current,
             stale=stale,
+            downloads=downloads,
+            legend=legend(),
+            kinds=sorted({r.kind for r in rows}),
             plots={t.anchor_id: trade_off_plot(t) for t in current},
             reference_cells={t.anchor_id: reference_cells(t.reference_doc) for t in tables},
             reported=reported_tables(),
@@ -612,7 +876,7 @@ def build_leaderboard(
         pages.append("index.html")
         for table in tables:
             for row in table.rows:
-                pages.append(_write_entry(env, common, tmp, table, row))
+                pages.append(_write_entry(env, common, tmp, table, row, grids))
         atomic_write_text(tmp / MARKER, "built by cellbench leaderboard build\n")
         _swap_in(tmp, out)
     finally:
@@ -665,7 +929,94 @@ def held_out_per_moa(doc: dict) -> dict | None:
     return {"columns": cols, "rows": rows}
 
 
-def _write_entry(env: Any, common: dict, tmp: Path, table: Table, row: Row) -> str:
+#: the column headings of an entry's comparison grid (the PNG holds pixels only)
+GRID_COLUMNS: tuple[str, ...] = ("control", "generated", "real target")
+#: tasks shown per MoA in an entry's comparison grid
+GRID_PER_MOA = 2
+
+
+def _entry_images(folder: Path) -> Any:
+    """A context manager giving the entry's extracted image folder, or None when it has none.
+
+    The image archive of a submission is read by ``cellbench.submission.archive.extract_images``;
+    until that module exists every entry has no images.
+    """
+    import contextlib
+
+    try:
+        from cellbench.submission.archive import extract_images  # type: ignore[import-not-found]
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("cellbench.submission.archive",):
+            raise
+        return contextlib.nullcontext(None)
+    return extract_images(folder)
+
+
+class _GridSource:
+    """The datasets and protocols the entry grids read, opened once per build."""
+
+    def __init__(self, data_dir: Path | None):
+        self.data_dir = data_dir
+        self._datasets: dict[str, Any] = {}
+        self._protocols: dict[tuple, Any] = {}
+
+    def _protocol(self, doc: dict) -> tuple[Any, Any]:
+        """(dataset, protocol table) of a result; raises CellbenchError with the reason."""
+        from cellbench.data.bbbc021 import open_dataset
+        from cellbench.protocol import protocol_sha256
+        from cellbench.protocol_registry import build_named_protocol
+
+        ds_info, proto = doc.get("dataset") or {}, doc.get("protocol") or {}
+        name = str(ds_info.get("name"))
+        if name not in self._datasets:
+            try:
+                ds = open_dataset(name, self.data_dir)
+                ds.index_sha256  # noqa: B018 -- reads the index: a missing dataset fails here
+            except (CellbenchError, OSError):
+                ds = CellbenchError(f"dataset {name} is not in the build's --data-dir")
+            self._datasets[name] = ds
+        ds = self._datasets[name]
+        if isinstance(ds, CellbenchError):
+            raise ds
+        if ds.index_sha256 != ds_info.get("index_sha256"):
+            raise CellbenchError(f"the build's {name} is not the dataset this entry was scored on")
+        spec = protocol_spec_of(proto)
+        if spec is None:
+            raise CellbenchError("the entry's protocol is custom: the build cannot rebuild it")
+        key = (name, spec.name, proto.get("seed", 0))
+        if key not in self._protocols:
+            self._protocols[key] = build_named_protocol(ds, spec.name, int(proto.get("seed", 0)))
+        table = self._protocols[key]
+        if protocol_sha256(table) != proto.get("sha256"):
+            raise CellbenchError(f"protocol {spec.name} rebuilt here differs from the entry's")
+        return ds, table
+
+    def panels(self, row: Row, files_dir: Path) -> dict:
+        """The comparison grid of ``row``, its PNGs written into ``files_dir/comparison``:
+        ``{"panels": [...], "dir": ..., "note": None}``, or no panels and a ``note`` saying why
+        (nothing is left in the folder then)."""
+        from cellbench.leaderboard.entry_grid import entry_grid
+
+        out = {"panels": [], "dir": f"{row.folder}/comparison", "note": None}
+        if self.data_dir is None:
+            return out | {"note": "the page was built without a dataset (no --data-dir)"}
+        with _entry_images(row.sub.folder) as images:
+            if images is None:
+                return out | {"note": "this entry has no submitted images"}
+            try:
+                ds, table = self._protocol(row.doc)
+                panels = entry_grid(
+                    images, table, ds, files_dir / "comparison", per_moa=GRID_PER_MOA
+                )
+            except CellbenchError as exc:
+                shutil.rmtree(files_dir / "comparison", ignore_errors=True)
+                return out | {"note": f"no grid: {exc.message}"}
+        return out | {"panels": panels}
+
+
+def _write_entry(
+    env: Any, common: dict, tmp: Path, table: Table, row: Row, grids: _GridSource
+) -> str:
     files_dir = tmp / "entries" / row.folder
     files_dir.mkdir(parents=True, exist_ok=True)
     copied = []
@@ -701,6 +1052,8 @@ def _write_entry(env: Any, common: dict, tmp: Path, table: Table, row: Row) -> s
             for k, v in sorted(fid_model.items())
         ],
         grid=grid,
+        comparison=grids.panels(row, files_dir),
+        grid_columns=GRID_COLUMNS,
         files=[f"{row.folder}/{n}" for n in copied],
         provenance=_provenance(doc),
     )

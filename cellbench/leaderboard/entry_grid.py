@@ -1,0 +1,144 @@
+"""The control | generated | real target grid of a leaderboard entry page.
+
+For a few tasks of each MoA (the first ``per_moa`` answered tasks in protocol order), one PNG per
+MoA: one row per task, three 96x96 crops side by side, the task's control crop (the generator's
+input), the entry's generated image and the task's real target crop, shown as 8-bit RGB with the
+stains as R, G, B (as the metrics see them). The page draws the column headings and the captions;
+the PNG holds pixels only, so it needs no font. Same inputs, same bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from cellbench.errors import CellbenchError
+from cellbench.io import atomic_path
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from cellbench.data.bbbc021 import BBBC021Dataset
+
+#: pixels between crops and around the panel
+GAP = 2
+#: the three columns of a row, in order
+COLUMNS = ("control", "generated", "real target")
+
+
+@dataclass(frozen=True)
+class GridTask:
+    """One row of a MoA's panel."""
+
+    task_id: str
+    compound: str
+    dose: str
+
+
+@dataclass(frozen=True)
+class MoaPanel:
+    """The PNG of one MoA and the tasks of its rows (top to bottom)."""
+
+    moa: str
+    file: str
+    tasks: tuple[GridTask, ...]
+
+    @property
+    def alt(self) -> str:
+        """The image's alt text: what each row and column is."""
+        rows = "; ".join(f"{t.compound} at dose {t.dose}" for t in self.tasks)
+        return (
+            f"{self.moa}: {len(self.tasks)} task(s), one per row ({rows}); columns: the control "
+            "crop given to the generator, the generated image, the real target crop"
+        )
+
+
+def _slug(text: str) -> str:
+    """A file-name-safe form of a MoA name (letters, digits, ``-``)."""
+    out = "".join(ch.lower() if ch.isalnum() else "-" for ch in text)
+    return "-".join(p for p in out.split("-") if p) or "moa"
+
+
+def _dose(value: object) -> str:
+    try:
+        return f"{float(str(value)):g}"
+    except ValueError:
+        return str(value)
+
+
+def entry_grid(
+    images: str | Path,
+    protocol: pd.DataFrame,
+    dataset: BBBC021Dataset,
+    out_dir: str | Path,
+    *,
+    per_moa: int = 2,
+) -> list[MoaPanel]:
+    """Write one ``grid-<moa>.png`` per MoA into ``out_dir``; return the panels, MoAs sorted.
+
+    Args:
+        images: the entry's generated images (any layout ``cellbench eval`` reads).
+        protocol: the task table the images answer (:func:`cellbench.protocol.read_protocol`).
+        dataset: the dataset the protocol was built on (control and target crops are read there).
+        out_dir: folder for the PNGs (created).
+        per_moa: tasks shown per MoA (the first answered ones, protocol order).
+
+    Raises :class:`CellbenchError` when no image matches a task, or an image is not a 96x96x3
+    crop; an empty list is never returned.
+    """
+    from PIL import Image
+
+    from cellbench.images import discover_images, read_image
+
+    if per_moa < 1:
+        raise CellbenchError("per_moa must be at least 1")
+    found = discover_images(images, protocol)
+    picked: dict[str, list[tuple[dict, Path]]] = {}
+    for row in protocol.to_dict("records"):
+        paths = found.files.get(row["task_id"])
+        if not paths:
+            continue
+        rows = picked.setdefault(str(row["moa"]), [])
+        if len(rows) < per_moa:
+            rows.append((row, sorted(paths)[0]))
+    if not picked:
+        raise CellbenchError(
+            "no image matched a task of the protocol",
+            path=images,
+            fix="run `cellbench images check` on the entry's images",
+        )
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    size = 96
+    panels, used = [], set()
+    for moa in sorted(picked):
+        rows = picked[moa]
+        canvas = np.full(
+            (len(rows) * (size + GAP) + GAP, len(COLUMNS) * (size + GAP) + GAP, 3), 255, np.uint8
+        )
+        for i, (row, path) in enumerate(rows):
+            crops = (
+                dataset.load_crop(str(row["control_key"])),
+                read_image(path, allow_constant=True),
+                dataset.load_crop(str(row["target_key"])),
+            )
+            for j, crop in enumerate(crops):
+                if crop.shape != (size, size, 3):
+                    raise CellbenchError(f"expected a 96x96x3 crop, got {crop.shape}", path=path)
+                y, x = GAP + i * (size + GAP), GAP + j * (size + GAP)
+                canvas[y : y + size, x : x + size] = crop
+        name = f"grid-{_slug(moa)}"
+        while name in used:  # two MoA names with the same slug
+            name += "-"
+        used.add(name)
+        file = f"{name}.png"
+        with atomic_path(out_dir / file, suffix=".png") as tmp:
+            Image.fromarray(canvas).save(tmp, format="PNG", optimize=True)
+        tasks = tuple(
+            GridTask(str(r["task_id"]), str(r["compound"]), _dose(r["dose"])) for r, _ in rows
+        )
+        panels.append(MoaPanel(moa, file, tasks))
+    return panels
