@@ -680,7 +680,7 @@ def trade_off_plot(table: Table) -> dict | None:
     )
     for p, box in zip(points, boxes, strict=True):
         p["box"] = {"x": round(box.x, 2), "y": round(box.y, 2), "w": box.w, "h": box.h}
-        p["lx"], p["ly"] = round(box.x + 1, 2), round(box.y + box.h - 2, 2)
+        p["lx"], p["ly"] = round(box.x + 1, 2), round(box.y + 11.5, 2)
         bx, by = box.centre
         dx, dy = bx - p["cx"], by - p["cy"]
         d = math.hypot(dx, dy)

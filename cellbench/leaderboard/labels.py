@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-#: width of one character of the label font (11 px system-ui digits), and the label height
-CHAR_W, LABEL_H = 7.0, 12.0
+#: width of one character of the label font (11 px system-ui digits), and the label height (a
+#: rendered 11-px label is 13 px high; its baseline is 11.5 px below the box top)
+CHAR_W, LABEL_H = 7.0, 15.0
 #: half-size of a marker's box (markers are drawn with radius 5; a pixel of margin)
 MARKER_HALF = 6.0
 #: distances (px, from the point to the nearest edge of the label) tried in turn
