@@ -248,7 +248,7 @@ def test_page_renders_sorts_and_logs_no_error(page, tmp_path: Path) -> None:
     browser, site = page
     browser.open((site / "index.html").as_uri())
     counts = browser.js(
-        "Array.from(document.querySelectorAll('table')).map(t => t.querySelectorAll('tbody tr').length)"
+        "Array.from(document.querySelectorAll('table.sortable')).map(t => t.querySelectorAll('tbody tr').length)"
     )
     assert counts == [4, 2, 5, 3]  # current (reference + 3), stale (reference + 1), 2 reported
     assert browser.js("document.querySelector('svg circle') !== null") is True
@@ -270,7 +270,9 @@ def test_page_renders_sorts_and_logs_no_error(page, tmp_path: Path) -> None:
         "document.querySelector('table.ranked').tBodies[0].rows[0].textContent.includes('real reference')"
     )
     # a text column sorts too
-    browser.js("document.querySelector('table.ranked thead th:nth-child(2) button').click()")
+    browser.js(
+        "document.querySelector('table.ranked thead tr:last-child th:nth-child(2) button').click()"
+    )
     names = browser.js(
         "Array.from(document.querySelector('table.ranked').tBodies[1].rows).map(r => r.cells[1].dataset.sort)"
     )
