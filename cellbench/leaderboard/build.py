@@ -334,10 +334,12 @@ class Table:
     def anchor_id(self) -> str:
         state = "current" if self.current else "stale"
         art = "" if self.artifacts_sha256 is None else f"-a{self.artifacts_sha256[:8]}"
-        return (
+        raw = (
             f"{state}-{self.dataset}-suite{self.suite}-{self.segmenter}-{self.protocol_name}-"
             f"{self.protocol_sha256[:8]}{art}"
         )
+        # an HTML id and a file name (downloads): no spaces or markup characters
+        return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in raw)
 
     @property
     def reference_doc(self) -> dict:
@@ -521,8 +523,8 @@ def table_records(table: Table) -> list[dict[str, Any]]:
 
 
 def download_stem(table: Table) -> str:
-    """The file name (without suffix) of a table's downloads: its anchor, file-name safe."""
-    return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in table.anchor_id)
+    """The file name (without suffix) of a table's downloads: its anchor (file-name safe)."""
+    return table.anchor_id
 
 
 def _csv_cell(value: Any) -> str:
