@@ -244,8 +244,15 @@ def test_entry_grid_holds_control_generated_and_target(mini, tmp_path: Path) -> 
     panels = entry_grid(images, table, ds, tmp_path / "out", per_moa=2)
     assert [p.moa for p in panels] == sorted(table["moa"].unique())
     for panel in panels:
-        rows = table[table["moa"] == panel.moa].head(2)
-        assert [t.task_id for t in panel.tasks] == list(rows["task_id"])
+        moa = table[table["moa"] == panel.moa]
+        ids = [t.task_id for t in panel.tasks]
+        rows = moa[moa["task_id"].isin(ids)]
+        assert list(rows["task_id"]) == ids and len(ids) == min(2, len(moa))  # protocol order
+        if moa["dose"].nunique() > 1:  # two doses of one compound: one task of each
+            assert rows["dose"].nunique() == 2
+    assert any(table[table["moa"] == p.moa]["dose"].nunique() > 1 for p in panels)
+    for panel in panels:
+        rows = table[table["task_id"].isin([t.task_id for t in panel.tasks])]
         pixels = np.asarray(Image.open(tmp_path / "out" / panel.file))
         assert pixels.shape == (2 + 98 * len(rows), 296, 3)
         for i, row in enumerate(rows.itertuples()):

@@ -1,7 +1,7 @@
 """The control | generated | real target grid of a leaderboard entry page.
 
-For a few tasks of each MoA (the first ``per_moa`` answered tasks in protocol order), one PNG per
-MoA: one row per task, three 96x96 crops side by side, the task's control crop (the generator's
+For a few tasks of each MoA (``per_moa`` answered tasks, of different compounds, else doses, where
+the MoA has them; the first in protocol order otherwise), one PNG per MoA: one row per task, three 96x96 crops side by side, the task's control crop (the generator's
 input), the entry's generated image and the task's real target crop, shown as 8-bit RGB with the
 stains as R, G, B (as the metrics see them). The page draws the column headings and the captions;
 the PNG holds pixels only, so it needs no font. Same inputs, same bytes.
@@ -69,6 +69,24 @@ def _dose(value: object) -> str:
         return str(value)
 
 
+def _pick(rows: list[tuple[int, dict, Path]], n: int) -> list[tuple[dict, Path]]:
+    """``n`` of a MoA's answered tasks: a task of another compound first, then of another dose,
+    then the next in protocol order; returned in protocol order."""
+    chosen: list[tuple[int, dict, Path]] = []
+    for distinct in (("compound",), ("compound", "dose"), None):
+        for item in rows:
+            if len(chosen) == n:
+                break
+            if item in chosen:
+                continue
+            if distinct is not None:
+                seen = {tuple(str(c[1][k]) for k in distinct) for c in chosen}
+                if tuple(str(item[1][k]) for k in distinct) in seen:
+                    continue
+            chosen.append(item)
+    return [(row, path) for _, row, path in sorted(chosen, key=lambda c: c[0])]
+
+
 def entry_grid(
     images: str | Path,
     protocol: pd.DataFrame,
@@ -84,7 +102,7 @@ def entry_grid(
         protocol: the task table the images answer (:func:`cellbench.protocol.read_protocol`).
         dataset: the dataset the protocol was built on (control and target crops are read there).
         out_dir: folder for the PNGs (created).
-        per_moa: tasks shown per MoA (the first answered ones, protocol order).
+        per_moa: tasks shown per MoA (different compounds, else doses, first; protocol order).
 
     Raises :class:`CellbenchError` when no image matches a task, or an image is not a 96x96x3
     crop; an empty list is never returned.
@@ -96,14 +114,12 @@ def entry_grid(
     if per_moa < 1:
         raise CellbenchError("per_moa must be at least 1")
     found = discover_images(images, protocol)
-    picked: dict[str, list[tuple[dict, Path]]] = {}
-    for row in protocol.to_dict("records"):
+    answered: dict[str, list[tuple[int, dict, Path]]] = {}
+    for i, row in enumerate(protocol.to_dict("records")):
         paths = found.files.get(row["task_id"])
-        if not paths:
-            continue
-        rows = picked.setdefault(str(row["moa"]), [])
-        if len(rows) < per_moa:
-            rows.append((row, sorted(paths)[0]))
+        if paths:
+            answered.setdefault(str(row["moa"]), []).append((i, row, sorted(paths)[0]))
+    picked = {moa: _pick(rows, per_moa) for moa, rows in answered.items()}
     if not picked:
         raise CellbenchError(
             "no image matched a task of the protocol",
