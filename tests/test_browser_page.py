@@ -275,3 +275,22 @@ def test_entry_pages_grid_or_its_absence_and_escaping(board) -> None:
     assert browser.js("typeof window.__xss") == "undefined"
     assert re.search(r"window\.__xss", browser.js("document.body.innerText"))
     assert browser.errors() == []
+
+
+def test_without_script_every_column_shows_and_no_dead_controls(board) -> None:
+    browser, site = board
+    browser.call("Emulation.setScriptExecutionDisabled", {"value": True}, session=browser.session)
+    try:
+        browser.open((site / "index.html").as_uri())
+        form = "getComputedStyle(document.getElementById('filters')).display"
+        assert browser.js(form) == "none"
+        toggles = (
+            "Array.from(document.querySelectorAll('button.toggle')).filter(b => b.offsetParent)"
+        )
+        assert browser.js(f"{toggles}.length") == 0
+        assert browser.js(HEADS_JS) == [c.key for c in columns()]
+    finally:
+        browser.call(
+            "Emulation.setScriptExecutionDisabled", {"value": False}, session=browser.session
+        )
+    assert browser.errors() == []
