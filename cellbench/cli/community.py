@@ -103,7 +103,7 @@ def leaderboard_build(
     ] = None,
 ) -> None:
     """Build the static leaderboard (opens from disk: inline CSS/JS/SVG, no network), with
-    CSV/JSON downloads of each table in DIR/downloads/."""
+    CSV/JSON downloads of each table in OUT/downloads/."""
     from cellbench.leaderboard.build import build_leaderboard
     from cellbench.ui import info
 

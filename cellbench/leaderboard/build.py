@@ -6,10 +6,16 @@
   real reference row pinned on top; stale entries (older suite versions) in their own unranked
   tables; the overall-reward-vs-FID_o plot (inline SVG); the papers' reported figures in separate,
   labelled tables;
+* ``downloads/<table id>.csv`` and ``.json``: each table's values exactly as in the entries'
+  ``results.json`` (stable column names, :func:`download_fields`), linked above the table;
 * ``entries/<folder>.html``: a page per submission (metadata, links, per-MoA and per-compound
-  breakdowns, sample grid, provenance), with copies of its files in ``entries/<folder>/``.
+  breakdowns, the control | generated | real target grid when ``--data-dir`` is given and the
+  entry has images, sample grid, provenance), with copies of its files in ``entries/<folder>/``.
 
-Everything is inline (CSS, JS, SVG): the page opens from disk without a server or network. The
+``index.html`` also carries the metric legend (from the metric registry), search and filters
+(kind, best-of-N, verification) and column groups that collapse (``board.js``).
+
+Everything is inline or in the site folder (CSS, JS, SVG, PNG): the page opens from disk without a server or network. The
 output is deterministic: the same submissions give the same bytes, except the one build-stamp line
 of ``index.html`` (fixed with ``--stamp`` or ``SOURCE_DATE_EPOCH``). The site is built in a
 temporary folder beside ``--out`` and moved into place only when complete.
