@@ -11,19 +11,13 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from cellbench.features.segment._feature_kernels import add_perimeters, label_at
+
 #: measurements per object that do not depend on a channel, then those of each channel
 N_SHAPE = 6
 N_PER_CHANNEL = 5
 #: grey levels of the co-occurrence matrices (uint8 value >> 5)
 LEVELS = 8
-
-
-@njit(cache=True, nogil=True)
-def _label_at(lab, y, x):  # pragma: no cover - compiled
-    h, w = lab.shape
-    if y < 0 or x < 0 or y >= h or x >= w:
-        return 0
-    return lab[y, x]
 
 
 @njit(cache=True, nogil=True)
@@ -86,26 +80,12 @@ def compartment_profile(labels, images, chans, weights, out, col):  # pragma: no
                         glcm[c, k, q, q2] += 1.0
                         glcm[c, k, q2, q] += 1.0
                 border[y, x] = (
-                    _label_at(lab, y - 1, x) != c
-                    or _label_at(lab, y + 1, x) != c
-                    or _label_at(lab, y, x - 1) != c
-                    or _label_at(lab, y, x + 1) != c
+                    label_at(lab, y - 1, x) != c
+                    or label_at(lab, y + 1, x) != c
+                    or label_at(lab, y, x - 1) != c
+                    or label_at(lab, y, x + 1) != c
                 )
-        for y in range(h):
-            for x in range(w):
-                if not border[y, x]:
-                    continue
-                c = lab[y, x]
-                code = 1
-                for dy, dx, wt in (
-                    (-1, 0, 2), (1, 0, 2), (0, -1, 2), (0, 1, 2),
-                    (-1, -1, 10), (-1, 1, 10), (1, -1, 10), (1, 1, 10),
-                ):  # fmt: skip
-                    yy = y + dy
-                    xx = x + dx
-                    if 0 <= yy < h and 0 <= xx < w and border[yy, xx] and lab[yy, xx] == c:
-                        code += wt
-                per[c] += weights[code]
+        add_perimeters(lab, border, weights, per)
         width = N_SHAPE + N_PER_CHANNEL * nch
         acc = np.zeros(width)
         count = 0

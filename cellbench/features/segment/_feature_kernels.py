@@ -17,11 +17,34 @@ PERIMETER_WEIGHTS[[13, 23]] = (1.0 + np.sqrt(2.0)) / 2.0
 
 
 @njit(cache=True, nogil=True)
-def _label_at(lab, y, x):  # pragma: no cover - compiled
+def label_at(lab, y, x):  # pragma: no cover - compiled
     h, w = lab.shape
     if y < 0 or x < 0 or y >= h or x >= w:
         return 0
     return lab[y, x]
+
+
+@njit(cache=True, nogil=True)
+def add_perimeters(lab, border, weights, per):  # pragma: no cover - compiled
+    """Add each object's perimeter (scikit-image's 4-connectivity estimator) to ``per[label]``:
+    every border pixel of ``lab`` (``border``) weighted by :data:`PERIMETER_WEIGHTS` of its
+    neighbourhood code, in raster order."""
+    h, w = lab.shape
+    for y in range(h):
+        for x in range(w):
+            if not border[y, x]:
+                continue
+            c = lab[y, x]
+            code = 1
+            for dy, dx, wt in (
+                (-1, 0, 2), (1, 0, 2), (0, -1, 2), (0, 1, 2),
+                (-1, -1, 10), (-1, 1, 10), (1, -1, 10), (1, 1, 10),
+            ):  # fmt: skip
+                yy = y + dy
+                xx = x + dx
+                if 0 <= yy < h and 0 <= xx < w and border[yy, xx] and lab[yy, xx] == c:
+                    code += wt
+            per[c] += weights[code]
 
 
 @njit(cache=True, nogil=True)
@@ -57,27 +80,13 @@ def features_stack(nuclei, cells, cyto_mask, weights, out):  # pragma: no cover 
                     if cyto_mask[i, y, x]:
                         n_in_cyto += 1
                     b = (
-                        _label_at(nuc, y - 1, x) != c
-                        or _label_at(nuc, y + 1, x) != c
-                        or _label_at(nuc, y, x - 1) != c
-                        or _label_at(nuc, y, x + 1) != c
+                        label_at(nuc, y - 1, x) != c
+                        or label_at(nuc, y + 1, x) != c
+                        or label_at(nuc, y, x - 1) != c
+                        or label_at(nuc, y, x + 1) != c
                     )
                 border[y, x] = b
-        for y in range(h):
-            for x in range(w):
-                if not border[y, x]:
-                    continue
-                c = nuc[y, x]
-                code = 1
-                for dy, dx, wt in (
-                    (-1, 0, 2), (1, 0, 2), (0, -1, 2), (0, 1, 2),
-                    (-1, -1, 10), (-1, 1, 10), (1, -1, 10), (1, 1, 10),
-                ):  # fmt: skip
-                    yy = y + dy
-                    xx = x + dx
-                    if 0 <= yy < h and 0 <= xx < w and border[yy, xx] and nuc[yy, xx] == c:
-                        code += wt
-                per[c] += weights[code]
+        add_perimeters(nuc, border, weights, per)
         count = 0
         rsum = 0.0
         nmax = 0.0
