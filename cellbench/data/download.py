@@ -30,7 +30,6 @@ import os
 import re
 import shutil
 import tarfile
-import tempfile
 import zlib
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
@@ -49,6 +48,7 @@ from cellbench.data.remote_zip import (
 )
 from cellbench.errors import DataError, DownloadError
 from cellbench.extract import ExtractLimits, SafeTar, unsafe_name_reason
+from cellbench.io import atomic_path, temp_dir
 
 IMPA_ZENODO_URL = "https://zenodo.org/records/8307629/files/IMPA_reproducibility.zip"
 
@@ -243,15 +243,8 @@ def install_fingerprints(root: str | Path, path: str | Path) -> Path:
             path=dest,
             fix=f"remove {dest} first to replace them with {path}",
         )
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
-    os.close(fd)
-    try:
+    with atomic_path(dest) as tmp:  # the usual file permissions, renamed into place
         shutil.copyfile(path, tmp)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return dest
 
 
@@ -494,7 +487,7 @@ def _fetch_and_install(
         members = source.members()
         tar_member, tar_path = _fetch_tar(source, members, work, str(zip_path), lambda d, t: None)
 
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest_root.name}.partial-", dir=parent))
+    staging = temp_dir(f".{dest_root.name}.partial-", parent)  # 0755 under umask 022, not 0700
     try:
         _extract_tar(tar_path, staging)
         _verify_layout(staging)
