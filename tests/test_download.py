@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import os
 import socket
 import tarfile
 import zipfile
@@ -349,6 +350,32 @@ def test_tar_past_its_bounds_is_refused(
         download_bbbc021(dest, url=served.url, timeout=TIMEOUT)
     assert not dest.exists() and not list(tmp_path.rglob("*.npy"))
     assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
+
+
+def _modes(root: Path) -> set[tuple[str, int]]:
+    return {("dir" if p.is_dir() else "file", p.stat().st_mode & 0o777) for p in root.rglob("*")}
+
+
+@pytest.mark.parametrize("fingerprints", ["archive", "user"])
+def test_installed_dataset_has_the_usual_permissions(
+    served: Served, tmp_path: Path, fingerprints: str
+) -> None:
+    served.serve(make_zip())
+    user_fp = tmp_path / "emb_fp.csv"
+    user_fp.write_bytes(_fp_csv())
+    old = os.umask(0o022)
+    try:
+        dest = download_bbbc021(
+            tmp_path / "bbbc021",
+            url=served.url,
+            timeout=TIMEOUT,
+            fingerprints=user_fp if fingerprints == "user" else None,
+        )
+    finally:
+        os.umask(old)
+    assert dest.stat().st_mode & 0o777 == 0o755  # not tempfile.mkdtemp's 0700
+    assert _modes(dest) == {("dir", 0o755), ("file", 0o644)}
+    assert (dest / layout.FINGERPRINT_RELPATH).stat().st_mode & 0o777 == 0o644
 
 
 def test_unsafe_zip_member_name_is_refused(served: Served, tmp_path: Path):
