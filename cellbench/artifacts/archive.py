@@ -175,6 +175,7 @@ def fetch(
             f"--sha256 {sha256!r} is not a sha256 (64 hexadecimal digits)",
             fix="pass the sha256 published beside the archive's URL",
         )
+    created = not out.exists()  # a refused fetch leaves no folder it made
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".fetch-", dir=out))
     try:
@@ -219,3 +220,5 @@ def fetch(
         return install_staged(staging, out, dataset, index_sha256)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        if created and not any(out.iterdir()):
+            out.rmdir()
