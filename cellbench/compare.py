@@ -17,7 +17,6 @@ naming the file.
 from __future__ import annotations
 
 import csv
-import json
 import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from cellbench.errors import CellbenchError
+from cellbench.io import read_json
 from cellbench.metrics.bootstrap import CI_LEVEL, N_BOOTSTRAP, Estimate, bootstrap_mean
 from cellbench.metrics.registry import per_image_names, set_names
 from cellbench.metrics.rewards import overall_components
@@ -49,16 +49,7 @@ _RESULT_FIX = "pass the results.json that `cellbench eval --out FILE.json` wrote
 def load_result(path: str | Path) -> dict[str, Any]:
     """Read a whole-run result document of ``cellbench eval``; anything else is refused."""
     path = Path(path)
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise CellbenchError(
-            f"cannot read the result file ({exc.strerror or exc})", path=path, fix=_RESULT_FIX
-        ) from None
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise CellbenchError(
-            f"not a JSON result file ({exc})", path=path, fix=_RESULT_FIX
-        ) from None
+    doc = read_json(path, "result file", _RESULT_FIX)
     schema = doc.get("schema") if isinstance(doc, dict) else None
     if schema != RESULT_SCHEMA:
         raise CellbenchError(

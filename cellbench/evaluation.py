@@ -11,7 +11,6 @@ same order, so a merged result equals the unsharded one exactly, every field inc
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +19,7 @@ import pandas as pd
 
 from cellbench.data.bbbc021 import BBBC021Dataset, open_dataset
 from cellbench.errors import CellbenchError, ProtocolError
+from cellbench.io import read_json
 from cellbench.protocol import build_protocol, protocol_sha256, read_protocol
 from cellbench.protocol_registry import (
     DEFAULT_PROTOCOL,
@@ -202,10 +202,9 @@ def merge_shards(
     docs, parts = [], []
     for p in shard_results:
         jp, _, npz = result_paths(p)
-        try:
-            doc = json.loads(Path(jp).read_text())
-        except (OSError, ValueError) as exc:
-            raise CellbenchError(f"unreadable shard result ({exc})", path=jp) from None
+        doc = read_json(jp, "shard result", "re-run that shard")
+        if not isinstance(doc, dict):
+            raise CellbenchError("unreadable shard result (not a JSON object)", path=jp)
         if not doc.get("partial"):
             raise CellbenchError(
                 "not a --shard result", path=jp, fix="pass the files written with --shard K/N"

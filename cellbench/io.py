@@ -9,9 +9,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
+import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,14 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def temp_dir(prefix: str, parent: str | Path) -> Path:
+    """A new empty folder in ``parent`` with the usual permissions (``0777 & ~umask``, e.g. 0755),
+    not :func:`tempfile.mkdtemp`'s 0700: for staging folders renamed into place (a dataset)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    os.chmod(path, 0o777 & ~_umask())
+    return path
 
 
 def atomic_write_bytes(dest: str | Path, data: bytes) -> Path:
@@ -78,15 +88,87 @@ def is_within(path: str | Path, folder: str | Path) -> bool:
     return True
 
 
-def read_json_object(path: str | Path, what: str, fix: str) -> dict[str, Any]:
-    """The JSON object in ``path``; unreadable, not JSON or not an object: a one-line
-    :class:`~cellbench.errors.CellbenchError` that names ``what``, the file and ``fix``."""
+#: the deepest nesting of arrays and objects :func:`loads_json` accepts (result documents, metadata,
+#: manifests and configs nest fewer than 10 levels)
+MAX_JSON_DEPTH = 64
+
+_JSON_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?|[\[\]{}]')
+
+
+def json_depth(text: str) -> int:
+    """The deepest nesting of ``[`` and ``{`` in JSON ``text``, outside strings (no recursion)."""
+    depth = deepest = 0
+    for token in _JSON_TOKEN.findall(text):
+        if token in ("[", "{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif token in ("]", "}"):
+            depth -= 1
+    return deepest
+
+
+def _not_a_number(name: str) -> Any:
+    raise ValueError(f"{name} is not a finite number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is not a finite number (it overflows to {value})")
+    return value
+
+
+def loads_json(
+    text: str | bytes,
+    *,
+    max_depth: int = MAX_JSON_DEPTH,
+    object_pairs_hook: Callable[[list[tuple[str, Any]]], Any] | None = None,
+) -> Any:
+    """Parse untrusted JSON: nesting deeper than ``max_depth`` (checked before parsing, without
+    recursion), ``NaN``, ``Infinity`` and numbers that overflow to infinity (``1e999``) raise a
+    :class:`ValueError` saying which, as do malformed text and non-UTF-8 bytes.
+    ``object_pairs_hook`` is passed to :func:`json.loads` (e.g. to refuse duplicate keys)."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")
+    depth = json_depth(text)
+    if depth > max_depth:
+        raise ValueError(f"nested {depth} levels deep, more than the {max_depth} allowed")
+    return json.loads(
+        text,
+        parse_constant=_not_a_number,
+        parse_float=_finite_float,
+        object_pairs_hook=object_pairs_hook,
+    )
+
+
+def read_json(
+    path: str | Path, what: str, fix: str, *, error: type[CellbenchError] | None = None
+) -> Any:
+    """The untrusted JSON document in ``path`` (see :func:`loads_json`); unreadable, not JSON,
+    too deeply nested or holding a non-finite number: a one-line ``error`` (default
+    :class:`~cellbench.errors.CellbenchError`) that names ``what``, the file and ``fix``."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise CellbenchError(
-            f"unreadable {what} ({type(exc).__name__})", path=path, fix=fix
+        return loads_json(Path(path).read_bytes())
+    except OSError as exc:
+        raise (error or CellbenchError)(
+            f"cannot read the {what} ({exc.strerror or type(exc).__name__})", path=path, fix=fix
         ) from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, depth, non-finite
+        raise (error or CellbenchError)(
+            f"unreadable {what} ({_first_line(exc)})", path=path, fix=fix
+        ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:200]
+
+
+def read_json_object(path: str | Path, what: str, fix: str) -> dict[str, Any]:
+    """The JSON object in ``path`` (read with :func:`read_json`); unreadable, not JSON or not an
+    object: a one-line :class:`~cellbench.errors.CellbenchError` that names ``what``, the file
+    and ``fix``."""
+    data = read_json(path, what, fix)
     if not isinstance(data, dict):
         raise CellbenchError(f"{what} is not a JSON object", path=path, fix=fix)
     return data

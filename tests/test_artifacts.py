@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import tarfile
@@ -176,7 +177,7 @@ def test_fetch_with_a_wrong_hash_installs_nothing(served: Served, tmp_path: Path
     wrong = ("0" if sha[0] != "0" else "1") + sha[1:]
     with pytest.raises(DownloadError, match=f"sha256 is {sha}, not the published {wrong}"):
         _fetch(served, wrong, out)
-    assert list(out.iterdir()) == []
+    assert not out.exists()  # the folder it made is removed again
     with pytest.raises(CellbenchError, match="not a sha256"):
         _fetch(served, "abc", out)
 
@@ -226,8 +227,34 @@ def test_fetch_refuses_a_hostile_archive(
     out = tmp_path / "root" / "cellbench_artifacts"
     with pytest.raises(DownloadError, match=r"archive member .* is"):
         _fetch(served, hashlib.sha256(blob).hexdigest(), out)
-    assert [p.name for p in out.iterdir()] == []  # nothing written, no staging left
+    assert not out.exists()  # nothing written, no staging left, no empty folder
     assert not (tmp_path / "root" / "evil.json").exists()
+
+
+@pytest.mark.parametrize("kind", ["sparse", "many", "total"])
+def test_fetch_refuses_an_archive_past_its_bounds(
+    served: Served, tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch
+):
+    from tests.test_extract import append_members, gnu_sparse_member
+
+    make_set(tmp_path / "set")
+    archive.pack(tmp_path / "set", tmp_path / "set.tar.gz")
+    tar = gzip.decompress((tmp_path / "set.tar.gz").read_bytes())
+    if kind == "sparse":  # 4 KB of hole: only the sparse rule refuses it
+        tar = append_members(tar, gnu_sparse_member("reference_x.json", b"{}", 4096))
+        message = r"'reference_x\.json' is a sparse file"
+    elif kind == "many":
+        monkeypatch.setattr(archive, "MAX_MEMBERS", 2)
+        message = "more than 2 members"
+    else:
+        monkeypatch.setattr(archive, "MAX_TOTAL_BYTES", 100)
+        message = "more than 100 bytes in all"
+    blob = gzip.compress(tar)
+    served.serve(blob)
+    out = tmp_path / "root" / "cellbench_artifacts"
+    with pytest.raises(DownloadError, match=message):
+        _fetch(served, hashlib.sha256(blob).hexdigest(), out)
+    assert not out.exists()
 
 
 def test_fetch_bounds_the_download(served: Served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -236,7 +263,7 @@ def test_fetch_bounds_the_download(served: Served, tmp_path: Path, monkeypatch: 
     served.serve(blob)
     with pytest.raises(DownloadError, match="larger than 1000 bytes"):
         _fetch(served, hashlib.sha256(blob).hexdigest(), tmp_path / "o")
-    assert list((tmp_path / "o").iterdir()) == []
+    assert not (tmp_path / "o").exists()
 
 
 # ---------------------------------------------------------------------------------- registry

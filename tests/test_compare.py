@@ -145,7 +145,7 @@ def test_mismatched_or_unreadable_results_are_refused(
     not_result = _copy(a, tmp_path / "nr.json", set_in("schema", value="something/else"))
     refused(not_result, "not a cellbench eval result")
     (tmp_path / "bad.json").write_text("{ not json")
-    refused(tmp_path / "bad.json", "not a JSON result file")
+    refused(tmp_path / "bad.json", "unreadable result file")
     refused(tmp_path / "absent.json", "cannot read the result file")
     # the per-image CSV beside the result is what is paired
     no_csv = _copy(a, tmp_path / "nocsv.json", with_csv=False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import os
 import socket
 import tarfile
 import zipfile
@@ -26,6 +27,7 @@ from cellbench.data.download import download_bbbc021, has_fingerprints
 from cellbench.data.remote_zip import RemoteZip
 from cellbench.errors import DataError, DownloadError
 from tests.loopback_http import Served, loopback_server
+from tests.test_extract import append_members, gnu_sparse_member, pax_sparse_member
 
 TAR_NAME = "IMPA_reproducibility/datasets/bbbc021_all.tar"
 FP_NAME = "IMPA_reproducibility/embeddings/csv/emb_fp.csv"
@@ -315,6 +317,65 @@ def test_unsafe_tar_member_is_refused(served: Served, tmp_path: Path, kind: str)
     written = {p.name for p in tmp_path.rglob("*")}
     assert not written & {"evil.txt", "abs_evil.txt", "link", "target.txt", "hard", "dev"}
     assert not [p for p in dest.parent.iterdir() if ".partial-" in p.name]
+
+
+@pytest.mark.parametrize("make", [gnu_sparse_member, pax_sparse_member], ids=["gnu", "pax"])
+def test_sparse_tar_member_is_refused(served: Served, tmp_path: Path, make) -> None:
+    hole = make("bbbc021_all/Week1/hole.npy", b"evil", 5_000_000)
+    served.serve(make_zip(tar=append_members(make_tar(), hole)))
+    dest = tmp_path / "bbbc021"
+    with pytest.raises(DownloadError, match=r"'bbbc021_all/Week1/hole\.npy' is a sparse file"):
+        download_bbbc021(dest, url=served.url, timeout=TIMEOUT)
+    assert not dest.exists() and not list(tmp_path.rglob("*.npy"))
+    assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
+
+
+@pytest.mark.parametrize(
+    ("limit", "value", "message"),
+    [
+        ("MAX_TAR_MEMBERS", 5, "more than 5 members"),
+        ("MAX_TAR_MEMBER_BYTES", 20_000, "is larger than 20000 bytes"),
+        ("MAX_TAR_TOTAL_BYTES", 50_000, "more than 50000 bytes in all"),
+    ],
+)
+def test_tar_past_its_bounds_is_refused(
+    served: Served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit, value, message
+) -> None:
+    import cellbench.data.download as download
+
+    monkeypatch.setattr(download, limit, value)  # the tar: 6 members, 3 crops of 27,776 bytes
+    served.serve(make_zip())
+    dest = tmp_path / "bbbc021"
+    with pytest.raises(DownloadError, match=message):
+        download_bbbc021(dest, url=served.url, timeout=TIMEOUT)
+    assert not dest.exists() and not list(tmp_path.rglob("*.npy"))
+    assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
+
+
+def _modes(root: Path) -> set[tuple[str, int]]:
+    return {("dir" if p.is_dir() else "file", p.stat().st_mode & 0o777) for p in root.rglob("*")}
+
+
+@pytest.mark.parametrize("fingerprints", ["archive", "user"])
+def test_installed_dataset_has_the_usual_permissions(
+    served: Served, tmp_path: Path, fingerprints: str
+) -> None:
+    served.serve(make_zip())
+    user_fp = tmp_path / "emb_fp.csv"
+    user_fp.write_bytes(_fp_csv())
+    old = os.umask(0o022)
+    try:
+        dest = download_bbbc021(
+            tmp_path / "bbbc021",
+            url=served.url,
+            timeout=TIMEOUT,
+            fingerprints=user_fp if fingerprints == "user" else None,
+        )
+    finally:
+        os.umask(old)
+    assert dest.stat().st_mode & 0o777 == 0o755  # not tempfile.mkdtemp's 0700
+    assert _modes(dest) == {("dir", 0o755), ("file", 0o644)}
+    assert (dest / layout.FINGERPRINT_RELPATH).stat().st_mode & 0o777 == 0o644
 
 
 def test_unsafe_zip_member_name_is_refused(served: Served, tmp_path: Path):

@@ -165,7 +165,7 @@ def test_read_generation_record_refuses_what_is_not_a_record(tmp_path: Path) -> 
     assert read_generation_record(tmp_path) is None
     path = tmp_path / GENERATION_FILE
     for text, message in (
-        ('{"format": "cellbench-gen', "unreadable generation record (JSONDecodeError)"),
+        ('{"format": "cellbench-gen', "unreadable generation record (Unterminated string"),
         ("[1, 2]", "generation record is not a JSON object"),
         ('{"format": "other"}', "not a cellbench generation record"),
     ):

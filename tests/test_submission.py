@@ -269,7 +269,11 @@ def test_invalid_json_duplicate_keys_and_nan(sub: Path) -> None:
     (sub / "metadata.json").write_text('{"schema": "a", "schema": "b"}')
     assert "duplicate key 'schema'" in only(validate_submission(sub), "json")
     (sub / "metadata.json").write_text('{"x": NaN}')
-    assert "NaN is not a JSON number" in only(validate_submission(sub), "json")
+    assert "NaN is not a finite number" in only(validate_submission(sub), "json")
+    (sub / "metadata.json").write_text('{"x": 1e999}')  # Python would read inf
+    assert "1e999 is not a finite number" in only(validate_submission(sub), "json")
+    (sub / "metadata.json").write_text("[" * 20_000 + "]" * 20_000)  # no RecursionError
+    assert "nested 20000 levels deep" in only(validate_submission(sub), "json")
 
 
 # -------------------------------------------------------------------------------------- naming

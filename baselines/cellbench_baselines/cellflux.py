@@ -60,12 +60,23 @@ from cellbench_baselines.checkpoint import (
     load_run,
 )
 from cellbench_baselines.common import fingerprint_batch, param_count, resolve_device
-from cellbench_baselines.config import TRAINER_DEFAULTS
+from cellbench_baselines.config import (
+    BOOL,
+    OPTIMISER_BOUNDS,
+    TRAINER_BOUNDS,
+    TRAINER_DEFAULTS,
+    Bound,
+    Choice,
+    Float,
+    Int,
+)
 from cellbench_baselines.nn.unet import (
     PUBLISHED_CELLFLUX,
+    UNET_BOUNDS,
     UNET_DEFAULTS,
     UNet,
     unet_from_config,
+    unet_size_problem,
 )
 from cellbench_baselines.sampling import (
     cfg_combine,
@@ -171,6 +182,32 @@ PRESETS: dict[str, dict] = {
 }
 
 
+PREDICTIONS = ("velocity", "x1", "edm")
+
+#: the bounds of every CellFlux config key (checked before a network is built from a config file,
+#: a checkpoint or the authors' release; cellbench_baselines.config.check_config)
+BOUNDS: dict[str, Bound] = {
+    **TRAINER_BOUNDS,
+    **OPTIMISER_BOUNDS,
+    "noise_std": Float(0.0, 100.0),
+    "noise_prob": Float(0.0, 1.0),
+    "noise_per": Choice("image", "batch"),
+    "time_mean": Float(-20.0, 20.0),
+    "time_std": Float(0.0, 20.0),
+    "cond_drop_prob": Float(0.0, 1.0),
+    "guidance": Float(-100.0, 100.0),
+    "sampler": Choice("heun", "euler"),
+    "sample_steps": Int(1, 10_000),
+    "time_grid": Choice("edm", "uniform"),
+    "rho": Float(0.0, 100.0, lo_open=True),
+    "grid_from_zero": BOOL,
+    "pixel_io": Choice("round", "authors"),
+    "prediction": Choice(*PREDICTIONS),
+    "sigma_data": Float(0.0, 100.0, lo_open=True),
+    "unet": Bound("table", table=UNET_BOUNDS, check=unet_size_problem),
+}
+
+
 def read_cellflux_base(checkpoint: str | Path, dataset: str = "bbbc021") -> LoadedRun:
     """The CellFlux weights and config of ``checkpoint``: a ``cellbench train cellflux`` run or
     checkpoint, or the authors' released file (see :func:`find_authors_file`)."""
@@ -179,7 +216,7 @@ def read_cellflux_base(checkpoint: str | Path, dataset: str = "bbbc021") -> Load
     authors = find_authors_file(checkpoint, dataset)
     if authors is not None:
         return read_authors_checkpoint(authors)
-    return load_run(checkpoint, "cellflux")
+    return load_run(checkpoint, "cellflux", bounds=BOUNDS)
 
 
 def _check_config(cfg: dict) -> None:
@@ -208,9 +245,6 @@ def _check_config(cfg: dict) -> None:
         float(cfg.get("sigma_data", 0.5)) > 0 and float(cfg["noise_std"]) > 0
     ):
         raise CellbenchError("cellflux prediction 'edm' needs positive sigma_data and noise_std")
-
-
-PREDICTIONS = ("velocity", "x1", "edm")
 
 
 class VelocityFromX1(torch.nn.Module):
@@ -386,6 +420,7 @@ class CellFlux(TrainedGenerator):
         "2025); needs --checkpoint from `cellbench train cellflux`"
     )
     presets = PRESETS
+    config_bounds = BOUNDS
     post_trainer = "cellfluxrl"
 
     def __init__(

@@ -38,6 +38,7 @@ from torch import nn
 from cellbench.errors import CellbenchError
 from cellbench.io import sha256_file
 from cellbench_baselines.checkpoint import LoadedRun, load_torch_file
+from cellbench_baselines.config import check_config
 from cellbench_baselines.nn.layers import AttentionBlock, Downsample, ResBlock, Upsample
 from cellbench_baselines.nn.unet import PUBLISHED_CELLFLUX, UNet, unet_from_config
 
@@ -312,6 +313,16 @@ def read_authors_checkpoint(path: str | Path) -> LoadedRun:
     theirs, which = _ema_weights(obj["model"], path)
     try:
         config = published_config(infer_unet_config(theirs))
+    except (KeyError, ValueError, IndexError, TypeError) as exc:
+        raise CellbenchError(
+            f"not a CellFlux UNet of the published design ({type(exc).__name__}: {exc})",
+            path=path,
+            fix=_FIX,
+        ) from None
+    from cellbench_baselines.cellflux import BOUNDS
+
+    check_config(config, BOUNDS, where=path, fix=_FIX)  # before a network is built from it
+    try:
         with torch.device("meta"):
             net = unet_from_config(config["unet"])
     except (KeyError, ValueError, IndexError, TypeError) as exc:

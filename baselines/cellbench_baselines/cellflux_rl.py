@@ -51,6 +51,7 @@ from cellbench.data.layout import MOAS
 from cellbench.data.torch_dataset import from_model_range
 from cellbench.errors import CellbenchError
 from cellbench.metrics.rewards import REWARD_NAMES
+from cellbench_baselines.cellflux import BOUNDS as CELLFLUX_BOUNDS
 from cellbench_baselines.cellflux import (
     CellFlux,
     read_cellflux_base,
@@ -64,7 +65,16 @@ from cellbench_baselines.checkpoint import (
     LoadedRun,
     load_module_state,
 )
-from cellbench_baselines.config import TRAINER_DEFAULTS, resolve_config
+from cellbench_baselines.config import (
+    OPTIMISER_BOUNDS,
+    TRAINER_BOUNDS,
+    TRAINER_DEFAULTS,
+    Bound,
+    Choice,
+    Float,
+    Int,
+    resolve_config,
+)
 from cellbench_baselines.nft import (
     group_advantages,
     nft_loss,
@@ -110,6 +120,30 @@ _RL_KEYS: dict[str, Any] = {
     "grad_clip": 1.0,
     # generation with the post-trained model (`cellbench generate cellfluxrl`)
     "sample_guidance": 0.0,
+}
+
+#: the bounds of every CellFluxRL config key (cellbench_baselines.config.check_config); the base
+#: model's config is checked against CellFlux's
+BOUNDS: dict[str, Bound] = {
+    **TRAINER_BOUNDS,
+    **OPTIMISER_BOUNDS,
+    "base_checkpoint": Bound("str", max_len=4096),
+    "base_sha256": Bound("str", max_len=64),
+    "base_config": Bound("table", table=CELLFLUX_BOUNDS, nullable=True),
+    "group_size": Int(1, 4096),
+    "rollout_steps": Int(1, 10_000),
+    "rollout_batch": Int(1, 65_536),
+    "reward": Bound("mapping", nullable=True),
+    "nft_beta": Float(0.0, 10.0),
+    "ref_penalty": Float(0.0, 1e6),
+    "adv_clip": Float(0.0, 1e6, lo_open=True),
+    "adv_eps": Float(0.0, 1.0, lo_open=True),
+    "old_decay_rate": Float(0.0, 1.0),
+    "old_decay_max": Float(0.0, 1.0),
+    "old_decay_flat": Int(0, 10**9),
+    "train_batch": Int(1, 65_536),
+    "renoise": Choice("fresh", "rollout"),
+    "sample_guidance": Float(-100.0, 100.0),
 }
 
 PRESETS: dict[str, dict] = {
@@ -259,6 +293,7 @@ def resolve_rl_config(
             "base_sha256": base.sha256,
             "base_config": {"prediction": "velocity", **base.config},
         },
+        bounds=BOUNDS,
     )
     cfg["reward"] = normalise_reward_weights(cfg["reward"])
     check_config(cfg)
@@ -633,6 +668,7 @@ class CellFluxRL(CellFlux):
     )
     made_by = "cellbench rl cellflux"
     presets = PRESETS
+    config_bounds = BOUNDS
     post_trainer = None
 
     @classmethod

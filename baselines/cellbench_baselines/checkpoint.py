@@ -31,6 +31,7 @@ import io
 import json
 import os
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -43,7 +44,7 @@ from cellbench.errors import CellbenchError
 from cellbench.generators import Generator
 from cellbench.io import read_json_object, sha256_file
 from cellbench_baselines.common import resolve_device
-from cellbench_baselines.config import resolve_config
+from cellbench_baselines.config import TRAINER_BOUNDS, Bound, check_config, resolve_config
 
 if TYPE_CHECKING:
     from cellbench_baselines.trainer import TrainableModel
@@ -181,8 +182,18 @@ def checkpoint_model(checkpoint: str | Path) -> str:
     return str(run_record(checkpoint)[1].get("model"))
 
 
-def load_run(checkpoint: str | Path, model: str) -> LoadedRun:
-    """Read the EMA weights and config of a checkpoint of ``model`` (CellbenchError if foreign)."""
+#: the fix named when a checkpoint's config.json is outside its bounds
+CONFIG_BOUNDS_FIX = "this config.json was not written by `cellbench train`; use another checkpoint"
+
+
+def load_run(
+    checkpoint: str | Path, model: str, *, bounds: Mapping[str, Bound] | Bound | None = None
+) -> LoadedRun:
+    """Read the EMA weights and config of a checkpoint of ``model`` (CellbenchError if foreign).
+
+    The config is checked against ``bounds`` (:func:`cellbench_baselines.config.check_config`)
+    before the weights are read or anything is built from it.
+    """
     folder, meta = run_record(checkpoint)
     if meta.get("model") != model:
         raise CellbenchError(
@@ -190,6 +201,12 @@ def load_run(checkpoint: str | Path, model: str) -> LoadedRun:
             path=folder / CONFIG_FILE,
             fix=f"use `cellbench generate {meta.get('model')}` or a {model} checkpoint",
         )
+    check_config(
+        meta["config"],
+        TRAINER_BOUNDS if bounds is None else bounds,
+        where=folder / CONFIG_FILE,
+        fix=CONFIG_BOUNDS_FIX,
+    )
     flat, _ = read_safetensors(folder / MODEL_FILE)
     weights = split_prefixed(flat, [])
     sha = sha256_file(folder / MODEL_FILE)
@@ -301,6 +318,9 @@ class TrainedGenerator(Generator):
 
     #: the command whose ``--out RUN_DIR`` makes this generator's checkpoints (for the error text)
     made_by: ClassVar[str] = ""
+    #: the bounds of this generator's config keys (checked before anything is built from a
+    #: config file or a checkpoint's config.json; cellbench_baselines.config.check_config)
+    config_bounds: ClassVar[Mapping[str, Bound] | Bound] = TRAINER_BOUNDS
 
     @classmethod
     def load(
@@ -316,7 +336,7 @@ class TrainedGenerator(Generator):
                 fix=f"pass --checkpoint RUN_DIR from "
                 f"`{cls.made_by or 'cellbench train ' + cls.name} --out RUN_DIR`",
             )
-        run = load_run(checkpoint, cls.name)
+        run = load_run(checkpoint, cls.name, bounds=cls.config_bounds)
         gen = cls.from_checkpoint(dataset, run, resolve_device(device))
         gen.checkpoint_path = run.path
         gen.checkpoint_sha256 = run.sha256
@@ -338,7 +358,9 @@ class TrainedGenerator(Generator):
     def training_config(
         cls, spec: str | Path | dict | None, *, overrides: dict | None = None
     ) -> dict:
-        return resolve_config(dict(cls.presets), spec, overrides=overrides)
+        return resolve_config(
+            dict(cls.presets), spec, overrides=overrides, bounds=cls.config_bounds
+        )
 
     @classmethod
     def train(

@@ -81,6 +81,15 @@ from cellbench_baselines.checkpoint import (
     load_module_state,
 )
 from cellbench_baselines.common import fingerprint_batch, resolve_device
+from cellbench_baselines.config import (
+    BOOL,
+    OPTIMISER_BOUNDS,
+    TRAINER_BOUNDS,
+    Bound,
+    Float,
+    Int,
+    size_problem,
+)
 from cellbench_baselines.trainer import TrainableModel
 
 CONTROL_DOMAIN = "DMSO"
@@ -145,6 +154,38 @@ _CPU_SMALL: dict[str, Any] = {
     "lr": 1e-3,
     "mapping_lr": 1e-3,
 }
+
+#: the bounds of every IMPA config key (cellbench_baselines.config.check_config); the networks'
+#: size is then counted without allocating (BOUNDS.check)
+_KEY_BOUNDS: dict[str, Bound] = {
+    **TRAINER_BOUNDS,
+    **OPTIMISER_BOUNDS,
+    "betas": Bound("float_list", 0.0, 1.0, hi_open=True, min_len=2, max_len=2),
+    "dim_in": Int(1, 1024),
+    "max_conv_dim": Int(1, 4096),
+    "n_bottleneck": Int(0, 32),
+    "style_dim": Int(1, 4096),
+    "z_dim": Int(1, 4096),
+    "mapping_layers": Int(1, 32),
+    "mapping_hidden": Int(1, 8192),
+    "fingerprint_dim": Int(1, 16_384),
+    "residual_output": BOOL,
+    "lambda_adv": Float(0.0, 1e4),
+    "lambda_r1": Float(0.0, 1e4),
+    "lambda_sty": Float(0.0, 1e4),
+    "lambda_cyc": Float(0.0, 1e4),
+    "lambda_ds": Float(0.0, 1e4),
+    "ds_iters": Int(0, 10**9),
+    "p_control": Float(0.0, 1.0),
+    "mapping_lr": Float(0.0, 1.0, lo_open=True),
+}
+
+
+def _size_problem(cfg: dict) -> str | None:
+    return size_problem(lambda: build_networks({**_PAPER, **cfg}, 2))
+
+
+BOUNDS = Bound("table", table=_KEY_BOUNDS, check=_size_problem)
 
 #: architecture keys that must agree between a checkpoint's config and its weights
 ARCH_KEYS = ("dim_in", "max_conv_dim", "n_bottleneck", "style_dim", "z_dim", "mapping_layers")
@@ -549,6 +590,7 @@ class IMPA(TrainedGenerator):
         "authors' released <epoch>_nets.ckpt"
     )
     presets: ClassVar[dict[str, dict]] = {"paper": _PAPER, "cpu-small": _CPU_SMALL}
+    config_bounds = BOUNDS
 
     def __init__(
         self,

@@ -44,9 +44,28 @@ from cellbench.errors import CellbenchError
 from cellbench.generators import Generator
 from cellbench_baselines.checkpoint import LoadedRun, TrainedGenerator, load_module_state
 from cellbench_baselines.common import param_count
-from cellbench_baselines.config import TRAINER_DEFAULTS
-from cellbench_baselines.nn.diffusers_unet import DiffusersUNet2D
-from cellbench_baselines.nn.unet import UNET_DEFAULTS, UNet, unet_from_config
+from cellbench_baselines.config import (
+    BOOL,
+    OPTIMISER_BOUNDS,
+    TRAINER_BOUNDS,
+    TRAINER_DEFAULTS,
+    Bound,
+    Choice,
+    Float,
+    Int,
+)
+from cellbench_baselines.nn.diffusers_unet import (
+    DIFFUSERS_UNET_BOUNDS,
+    DiffusersUNet2D,
+    diffusers_unet_size_problem,
+)
+from cellbench_baselines.nn.unet import (
+    UNET_BOUNDS,
+    UNET_DEFAULTS,
+    UNet,
+    unet_from_config,
+    unet_size_problem,
+)
 from cellbench_baselines.sampling import (
     ddim_invert,
     ddim_sample,
@@ -112,6 +131,37 @@ _MODEL_KEYS = {
     "unet_diffusers": dict(AUTHORS_UNET),
     "scheduler": dict(AUTHORS_SCHEDULER),
     "proba_uncond": 0.0,  # "diffusers": chance of a step with a zero class embedding (CFG)
+}
+
+#: the bounds of every PhenDiff config key (cellbench_baselines.config.check_config)
+BOUNDS: dict[str, Bound] = {
+    **TRAINER_BOUNDS,
+    **OPTIMISER_BOUNDS,
+    "num_train_timesteps": Int(1, 100_000),
+    "beta_start": Float(0.0, 1.0, lo_open=True, hi_open=True),
+    "beta_end": Float(0.0, 1.0, lo_open=True, hi_open=True),
+    "ddim_steps": Int(1, 100_000),
+    "classes": Bound("str_list", min_len=0, max_len=100_000),
+    "network": Choice("adm", "diffusers"),
+    "unet": Bound("table", table=UNET_BOUNDS, check=unet_size_problem),
+    "unet_diffusers": Bound(
+        "table", table=DIFFUSERS_UNET_BOUNDS, check=diffusers_unet_size_problem
+    ),
+    "scheduler": Bound(
+        "table",
+        table={
+            "beta_schedule": Choice("linear", "scaled_linear", "squaredcos_cap_v2"),
+            "beta_start": Float(0.0, 1.0, lo_open=True, hi_open=True),
+            "beta_end": Float(0.0, 1.0, lo_open=True, hi_open=True),
+            "clip_sample": BOOL,
+            "clip_sample_range": Float(0.0, 1000.0, lo_open=True),
+            "num_train_timesteps": Int(1, 100_000),
+            "prediction_type": Choice("epsilon", "v_prediction", "sample"),
+            "rescale_betas_zero_snr": BOOL,
+            "timestep_spacing": Choice("leading", "trailing", "linspace"),
+        },
+    ),
+    "proba_uncond": Float(0.0, 1.0),
 }
 
 PRESETS: dict[str, dict] = {
@@ -267,6 +317,7 @@ class PhenDiff(TrainedGenerator):
         "or a pipeline folder saved by the authors' code"
     )
     presets = PRESETS
+    config_bounds = BOUNDS
 
     def __init__(
         self,

@@ -26,7 +26,6 @@ folder names); one of them must be ``DMSO``, the source class of every inversion
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +36,10 @@ from cellbench.data.bbbc021 import BBBC021Dataset
 from cellbench.data.torch_dataset import from_model_range, to_model_range
 from cellbench.errors import CellbenchError
 from cellbench.generators import Generator
-from cellbench.io import read_json_object, sha256_file
+from cellbench.io import read_json, read_json_object, sha256_file
+from cellbench_baselines.config import check_config as check_bounds
 from cellbench_baselines.nn.diffusers_unet import (
+    DIFFUSERS_UNET,
     DiffusersUNet2D,
     check_config,
     rename_legacy_attention,
@@ -229,6 +230,7 @@ def load_pipeline(folder: Path) -> tuple[DiffusersUNet2D, dict, Path]:
     """(UNet with the folder's weights, scheduler config, weights file) of a pipeline folder."""
     unet_cfg = _json(folder / UNET_CONFIG, "unet/config.json")
     sched_cfg = _json(folder / SCHEDULER_CONFIG, "scheduler/scheduler_config.json")
+    check_bounds(unet_cfg, DIFFUSERS_UNET, where=folder / UNET_CONFIG, fix=_FIX)
     try:
         check_config(unet_cfg)
         unet = DiffusersUNet2D(unet_cfg)
@@ -257,10 +259,7 @@ def read_classes(folder: Path, n_classes: int | None) -> list[str]:
     )
     if not path.is_file():
         raise CellbenchError("the pipeline folder does not name its classes", path=path, fix=fix)
-    try:
-        names = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CellbenchError(f"unreadable class list ({exc})", path=path, fix=fix) from None
+    names = read_json(path, "class list", fix)
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise CellbenchError("the class list is not a JSON list of names", path=path, fix=fix)
     if n_classes is None or len(names) != n_classes or CONTROL_CLASS not in names:

@@ -62,7 +62,12 @@ from cellbench_baselines.checkpoint import (
     run_record,
     write_checkpoint,
 )
-from cellbench_baselines.config import RESUMABLE_KEYS, backfill_config
+from cellbench_baselines.config import (
+    RESUMABLE_KEYS,
+    TRAINER_BOUNDS,
+    backfill_config,
+    check_config,
+)
 from cellbench_baselines.ema import EMA
 
 LOG_FILE = "log.csv"
@@ -451,8 +456,8 @@ class Trainer:
         from cellbench.ui import info, progress
 
         total = int(steps if steps is not None else self.cfg["steps"])
+        resumed, own = self._resume()  # a refused --init-from leaves no run folder behind
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        resumed, own = self._resume()
         main = self.rank == 0
         if main:
             if own:
@@ -592,6 +597,12 @@ def train(
             f"model {model_name!r} has no training recipe",
             fix="choose a trainable model (`cellbench ls models`)",
         )
+    check_config(
+        config,
+        getattr(generator_cls, "config_bounds", TRAINER_BOUNDS),
+        where=None,
+        fix="change the config value to one in the allowed range",
+    )  # before anything is allocated
     seed_everything(int(config["seed"]))
     model = generator_cls.trainable(dataset, config)
     trainer = Trainer(

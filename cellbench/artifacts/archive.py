@@ -5,9 +5,10 @@ lists, sorted, mode 0644, owner 0, mtime 0, gzip header without name or time): t
 the same archive bytes, so its sha256 can be published beside the URL.
 
 ``fetch`` downloads an archive, bounded while streaming (:data:`MAX_ARCHIVE_BYTES`), checks its
-sha256 against the published one *before* opening it, then extracts it member by member: only
-regular files with the names an artifact set has (:func:`allowed_member`), no links, no path
-leaving the target folder, each at most :data:`MAX_MEMBER_BYTES` (counted while copying, not
+sha256 against the published one *before* opening it, then extracts it member by member through
+:class:`cellbench.extract.SafeTar`: only regular files with the names an artifact set has
+(:func:`allowed_member`), no links, sparse files, no path leaving the target folder, each at most
+:data:`MAX_MEMBER_BYTES` and all at most :data:`MAX_TOTAL_BYTES` (counted while writing, not
 trusted from the header). The extracted manifest must verify and name the dataset being
 installed; then the set replaces the dataset's ``cellbench_artifacts/`` files
 (:func:`cellbench.artifacts.build.install_staged`). Nothing is installed unless every check passes.
@@ -29,6 +30,7 @@ from pathlib import Path
 
 from cellbench.artifacts.manifest import CLASSIFIER_FILES, MANIFEST_NAME, read_manifest
 from cellbench.errors import CellbenchError, DownloadError
+from cellbench.extract import ExtractLimits, SafeTar
 
 #: the largest archive ``fetch`` accepts (a set is a few MB)
 MAX_ARCHIVE_BYTES = 256 << 20
@@ -36,6 +38,8 @@ MAX_ARCHIVE_BYTES = 256 << 20
 MAX_MEMBER_BYTES = 128 << 20
 #: the most members an archive may have
 MAX_MEMBERS = 64
+#: the most all files of a set together may write
+MAX_TOTAL_BYTES = 512 << 20
 _CHUNK = 1 << 16
 _REFERENCE_RE = re.compile(r"^reference_[A-Za-z0-9_.-]{1,64}\.json$")
 UNSAFE_FIX = "the archive is unsafe or not a cellbench artifact set; do not use it and report it"
@@ -121,52 +125,34 @@ def download_bounded(
 def extract_set(archive: Path, target: Path, *, max_member: int | None = None) -> None:
     """Extract an artifact archive into the empty folder ``target``; refuse anything unexpected.
 
-    ``max_member`` (default :data:`MAX_MEMBER_BYTES`) bounds each file, counted while copying.
+    Through :class:`cellbench.extract.SafeTar`: at most :data:`MAX_MEMBERS` regular files with the
+    names of a set, no links, folders, sparse or special files; each at most ``max_member``
+    (default :data:`MAX_MEMBER_BYTES`) and all together at most :data:`MAX_TOTAL_BYTES`, counted
+    while writing. On a refusal nothing extracted is left.
     """
     max_member = MAX_MEMBER_BYTES if max_member is None else max_member
+    limits = ExtractLimits(
+        max_members=MAX_MEMBERS, max_member_bytes=max_member, max_total_bytes=MAX_TOTAL_BYTES
+    )
+    seen: set[str] = set()
 
-    def refuse(what: str) -> CellbenchError:
-        return DownloadError(what, path=archive, fix=UNSAFE_FIX)
+    def check(info: tarfile.TarInfo) -> str | None:
+        if not allowed_member(info.name):
+            return "is not a file of an artifact set"
+        if info.name in seen:
+            return "appears twice"
+        seen.add(info.name)
+        return None
 
     try:
-        with tarfile.open(archive, "r:gz") as tf:
-            seen: set[str] = set()
-            count = 0
-            while True:
-                info = tf.next()
-                if info is None:
-                    break
-                count += 1
-                if count > MAX_MEMBERS:
-                    raise refuse(f"the archive has more than {MAX_MEMBERS} members")
-                name = info.name
-                if not info.isfile():
-                    kind = "link" if info.issym() or info.islnk() else "folder or special file"
-                    raise refuse(f"archive member {name!r} is a {kind}")
-                if not allowed_member(name):
-                    raise refuse(f"archive member {name!r} is not a file of an artifact set")
-                if name in seen:
-                    raise refuse(f"archive member {name!r} appears twice")
-                if info.size > max_member:
-                    raise refuse(f"archive member {name!r} is larger than {max_member} bytes")
-                seen.add(name)
-                dest = target / name
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                src = tf.extractfile(info)
-                assert src is not None  # regular files always have data
-                written = 0
-                with src, open(dest, "wb") as out:
-                    for chunk in iter(lambda src=src: src.read(_CHUNK), b""):
-                        written += len(chunk)
-                        if written > max_member:
-                            raise refuse(
-                                f"archive member {name!r} is larger than {max_member} bytes"
-                            )
-                        out.write(chunk)
+        with SafeTar(archive, limits, fix=UNSAFE_FIX, allow_dirs=False, check=check) as tar:
+            tar.extract(target)
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
-        raise refuse(f"unreadable artifact archive ({exc})") from None
+        raise DownloadError(
+            f"unreadable artifact archive ({exc})", path=archive, fix=UNSAFE_FIX
+        ) from None
     if MANIFEST_NAME not in seen:
-        raise refuse(f"the archive has no {MANIFEST_NAME}")
+        raise DownloadError(f"the archive has no {MANIFEST_NAME}", path=archive, fix=UNSAFE_FIX)
 
 
 def fetch(
@@ -189,6 +175,7 @@ def fetch(
             f"--sha256 {sha256!r} is not a sha256 (64 hexadecimal digits)",
             fix="pass the sha256 published beside the archive's URL",
         )
+    created = not out.exists()  # a refused fetch leaves no folder it made
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".fetch-", dir=out))
     try:
@@ -233,3 +220,5 @@ def fetch(
         return install_staged(staging, out, dataset, index_sha256)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        if created and not any(out.iterdir()):
+            out.rmdir()

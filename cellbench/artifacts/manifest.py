@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from cellbench.errors import CellbenchError
-from cellbench.io import sha256_bytes, sha256_file
+from cellbench.io import read_json, sha256_bytes, sha256_file
 
 MANIFEST_NAME = "MANIFEST.json"
 MANIFEST_SCHEMA = "cellbench.artifacts/1"
@@ -60,10 +60,7 @@ def read_manifest(folder: Path, *, verify: bool = True) -> dict:
     """Read ``folder/MANIFEST.json``; with ``verify``, check every listed file's sha256."""
     path = folder / MANIFEST_NAME
     fix = "rebuild the set with `cellbench artifacts build` or fetch it again"
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise CellbenchError(f"unreadable artifact manifest ({exc})", path=path, fix=fix) from None
+    doc = read_json(path, "artifact manifest", fix)
     files = doc.get("files") if isinstance(doc, dict) else None
     if (
         not isinstance(doc, dict)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,11 +27,13 @@ import pandas as pd
 from cellbench.data import layout
 from cellbench.data.catalog import SPLIT_NAMES, DatasetCard, get_card
 from cellbench.errors import DataError
-from cellbench.io import is_within, sha256_file
+from cellbench.io import is_within, read_json, sha256_file
 from cellbench.registry import suggest
 
 _CONTROL_STATES = {"0", "control", "ctrl", "false"}
 _TREATED_STATES = {"1", "trt", "treated", "true"}
+
+_SIM_CONFIG_FIX = "make the dataset again with `cellbench data sim`"
 
 
 @dataclass(frozen=True)
@@ -80,10 +81,10 @@ class BBBC021Dataset:
         path = self.root / "sim_config.json"
         if not path.is_file():
             return None
-        try:
-            return json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise DataError(f"unreadable sim_config.json ({exc})", path=path) from None
+        doc = read_json(path, "sim_config.json", _SIM_CONFIG_FIX, error=DataError)
+        if not isinstance(doc, dict):
+            raise DataError("sim_config.json is not a JSON object", path=path, fix=_SIM_CONFIG_FIX)
+        return doc
 
     # ------------------------------------------------------------------ compounds
     @functools.cached_property

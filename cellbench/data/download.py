@@ -8,7 +8,8 @@ directory). If the server ignores range requests, the whole zip is downloaded (r
 work folder beside the destination and read with :class:`~cellbench.data.remote_zip.LocalZip`.
 
 :func:`download_bbbc021` then extracts ``bbbc021_all.tar`` into a temporary sibling of the
-destination (refusing absolute paths, ``..``, links and device files), strips the tar's top folder,
+destination (through :class:`cellbench.extract.SafeTar`: refusing absolute paths, ``..``, links,
+device and sparse files, and bounding the bytes written while writing them), strips the tar's top folder,
 adds ``embeddings/csv/emb_fp.csv``, checks the layout of :mod:`cellbench.data.layout`, and only then
 renames the folder into place.
 
@@ -29,7 +30,6 @@ import os
 import re
 import shutil
 import tarfile
-import tempfile
 import zlib
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
@@ -47,7 +47,8 @@ from cellbench.data.remote_zip import (
     download_whole,
 )
 from cellbench.errors import DataError, DownloadError
-from cellbench.io import is_within
+from cellbench.extract import ExtractLimits, SafeTar, unsafe_name_reason
+from cellbench.io import atomic_path, temp_dir
 
 IMPA_ZENODO_URL = "https://zenodo.org/records/8307629/files/IMPA_reproducibility.zip"
 
@@ -56,22 +57,19 @@ _NOT_FOUND_FIX = "check the URL (BBBC021 is in Zenodo record 8307629) or try aga
 _TAR_NAME_RE = re.compile(r"bbbc021[^/]*\.(tar|tar\.gz|tgz)$", re.IGNORECASE)
 _FP_NAME = "emb_fp.csv"
 _SAFE_FILENAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_UNSAFE_FIX = "the archive is unsafe; do not use it and report it"
+
+#: the most members the BBBC021 tar may list (docs/real-data.md: about 100K crops, plus folders)
+MAX_TAR_MEMBERS = 2_000_000
+#: the largest file of the BBBC021 tar (a crop is 27 KB, the index CSV a few MB)
+MAX_TAR_MEMBER_BYTES = 256 << 20
+#: the most the BBBC021 extraction writes in all (docs/real-data.md: about 2.8 GB installed); also
+#: bounded by the free disk space of the destination, counted while writing
+MAX_TAR_TOTAL_BYTES = 64 << 30
 
 
 # ---------------------------------------------------------------------------------------------
 # Choosing members
-
-
-def _unsafe_reason(name: str) -> str | None:
-    """Why an archive member path may not be written below a target folder (None if it may)."""
-    norm = name.replace("\\", "/")
-    if "\x00" in norm:
-        return "contains a NUL byte"
-    if norm.startswith("/") or re.match(r"^[A-Za-z]:", norm):
-        return "is an absolute path"
-    if ".." in PurePosixPath(norm).parts:
-        return "leaves the target folder ('..')"
-    return None
 
 
 def _candidates_text(names: Iterable[str], limit: int = 12) -> str:
@@ -101,7 +99,7 @@ def _select_tar(members: list[ZipMember], where: str) -> ZipMember:
         )
     found.sort(key=lambda m: ("/datasets/" not in f"/{m.name}", len(m.name)))
     chosen = found[0]
-    reason = _unsafe_reason(chosen.name)
+    reason = unsafe_name_reason(chosen.name)
     if reason:
         raise DownloadError(
             f"zip member {chosen.name!r} {reason}; refusing it",
@@ -143,7 +141,7 @@ def _fetch_fingerprints(
     candidates = [
         m
         for m in members
-        if not m.is_dir and m.name.lower().endswith(_FP_NAME) and not _unsafe_reason(m.name)
+        if not m.is_dir and m.name.lower().endswith(_FP_NAME) and not unsafe_name_reason(m.name)
     ]
     if not candidates:
         return None
@@ -245,15 +243,8 @@ def install_fingerprints(root: str | Path, path: str | Path) -> Path:
             path=dest,
             fix=f"remove {dest} first to replace them with {path}",
         )
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
-    os.close(fd)
-    try:
+    with atomic_path(dest) as tmp:  # the usual file permissions, renamed into place
         shutil.copyfile(path, tmp)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return dest
 
 
@@ -286,53 +277,38 @@ def _norm_tar_name(name: str) -> str:
     return norm
 
 
+def _extract_limits(target: Path) -> ExtractLimits:
+    """The bounds of the BBBC021 extraction: the constants, and the free disk space of ``target``."""
+    try:
+        free = shutil.disk_usage(target).free
+    except OSError:
+        free = MAX_TAR_TOTAL_BYTES
+    return ExtractLimits(
+        max_members=MAX_TAR_MEMBERS,
+        max_member_bytes=MAX_TAR_MEMBER_BYTES,
+        max_total_bytes=min(MAX_TAR_TOTAL_BYTES, free),
+    )
+
+
 def _extract_tar(tar_path: Path, target: Path) -> None:
     """Extract the BBBC021 tar into ``target``, stripping its top folder, refusing unsafe members.
 
-    Every member is checked before anything is written: absolute paths, ``..``, symlinks,
-    hardlinks, devices and FIFOs raise a :class:`DownloadError` naming the member.
+    Every member header is checked before anything is written (:class:`cellbench.extract.SafeTar`):
+    absolute paths, ``..``, symlinks, hardlinks, devices, FIFOs, sparse files, more than
+    :data:`MAX_TAR_MEMBERS` members, a declared size over :data:`MAX_TAR_MEMBER_BYTES` raise a
+    :class:`DownloadError` naming the member; bytes are then counted while written, so no member
+    passes its declared size and the whole passes neither :data:`MAX_TAR_TOTAL_BYTES` nor the free
+    disk space. A refused tar is deleted (it is never extracted again).
     """
     try:
-        with tarfile.open(tar_path, "r:*") as tf:
-            infos = tf.getmembers()
-            plan: list[tuple[tarfile.TarInfo, Path]] = []
-            for info in infos:
-                reason = _unsafe_reason(info.name)
-                if reason is None and not (info.isfile() or info.isdir()):
-                    kind = "link" if info.issym() or info.islnk() else "device or special file"
-                    reason = f"is a {kind}"
-                if reason is not None:
-                    raise DownloadError(
-                        f"tar member {info.name!r} {reason}; refusing to extract the archive",
-                        path=tar_path,
-                        fix="the archive is unsafe; do not use it and report it",
-                    )
-            prefix = _tar_prefix(infos, tar_path)
-            for info in infos:
-                name = _norm_tar_name(info.name)
-                if not name.startswith(prefix):
-                    continue
-                rel = name[len(prefix) :].strip("/")
-                if not rel or rel == ".":
-                    continue
-                dest = target / rel
-                if not is_within(dest, target):
-                    raise DownloadError(
-                        f"tar member {info.name!r} leaves the target folder; refusing to extract",
-                        path=tar_path,
-                        fix="the archive is unsafe; do not use it and report it",
-                    )
-                plan.append((info, dest))
-            for info, dest in plan:
-                if info.isdir():
-                    dest.mkdir(parents=True, exist_ok=True)
-                    continue
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                src = tf.extractfile(info)
-                if src is None:  # pragma: no cover - isfile() members always have data
-                    continue
-                with src, open(dest, "wb") as out:
-                    shutil.copyfileobj(src, out, _CHUNK)
+        with SafeTar(tar_path, _extract_limits(target), fix=_UNSAFE_FIX) as tar:
+            prefix = _tar_prefix(tar.members, tar_path)
+
+            def rename(name: str) -> str | None:
+                norm = _norm_tar_name(name)
+                return norm[len(prefix) :] if norm.startswith(prefix) else None
+
+            tar.extract(target, rename)
     except DownloadError:
         tar_path.unlink(missing_ok=True)  # unsafe or not BBBC021: never extract it again
         raise
@@ -511,7 +487,7 @@ def _fetch_and_install(
         members = source.members()
         tar_member, tar_path = _fetch_tar(source, members, work, str(zip_path), lambda d, t: None)
 
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest_root.name}.partial-", dir=parent))
+    staging = temp_dir(f".{dest_root.name}.partial-", parent)  # 0755 under umask 022, not 0700
     try:
         _extract_tar(tar_path, staging)
         _verify_layout(staging)

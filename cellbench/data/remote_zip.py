@@ -38,6 +38,7 @@ from typing import BinaryIO, Protocol
 
 from cellbench._version import __version__
 from cellbench.errors import DownloadError
+from cellbench.extract import Budget, ExtractLimits, copy_member, inflate_member
 from cellbench.io import atomic_path
 
 __all__ = [
@@ -497,6 +498,12 @@ def _check_supported(member: ZipMember, where: str) -> None:
         )
 
 
+def _member_limits(member: ZipMember) -> ExtractLimits:
+    """One member's bounds: its declared size (checked against the free disk space before the
+    download) is the most it may write."""
+    return ExtractLimits(max_members=1, max_member_bytes=member.size, max_total_bytes=member.size)
+
+
 class _Mismatch(Exception):
     """Raised inside a write block so that the temporary output is discarded."""
 
@@ -525,22 +532,16 @@ def _finish_member(member: ZipMember, part: Path, dest_file: Path) -> None:
             raise _corrupt(member, part, "CRC32 or size mismatch")
         os.replace(part, dest_file)
         return
+    budget = Budget(_member_limits(member), where=str(part), fix=REDOWNLOAD_FIX)
     try:
         with atomic_path(dest_file) as tmp, open(part, "rb") as src, open(tmp, "wb") as out:
-            inflater = zlib.decompressobj(-15)
-            for chunk in iter(lambda: src.read(_CHUNK), b""):
-                data = inflater.decompress(chunk, _CHUNK)
-                while data:
-                    crc = zlib.crc32(data, crc)
-                    size += len(data)
-                    out.write(data)
-                    data = inflater.decompress(inflater.unconsumed_tail, _CHUNK)
-            data = inflater.flush()
-            crc = zlib.crc32(data, crc)
-            size += len(data)
-            out.write(data)
-            if not inflater.eof or size != member.size or crc != member.crc32:
+            size, crc, ended = inflate_member(
+                src, out, name=member.name, declared=member.size, budget=budget
+            )
+            if not ended or size != member.size or crc != member.crc32:
                 raise _Mismatch("CRC32 or size mismatch after decompression")
+    except DownloadError as exc:  # inflated past its declared size: stopped there
+        raise _corrupt(member, part, exc.message) from None
     except _Mismatch as exc:
         raise _corrupt(member, part, str(exc)) from None
     except zlib.error as exc:
@@ -598,11 +599,22 @@ class LocalZip:
                 open(tmp, "wb") as out,
             ):
                 done = 0
-                for chunk in iter(lambda: src.read(_CHUNK), b""):
-                    out.write(chunk)
+
+                def _tick(chunk: bytes) -> None:
+                    nonlocal done
                     done += len(chunk)
                     if on_progress is not None:
                         on_progress(done, member.size)
+
+                budget = Budget(_member_limits(member), where=self.path, fix=REDOWNLOAD_FIX)
+                copy_member(
+                    src, out, name=member.name, declared=member.size, budget=budget, on_chunk=_tick
+                )
+        except DownloadError as exc:  # inflated past its declared size: stopped there
+            self.path.unlink(missing_ok=True)
+            raise DownloadError(
+                f"{exc.message}; the zip was deleted", path=self.path, fix=REDOWNLOAD_FIX
+            ) from None
         except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
             self.path.unlink(missing_ok=True)
             raise DownloadError(

@@ -27,7 +27,7 @@ from torch import nn
 
 from cellbench.data.layout import MOAS
 from cellbench.errors import CellbenchError
-from cellbench.io import atomic_path, atomic_write_text, sha256_file
+from cellbench.io import atomic_path, atomic_write_text, read_json_object, sha256_file
 
 HEAD_VERSION = "1"
 #: the flip variants the classifier is trained on: (flip rows, flip columns) of an (H, W, C) crop
@@ -193,12 +193,7 @@ def load_classifier(folder: str | Path) -> tuple[MoAHead, dict]:
     fix = "rebuild it with `cellbench classifier train` or reinstall cellbench"
     if not card_path.is_file() or not weights.is_file():
         raise CellbenchError("classifier artifact is incomplete", path=folder, fix=fix)
-    try:
-        card = json.loads(card_path.read_text())
-    except ValueError as exc:
-        raise CellbenchError(
-            f"unreadable classifier card ({exc})", path=card_path, fix=fix
-        ) from None
+    card = read_json_object(card_path, "classifier card", fix)
     digest = sha256_file(weights)
     if digest != card.get("weights_sha256"):
         raise CellbenchError(

@@ -16,7 +16,7 @@ import numpy as np
 
 from cellbench.data.bbbc021 import BBBC021Dataset
 from cellbench.errors import CellbenchError
-from cellbench.io import atomic_write_text, sha256_bytes
+from cellbench.io import atomic_write_text, loads_json, sha256_bytes
 from cellbench.metrics.rewards import SUITE_VERSION
 
 REFERENCE_SCHEMA = "cellbench.reference-stats/1"
@@ -85,7 +85,7 @@ def load_reference(path: str | Path, *, backend_identity: dict | None = None) ->
     path = Path(path)
     try:
         data = path.read_bytes()
-        doc = json.loads(data)
+        doc = loads_json(data)
     except (OSError, ValueError) as exc:
         raise CellbenchError(
             f"unreadable reference statistics ({exc})",

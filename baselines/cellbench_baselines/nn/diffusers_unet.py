@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cellbench_baselines.config import BOOL, Bound, Float, Int, size_problem
+
 #: the ``UNet2DModel`` configuration keys this network reads, with the library's defaults
 CONFIG_DEFAULTS: dict[str, Any] = {
     "sample_size": None,
@@ -55,6 +57,41 @@ CONFIG_DEFAULTS: dict[str, Any] = {
     "class_embed_type": None,
     "num_class_embeds": None,
 }
+
+#: the bounds of the numbers of a ``UNet2DModel`` config (cellbench_baselines.config.check_config;
+#: the block types and fixed settings are checked by :func:`check_config` here)
+DIFFUSERS_UNET_BOUNDS: dict[str, Bound] = {
+    "sample_size": Bound("int", 8, 1024, nullable=True),
+    "in_channels": Int(1, 64),
+    "out_channels": Int(1, 64),
+    "center_input_sample": BOOL,
+    "time_embedding_type": Bound("str", max_len=64),
+    "freq_shift": Float(-1000.0, 1000.0),
+    "flip_sin_to_cos": BOOL,
+    "down_block_types": Bound("str_list", min_len=1, max_len=8),
+    "up_block_types": Bound("str_list", min_len=1, max_len=8),
+    "block_out_channels": Bound("int_list", 1, 8192, min_len=1, max_len=8),
+    "layers_per_block": Int(1, 32),
+    "mid_block_scale_factor": Float(0.0, 1000.0),
+    "downsample_padding": Int(0, 8),
+    "act_fn": Bound("str", max_len=64),
+    "attention_head_dim": Bound("int", 1, 4096, nullable=True),
+    "norm_num_groups": Int(1, 1024),
+    "norm_eps": Float(0.0, 1.0, lo_open=True),
+    "resnet_time_scale_shift": Bound("str", max_len=64),
+    "add_attention": BOOL,
+    "class_embed_type": Bound("str", max_len=64, nullable=True),
+    "num_class_embeds": Bound("int", 0, 100_000, nullable=True),
+}
+
+
+def diffusers_unet_size_problem(cfg: dict) -> str | None:
+    """What is wrong with the size of the network ``cfg`` describes (None if it may be built)."""
+    return size_problem(lambda: DiffusersUNet2D(cfg))
+
+
+#: a config of the diffusers UNet: its keys' bounds, then its size counted without allocating
+DIFFUSERS_UNET = Bound("table", table=DIFFUSERS_UNET_BOUNDS, check=diffusers_unet_size_problem)
 
 #: keys of a saved config that carry no architecture (the library's bookkeeping)
 _IGNORED = {"_class_name", "_diffusers_version", "_name_or_path", "_use_default_values"}

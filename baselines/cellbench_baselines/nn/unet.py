@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cellbench_baselines.config import BOOL, Bound, Choice, Float, Int, size_problem
 from cellbench_baselines.nn.layers import (
     AttentionBlock,
     Downsample,
@@ -74,6 +75,38 @@ PUBLISHED_CELLFLUX: dict[str, Any] = {
 }
 #: its parameter count (the authors' UNetModel built with their "bbbc021" configuration)
 PUBLISHED_CELLFLUX_PARAMETERS = 56_201_219
+
+
+def unet_size_problem(cfg: dict) -> str | None:
+    """What is wrong with the size of the UNet ``cfg`` describes (None if it may be built):
+    see :func:`cellbench_baselines.config.size_problem`."""
+    return size_problem(lambda: unet_from_config(cfg))
+
+
+def _unet_bounds() -> dict[str, Bound]:
+    return {
+        "image_size": Int(8, 1024),
+        "in_channels": Int(1, 64),
+        "out_channels": Int(1, 64),
+        "base_channels": Int(1, 2048),
+        "channel_mult": Bound("int_list", 1, 16, min_len=1, max_len=8),
+        "num_res_blocks": Int(1, 32),
+        "attention_resolutions": Bound("int_list", 1, 1024, min_len=0, max_len=16),
+        "head_channels": Int(1, 4096),
+        "dropout": Float(0.0, 1.0, hi_open=True),
+        "cond_dim": Int(0, 16_384),
+        "num_classes": Int(0, 100_000),
+        "time_scale": Float(0.0, 1e6, lo_open=True),
+        "patch_size": Int(1, 16),
+        "null_attention": BOOL,
+        "resample": Choice("conv", "pool"),
+        "attention_heads": Int(0, 256),
+        "norm_eps": Float(0.0, 1.0, lo_open=True),
+    }
+
+
+#: the bounds of every key of :data:`UNET_DEFAULTS` (see cellbench_baselines.config.check_config)
+UNET_BOUNDS = _unet_bounds()
 
 
 class _Seq(nn.ModuleList):
