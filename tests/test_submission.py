@@ -183,24 +183,28 @@ def make_submission(
 ) -> Path:
     """A valid submission folder written with cellbench's own result writer."""
     from cellbench.results.builder import write_results
-    from cellbench.submission.archive import ARCHIVE_NAME, pack_images
 
     n = next(p for p in accepted_protocols() if p["dataset"] == "bbbc021-sim")["n_tasks"]
     table = _per_image(n, seed)
     folder = parent / name
     folder.mkdir(parents=True)
     write_results(results_doc(table), table, None, folder / "results.json")
-    images = write_images(table, parent / f".{name}-images")
+    (folder / "metadata.json").write_text(json.dumps(with_images(folder, table, meta), indent=2))
+    return folder
+
+
+def with_images(folder: Path, table: pd.DataFrame, meta: dict | None = None) -> dict:
+    """Pack the images of ``table`` into ``folder/images.tar.xz``; the metadata naming them."""
+    from cellbench.submission.archive import ARCHIVE_NAME, pack_images
+
+    images = write_images(table, folder.parent / f".{folder.name}-images")
     digest = pack_images(images, folder / ARCHIVE_NAME)
     shutil.rmtree(images)
-    meta = dict(meta or metadata())
-    meta["images"] = {
-        "archive": ARCHIVE_NAME,
-        "sha256": digest,
-        "bytes": (folder / ARCHIVE_NAME).stat().st_size,
+    size = (folder / ARCHIVE_NAME).stat().st_size
+    return {
+        **(meta or metadata()),
+        "images": {"archive": ARCHIVE_NAME, "sha256": digest, "bytes": size},
     }
-    (folder / "metadata.json").write_text(json.dumps(meta, indent=2))
-    return folder
 
 
 @pytest.fixture(scope="module")

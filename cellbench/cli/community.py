@@ -182,7 +182,8 @@ def leaderboard_build(
     summary = build_leaderboard(submissions, out, stamp=stamp, verified=verified or [])
     info(
         f"[green]wrote[/green] {out / 'index.html'}: {summary.n_entries} entries, "
-        f"{summary.n_tables} current table(s), {summary.n_stale} stale table(s)"
+        f"{summary.n_tables} ranked table(s), {summary.n_self_reported} self-reported, "
+        f"{summary.n_stale} stale table(s)"
     )
 
 

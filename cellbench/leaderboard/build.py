@@ -271,7 +271,7 @@ class Table:
 
     @property
     def anchor_id(self) -> str:
-        state = "stale" if not self.current else "current" if self.ranked else SELF_REPORTED
+        state = "stale" if not self.current else "current" if self.ranked else "unverified"
         art = "" if self.artifacts_sha256 is None else f"-a{self.artifacts_sha256[:8]}"
         return (
             f"{state}-{self.dataset}-suite{self.suite}-{self.segmenter}-{self.protocol_name}-"
