@@ -99,11 +99,12 @@ def submission_verify(
     """Re-score each entry's images with this toolkit and compare every number of its results.
 
     One line per entry (status and seconds), one line per differing field (JSON pointer,
-    submitted and computed value); exit 1 unless every entry is verified.
+    submitted and computed value); exit 1 unless every entry is verified (an older suite's entry
+    without images is reported stale and does not fail).
     """
     from cellbench.evaluation import parse_shard
     from cellbench.io import atomic_write_text
-    from cellbench.submission.verify import iter_lines, report_document, verify_paths
+    from cellbench.submission.verify import ACCEPTED, iter_lines, report_document, verify_paths
 
     shard_t = parse_shard(shard)
 
@@ -116,9 +117,10 @@ def submission_verify(
     )
     if report is not None:
         atomic_write_text(report, json.dumps(report_document(reports, shard_t), indent=2) + "\n")
-    bad = [r for r in reports if r.status != "verified"]
+    bad = [r for r in reports if r.status not in ACCEPTED]
+    n_ok = sum(r.status == "verified" for r in reports)
     typer.echo(
-        f"{len(reports) - len(bad)} of {len(reports)} entries verified"
+        f"{n_ok} of {len(reports)} entries verified, {len(bad)} failed or refused"
         + (f" (shard {shard})" if shard else ""),
         err=True,
     )

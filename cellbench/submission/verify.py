@@ -75,7 +75,8 @@ def _show(v: Any) -> str:
 @dataclass
 class EntryReport:
     """The outcome for one entry: ``verified``, ``failed`` (differences), ``refused`` (toolkit
-    differs or the entry cannot be re-scored) or ``no-images``."""
+    differs or the entry cannot be re-scored), ``no-images`` (a current-suite entry without
+    images) or ``stale`` (an older suite's entry without images: shown stale, not a failure)."""
 
     entry: str
     status: str
@@ -369,7 +370,16 @@ def verify_entry(
         rep.suite = doc.get("metric_suite_version")
         with extract_images(folder, download=download) as images:
             if images is None:
-                rep.status, rep.reason = "no-images", "the entry carries no image archive"
+                from cellbench.metrics.rewards import SUITE_VERSION
+
+                if rep.suite != SUITE_VERSION:  # shown in the stale section, never ranked
+                    rep.status = "stale"
+                    rep.reason = (
+                        f"metric suite {rep.suite} entry without images: cannot be re-scored "
+                        "(shown as stale, never ranked)"
+                    )
+                else:
+                    rep.status, rep.reason = "no-images", "the entry carries no image archive"
                 return rep
             with tempfile.TemporaryDirectory(prefix="cellbench-verify-") as tmp:
                 new, new_table = rescore_images(images, doc, Path(tmp), data_dir=data_dir)
@@ -470,6 +480,10 @@ def is_verified(record: dict[str, Any] | None, results: bytes, table: bytes) -> 
         and record.get("results_sha256") == sha256_bytes(results)
         and record.get("per_image_sha256") == sha256_bytes(table)
     )
+
+
+#: outcomes that do not fail ``cellbench submission verify``
+ACCEPTED = ("verified", "stale")
 
 
 def iter_lines(rep: EntryReport) -> Iterator[str]:
