@@ -241,6 +241,17 @@ def test_archive_with_an_extra_or_changed_image_fails_validate(sub: Path, tmp_pa
     assert "t000000000001.npy decodes to pixels whose sha256 is not" in text
 
 
+def test_entries_without_images_are_stale_or_self_reported_never_scored(sub: Path) -> None:
+    (sub / "images.tar.xz").unlink()
+    edit_json(sub / "metadata.json", lambda d: d.pop("images"))
+    rep = ver.verify_entry(sub)
+    assert (rep.status, rep.reason) == ("no-images", "the entry carries no image archive")
+    edit_json(sub / "results.json", lambda d: d.update(metric_suite_version="0"))
+    rep = ver.verify_entry(sub)
+    assert rep.status == "stale" and "suite 0 entry without images" in rep.reason
+    assert "stale" in ver.ACCEPTED and "no-images" not in ver.ACCEPTED
+
+
 # ----------------------------------------------------------------------- the comparison walk
 def test_compare_documents_walks_everything_but_the_volatile_fields() -> None:
     a = {"metrics": {"fid_o": {"value": 40.0}, "new_metric": {"value": 1.0}}, "wall_time_s": 3}
