@@ -455,3 +455,43 @@ def test_cli_verify_prints_time_writes_the_report_and_the_board_ranks_it(
     }
     with pytest.raises(CellbenchError, match="appears in two reports"):
         ver.read_reports([report, tmp_path / "r1.json"])
+
+
+@pytest.mark.slow
+def test_rescore_remakes_an_older_suite_entry_and_leaves_entries_without_images(
+    tiny_entry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`leaderboard rescore` replaces results.json and the table with the re-score of the images
+    (here the fixture's real re-score, written as `rescore_images` writes it), records it in the
+    metadata, and leaves an entry without images alone."""
+    from cellbench.leaderboard.rescore import rescore_all
+    from cellbench.metrics.rewards import SUITE_VERSION
+
+    subs = tmp_path / "submissions"
+    entry = shutil.copytree(tiny_entry["entry"], subs / "2026-01-15_identity")
+    edit_json(entry / "results.json", lambda d: d.update(metric_suite_version="0"))
+    (entry / "results.per_image.csv").write_text("old table\n")
+    bare = shutil.copytree(entry, subs / "2026-01-14_bare")
+    (bare / "images.tar.xz").unlink()
+    edit_json(bare / "metadata.json", lambda d: d.pop("images"))
+    before = {p.name: p.read_bytes() for p in bare.iterdir()}
+    doc, table = tiny_entry["rescored"]
+    calls = []
+
+    def fake(images: Path, old: dict, work: Path, **kwargs):
+        calls.append((sorted(p.name for p in images.iterdir())[:1], old["metric_suite_version"]))
+        (work / "results.json").write_text(json.dumps(doc))
+        (work / "results.per_image.csv").write_bytes(table)
+        return doc, table
+
+    monkeypatch.setattr(ver, "rescore_images", fake)
+    reps = {r.entry: r for r in rescore_all(subs, data_dir=tiny_entry["root"] / "data")}
+    assert reps["2026-01-14_bare"].status == "no-images"
+    assert {p.name: p.read_bytes() for p in bare.iterdir()} == before
+    assert reps["2026-01-15_identity"].status == "rescored" and calls[0][1] == "0"
+    assert json.loads((entry / "results.json").read_text()) == doc
+    assert (entry / "results.per_image.csv").read_bytes() == table
+    meta = json.loads((entry / "metadata.json").read_text())
+    assert meta["rescored"]["metric_suite_version"] == SUITE_VERSION
+    assert meta["rescored"]["from_suite"] == "0" and "images" in meta
+    assert not list(entry.glob(".*")) and not list(subs.glob(".rescore-*"))
