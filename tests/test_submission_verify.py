@@ -326,6 +326,7 @@ def _forged(tiny_entry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path
 @pytest.mark.slow
 def test_a_real_entry_verifies(tiny_entry) -> None:
     rep = tiny_entry["report"]
+    print(f"verify of the tiny identity entry: {rep.seconds:.1f} s")
     assert rep.status == "verified", [str(d) for d in rep.differences] or rep.reason
     assert rep.differences == [] and rep.seconds > 0
     doc, table = tiny_entry["rescored"]
