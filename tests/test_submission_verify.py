@@ -343,6 +343,13 @@ def test_hand_set_fid_o_fails_verify_naming_the_field(
     assert rep.status == "failed"
     assert [d.pointer for d in rep.differences] == ["/metrics/fid_o/value"]
     assert rep.differences[0].submitted == 1.5
+    # the fast gate sees it too: FID_o no longer agrees with its own details
+    text = "\n".join(map(str, validate_submission(entry, require_current_suite=False)))
+    assert "/fid_detail/model/fid_o: is " in text and "/metrics/fid_o/value is 1.5" in text
+    genuine = "\n".join(
+        map(str, validate_submission(tiny_entry["entry"], require_current_suite=False))
+    )
+    assert "/fid_detail" not in genuine and "per_moa" not in genuine  # the real entry agrees
 
 
 @pytest.mark.slow
