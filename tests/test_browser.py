@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from cellbench.leaderboard import build_leaderboard
-from tests.test_leaderboard import EVIL, demo_submissions
+from tests.test_leaderboard import EVIL, demo_submissions, verified_report
 
 pytestmark = pytest.mark.slow
 
@@ -224,7 +224,10 @@ class Browser:
 def page(chromium: str, tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("browser")
     site = root / "site"
-    build_leaderboard(demo_submissions(root), site, stamp="browser test")
+    subs = demo_submissions(root)
+    names = ["2026-01-15_toy-model", "2026-01-16_evil", "2026-01-17_identity"]
+    report = verified_report(subs, names, root / "verified.json")  # only verified rows are ranked
+    build_leaderboard(subs, site, stamp="browser test", verified=[report])
     browser = Browser(chromium, root / "profile")
     try:
         yield browser, site

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -51,7 +52,29 @@ def demo_submissions(root: Path) -> Path:
     fid(anchor, 60.0)
     old = make_submission(subs, "2025-06-01_old-model", seed=3)
     edit_json(old / "results.json", lambda d: d.update(metric_suite_version="0"))
+    # an older suite's entry without its images: it cannot be re-scored, so it is shown stale
+    (old / "images.tar.xz").unlink()
+    edit_json(old / "metadata.json", lambda d: d.pop("images"))
     return subs
+
+
+def verified_report(subs: Path, names: list[str], path: Path) -> Path:
+    """A report as `cellbench submission verify --report` writes it for entries it verified
+    (the re-scoring itself is tested in tests/test_submission_verify.py)."""
+    from cellbench.io import sha256_bytes
+    from cellbench.submission.verify import EntryReport, report_document
+
+    reps = [
+        EntryReport(
+            n,
+            "verified",
+            results_sha256=sha256_bytes((subs / n / "results.json").read_bytes()),
+            per_image_sha256=sha256_bytes((subs / n / "results.per_image.csv").read_bytes()),
+        )
+        for n in names
+    ]
+    path.write_text(json.dumps(report_document(reps, None)))
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +82,9 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("board")
     subs = demo_submissions(root)
     out = root / "site"
-    build_leaderboard(subs, out, stamp="STAMP-1")
+    names = ["2026-01-15_toy-model", "2026-01-16_evil", "2026-01-17_identity"]
+    report = verified_report(subs, names, root / "verified.json")
+    build_leaderboard(subs, out, stamp="STAMP-1", verified=[report])
     return subs, out
 
 
@@ -168,7 +193,7 @@ def test_detail_page(site: tuple[Path, Path]) -> None:
 def test_same_inputs_same_bytes_except_the_stamp(site: tuple[Path, Path], tmp_path: Path) -> None:
     subs, out = site
     again = tmp_path / "again"
-    build_leaderboard(subs, again, stamp="STAMP-2")
+    build_leaderboard(subs, again, stamp="STAMP-2", verified=[subs.parent / "verified.json"])
     first = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
     assert first == sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
     for rel in first:
@@ -216,9 +241,13 @@ def test_invalid_submission_stops_the_build(tmp_path: Path) -> None:
 
 def test_cli_build(site: tuple[Path, Path], tmp_path: Path) -> None:
     subs, _ = site
-    res = run_cli("leaderboard", "build", "--submissions", str(subs), "--out", str(tmp_path / "s"))
+    report = subs.parent / "verified.json"
+    res = run_cli(
+        "leaderboard", "build", "--submissions", str(subs), "--out", str(tmp_path / "s"),
+        "--verified", str(report),
+    )  # fmt: skip
     assert res.returncode == 0, res.stderr
-    assert "4 entries, 1 current table(s), 1 stale table(s)" in res.stderr
+    assert "4 entries, 1 ranked table(s), 0 self-reported, 1 stale table(s)" in res.stderr
     assert (tmp_path / "s" / "index.html").is_file()
 
 
@@ -238,7 +267,7 @@ def test_one_table_per_named_protocol_the_papers_one_labelled(tmp_path: Path) ->
     the whole test split) make three tables, in registry order, the papers' protocol labelled."""
     from cellbench.results.builder import write_results
     from cellbench.submission.validate import accepted_protocols
-    from tests.test_submission import _per_image, results_doc
+    from tests.test_submission import _per_image, results_doc, with_images
 
     subs = tmp_path / "submissions"
     make_submission(subs, "2026-01-15_iid-model", seed=0)
@@ -265,7 +294,8 @@ def test_one_table_per_named_protocol_the_papers_one_labelled(tmp_path: Path) ->
             doc["metric_suite_version"] = "2"
         (subs / folder).mkdir(parents=True)
         write_results(doc, table, None, subs / folder / "results.json")
-        (subs / folder / "metadata.json").write_text(json.dumps(metadata(), indent=2))
+        meta = metadata() if name == "custom" else with_images(subs / folder, table)
+        (subs / folder / "metadata.json").write_text(json.dumps(meta, indent=2))
     out = tmp_path / "site"
     build_leaderboard(subs, out, stamp="S")
     html = (out / "index.html").read_text()
@@ -334,3 +364,36 @@ def test_distance_cells_show_interval_and_small_n_warning() -> None:
     assert fid_o.interval == "[45.00, 56.50]" and "1000 resamples" in fid_o.title
     fid_c = metric_cell(doc, cols["fid_c"])
     assert fid_c.interval == "⚠ 2/3 compounds n < 30" and "FID_c averages 2 of 3" in fid_c.title
+
+
+def test_only_verified_entries_are_ranked(site: tuple[Path, Path], tmp_path: Path) -> None:
+    """Without a report nothing is ranked: the entries are shown apart, labelled self-reported;
+    a report for other bytes (results edited after verification) does not verify them."""
+    subs, _ = site
+    copy = tmp_path / "submissions"
+    shutil.copytree(subs, copy)
+    report = verified_report(
+        copy, ["2026-01-15_toy-model", "2026-01-17_identity"], tmp_path / "r.json"
+    )
+    edit_json(copy / "2026-01-15_toy-model" / "results.json", lambda d: d.update(wall_time_s=2.0))
+    summary = build_leaderboard(copy, tmp_path / "site", stamp="x", verified=[report])
+    assert (summary.n_tables, summary.n_self_reported, summary.n_stale) == (1, 1, 1)
+    html = (tmp_path / "site" / "index.html").read_text()
+    ranked, self_reported, _stale = _table_ids(html)
+    assert ranked.startswith("current-") and self_reported.startswith("unverified-")
+    assert _rows(html, ranked) == ["2026-01-17_identity"]  # an anchor: shown, not ranked
+    assert sorted(_rows(html, self_reported)) == ["2026-01-15_toy-model", "2026-01-16_evil"]
+    section = html.split(f'id="{self_reported}"', 1)[1].split("</section>", 1)[0]
+    assert ">rank<" not in section and 'class="badge self-reported"' in section
+    page = (tmp_path / "site" / "entries" / "2026-01-16_evil.html").read_text()
+    assert "self-reported" in page and "rank " not in page
+    summary = build_leaderboard(copy, tmp_path / "site2", stamp="x")
+    assert (summary.n_tables, summary.n_self_reported) == (0, 1)
+
+
+def test_an_older_suite_entry_with_images_must_be_rescored(tmp_path: Path) -> None:
+    subs = tmp_path / "submissions"
+    old = make_submission(subs, "2025-06-01_old-model", seed=3)
+    edit_json(old / "results.json", lambda d: d.update(metric_suite_version="0"))
+    with pytest.raises(CellbenchError, match="leaderboard rescore"):
+        build_leaderboard(subs, tmp_path / "site", stamp="x")

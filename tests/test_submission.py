@@ -73,8 +73,25 @@ def _per_image(n: int, seed: int) -> pd.DataFrame:
     values["overall"] = sum(OVERALL_WEIGHTS[r] * values[r] for r in REWARD_NAMES)
     values["moa_accuracy"] = (rng.uniform(0, 1, n) < values["moa"]).astype(float)
     rows.update(values)
-    rows["pixel_sha256"] = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(n)]
+    rows["true_moa"] = [MOAS[i % 12] for i in range(n)]
+    rows["pixel_sha256"] = [hashlib.sha256(_image(i).tobytes()).hexdigest() for i in range(n)]
     return pd.DataFrame(rows)
+
+
+def _image(i: int) -> np.ndarray:
+    """The synthetic image of row ``i`` (its pixel hash is the table's)."""
+    img = np.zeros((96, 96, 3), np.uint8)
+    img[0, 0] = (i & 255, i >> 8, 7)
+    img[10:20, 10:20, 1] = 200
+    return img
+
+
+def write_images(table: pd.DataFrame, folder: Path) -> Path:
+    """The image folder behind a per-image table of :func:`_per_image` (``path`` per row)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, rel in enumerate(table["path"]):
+        np.save(folder / rel, _image(i))
+    return folder
 
 
 def results_doc(table: pd.DataFrame) -> dict:
@@ -82,7 +99,7 @@ def results_doc(table: pd.DataFrame) -> dict:
     proto = next(p for p in accepted_protocols() if p["dataset"] == "bbbc021-sim")
     art = shipped_artifacts("bbbc021-sim", "classical")
     n = len(table)
-    moas = np.array([MOAS[i % 12] for i in range(n)])
+    moas = table["true_moa"].to_numpy().astype(str)
     lines = sorted(f"{t}\t{s}" for t, s in zip(table.task_id, table.pixel_sha256, strict=True))
 
     metric_names = per_image_names()
@@ -172,8 +189,22 @@ def make_submission(
     folder = parent / name
     folder.mkdir(parents=True)
     write_results(results_doc(table), table, None, folder / "results.json")
-    (folder / "metadata.json").write_text(json.dumps(meta or metadata(), indent=2))
+    (folder / "metadata.json").write_text(json.dumps(with_images(folder, table, meta), indent=2))
     return folder
+
+
+def with_images(folder: Path, table: pd.DataFrame, meta: dict | None = None) -> dict:
+    """Pack the images of ``table`` into ``folder/images.tar.xz``; the metadata naming them."""
+    from cellbench.submission.archive import ARCHIVE_NAME, pack_images
+
+    images = write_images(table, folder.parent / f".{folder.name}-images")
+    digest = pack_images(images, folder / ARCHIVE_NAME)
+    shutil.rmtree(images)
+    size = (folder / ARCHIVE_NAME).stat().st_size
+    return {
+        **(meta or metadata()),
+        "images": {"archive": ARCHIVE_NAME, "sha256": digest, "bytes": size},
+    }
 
 
 @pytest.fixture(scope="module")
@@ -415,7 +446,11 @@ def test_table_must_match_the_image_hash(sub: Path) -> None:
     table = pd.read_csv(sub / "results.per_image.csv")
     table.loc[0, "pixel_sha256"] = "0" * 64
     table.to_csv(sub / "results.per_image.csv", index=False, float_format="%.6g")
-    assert "do not give the images sha256" in only(validate_submission(sub), "numbers")
+    problems = validate_submission(sub)
+    assert set(codes(problems)) == {"numbers", "images"}, [str(p) for p in problems]
+    text = "\n".join(map(str, problems))
+    assert "do not give the images sha256" in text
+    assert "t000000000000.npy decodes to pixels whose sha256 is not" in text
 
 
 def test_value_outside_its_interval(sub: Path) -> None:

@@ -1,7 +1,8 @@
 """Make the reference leaderboard entries on bbbc021-sim from real `cellbench` runs.
 
 Each entry is answered with `cellbench generate`, scored with `cellbench eval`, given a sample
-grid and a metadata file whose `commands` are the very commands this script ran (relative paths,
+grid, its images packed into `images.tar.xz` (`cellbench submission pack`, so the leaderboard can
+re-score them: `cellbench submission verify`) and a metadata file whose `commands` are the very commands this script ran (relative paths,
 so anyone can repeat them), validated with `cellbench submission validate`, and only then moved
 into `submissions/<DATE>_<entry>/`. Re-run it after every metric suite version bump.
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import json
 import os
 import shutil
@@ -40,6 +42,7 @@ EVAL = (
     "--out results.json"
 )
 GRID = "cellbench submission grid images --protocol protocol.csv --out samples.png"
+PACK = "cellbench submission pack images --out images.tar.xz"
 TRAIN = "cellbench train {model} --dataset bbbc021-sim --data-dir data --config cpu-small --seed 0"
 CPU_SMALL_NOTES = "bbbc021-sim scale small, seed 0, training split only"
 
@@ -202,14 +205,15 @@ def make_entry(e: Entry, args: argparse.Namespace, protocol: Path, env: dict[str
     started = dt.datetime.now()
     run([str(bindir / generate[0]), *generate[1:], "--threads", str(args.threads)], work, env)
     generate_hours = (dt.datetime.now() - started).total_seconds() / 3600
-    for cmd in (EVAL, GRID):
+    for cmd in (EVAL, GRID, PACK):
         argv = cmd.split()
         run([str(bindir / argv[0]), *argv[1:]], work, env)
     stage = Path(args.work) / "stage" / f"{args.date}_{e.name}"
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir(parents=True)
-    for name in ("results.json", "results.per_image.csv", "samples.png"):
+    for name in ("results.json", "results.per_image.csv", "samples.png", "images.tar.xz"):
         shutil.copy(work / name, stage / name)
+    archive_sha = hashlib.sha256((stage / "images.tar.xz").read_bytes()).hexdigest()
     version = f"cellbench {cellbench.__version__}" + (f", {e.version}" if e.version else "")
     meta = {
         "schema": "cellbench.submission/1",
@@ -232,7 +236,12 @@ def make_entry(e: Entry, args: argparse.Namespace, protocol: Path, env: dict[str
             "generate_hours": round(generate_hours, 3),
         },
         "sample_grid": "samples.png",
-        "commands": [SIM, *e.training_commands, PROTOCOL, " ".join(generate), EVAL, GRID],
+        "commands": [SIM, *e.training_commands, PROTOCOL, " ".join(generate), EVAL, GRID, PACK],
+        "images": {
+            "archive": "images.tar.xz",
+            "sha256": archive_sha,
+            "bytes": (stage / "images.tar.xz").stat().st_size,
+        },
     }
     (stage / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
     run([str(bindir / "cellbench"), "submission", "validate", str(stage)], ROOT, env)

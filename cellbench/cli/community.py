@@ -1,4 +1,4 @@
-"""Community commands: submission validate|grid, leaderboard build, regress."""
+"""Community commands: submission validate|verify|pack|grid, leaderboard build|rescore, regress."""
 
 from __future__ import annotations
 
@@ -12,9 +12,13 @@ from cellbench.cli.app import app
 from cellbench.cli.options import JsonOpt
 
 submission_app = typer.Typer(
-    help="Leaderboard submissions: validate a folder, make its sample grid.", no_args_is_help=True
+    help="Leaderboard submissions: validate a folder, verify it by re-scoring its images, pack its "
+    "images, make its sample grid.",
+    no_args_is_help=True,
 )
-leaderboard_app = typer.Typer(help="Build the static leaderboard site.", no_args_is_help=True)
+leaderboard_app = typer.Typer(
+    help="Build the static leaderboard site; re-score its entries.", no_args_is_help=True
+)
 app.add_typer(submission_app, name="submission")
 app.add_typer(leaderboard_app, name="leaderboard")
 
@@ -68,6 +72,77 @@ def submission_validate(
         raise typer.Exit(1)
 
 
+@submission_app.command("verify")
+def submission_verify(
+    paths: Annotated[
+        list[Path],
+        typer.Argument(help="Submission folders, or a folder of them (e.g. submissions/)."),
+    ],
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Data folder holding the entries' dataset.")
+    ] = None,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            help="Verify only shard K/N of the entries (sorted by name); pass every shard's "
+            "--report to `leaderboard build --verified`."
+        ),
+    ] = None,
+    report: Annotated[
+        Path | None,
+        typer.Option(help="Write the outcome per entry (JSON) for `leaderboard build --verified`."),
+    ] = None,
+    no_download: Annotated[
+        bool, typer.Option("--no-download", help="Use only cached copies of URL image archives.")
+    ] = False,
+) -> None:
+    """Re-score each entry's images with this toolkit and compare every number of its results.
+
+    One line per entry (status and seconds), one line per differing field (JSON pointer,
+    submitted and computed value); exit 1 unless every entry is verified (an older suite's entry
+    without images is reported stale and does not fail).
+    """
+    from cellbench.evaluation import parse_shard
+    from cellbench.io import atomic_write_text
+    from cellbench.submission.verify import ACCEPTED, iter_lines, report_document, verify_paths
+
+    shard_t = parse_shard(shard)
+
+    def show(rep) -> None:
+        for line in iter_lines(rep):
+            typer.echo(line)
+
+    reports = verify_paths(
+        paths, data_dir=data_dir, shard=shard_t, download=not no_download, on_entry=show
+    )
+    if report is not None:
+        atomic_write_text(report, json.dumps(report_document(reports, shard_t), indent=2) + "\n")
+    bad = [r for r in reports if r.status not in ACCEPTED]
+    n_ok = sum(r.status == "verified" for r in reports)
+    typer.echo(
+        f"{n_ok} of {len(reports)} entries verified, {len(bad)} failed or refused"
+        + (f" (shard {shard})" if shard else ""),
+        err=True,
+    )
+    if bad:
+        raise typer.Exit(1)
+
+
+@submission_app.command("pack")
+def submission_pack(
+    images: Annotated[Path, typer.Argument(help="The image folder that `cellbench eval` scored.")],
+    out: Annotated[
+        Path, typer.Option("--out", help="Archive to write (images.tar.xz in the submission).")
+    ] = Path("images.tar.xz"),
+) -> None:
+    """Write the image folder as a deterministic images.tar.xz; print the metadata.json block."""
+    from cellbench.submission.archive import ARCHIVE_NAME, pack_images
+
+    digest = pack_images(images, out)
+    block = {"archive": ARCHIVE_NAME, "sha256": digest, "bytes": out.stat().st_size}
+    typer.echo(json.dumps({"images": block}, indent=2))
+
+
 @submission_app.command("grid")
 def submission_grid(
     images: Annotated[Path, typer.Argument(help="Folder of generated images.")],
@@ -101,17 +176,53 @@ def leaderboard_build(
             "page says there is none)."
         ),
     ] = None,
+    verified: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="Report(s) of `cellbench submission verify --report` (one per shard): only "
+            "entries they verify, with these exact results, are ranked; the others are shown "
+            "apart as self-reported."
+        ),
+    ] = None,
 ) -> None:
     """Build the static leaderboard (opens from disk: inline CSS/JS/SVG, no network), with
     CSV/JSON downloads of each table in OUT/downloads/."""
     from cellbench.leaderboard.build import build_leaderboard
     from cellbench.ui import info
 
-    summary = build_leaderboard(submissions, out, stamp=stamp, data_dir=data_dir)
+    summary = build_leaderboard(
+        submissions, out, stamp=stamp, data_dir=data_dir, verified=verified or []
+    )
     info(
         f"[green]wrote[/green] {out / 'index.html'}: {summary.n_entries} entries, "
-        f"{summary.n_tables} current table(s), {summary.n_stale} stale table(s)"
+        f"{summary.n_tables} ranked table(s), {summary.n_self_reported} self-reported, "
+        f"{summary.n_stale} stale table(s)"
     )
+
+
+@leaderboard_app.command("rescore")
+def leaderboard_rescore(
+    submissions: Annotated[Path, typer.Option(help="Folder of submissions.")] = Path("submissions"),
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Data folder holding the entries' dataset.")
+    ] = None,
+) -> None:
+    """Re-make every entry's results under the current metric suite from its images.
+
+    results.json and the per-image table are replaced together and metadata.json records the
+    re-score; entries without images are left alone (shown as stale). Exit 1 if any entry failed.
+    """
+    from cellbench.leaderboard.rescore import rescore_all
+
+    def show(rep) -> None:
+        typer.echo(
+            f"{rep.entry}: {rep.status} ({rep.seconds:.1f} s)"
+            + (f": {rep.reason}" if rep.reason else "")
+        )
+
+    reps = rescore_all(submissions, data_dir=data_dir, on_entry=show)
+    if any(r.status == "failed" for r in reps):
+        raise typer.Exit(1)
 
 
 @app.command("regress")

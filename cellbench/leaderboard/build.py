@@ -253,7 +253,8 @@ VERIFIED, SELF_REPORTED = "verified", "self-reported"
 class Row:
     sub: Submission
     rank: int | None = None
-    #: "verified" (re-scored from its images) or "self-reported"
+    #: ``verified`` when a verification report (``cellbench submission verify --report``) re-scored
+    #: exactly these results from the entry's images; ``self-reported`` otherwise (never ranked)
     verification: str = SELF_REPORTED
 
     @property
@@ -322,6 +323,8 @@ class Table:
     #: digest of the artifact set the rows were scored with (None: results older than the record)
     artifacts_sha256: str | None = None
     rows: list[Row] = field(default_factory=list)
+    #: the rows' verification: a current suite's verified and self-reported rows are two tables
+    verification: str = VERIFIED
 
     @property
     def protocol_label(self) -> str:
@@ -337,8 +340,13 @@ class Table:
         return self.suite == SUITE_VERSION
 
     @property
+    def ranked(self) -> bool:
+        """Only verified rows of the current suite are ranked."""
+        return self.current and self.verification == VERIFIED
+
+    @property
     def anchor_id(self) -> str:
-        state = "current" if self.current else "stale"
+        state = "stale" if not self.current else "current" if self.ranked else "unverified"
         art = "" if self.artifacts_sha256 is None else f"-a{self.artifacts_sha256[:8]}"
         raw = (
             f"{state}-{self.dataset}-suite{self.suite}-{self.segmenter}-{self.protocol_name}-"
@@ -352,11 +360,13 @@ class Table:
         return self.rows[0].doc
 
 
-def _table_key(sub: Submission) -> tuple:
+def _table_key(sub: Submission, verification: str = VERIFIED) -> tuple:
     """One table per dataset version, metric suite, segmenter, protocol (name, version and the
-    sha256 of its tasks; a result without a protocol name is ``custom``) and artifact set."""
+    sha256 of its tasks; a result without a protocol name is ``custom``), artifact set and, in the
+    current suite, verification (verified rows apart from self-reported ones)."""
     doc = sub.results or {}
     proto = doc["protocol"]
+    current = doc["metric_suite_version"] == SUITE_VERSION
     return (
         doc["dataset"]["name"],
         doc["metric_suite_version"],
@@ -367,7 +377,23 @@ def _table_key(sub: Submission) -> tuple:
         proto.get("version", ""),
         # ranked together only when scored with the same reference statistics and classifier
         (doc.get("artifacts") or {}).get("sha256"),
+        verification if current else "",
     )
+
+
+def verification_of(sub: Submission, records: dict[str, dict]) -> str:
+    """``verified`` when ``records`` (merged verification reports) verify this entry's exact
+    results and per-image table bytes; ``self-reported`` otherwise."""
+    from cellbench.submission.verify import is_verified
+
+    if sub.results is None or sub.name not in records:
+        return SELF_REPORTED
+    try:
+        results = (sub.folder / RESULTS_NAME).read_bytes()
+        table = (sub.folder / PER_IMAGE_NAME).read_bytes()
+    except OSError:
+        return SELF_REPORTED
+    return VERIFIED if is_verified(records[sub.name], results, table) else SELF_REPORTED
 
 
 def _rank(rows: list[Row]) -> None:
@@ -395,11 +421,14 @@ def _rank(rows: list[Row]) -> None:
         row.rank = rank
 
 
-def group_tables(subs: list[Submission]) -> list[Table]:
-    """Tables sorted: current suite first, then dataset, newer suite, segmenter, protocol."""
+def group_tables(subs: list[Submission], verified: dict[str, dict] | None = None) -> list[Table]:
+    """Tables sorted: current suite first (verified before self-reported), then dataset, newer
+    suite, segmenter, protocol. ``verified``: the merged verification report records by entry
+    (:func:`cellbench.submission.verify.read_reports`); without it no row is verified."""
     groups: dict[tuple, Table] = {}
     for sub in subs:
-        key = _table_key(sub)
+        how = verification_of(sub, verified or {})
+        key = _table_key(sub, how)
         doc = sub.results or {}
         table = groups.get(key)
         if table is None:
@@ -414,8 +443,9 @@ def group_tables(subs: list[Submission]) -> list[Table]:
                 protocol_name=key[5],
                 protocol_version=key[6],
                 artifacts_sha256=key[7],
+                verification=how if key[8] else VERIFIED,
             )
-        table.rows.append(Row(sub))
+        table.rows.append(Row(sub, verification=how))
     tables = list(groups.values())
     for t in tables:
         t.rows.sort(key=lambda r: r.folder)
@@ -428,7 +458,7 @@ def group_tables(subs: list[Submission]) -> list[Table]:
                     path=row.sub.folder / RESULTS_NAME,
                     fix="re-score both with the same cellbench release",
                 )
-        if t.current:
+        if t.ranked:
             _rank(t.rows)
         else:
             t.rows.sort(
@@ -437,6 +467,7 @@ def group_tables(subs: list[Submission]) -> list[Table]:
     tables.sort(
         key=lambda t: (
             not t.current,
+            not t.ranked,
             t.dataset,
             -_suite_order(t.suite),
             t.segmenter,
@@ -789,6 +820,20 @@ def load_submissions(root: str | Path) -> list[Submission]:
     return subs
 
 
+def _refuse_unrescored(subs: list[Submission]) -> None:
+    """An entry of an older suite that carries its images must be re-scored, not shown stale."""
+    from cellbench.submission.archive import images_ref
+
+    for sub in subs:
+        if not sub.is_current and images_ref(sub.metadata) is not None:
+            raise CellbenchError(
+                f"entry {sub.name} is from metric suite {sub.suite_version} but carries its "
+                f"images, so it can be re-scored under suite {SUITE_VERSION}",
+                path=sub.folder,
+                fix="run `cellbench leaderboard rescore` and commit the re-scored entries",
+            )
+
+
 def _prepare_out(out: Path) -> Path:
     """A fresh temporary folder beside ``out``; refuse to replace a folder that is not a site."""
     if out.exists():
@@ -824,6 +869,7 @@ class BuildSummary:
     n_tables: int
     n_stale: int
     pages: list[str]
+    n_self_reported: int = 0
 
 
 def build_leaderboard(
@@ -832,16 +878,22 @@ def build_leaderboard(
     *,
     stamp: str | None = None,
     data_dir: str | Path | None = None,
+    verified: list[str | Path] | None = None,
 ) -> BuildSummary:
     """Write the site for the submissions under ``submissions`` into ``out``.
 
     ``data_dir``: the data folder holding the entries' datasets, for the control | generated |
     real target grids of the entry pages (without it, or for an entry without images, the page
     says why there is no grid).
+    ``verified``: reports of ``cellbench submission verify --report`` (one per shard, merged);
+    only the entries they verify, with exactly these results, are ranked (docs/leaderboard.md).
     """
+    from cellbench.submission.verify import read_reports
+
     submissions, out = Path(submissions), Path(out)
     subs = load_submissions(submissions)
-    tables = group_tables(subs)
+    _refuse_unrescored(subs)
+    tables = group_tables(subs, read_reports(list(verified)) if verified else {})
     env = _template_env()
     style, style_hash = _asset("style.css")
     scripts = [_asset(name) for name in SCRIPTS]
@@ -863,13 +915,15 @@ def build_leaderboard(
     tmp = _prepare_out(out)
     try:
         pages = []
-        current = [t for t in tables if t.current]
+        current = [t for t in tables if t.ranked]
+        self_reported = [t for t in tables if t.current and not t.ranked]
         stale = [t for t in tables if not t.current]
         downloads = {t.anchor_id: write_downloads(t, tmp / "downloads") for t in tables}
         rows = [r for t in tables for r in t.rows]
         index = env.get_template("index.html.j2").render(
             **common,
             current=current,
+            self_reported=self_reported,
             stale=stale,
             downloads=downloads,
             legend=legend(),
@@ -890,7 +944,7 @@ def build_leaderboard(
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return BuildSummary(out, len(subs), len(current), len(stale), pages)
+    return BuildSummary(out, len(subs), len(current), len(stale), pages, len(self_reported))
 
 
 def _per_group(doc: dict, key: str) -> list[dict]:

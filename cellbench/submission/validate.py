@@ -14,9 +14,16 @@ What is checked:
   (no ``--shard`` part, every task of the protocol answered, no image problems), with FID/KID, on a
   dataset version and protocol the leaderboard accepts (``resources/leaderboard/protocols.json``),
   with the classifier, Inception and reference-statistics files that this cellbench ships;
-* the numbers: every overall and per-compound mean equals the mean of the per-image table within
-  the rounding of the two files, every value lies inside its interval, and the image hash
-  recomputed from the table equals the one in the results;
+* the numbers: every overall, per-MoA and per-compound mean equals the mean of the per-image
+  table within the rounding of the two files, every value lies inside its interval, the image
+  hash recomputed from the table equals the one in the results, and the FID/KID details agree
+  with the FID/KID values (the overall values, FID_c/KID_c as the means of the per-compound
+  values, the image counts);
+* the images: ``metadata.json`` names the archive (``images.tar.xz``, or a URL for a large
+  real-data set) for results of the current suite; a committed archive has the recorded sha256,
+  is extracted within bounds (:mod:`cellbench.submission.archive`) and every row of the
+  per-image table decodes from its file to its pixel hash (no re-scoring: that is
+  ``cellbench submission verify``);
 * against the merged state (a git ref or a folder): an already-merged submission's numbers and
   per-image table are unchanged.
 """
@@ -44,6 +51,7 @@ from cellbench.metrics.registry import distance_names, per_image_names, set_fn_m
 from cellbench.metrics.rewards import SUITE_VERSION
 from cellbench.results.document import RESULT_SCHEMA, SCORE_FIELDS
 from cellbench.results.schema import result_problems
+from cellbench.submission.archive import ARCHIVE_NAME, MAX_COMMITTED_BYTES, images_ref
 from cellbench.submission.schema import validate as schema_problems
 
 METADATA_NAME = "metadata.json"
@@ -61,6 +69,7 @@ SIZE_CAPS: dict[str, int] = {
     RESULTS_NAME: 4 * MiB,
     PER_IMAGE_NAME: 32 * MiB,
     README_NAME: 64 * KiB,
+    ARCHIVE_NAME: MAX_COMMITTED_BYTES,
 }
 GRID_CAP = 4 * MiB
 FOLDER_CAP = 48 * MiB
@@ -96,6 +105,8 @@ class Submission:
     results: dict | None = None
     per_image: Path | None = None
     grid: Path | None = None
+    #: the per-image table's rows as dicts (column -> text), once read
+    rows: list[dict[str, str]] | None = None
     problems: list[Problem] = field(default_factory=list)
 
     @property
@@ -282,11 +293,14 @@ def _check_metadata(r: _Reader, files: set[str]) -> None:
     allowed = {METADATA_NAME, RESULTS_NAME, PER_IMAGE_NAME, README_NAME}
     if isinstance(grid, str):
         allowed.add(grid)
+    ref = images_ref(doc)
+    if ref is not None and ref.archive == ARCHIVE_NAME:
+        allowed.add(ARCHIVE_NAME)
     for name in sorted(files - allowed):
         r.add(
             sub.folder / name,
             "unexpected file (allowed: metadata.json, results.json, results.per_image.csv, "
-            "README.md and the sample grid named in metadata.json)",
+            "README.md, the sample grid and the images.tar.xz named in metadata.json)",
             "layout",
         )
 
@@ -650,9 +664,15 @@ def _check_per_image(r: _Reader, files: set[str]) -> None:
             "task ids and pixel hashes do not give the images sha256 recorded in results.json",
             "numbers",
         )
+    sub.rows = [dict(zip(header, row, strict=True)) for row in body]
     by_compound: dict[str, list[list[str]]] = {}
     for row in body:
         by_compound.setdefault(row[col["compound"]], []).append(row)
+    by_moa: dict[str, list[list[str]]] = {}
+    if "true_moa" in header:
+        t = header.index("true_moa")
+        for row in body:
+            by_moa.setdefault(row[t], []).append(row)
     for metric in per_image_names():
         values = [v for v in (_finite(row[col[metric]]) for row in body) if v is not None]
         if metric == "moa_accuracy" and any(v not in (0.0, 1.0) for v in values):
@@ -669,6 +689,19 @@ def _check_per_image(r: _Reader, files: set[str]) -> None:
                 )
                 break
             _compare_mean(r, path, f"/per_compound/{compound}/{metric}", est, cvals)
+        for moa, mrows in sorted(by_moa.items()):
+            est = (doc.get("per_moa") or {}).get(moa, {}).get(metric)
+            mvals = [v for v in (_finite(x[col[metric]]) for x in mrows) if v is not None]
+            if est is None:
+                r.add(path, f"MoA {moa!r} is missing from results.json per_moa", "numbers")
+                break
+            _compare_mean(r, path, f"/per_moa/{moa}/{metric}", est, mvals)
+    if by_moa:
+        extra_moa = sorted(set(doc.get("per_moa") or {}) - set(by_moa))
+        if extra_moa:
+            r.add(
+                path, f"results.json has per_moa entries without images: {extra_moa[:3]}", "numbers"
+            )
     extra = sorted(set(doc["per_compound"]) - set(by_compound))
     if extra:
         r.add(path, f"results.json has per_compound entries without images: {extra[:3]}", "numbers")
@@ -699,6 +732,168 @@ def _compare_mean(r: _Reader, table: Path, where: str, est: dict, values: list[f
     lo, hi = est.get("ci", [None, None])
     if lo is not None and hi is not None and not (lo - 1e-6 <= value <= hi + 1e-6):
         r.add(results, f"{where}: value {value} lies outside its interval [{lo}, {hi}]", "numbers")
+
+
+def _close6(stored: Any, raw: Any) -> bool:
+    """Whether ``stored`` is ``raw`` rounded to the 6 decimals results keep."""
+    if not isinstance(stored, int | float) or not isinstance(raw, int | float):
+        return stored is None and raw is None
+    return abs(stored - raw) <= 5e-7 + 1e-9 * abs(raw)
+
+
+def _check_fid_detail(r: _Reader) -> None:
+    """FID/KID values against their details: the overall and per-compound values, the means
+    that make FID_c and KID_c, the image counts and the compounds (no re-scoring)."""
+    doc = r.sub.results
+    if doc is None or not isinstance(doc.get("fid_detail"), dict):
+        return
+    path = r.sub.folder / RESULTS_NAME
+    model = doc["fid_detail"].get("model")
+    if not isinstance(model, dict):
+        return
+    metrics, n_images = doc["metrics"], doc["images"]["n_images"]
+
+    def bad(where: str, what: str) -> None:
+        r.add(path, f"/fid_detail/model/{where}: {what}", "numbers")
+
+    for name in ("fid_o", "kid_o", "fid_c", "kid_c"):
+        est = metrics.get(name) or {}
+        if name in model and not _close6(est.get("value"), model[name]):
+            bad(name, f"is {model[name]} but /metrics/{name}/value is {est.get('value')}")
+        lo, hi = (est.get("ci") or [None, None])[:2]
+        v = est.get("value")
+        if None not in (lo, hi, v) and not (lo - 1e-6 <= v <= hi + 1e-6):
+            r.add(
+                path,
+                f"/metrics/{name}: value {v} lies outside its interval [{lo}, {hi}]",
+                "numbers",
+            )
+        if "n_gen" in est and est["n_gen"] != n_images:
+            r.add(
+                path,
+                f"/metrics/{name}/n_gen is {est['n_gen']} but {n_images} images were scored",
+                "numbers",
+            )
+    overall = model.get("overall") or {}
+    for key, name in (("fid", "fid_o"), ("kid", "kid_o")):
+        if key in overall and name in model and overall[key] != model[name]:
+            bad(
+                f"overall/{key}", f"is {overall[key]} but /fid_detail/model/{name} is {model[name]}"
+            )
+    if "n_gen" in overall and overall["n_gen"] != n_images:
+        bad("overall/n_gen", f"is {overall['n_gen']} but {n_images} images were scored")
+    per = model.get("per_compound")
+    if not isinstance(per, dict) or not per:
+        return
+    for key, name in (("fid", "fid_c"), ("kid", "kid_c")):
+        vals = [c.get(key) for c in per.values() if isinstance(c, dict)]
+        if name in model and all(isinstance(v, int | float) for v in vals):
+            mean = sum(vals) / len(vals)
+            if abs(mean - model[name]) > 1e-9 * max(1.0, abs(mean)):
+                bad(name, f"is {model[name]} but the mean of its per-compound {key} is {mean}")
+    # compounds with too few images for a per-compound FID are left out of the details
+    counts = {c: v.get("n_gen") for c, v in per.items() if isinstance(v, dict)}
+    total = sum(n for n in counts.values() if isinstance(n, int))
+    if total > n_images:
+        bad("per_compound", f"n_gen sums to {total}, more than the {n_images} images scored")
+    unknown = sorted(set(per) - set(doc.get("per_compound") or {}))
+    if unknown:
+        bad("per_compound", f"names compounds not in /per_compound: {unknown[:3]}")
+    for c, n in counts.items():
+        want = ((doc.get("per_compound") or {}).get(c, {}).get("overall") or {}).get("n")
+        if isinstance(want, int) and n != want:
+            bad(f"per_compound/{c}/n_gen", f"is {n} but /per_compound/{c}/overall/n is {want}")
+    floor = doc["fid_detail"].get("split_half_floor")
+    ref = (doc.get("reference") or {}).get("metrics") or {}
+    if isinstance(floor, dict):
+        for name in ("fid_o", "kid_o", "fid_c", "kid_c"):
+            if name in floor and name in ref and not _close6(ref[name].get("value"), floor[name]):
+                r.add(
+                    path,
+                    f"/reference/metrics/{name}/value is {ref[name].get('value')} but "
+                    f"/fid_detail/split_half_floor/{name} is {floor[name]}",
+                    "numbers",
+                )
+
+
+def _check_images(r: _Reader, files: set[str], *, required: bool) -> None:
+    """The image archive named in metadata.json: present, the recorded sha256 and size,
+    extracted within bounds, every per-image row decoding from its file to its pixel hash."""
+    import tempfile
+
+    from cellbench.errors import CellbenchError
+    from cellbench.io import sha256_file
+    from cellbench.submission.archive import SIDE_FILES, extract_archive
+
+    sub = r.sub
+    meta_path = sub.folder / METADATA_NAME
+    ref = images_ref(sub.metadata)
+    if ref is None:
+        if required and sub.metadata is not None:
+            r.add(
+                meta_path,
+                "/images is missing: a submission carries the images its results scored "
+                "(`cellbench submission pack IMAGES --out images.tar.xz` prints the block)",
+                "images",
+            )
+        return
+    if ref.archive is None:
+        return  # a URL archive is downloaded and checked by `cellbench submission verify`
+    path = sub.folder / ref.archive
+    if ref.archive not in files:
+        r.add(path, "is missing (named in metadata.json /images/archive)", "images")
+        return
+    if path.stat().st_size != ref.bytes:
+        r.add(
+            path,
+            f"is {path.stat().st_size} bytes, metadata.json /images/bytes says {ref.bytes}",
+            "images",
+        )
+        return
+    if sha256_file(path) != ref.sha256:
+        r.add(path, "sha256 differs from metadata.json /images/sha256", "images")
+        return
+    if sub.rows is None or sub.results is None:
+        return
+    from cellbench.errors import ImageError
+    from cellbench.images import read_image
+
+    with tempfile.TemporaryDirectory(prefix="cellbench-validate-") as tmp:
+        try:
+            members = set(extract_archive(path, Path(tmp)))
+        except CellbenchError as exc:
+            r.add(path, exc.message, "images")
+            return
+        listed = {row.get("path", "") for row in sub.rows}
+        extra = sorted(m for m in members - listed if m not in SIDE_FILES)
+        if extra:
+            r.add(
+                path,
+                f"holds {len(extra)} image file(s) the per-image table does not list (first: {extra[0]})",
+                "images",
+            )
+        for row in sub.rows:
+            rel = row.get("path", "")
+            if rel not in members:
+                r.add(
+                    path,
+                    f"has no file {rel!r} (task {row.get('task_id')} of the per-image table)",
+                    "images",
+                )
+                return
+            try:
+                arr = read_image(Path(tmp) / rel, allow_constant=True)
+            except ImageError as exc:
+                r.add(path, f"{rel}: {exc}", "images")
+                return
+            if sha256_bytes(arr.tobytes()) != row.get("pixel_sha256"):
+                r.add(
+                    path,
+                    f"{rel} decodes to pixels whose sha256 is not the per-image table's "
+                    f"pixel_sha256 of task {row.get('task_id')}",
+                    "images",
+                )
+                return
 
 
 # ------------------------------------------------------------------------ merged submissions
@@ -757,20 +952,37 @@ class MergedState:
 
 
 def _check_merged(r: _Reader, old: dict[str, bytes], where: str) -> None:
-    """Compare the folder's results with their merged versions ``old``."""
+    """Compare the folder's results with their merged versions ``old``.
+
+    An entry re-made under a newer metric suite by ``cellbench leaderboard rescore`` (recorded in
+    its metadata's ``rescored``) may change its numbers: ``cellbench submission verify`` re-scores
+    its images to check them.
+    """
     sub = r.sub
+    before = None
     if RESULTS_NAME in old:
         try:
             before = json.loads(old[RESULTS_NAME])
         except ValueError:
             before = None
-        if sub.results is None or before is None or numbers_of(before) != numbers_of(sub.results):
-            r.add(
-                sub.folder / RESULTS_NAME,
-                f"numbers of an already-merged submission changed (compared with {where}): "
-                "add a new dated folder instead of editing a merged one",
-                "merged",
-            )
+    rescored = (sub.metadata or {}).get("rescored")
+    if (
+        isinstance(before, dict)
+        and sub.results is not None
+        and isinstance(rescored, dict)
+        and rescored.get("metric_suite_version") == sub.results.get("metric_suite_version")
+        and before.get("metric_suite_version") != sub.results.get("metric_suite_version")
+    ):
+        return
+    if RESULTS_NAME in old and (
+        sub.results is None or before is None or numbers_of(before) != numbers_of(sub.results)
+    ):
+        r.add(
+            sub.folder / RESULTS_NAME,
+            f"numbers of an already-merged submission changed (compared with {where}): "
+            "add a new dated folder instead of editing a merged one",
+            "merged",
+        )
     if PER_IMAGE_NAME in old:
         path = sub.folder / PER_IMAGE_NAME
         current = path.read_bytes() if sub.per_image is not None else None
@@ -812,6 +1024,8 @@ def check_submission(
     strict_suite = require_current_suite and old is None
     _check_results(r, files, require_current_suite=strict_suite)
     _check_per_image(r, files)
+    _check_fid_detail(r)
+    _check_images(r, files, required=sub.is_current and old is None)
     _check_best_of_n(r)
     if old is not None and merged is not None:
         _check_merged(r, old, merged.base or str(merged.merged_dir))
