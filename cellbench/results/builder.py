@@ -168,44 +168,16 @@ def aggregate(
     set_detail: dict[str, Any] | None = None
     if set_fn_metrics() and n:
         progress("held-out set metrics", 0, 2)
-        evaluated = real_side(protocol, task_ids, compounds, fid_real)
-        needs = {i for s in set_fn_metrics() for i in s.inputs}
-        controls = None
-        if needs & {"control_inception", "control_profile"}:
-            controls = control_arrays(
-                scorer, ds, protocol, task_ids, use_inception=use_inc, progress=progress
-            )
-        gen_prof, real_prof, control_prof = centred_profiles(
-            arrays.profile,
-            by_task.loc[task_ids, "batch"].to_numpy() if n else np.array([], str),
-            ref_prof[evaluated],
-            protocol["batch"].to_numpy()[evaluated],
-            controls,
-        )
-        inputs = SetInputs(
-            compounds=compounds,
-            moas=moas,
-            real_compounds=ref_compounds[evaluated],
-            real_moas=ref_moas[evaluated],
+        inputs = held_out_inputs(
+            scorer,
+            ds,
+            protocol,
+            arrays,
             seed=seed,
-            gen_inception=arrays.inception if use_inc else None,
-            gen_profile=gen_prof,
-            real_inception=ref_inc[evaluated] if ref_inc is not None else None,
-            real_profile=real_prof,
-            control_inception=controls.inception if controls is not None else None,
-            control_profile=control_prof,
-            **copy_inputs(
-                scorer,
-                ds,
-                protocol,
-                task_ids,
-                arrays.pixel_sha256,
-                evaluated,
-                controls.keys if controls is not None else None,
-                needs=needs if use_inc else set(),  # every copy metric needs Inception features
-                use_inception=use_inc,
-                progress=progress,
-            ),
+            use_inception=use_inc,
+            fid_real=fid_real,
+            reference=(ref_inc, ref_prof),
+            progress=progress,
         )
         metrics_set, reference_set, set_detail = set_fn_values(inputs)
         progress("held-out set metrics", 2, 2)
@@ -245,6 +217,86 @@ def aggregate(
         "overall_weights": OVERALL_WEIGHTS,
     }
     return doc, per_image
+
+
+def held_out_inputs(
+    scorer: Scorer,
+    ds: BBBC021Dataset,
+    protocol: pd.DataFrame,
+    arrays: ImageArrays,
+    *,
+    seed: int,
+    use_inception: bool,
+    fid_real: str = "compounds",
+    reference: tuple[np.ndarray | None, np.ndarray] | None = None,
+    targets_sha256: str | None = None,
+    progress: Progress = _noop,
+) -> SetInputs:
+    """What the ``kind="set_fn"`` metrics of :func:`aggregate` are given for a scored image set.
+
+    The real side follows the protocol's ``fid_real`` rule, the profiles are centred on their
+    batches' DMSO controls (:func:`centred_profiles`), and the copy inputs come from the cached
+    training-split features (:func:`cellbench.scoring.training_set.copy_inputs`). ``reference``
+    is the (Inception, profile) pair of :func:`cellbench.scoring.images.reference_arrays` when the
+    caller has it already; None reads it (from the cache). ``bench/studies/reward_hacking.py``
+    resamples these inputs for its paired intervals.
+    """
+    by_task = protocol.set_index("task_id")
+    task_ids = np.array(arrays.task_ids, dtype=str)
+    compounds = by_task.loc[task_ids, "compound"].to_numpy().astype(str)
+    moas = by_task.loc[task_ids, "moa"].to_numpy().astype(str)
+    if reference is None:
+        _, ref_inc, ref_prof = reference_arrays(
+            scorer,
+            ds,
+            protocol,
+            use_inception=use_inception,
+            targets_sha256=targets_sha256,
+            progress=progress,
+        )
+    else:
+        ref_inc, ref_prof = reference
+    ref_compounds = protocol["compound"].to_numpy().astype(str)
+    ref_moas = protocol["moa"].to_numpy().astype(str)
+    evaluated = real_side(protocol, task_ids, compounds, fid_real)
+    needs = {i for s in set_fn_metrics() for i in s.inputs}
+    controls = None
+    if needs & {"control_inception", "control_profile"}:
+        controls = control_arrays(
+            scorer, ds, protocol, task_ids, use_inception=use_inception, progress=progress
+        )
+    gen_prof, real_prof, control_prof = centred_profiles(
+        arrays.profile,
+        by_task.loc[task_ids, "batch"].to_numpy(),
+        ref_prof[evaluated],
+        protocol["batch"].to_numpy()[evaluated],
+        controls,
+    )
+    return SetInputs(
+        compounds=compounds,
+        moas=moas,
+        real_compounds=ref_compounds[evaluated],
+        real_moas=ref_moas[evaluated],
+        seed=seed,
+        gen_inception=arrays.inception if use_inception else None,
+        gen_profile=gen_prof,
+        real_inception=ref_inc[evaluated] if ref_inc is not None else None,
+        real_profile=real_prof,
+        control_inception=controls.inception if controls is not None else None,
+        control_profile=control_prof,
+        **copy_inputs(
+            scorer,
+            ds,
+            protocol,
+            task_ids,
+            arrays.pixel_sha256,
+            evaluated,
+            controls.keys if controls is not None else None,
+            needs=needs if use_inception else set(),  # every copy metric needs Inception features
+            use_inception=use_inception,
+            progress=progress,
+        ),
+    )
 
 
 def centred_profiles(
