@@ -143,7 +143,7 @@ def _png_header(fh: BinaryIO) -> ImageHeader:
     width, height, depth, colour = struct.unpack(">IIBB", head[16:26])
     if colour not in _PNG_COLOUR or depth not in (1, 2, 4, 8, 16) or not width or not height:
         raise ValueError(f"invalid PNG header ({width}x{height}, depth {depth}, colour {colour})")
-    samples = _PNG_COLOUR[colour][0]
+    samples = 3 if colour == 3 else _PNG_COLOUR[colour][0]  # a palette decodes to its colours
     shape = (height, width) if samples == 1 else (height, width, samples)
     dtype = np.dtype(np.uint16 if depth == 16 else np.uint8)
     return ImageHeader("PNG", shape, dtype, depth, colour)
@@ -194,8 +194,8 @@ def check_header(header: ImageHeader, path: str | Path, *, expect_crop: bool = F
         return
     if header.format == "PNG" and (header.colour_type, header.bit_depth) != (2, 8):
         mode = {0: "L", 3: "P", 4: "LA", 6: "RGBA"}.get(header.colour_type or 0, "RGB")
-        if header.colour_type == 0 and header.bit_depth != 8:
-            mode = f"I;{header.bit_depth}" if header.bit_depth == 16 else "1"
+        if header.colour_type == 0 and header.bit_depth in (1, 16):
+            mode = "1" if header.bit_depth == 1 else "I;16"
         raise ImageError(
             f"PNG mode is {mode} ({header.png_kind}), expected 8-bit RGB",
             path=path,

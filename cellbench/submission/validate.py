@@ -623,6 +623,14 @@ def _check_per_image(r: _Reader, files: set[str]) -> None:
     if data is None:
         return
     sub.per_image = path
+    if "per_image_sha256" in doc and doc["per_image_sha256"] != sha256_bytes(data):
+        r.add(
+            path,
+            f"sha256 {sha256_bytes(data)[:12]}... is not the per_image_sha256 "
+            f"{str(doc['per_image_sha256'])[:12]}... recorded in results.json: the table and "
+            "the document come from different runs (or an interrupted write)",
+            "numbers",
+        )
     try:
         rows = list(csv.reader(io.StringIO(data.decode("utf-8"))))
     except (UnicodeDecodeError, csv.Error) as exc:
