@@ -29,7 +29,7 @@ from cellbench.io import read_json
 from cellbench.metrics.bootstrap import CI_LEVEL, N_BOOTSTRAP, Estimate, bootstrap_mean
 from cellbench.metrics.registry import per_image_names, set_names
 from cellbench.metrics.rewards import overall_components
-from cellbench.results.builder import result_paths
+from cellbench.results.builder import check_per_image_digest, result_paths
 from cellbench.results.document import RESULT_SCHEMA
 
 #: the per-image metrics compared task by task, in the order they are reported
@@ -214,6 +214,8 @@ def compare_results(
     a_path, b_path = Path(a_path), Path(b_path)
     doc_a, doc_b = load_result(a_path), load_result(b_path)
     check_comparable(doc_a, doc_b, b_path)
+    for doc, path in ((doc_a, a_path), (doc_b, b_path)):
+        check_per_image_digest(doc, result_paths(path)[1])
     tasks_a = read_task_values(result_paths(a_path)[1])
     tasks_b = read_task_values(result_paths(b_path)[1])
     shared = set(tasks_a) & set(tasks_b)

@@ -19,7 +19,7 @@ import pandas as pd
 
 from cellbench.data.bbbc021 import BBBC021Dataset, open_dataset
 from cellbench.errors import CellbenchError, ProtocolError
-from cellbench.io import read_json
+from cellbench.io import read_json, sha256_file
 from cellbench.protocol import build_protocol, protocol_sha256, read_protocol
 from cellbench.protocol_registry import (
     DEFAULT_PROTOCOL,
@@ -31,6 +31,7 @@ from cellbench.protocol_registry import (
 )
 from cellbench.results.builder import (
     build_document,
+    check_out_path,
     result_paths,
     shard_tasks,
     write_results,
@@ -143,6 +144,8 @@ def evaluate(
     file, ``protocol_name`` a registered protocol (default :data:`DEFAULT_PROTOCOL`).
     """
     started = time.perf_counter()
+    if out is not None:  # before any scoring: a bad --out must not cost a run
+        check_out_path(out, images=images)
     shard_t = parse_shard(shard) if isinstance(shard, str) or shard is None else shard
     with step("reading the dataset index and the protocol"):
         ds = open_dataset(dataset, data_dir, create_sim=True)
@@ -199,6 +202,8 @@ def merge_shards(
 ) -> dict:
     """Combine ``--shard K/N`` results into the result of the unsharded run."""
     started = time.perf_counter()
+    if out is not None:
+        check_out_path(out)
     docs, parts = [], []
     for p in shard_results:
         jp, _, npz = result_paths(p)
@@ -208,6 +213,14 @@ def merge_shards(
         if not doc.get("partial"):
             raise CellbenchError(
                 "not a --shard result", path=jp, fix="pass the files written with --shard K/N"
+            )
+        want = doc["partial"].get("arrays_sha256")
+        if want is not None and Path(npz).is_file() and sha256_file(npz) != want:
+            raise CellbenchError(
+                "shard arrays are not the ones the shard result records (arrays_sha256 "
+                "differs): written by another run, or an interrupted write",
+                path=npz,
+                fix="re-run this shard",
             )
         docs.append(doc)
         parts.append(ImageArrays.load(npz))

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from cellbench.errors import CellbenchError
-from cellbench.io import atomic_write_text, read_json_object, sha256_file
+from cellbench.io import atomic_write_text, is_within, read_json_object, sha256_file
 
 #: the file name of the record (ignored by the image matching of :mod:`cellbench.images`)
 GENERATION_FILE = "generation.json"
@@ -97,6 +97,12 @@ def write_generation_record(folder: str | Path, record: dict[str, Any]) -> Path:
 def read_generation_record(folder: str | Path) -> dict[str, Any] | None:
     """The ``generation.json`` of an image folder, or None if it has none."""
     path = Path(folder) / GENERATION_FILE
+    if path.is_symlink() and not is_within(path, folder):
+        raise CellbenchError(
+            "generation record is a symbolic link that leads outside the image folder",
+            path=path,
+            fix="copy the record into the image folder",
+        )
     if not path.is_file():
         return None
     fix = "regenerate the images or delete the file"

@@ -11,7 +11,13 @@ Three folder layouts are accepted, tried in this order:
 
 A file goes to the task its name names and to no other: a name that fits no task of its folder, or
 several tasks, is a problem with its file (files are never dealt out by order). A symbolic link
-that leaves the image folder is refused.
+that leaves the image folder (task-named files, compound folders, manifest rows and the manifest
+itself), a link loop and a dangling link are each a problem; links inside the folder are read.
+
+Every file is decoded by :func:`decode_image`, which reads the header first and refuses, before any
+pixel is decoded, an image that would decode to more than :data:`MAX_DECODED_BYTES` (a
+decompression bomb), a PNG with 16 bits per colour channel (Pillow would keep only the high byte)
+and, for a generated image, anything that cannot be a 96x96x3 crop.
 
 Every image is checked: readable, 96x96x3, uint8 or convertible to uint8 without loss, finite, not
 one constant value. Each problem is reported with its file; good images stay usable unless the
@@ -21,10 +27,13 @@ its low score), so a result with one is never marked complete.
 
 from __future__ import annotations
 
+import math
 import re
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -86,38 +95,160 @@ def _norm(name: str) -> str:
     return re.sub(r"[\s_/\\-]+", "", name).lower()
 
 
-def read_image(path: str | Path, *, allow_constant: bool = False) -> np.ndarray:
-    """Read one generated image as uint8 (96, 96, 3); raise :class:`ImageError` if unusable.
+#: the most bytes one image may decode to (256 MiB); checked from the file's header, before any
+#: pixel is decoded, so a small file whose header claims 100000x100000 pixels is refused at once
+MAX_DECODED_BYTES = 256 * 2**20
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+#: PNG colour type -> (samples per pixel, name)
+_PNG_COLOUR = {
+    0: (1, "grey"),
+    2: (3, "RGB"),
+    3: (1, "palette"),
+    4: (2, "grey+alpha"),
+    6: (4, "RGBA"),
+}
 
-    ``allow_constant`` accepts an image of one value (it is still reported by :func:`load_images`).
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an image file's header says it decodes to, read without decoding a pixel."""
+
+    format: str  # "PNG", "TIFF" or "NPY"
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    #: PNG only: bits per sample and colour type (IHDR)
+    bit_depth: int | None = None
+    colour_type: int | None = None
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the decoded array."""
+        return math.prod(self.shape) * self.dtype.itemsize
+
+    @property
+    def dims(self) -> str:
+        """The shape as ``HxWxC``."""
+        return "x".join(str(n) for n in self.shape)
+
+    @property
+    def png_kind(self) -> str:
+        """A PNG's depth and colour type in words, e.g. ``16-bit RGB``."""
+        return f"{self.bit_depth}-bit {_PNG_COLOUR.get(self.colour_type or 0, (0, '?'))[1]}"
+
+
+def _png_header(fh: BinaryIO) -> ImageHeader:
+    head = fh.read(33)
+    if len(head) < 33 or head[:8] != _PNG_SIGNATURE or head[12:16] != b"IHDR":
+        raise ValueError("not a PNG file (no PNG signature and IHDR chunk)")
+    width, height, depth, colour = struct.unpack(">IIBB", head[16:26])
+    if colour not in _PNG_COLOUR or depth not in (1, 2, 4, 8, 16) or not width or not height:
+        raise ValueError(f"invalid PNG header ({width}x{height}, depth {depth}, colour {colour})")
+    samples = 3 if colour == 3 else _PNG_COLOUR[colour][0]  # a palette decodes to its colours
+    shape = (height, width) if samples == 1 else (height, width, samples)
+    dtype = np.dtype(np.uint16 if depth == 16 else np.uint8)
+    return ImageHeader("PNG", shape, dtype, depth, colour)
+
+
+def _tiff_header(tif: Any) -> ImageHeader:
+    if not tif.series:
+        raise ValueError("TIFF holds no image")
+    series = tif.series[0]
+    return ImageHeader("TIFF", tuple(int(n) for n in series.shape), np.dtype(series.dtype))
+
+
+def _npy_header(fh: BinaryIO) -> ImageHeader:
+    from numpy.lib import format as npy
+
+    version = npy.read_magic(fh)
+    if version == (1, 0):
+        shape, _, dtype = npy.read_array_header_1_0(fh)
+    elif version == (2, 0):
+        shape, _, dtype = npy.read_array_header_2_0(fh)
+    else:
+        raise ValueError(f".npy format version {version} is not read")
+    if any(n < 0 for n in shape):
+        raise ValueError(f"negative dimension in .npy header {shape}")
+    return ImageHeader("NPY", tuple(shape), dtype)
+
+
+def check_header(header: ImageHeader, path: str | Path, *, expect_crop: bool = False) -> None:
+    """Refuse, from the header alone, an image that would decode to more than
+    :data:`MAX_DECODED_BYTES`, a PNG with 16 bits per colour channel (Pillow keeps only their high
+    byte), and with ``expect_crop`` anything that cannot be a 96x96x3 crop."""
+    if header.nbytes > MAX_DECODED_BYTES:
+        raise ImageError(
+            f"{header.format} header says {header.dims} {header.dtype} "
+            f"({header.nbytes / 2**20:,.0f} MiB decoded), over the limit of "
+            f"{MAX_DECODED_BYTES // 2**20} MiB per image; refused before decoding",
+            path=path,
+            fix="write 96x96x3 images" if expect_crop else "cut the image into smaller tiles",
+        )
+    if header.format == "PNG" and header.bit_depth == 16 and header.colour_type != 0:
+        raise ImageError(
+            f"PNG is {header.png_kind} (16 bits per channel), which cellbench cannot read "
+            "exactly (Pillow would keep only the high byte of each value)",
+            path=path,
+            fix="save an 8-bit RGB PNG, or write the exact values as TIFF or .npy",
+        )
+    if not expect_crop:
+        return
+    if header.format == "PNG" and (header.colour_type, header.bit_depth) != (2, 8):
+        mode = {0: "L", 3: "P", 4: "LA", 6: "RGBA"}.get(header.colour_type or 0, "RGB")
+        if header.colour_type == 0 and header.bit_depth in (1, 16):
+            mode = "1" if header.bit_depth == 1 else "I;16"
+        raise ImageError(
+            f"PNG mode is {mode} ({header.png_kind}), expected 8-bit RGB",
+            path=path,
+            fix="save the three stains as an 8-bit RGB PNG",
+        )
+    if header.shape != CROP_SHAPE:
+        raise ImageError(
+            _shape_message(header.shape) + " (from the file's header)",
+            path=path,
+            fix="write 96x96 images with the three stains as channels, HWC",
+        )
+
+
+def decode_image(path: str | Path, *, expect_crop: bool = False) -> np.ndarray:
+    """The pixels of one PNG, TIFF or ``.npy`` file, as the file holds them.
+
+    The one way cellbench decodes an image file: the header is read and checked
+    (:func:`check_header`) before any pixel is decoded, from the same open file. 16-bit grey PNG,
+    TIFF and ``.npy`` of any type are returned exactly; a 16-bit colour PNG is refused; a palette
+    or alpha PNG comes back as 8-bit RGB, a 1-bit one as 8-bit grey.
+    Raises :class:`ImageError` for anything unusable.
     """
     path = Path(path)
     suffix = path.suffix.lower()
+    if suffix not in IMAGE_SUFFIXES:
+        raise ImageError(
+            f"unsupported file type {suffix!r}",
+            path=path,
+            fix=f"use one of {', '.join(IMAGE_SUFFIXES)}",
+        )
     try:
-        if suffix == ".npy":
-            arr = np.load(path, allow_pickle=False)
-        elif suffix == ".png":
-            from PIL import Image
+        with open(path, "rb") as fh:
+            if suffix == ".png":
+                check_header(_png_header(fh), path, expect_crop=expect_crop)
+                fh.seek(0)
+                from PIL import Image
 
-            with Image.open(path) as im:
-                im.load()
-                if im.mode != "RGB":
-                    raise ImageError(
-                        f"PNG mode is {im.mode}, expected 8-bit RGB",
-                        path=path,
-                        fix="save the three stains as an 8-bit RGB PNG",
-                    )
-                arr = np.asarray(im)
-        elif suffix in (".tif", ".tiff"):
+                with Image.open(fh, formats=["PNG"]) as im:
+                    im.load()
+                    if im.mode in ("P", "PA", "LA", "RGBA"):  # colours, not palette indices
+                        return np.asarray(im.convert("RGB"))
+                    return np.asarray(im.convert("L") if im.mode == "1" else im)
+            if suffix == ".npy":
+                from numpy.lib import format as npy
+
+                check_header(_npy_header(fh), path, expect_crop=expect_crop)
+                fh.seek(0)
+                return npy.read_array(fh, allow_pickle=False)
             import tifffile
 
-            arr = tifffile.imread(path)
-        else:
-            raise ImageError(
-                f"unsupported file type {suffix!r}",
-                path=path,
-                fix=f"use one of {', '.join(IMAGE_SUFFIXES)}",
-            )
+            with tifffile.TiffFile(fh) as tif:
+                check_header(_tiff_header(tif), path, expect_crop=expect_crop)
+                return tif.asarray()
     except ImageError:
         raise
     except Exception as exc:  # decoders raise many types for corrupt files
@@ -126,7 +257,45 @@ def read_image(path: str | Path, *, allow_constant: bool = False) -> np.ndarray:
             path=path,
             fix="re-export the file",
         ) from None
+
+
+def read_image(path: str | Path, *, allow_constant: bool = False) -> np.ndarray:
+    """Read one generated image as uint8 (96, 96, 3); raise :class:`ImageError` if unusable.
+
+    Goes through :func:`decode_image` (header checked before decoding: size, 16-bit colour PNG,
+    96x96x3). ``allow_constant`` accepts an image of one value (it is still reported by
+    :func:`load_images`).
+    """
+    arr = decode_image(path, expect_crop=True)
     return check_image_array(arr, path, allow_constant=allow_constant)
+
+
+def read_folder_image(path: Path, folder: Path, *, allow_constant: bool = False) -> np.ndarray:
+    """:func:`read_image` of a file matched in ``folder``, refused if it resolves outside it.
+
+    Every reader of a matched image folder goes through here (:func:`load_images`, the sample
+    grid), so a file swapped for a link after :func:`discover_images` is still refused.
+    """
+    problem = _link_problem(path, folder)
+    if problem is not None:
+        raise ImageError(problem, path=path, fix="copy the file into the image folder")
+    return read_image(path, allow_constant=allow_constant)
+
+
+def _shape_message(shape: tuple[int, ...]) -> str:
+    hint = " (channels first? cellbench wants channels last)" if shape == (3, 96, 96) else ""
+    return f"shape {shape}, expected (96, 96, 3){hint}"
+
+
+def _link_problem(path: Path, folder: Path) -> str | None:
+    """Why ``path`` may not be read as part of ``folder`` (a link out of it, a loop), or None."""
+    try:
+        target = path.resolve(strict=False)
+    except (RuntimeError, OSError):
+        return "symbolic link loop"
+    if not is_within(target, folder):
+        return f"symbolic link points outside the image folder (to {target})"
+    return None
 
 
 def check_image_array(
@@ -136,11 +305,8 @@ def check_image_array(
     if not isinstance(arr, np.ndarray) or arr.dtype == object:
         raise ImageError("not a numeric array", path=path)
     if arr.shape != CROP_SHAPE:
-        hint = (
-            " (channels first? cellbench wants channels last)" if arr.shape == (3, 96, 96) else ""
-        )
         raise ImageError(
-            f"shape {arr.shape}, expected (96, 96, 3){hint}",
+            _shape_message(arr.shape),
             path=path,
             fix="write 96x96 images with the three stains as channels, HWC",
         )
@@ -318,10 +484,11 @@ class _Matched:
         for p in sorted(d.iterdir()):
             if p.name.startswith("."):
                 continue
-            if p.is_symlink() and not is_within(p, self.root):
-                self.problems.append(
-                    ImageProblem(str(p), "symbolic link points outside the image folder")
-                )
+            problem = _link_problem(p, self.root) if p.is_symlink() else None
+            if problem is None and p.is_symlink() and not p.exists():
+                problem = f"symbolic link to {p.readlink()}, which does not exist"
+            if problem is not None:
+                self.problems.append(ImageProblem(str(p), problem))
             elif p.is_dir():
                 subdirs.append(p)
             elif p.is_file():
@@ -385,6 +552,11 @@ def _from_manifest(
     folder: Path, task_set: set[str]
 ) -> tuple[dict[str, list[Path]], list[ImageProblem]]:
     mpath = folder / MANIFEST_NAME
+    problem = _link_problem(mpath, folder)
+    if problem is not None:
+        raise ImageError(
+            f"manifest: {problem}", path=mpath, fix="copy the manifest into the folder"
+        )
     try:
         manifest = pd.read_csv(mpath, dtype=str, keep_default_na=False)
     except (OSError, ValueError, pd.errors.ParserError) as exc:
@@ -401,8 +573,10 @@ def _from_manifest(
     for task, rel in zip(manifest["task_id"], manifest["path"], strict=True):
         p = Path(rel) if Path(rel).is_absolute() else folder / rel
         where = f"{mpath} (row {task},{rel})"
-        if not is_within(p, folder):
-            problems.append(ImageProblem(where, "path points outside the image folder", task))
+        escape = _link_problem(p, folder)
+        if escape is not None:
+            escape = escape.replace("symbolic link points", "path points")
+            problems.append(ImageProblem(where, escape, task))
             continue
         if task not in task_set:
             problems.append(ImageProblem(where, f"task_id {task!r} is not in the protocol", task))
@@ -450,7 +624,7 @@ def load_images(
             )
         for p in task_paths:
             try:
-                img = read_image(p, allow_constant=True)
+                img = read_folder_image(p, image_set.folder, allow_constant=True)
             except ImageError as exc:
                 problems.append(ImageProblem(str(p), exc.message, task))
             else:

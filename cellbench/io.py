@@ -80,10 +80,12 @@ def sha256_file(path: str | Path) -> str:
 
 
 def is_within(path: str | Path, folder: str | Path) -> bool:
-    """True if ``path`` resolves to a location inside ``folder`` (symlinks and ``..`` resolved)."""
+    """True if ``path`` resolves to a location inside ``folder`` (symlinks and ``..`` resolved).
+
+    A symbolic link loop is not inside anything (False, not an exception)."""
     try:
         Path(path).resolve().relative_to(Path(folder).resolve())
-    except ValueError:
+    except (ValueError, RuntimeError, OSError):  # RuntimeError/OSError: a link loop
         return False
     return True
 

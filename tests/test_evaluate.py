@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from cellbench.evaluation import evaluate, merge_shards
+from cellbench.io import sha256_file
 from cellbench.metrics.bootstrap import bootstrap_mean
 from cellbench.protocol import write_protocol
 from tests.conftest import make_tiny_sim, run_cli
@@ -203,7 +204,9 @@ def test_shards_merge_to_the_unsharded_result(world) -> None:
     for k in (1, 2, 3):
         out = root / f"shard{k}.json"
         evaluate(root / "identity", "bbbc021-sim", data_dir=data, seed=0, shard=f"{k}/3", out=out)
-        assert json.loads(out.read_text())["partial"] == {"shard": f"{k}/3"}
+        partial = json.loads(out.read_text())["partial"]
+        npz = root / f"shard{k}.arrays.npz"  # bound to its document by sha256
+        assert partial == {"shard": f"{k}/3", "arrays_sha256": sha256_file(npz)}
         parts.append(out)
     merged = merge_shards(parts, data_dir=data, out=root / "merged.json")
     whole = world["results"]["identity"]
@@ -220,6 +223,8 @@ def test_shards_merge_to_the_unsharded_result(world) -> None:
     for key in ("overall_components", "overall_comparable", "metrics_not_computed"):
         assert merged[key] == whole[key], key
     assert merged["images"]["sha256"] == whole["images"]["sha256"]
+    assert merged["per_image_sha256"] == whole["per_image_sha256"]  # the same table, byte for byte
+    assert merged["per_image_sha256"] == sha256_file(root / "merged.per_image.csv")
     assert merged["complete"] is True
     with pytest.raises(Exception, match="do not cover"):
         merge_shards(parts[:2], data_dir=data)

@@ -77,7 +77,7 @@ def test_manifest_layout_and_escape(tmp_path: Path, protocol: pd.DataFrame) -> N
     assert found.layout == "manifest"
     assert list(found.files) == [t0]
     messages = [p.problem for p in found.problems]
-    assert "path points outside the image folder" in messages
+    assert f"path points outside the image folder (to {tmp_path / 'secret.npy'})" in messages
     assert "file listed more than once" in messages
     assert any("not in the protocol" in m for m in messages)
     assert all("manifest.csv" in p.path for p in found.problems)
@@ -225,7 +225,7 @@ def test_links_leaving_the_folder_are_refused(tmp_path: Path, protocol: pd.DataF
     found = discover_images(imgs, protocol)
     assert list(found.files) == [t[0], t[2]]
     assert [(Path(p.path).name, p.problem) for p in found.problems] == [
-        (f"{t[1]}.png", "symbolic link points outside the image folder")
+        (f"{t[1]}.png", f"symbolic link points outside the image folder (to {outside}/secret.png)")
     ]
     folders = tmp_path / "folders"
     _save(folders / "nocodazole" / f"{protocol.loc[2, 'target_key']}.png", 2)
@@ -234,7 +234,7 @@ def test_links_leaving_the_folder_are_refused(tmp_path: Path, protocol: pd.DataF
     found = discover_images(folders, protocol)
     assert list(found.files) == [t[2]]
     assert [(Path(p.path).name, p.problem) for p in found.problems] == [
-        ("taxol", "symbolic link points outside the image folder"),
+        ("taxol", f"symbolic link points outside the image folder (to {outside})"),
         ("again", "folder reached twice through a link"),
     ]
 

@@ -19,6 +19,7 @@ import torch
 
 import cellbench
 from cellbench.errors import CellbenchError
+from cellbench.io import sha256_file
 from cellbench.protocol import write_protocol
 from cellbench.scoring.metric import CellbenchMetric
 from tests.conftest import make_tiny_sim, run_cli
@@ -107,6 +108,7 @@ NOT_COMPARED_WITH_FOLDER = (
     "images.layout",
     "images.folder",
     "images.problems[].path",
+    "per_image_sha256",  # the tables differ in their path column (compared below without it)
 )
 
 
@@ -125,6 +127,8 @@ def test_in_memory_document_equals_cellbench_eval(world) -> None:
     from_folder = pd.read_csv(world["root"] / "folder.per_image.csv")
     from_memory = pd.read_csv(world["root"] / "memory.per_image.csv")
     assert (from_memory["path"] == "<memory>").all()
+    for name, doc in (("memory", memory_doc), ("folder", folder_doc)):
+        assert doc["per_image_sha256"] == sha256_file(world["root"] / f"{name}.per_image.csv")
     pd.testing.assert_frame_equal(
         from_memory.drop(columns="path"), from_folder.drop(columns="path")
     )

@@ -309,7 +309,8 @@ def images_check(
     strict: Annotated[bool, typer.Option(help="Fail on any problem.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Match images to tasks and check every file (exit 1 if any problem)."""
+    """Match images to tasks and check every file; the summary always prints, then exit 1 if any
+    file has a problem or any task has no image."""
     from cellbench.images import discover_images, load_images
     from cellbench.protocol import read_protocol
     from cellbench.ui import progress
@@ -341,7 +342,7 @@ def images_check(
         )
         for p in loaded.problems:
             out_console.print(f"  {p}", markup=False)
-    if loaded.problems:
+    if loaded.problems or loaded.missing:
         raise typer.Exit(1)
 
 

@@ -249,7 +249,11 @@ def eval_cmd(
     split: Annotated[str | None, typer.Option(hidden=True)] = None,
     seed: Annotated[int, typer.Option(help="Seed of the protocol, bootstrap and KID subsets.")] = 0,
     out: Annotated[
-        Path, typer.Option("--out", help="Result JSON (per-image CSV written beside it).")
+        Path,
+        typer.Option(
+            "--out",
+            help="Result JSON (per-image CSV written beside it); a file outside the image folder.",
+        ),
     ] = Path("results.json"),
     as_json: JsonOpt = False,
     backend: BackendOpt = "classical",

@@ -14,6 +14,7 @@ compounds. ``docs/scoring.md`` describes the result file.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import subprocess
@@ -29,7 +30,8 @@ import pandas as pd
 from cellbench._version import __version__
 from cellbench.data.content import protocol_crop_digests
 from cellbench.data.layout import MOAS
-from cellbench.io import atomic_path, atomic_write_text, sha256_bytes
+from cellbench.errors import CellbenchError
+from cellbench.io import atomic_path, is_within, sha256_bytes, sha256_file
 from cellbench.metrics.bootstrap import bootstrap_mean, grouped_bootstrap
 from cellbench.metrics.registry import (
     GROUP_NOTE,
@@ -530,6 +532,8 @@ def build_document(
             progress=progress,
         )
         doc.update(scores)
+    #: binds the document to its per-image CSV (:func:`write_results`)
+    doc["per_image_sha256"] = per_image_digest(per_image)
     doc["environment"] = _environment(device)
     doc["wall_time_s"] = round(time.perf_counter() - started, 2)
     doc["best_of_n"] = best_of_n(generation)
@@ -547,14 +551,91 @@ def result_paths(out: str | Path) -> tuple[Path, Path, Path]:
     return out, out.with_name(stem + ".per_image.csv"), out.with_name(stem + ".arrays.npz")
 
 
+def per_image_csv(per_image: pd.DataFrame) -> bytes | None:
+    """The bytes of the per-image CSV (``<stem>.per_image.csv``), or None for an empty table."""
+    if per_image.empty:
+        return None
+    return per_image.to_csv(index=False, float_format="%.6g", lineterminator="\n").encode("utf-8")
+
+
+def per_image_digest(per_image: pd.DataFrame) -> str | None:
+    """sha256 of :func:`per_image_csv`: the ``per_image_sha256`` of the result document."""
+    table = per_image_csv(per_image)
+    return None if table is None else sha256_bytes(table)
+
+
+def check_out_path(out: str | Path, *, images: str | Path | None = None) -> None:
+    """Refuse, before any scoring, an ``--out`` the result files cannot be written to.
+
+    The result JSON, its per-image CSV and a shard's arrays (:func:`result_paths`) may not be an
+    existing folder, their folder may not be a file, and with ``images`` none may lie inside the
+    image folder being scored (they would be read as stray files of it next time).
+    """
+    paths = result_paths(out)
+    for path in paths:
+        if path.is_dir():
+            raise CellbenchError(
+                f"--out names an existing folder ({path})",
+                path=out,
+                fix="name the result file, e.g. --out results/results.json",
+            )
+    if paths[0].parent.exists() and not paths[0].parent.is_dir():
+        raise CellbenchError("--out is inside a file, not a folder", path=out, fix="fix --out")
+    if images is not None and Path(images).is_dir():
+        inside = [p for p in paths if is_within(p, images)]
+        if inside:
+            raise CellbenchError(
+                f"--out writes {inside[0].name} inside the image folder being scored ({images})",
+                path=out,
+                fix="write the result outside the image folder",
+            )
+
+
+def check_per_image_digest(doc: dict, csv_path: str | Path) -> None:
+    """Refuse a per-image CSV that is not the one its result document records.
+
+    ``per_image_sha256`` binds the two files; a document without it (older cellbench) is not
+    checked, a missing CSV is left to its reader to report.
+    """
+    want = doc.get("per_image_sha256")
+    if want is None or not Path(csv_path).is_file():
+        return
+    if sha256_file(csv_path) != want:
+        raise CellbenchError(
+            "per-image CSV is not the one its result document records (per_image_sha256 "
+            "differs): written by another run, or an interrupted write",
+            path=csv_path,
+            fix="score again with `cellbench eval ... --out FILE.json`",
+        )
+
+
 def write_results(
     doc: dict, per_image: pd.DataFrame, arrays: ImageArrays | None, out: str | Path
 ) -> None:
-    """Write the side files first and the JSON last, each atomically."""
+    """Write the result JSON with its per-image CSV (and a shard's arrays) as one unit.
+
+    Every file is first written in full to a temporary file beside its destination; then the side
+    files are renamed into place and the JSON last. The JSON records the sha256 of the CSV
+    (``per_image_sha256``) and of a shard's arrays (``partial.arrays_sha256``), so a JSON left
+    beside a table of another run (an interruption between two renames) is refused by
+    ``cellbench submission validate``, ``cellbench compare`` and ``cellbench eval merge``
+    (:func:`check_per_image_digest`). A stale CSV beside a result without a table is removed.
+    """
+    check_out_path(out)
     json_path, csv_path, npz_path = result_paths(out)
-    if arrays is not None:
-        arrays.save(npz_path)
-    if not per_image.empty:
-        with atomic_path(csv_path, suffix=".csv") as tmp:
-            per_image.to_csv(tmp, index=False, float_format="%.6g", lineterminator="\n")
-    atomic_write_text(json_path, json.dumps(doc, indent=2, sort_keys=False, allow_nan=False) + "\n")
+    table = per_image_csv(per_image)
+    with contextlib.ExitStack() as stack:
+        json_tmp = stack.enter_context(atomic_path(json_path, suffix=".json"))  # renamed last
+        if table is not None:
+            stack.enter_context(atomic_path(csv_path, suffix=".csv")).write_bytes(table)
+        if arrays is not None:
+            npz_tmp = stack.enter_context(atomic_path(npz_path, suffix=".npz"))
+            with open(npz_tmp, "wb") as fh:
+                arrays.write_to(fh)
+            if doc.get("partial"):
+                doc["partial"]["arrays_sha256"] = sha256_file(npz_tmp)
+        doc["per_image_sha256"] = None if table is None else sha256_bytes(table)
+        text = json.dumps(doc, indent=2, sort_keys=False, allow_nan=False) + "\n"
+        json_tmp.write_bytes(text.encode("utf-8"))
+        if table is None:
+            csv_path.unlink(missing_ok=True)

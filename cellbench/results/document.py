@@ -126,6 +126,8 @@ class Partial(TypedDict):
     """Which part of a sharded run a ``--shard K/N`` document is."""
 
     shard: Annotated[str, Rule(pattern="^[0-9]+/[0-9]+$")]
+    #: sha256 of the shard's ``<stem>.arrays.npz`` (checked by ``cellbench eval merge``)
+    arrays_sha256: NotRequired[Sha256]
 
 
 class Dataset(TypedDict):
@@ -269,6 +271,9 @@ class ResultDocument(TypedDict):
     overall_comparable: NotRequired[bool]
     #: registered metrics without a value in this document (``--no-fid``: the Inception ones)
     metrics_not_computed: NotRequired[list[str]]
+    #: sha256 of the ``<stem>.per_image.csv`` written with this document (None: no table); binds
+    #: the two files (``cellbench submission validate`` and ``cellbench compare`` check it)
+    per_image_sha256: NotRequired[Sha256 | None]
     environment: Environment
     wall_time_s: Annotated[float, Rule(minimum=0)]
     best_of_n: NotRequired[Annotated[int, Rule(minimum=1)]]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -26,21 +27,26 @@ class ImageArrays:
     profile: np.ndarray | None = None
 
     def save(self, path: Path) -> None:
+        """Write the arrays to ``path`` (``.npz``) atomically."""
         with atomic_path(path, suffix=".npz") as tmp, open(tmp, "wb") as fh:
-            np.savez(
-                fh,
-                task_ids=np.array(self.task_ids, dtype=str),
-                paths=np.array(self.paths, dtype=str),
-                pixel_sha256=np.array(self.pixel_sha256, dtype=str),
-                seg=self.seg,
-                inception=self.inception
-                if self.inception is not None
-                else np.zeros((0, 2048), np.float32),
-                has_inception=np.array(self.inception is not None),
-                problems=np.array(json.dumps(self.problems)),
-                profile=self.profile if self.profile is not None else np.zeros((0, 0)),
-                has_profile=np.array(self.profile is not None),
-            )
+            self.write_to(fh)
+
+    def write_to(self, fh: BinaryIO) -> None:
+        """Write the arrays as an ``.npz`` to an open binary file."""
+        np.savez(
+            fh,
+            task_ids=np.array(self.task_ids, dtype=str),
+            paths=np.array(self.paths, dtype=str),
+            pixel_sha256=np.array(self.pixel_sha256, dtype=str),
+            seg=self.seg,
+            inception=self.inception
+            if self.inception is not None
+            else np.zeros((0, 2048), np.float32),
+            has_inception=np.array(self.inception is not None),
+            problems=np.array(json.dumps(self.problems)),
+            profile=self.profile if self.profile is not None else np.zeros((0, 0)),
+            has_profile=np.array(self.profile is not None),
+        )
 
     @classmethod
     def load(cls, path: Path) -> ImageArrays:

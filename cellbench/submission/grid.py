@@ -19,14 +19,19 @@ def sample_grid(
 
     Columns are the MoAs in alphabetical order, rows the tasks; crops are shown as 8-bit RGB with
     the stains as R, G, B, as the metrics see them. Returns ``out``.
+
+    Every crop is read as ``cellbench eval`` reads it (:func:`cellbench.images.read_folder_image`:
+    the header checked before decoding, links out of the folder refused).
     """
     from PIL import Image
 
-    from cellbench.images import discover_images, read_image
+    from cellbench.images import discover_images, read_folder_image
     from cellbench.protocol import read_protocol
 
     if per_moa < 1:
         raise CellbenchError("--per-moa must be at least 1")
+    if Path(out).is_dir():
+        raise CellbenchError("--out is a folder", path=out, fix="name the PNG file to write")
     table = read_protocol(protocol)
     found = discover_images(images, table)
     by_task = dict(zip(table["task_id"], table["moa"], strict=True))
@@ -50,7 +55,7 @@ def sample_grid(
     )
     for j, moa in enumerate(moas):
         for i, path in enumerate(columns[moa]):
-            crop = read_image(path, allow_constant=True)
+            crop = read_folder_image(path, found.folder, allow_constant=True)
             if crop.shape != (size, size, 3):
                 raise CellbenchError(f"expected a 96x96x3 crop, got {crop.shape}", path=path)
             y, x = GAP + i * (size + GAP), GAP + j * (size + GAP)

@@ -707,6 +707,28 @@ def _check_per_image(r: _Reader, files: set[str]) -> None:
         r.add(path, f"results.json has per_compound entries without images: {extra[:3]}", "numbers")
 
 
+def _check_pair(r: _Reader, before: int) -> None:
+    """results.json and its per-image table are one unit: the table's sha256 must be the
+    ``per_image_sha256`` the document records (a document without it, of an older cellbench, is
+    not checked). A table of another run beside the document (an interrupted write) can agree with
+    every mean; this finds it. Reported only when the table passed the other checks (``before``:
+    the number of problems before them), since a table they refuse is refused already."""
+    sub, doc = r.sub, r.sub.results
+    if sub.per_image is None or doc is None or "per_image_sha256" not in doc:
+        return
+    if len(sub.problems) > before:
+        return
+    data = r.read_capped(sub.per_image, SIZE_CAPS[PER_IMAGE_NAME])
+    if data is not None and sha256_bytes(data) != doc["per_image_sha256"]:
+        r.add(
+            sub.per_image,
+            f"sha256 {sha256_bytes(data)[:12]}... is not the per_image_sha256 "
+            f"{str(doc['per_image_sha256'])[:12]}... recorded in results.json: the table and "
+            "the document come from different runs (or an interrupted write)",
+            "numbers",
+        )
+
+
 def _compare_mean(r: _Reader, table: Path, where: str, est: dict, values: list[float]) -> None:
     results = r.sub.folder / RESULTS_NAME
     value = est.get("value")
@@ -1023,7 +1045,9 @@ def check_submission(
     # an already-merged entry was accepted under its suite: it may be stale, never edited
     strict_suite = require_current_suite and old is None
     _check_results(r, files, require_current_suite=strict_suite)
+    before = len(sub.problems)
     _check_per_image(r, files)
+    _check_pair(r, before)
     _check_fid_detail(r)
     _check_images(r, files, required=sub.is_current and old is None)
     _check_best_of_n(r)

@@ -10,27 +10,17 @@ import numpy as np
 import pandas as pd
 
 from cellbench.errors import ImageError
-from cellbench.images import IMAGE_SUFFIXES
+from cellbench.images import IMAGE_SUFFIXES, decode_image
 from cellbench.io import atomic_path, atomic_write_bytes
 
 
 def read_any_image(path: Path) -> np.ndarray:
-    """A 1- or 3-channel image (any integer or float type) as HxWx3 uint8-compatible array."""
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".npy":
-            arr = np.load(path, allow_pickle=False)
-        elif suffix in (".tif", ".tiff"):
-            import tifffile
+    """A 1- or 3-channel image (any integer or float type) as HxWx3 uint8-compatible array.
 
-            arr = tifffile.imread(path)
-        else:
-            from PIL import Image
-
-            with Image.open(path) as im:
-                arr = np.asarray(im.convert("RGB") if im.mode in ("RGBA", "P", "LA") else im)
-    except Exception as exc:
-        raise ImageError(f"unreadable image ({type(exc).__name__}: {exc})", path=path) from None
+    Read by :func:`cellbench.images.decode_image`, so an image whose header says it would decode
+    past :data:`cellbench.images.MAX_DECODED_BYTES`, or a 16-bit colour PNG, is refused before
+    any pixel is decoded."""
+    arr = decode_image(path)  # header checked before decoding: size, 16-bit colour PNG
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
     if arr.ndim == 2:
@@ -71,8 +61,16 @@ def segment_folder(
     )
     if not files:
         raise ImageError("no PNG/TIFF/NPY images found", path=src, fix="pass a folder of images")
-    be = get_backend(backend)
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ImageError("--out is a file, not a folder", path=out, fix="name a folder")
+    if src.is_dir() and out.resolve() == src.resolve():
+        raise ImageError(
+            "--out is the input folder: the label images would be read as input next time",
+            path=out,
+            fix="name another folder",
+        )
+    be = get_backend(backend)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for i, path in enumerate(files):
