@@ -30,7 +30,7 @@ from cellbench.leaderboard.build import (
 from cellbench.leaderboard.entry_grid import entry_grid
 from cellbench.leaderboard.labels import Box, place_labels
 from tests.conftest import REPO, build_mini_dataset, make_tiny_sim
-from tests.test_leaderboard import EVIL, demo_submissions
+from tests.test_leaderboard import EVIL, demo_submissions, verified_report
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,10 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("page")
     subs = demo_submissions(root)
     out = root / "site"
-    build_leaderboard(subs, out, stamp="S")
+    names = ["2026-01-15_toy-model", "2026-01-16_evil", "2026-01-17_identity"]
+    build_leaderboard(
+        subs, out, stamp="S", verified=[verified_report(subs, names, root / "verified.json")]
+    )
     return subs, out
 
 
@@ -89,7 +92,7 @@ def test_download_values_are_exactly_those_of_results_json(site) -> None:
             if est.get("ci"):
                 assert float(rec[f"{c.key}_ci_low"]) == est["ci"][0]
                 assert float(rec[f"{c.key}_ci_high"]) == est["ci"][1]
-        assert rec["verification"] == "self-reported"
+        assert rec["verification"] == "verified"
     assert compared > 40
     # a value with more digits than the page shows survives the round trip
     toy = next(r for r in recs if r["folder"] == "2026-01-15_toy-model")
@@ -160,7 +163,12 @@ def test_rows_carry_what_the_filters_read_escaped(site) -> None:
     assert (
         'data-bon="4"' in rows["2026-01-16_evil"] and 'data-bon="1"' in rows["2025-06-01_old-model"]
     )
-    assert all('data-verification="self-reported"' in r for r in rows.values())
+    assert 'data-verification="self-reported"' in rows["2025-06-01_old-model"]
+    assert all(
+        'data-verification="verified"' in r
+        for name, r in rows.items()
+        if name != "2025-06-01_old-model"
+    )
     assert "&lt;script&gt;" in rows["2026-01-16_evil"] and "<script>" not in rows["2026-01-16_evil"]
     assert 'id="filters"' in html and 'role="search"' in html
 
@@ -282,7 +290,7 @@ def test_entry_page_says_why_there_is_no_grid(site, tmp_path: Path) -> None:
     assert "No control | generated | real target grid: the page was built without a dataset" in page
     # with a data folder, an entry without submitted images says so
     build_leaderboard(subs, tmp_path / "site", stamp="S", data_dir=tmp_path / "data")
-    page = (tmp_path / "site" / "entries" / "2026-01-15_toy-model.html").read_text()
+    page = (tmp_path / "site" / "entries" / "2025-06-01_old-model.html").read_text()
     assert "this entry has no submitted images" in page
 
 
