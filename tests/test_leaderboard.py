@@ -397,3 +397,18 @@ def test_an_older_suite_entry_with_images_must_be_rescored(tmp_path: Path) -> No
     edit_json(old / "results.json", lambda d: d.update(metric_suite_version="0"))
     with pytest.raises(CellbenchError, match="leaderboard rescore"):
         build_leaderboard(subs, tmp_path / "site", stamp="x")
+
+
+def test_site_folder_has_the_usual_permissions(tmp_path: Path) -> None:
+    """The site is built in a temporary folder (mkdtemp: 0700) and moved into place: it must get a
+    published folder's usual mode, not stay private."""
+    import os
+
+    subs = tmp_path / "submissions"
+    subs.mkdir()
+    old = os.umask(0o022)
+    try:
+        build_leaderboard(subs, tmp_path / "site", stamp="S")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "site").stat().st_mode & 0o777 == 0o755

@@ -848,7 +848,12 @@ def _prepare_out(out: Path) -> Path:
                 fix="pass an empty or new folder",
             )
     out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    # mkdtemp makes 0700; the site is published, so it gets a folder's usual mode (umask applied)
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)
+    return tmp
 
 
 def _swap_in(tmp: Path, out: Path) -> None:
