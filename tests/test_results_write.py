@@ -85,9 +85,12 @@ def _files(sub: Path) -> tuple[bytes, bytes]:
 
 def _second_run(table: pd.DataFrame) -> pd.DataFrame:
     """Another run's table that no cross-check of the means can tell from the first: two images
-    of one compound swap their ``nuc_size`` (every mean, per compound too, is unchanged)."""
+    of one compound and MoA swap their ``nuc_size`` (every mean, per compound and per MoA too, is
+    unchanged)."""
     new = table.copy()
-    rows = new.index[new["compound"] == new["compound"].iloc[0]][:2]
+    first = new.iloc[0]
+    same = (new["compound"] == first["compound"]) & (new["true_moa"] == first["true_moa"])
+    rows = new.index[same][:2]
     a, b = new.loc[rows[0], "nuc_size"], new.loc[rows[1], "nuc_size"]
     assert a != b
     new.loc[rows[0], "nuc_size"], new.loc[rows[1], "nuc_size"] = b, a
