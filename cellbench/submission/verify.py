@@ -47,6 +47,7 @@ VOLATILE: dict[str, str] = {
     "/merged_from": "the shard files of a merged run",
     "/images/folder": "the folder the images were read from",
     "/protocol/file": "the path of the protocol file",
+    "/per_image_sha256": "the per-image table's bytes (its cells are compared one by one)",
 }
 
 #: identity fields that must be the toolkit's before anything is re-scored
