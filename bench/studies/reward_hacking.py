@@ -203,9 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--data-dir", default="data", help="folder holding bbbc021-sim")
     p.add_argument("--dataset", default="bbbc021-sim")
-    p.add_argument("--protocol", required=True, help="the protocol CSV all entries answered")
-    p.add_argument("--entry", action="append", required=True, help="NAME=IMAGE_FOLDER (repeat)")
-    p.add_argument("--base", required=True, help="the entry the differences are taken against")
+    p.add_argument("--protocol", help="the protocol CSV all entries answered (required)")
+    p.add_argument("--entry", action="append", help="NAME=IMAGE_FOLDER (repeat; required)")
+    p.add_argument("--base", help="the entry the differences are taken against (required)")
     p.add_argument("--n-boot", type=int, default=500, help="paired bootstrap resamples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -216,7 +216,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="write the figures as JSON here")
     p.add_argument("--markdown", type=Path, help="write the tables as markdown here")
     p.add_argument("--plot", type=Path, help="write the forest plot (PNG) here")
+    p.add_argument(
+        "--plot-entries", help="comma-separated entries the plot shows (default: all but --base)"
+    )
+    p.add_argument(
+        "--replot",
+        type=Path,
+        help="redraw the plot and tables from a JSON this script wrote, without scoring",
+    )
     args = p.parse_args(argv)
+    plot_entries = args.plot_entries.split(",") if args.plot_entries else None
+    if args.replot is not None:
+        result = json.loads(args.replot.read_text())
+        metrics = list(result["entries"][result["base"]])
+        write_outputs(result, metrics, args, plot_entries)
+        return 0
+    if not (args.protocol and args.entry and args.base):
+        p.error("--protocol, --entry and --base are required (unless --replot)")
 
     from cellbench.data.bbbc021 import open_dataset
     from cellbench.evaluation import load_protocol_for
@@ -298,15 +314,21 @@ def main(argv: list[str] | None = None) -> int:
                 "higher_is_better": _higher(spec, k),
             }
         result["entries"][s.name] = row
-    text = markdown(result, metrics)
-    print(text)
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_outputs(result, metrics, args, plot_entries)
+    return 0
+
+
+def write_outputs(
+    result: dict, metrics: list[str], args: argparse.Namespace, plot_entries: list[str] | None
+) -> None:
+    text = markdown(result, metrics)
+    print(text)
     if args.markdown:
         args.markdown.write_text(text)
     if args.plot:
-        forest_plot(result, metrics, args.plot)
-    return 0
+        forest_plot(result, metrics, args.plot, plot_entries)
 
 
 def _r(real: dict) -> dict:
@@ -346,23 +368,35 @@ def markdown(result: dict, metrics: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def forest_plot(result: dict, metrics: list[str], path: Path) -> None:
+def _unit(result: dict, k: str) -> float | None:
+    """A metric's plotting unit: the width of the base's 95% interval, or where that is 0 (a
+    figure pinned at its bound, e.g. precision 0) the widest interval of any entry."""
+    widths = [r[k]["ci95"][1] - r[k]["ci95"][0] for r in result["entries"].values()]
+    base = result["entries"][result["base"]][k]["ci95"]
+    for w in (base[1] - base[0], max((w for w in widths if np.isfinite(w)), default=np.nan)):
+        if np.isfinite(w) and w > 0:
+            return float(w)
+    return None
+
+
+def forest_plot(
+    result: dict, metrics: list[str], path: Path, entries: list[str] | None = None
+) -> None:
     """Each entry's paired difference from the base, in units of the base's own 95% interval
-    width, signed so that right is better; one row per metric."""
+    width (:func:`_unit`), signed so that right is better; one row per metric."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    others = [e for e in result["entries"] if e != result["base"]]
-    base = result["entries"][result["base"]]
+    others = [e for e in (entries or result["entries"]) if e != result["base"]]
     fig, ax = plt.subplots(figsize=(7.5, 0.42 * len(metrics) + 1.4))
     colours = plt.cm.tab10.colors
     for j, e in enumerate(others):
         for i, k in enumerate(metrics):
             r = result["entries"][e][k]
-            width = base[k]["ci95"][1] - base[k]["ci95"][0]
-            if not np.isfinite(width) or width <= 0:
+            width = _unit(result, k)
+            if width is None:
                 continue
             sign = 1.0 if r["higher_is_better"] else -1.0
             lo, hi = (sign * x / width for x in r["diff_ci95"])
