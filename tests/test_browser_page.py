@@ -19,7 +19,7 @@ from cellbench.leaderboard import build as lb
 from cellbench.leaderboard.build import SCORING_DOC, build_leaderboard, columns
 from tests.conftest import build_mini_dataset
 from tests.test_browser import Browser, chromium  # noqa: F401 -- the fixture
-from tests.test_leaderboard import EVIL, demo_submissions
+from tests.test_leaderboard import EVIL, demo_submissions, verified_report
 from tests.test_submission import edit_json, make_submission, metadata
 
 pytestmark = pytest.mark.slow
@@ -61,7 +61,11 @@ def _site(root: Path) -> Path:
             lambda f: contextlib.nullcontext(images if f.name.endswith("toy-model") else None),
         )
         mp.setattr(lb._GridSource, "_protocol", lambda self, doc: (ds, table))
-        build_leaderboard(subs, root / "site", stamp="browser", data_dir=root / "data")
+        names = [f.name for f in sorted(subs.iterdir()) if f.name.startswith("2026-")]
+        report = verified_report(subs, names, root / "verified.json")
+        build_leaderboard(
+            subs, root / "site", stamp="browser", data_dir=root / "data", verified=[report]
+        )
     return root / "site"
 
 
@@ -181,10 +185,12 @@ def test_search_and_filters(board) -> None:
     assert _filter(browser, bon="best")["shown"] == ["2026-01-16_evil"]
     single = _filter(browser, bon="single")["shown"]
     assert len(single) == total - 1 and "2026-01-16_evil" not in single
-    none = _filter(browser, ver="verified")
-    assert none["shown"] == [] and none["count"] == f"0 of {total} entries shown"
-    assert none["refs"] == 2  # the reference rows stay
-    assert len(_filter(browser, ver="self-reported")["shown"]) == total
+    verified = _filter(browser, ver="verified")
+    assert len(verified["shown"]) == total - 1 and "2025-06-01_old-model" not in verified["shown"]
+    assert verified["count"] == f"{total - 1} of {total} entries shown"
+    self_reported = _filter(browser, ver="self-reported")
+    assert self_reported["shown"] == ["2025-06-01_old-model"]  # the stale entry, not re-scored
+    assert self_reported["refs"] == 2  # the reference rows stay
     assert _filter(browser, text="model", kind="model", bon="best")["shown"] == []
     # Enter in the search box does not submit the form (CSP forbids form actions)
     browser.js("document.getElementById('filter-text').focus()")
