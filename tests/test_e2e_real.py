@@ -87,11 +87,14 @@ def test_real_bbbc021_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         "--out",
         str(sub / "samples.png"),
     )
+    # the submission carries its images: `submission pack` writes them and prints the block
+    packed = _run(runner, "submission", "pack", str(images), "--out", str(sub / "images.tar.xz"))
     meta = metadata(
         model={"name": "identity", "version": "1"},
         kind="anchor",
         training={"dataset": None, "splits": []},
         sample_grid="samples.png",
+        images=json.loads(packed)["images"],
     )
     (sub / "metadata.json").write_text(json.dumps(meta))
 
