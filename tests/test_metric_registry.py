@@ -171,7 +171,7 @@ def test_toy_metric_on_the_leaderboard_page(toy, tmp_path: Path) -> None:
     from cellbench.results.builder import write_results
     from cellbench.submission import validate_submission
     from cellbench.submission.validate import accepted_protocols
-    from tests.test_submission import _per_image, metadata, results_doc
+    from tests.test_submission import _per_image, results_doc, with_images
 
     n = next(p for p in accepted_protocols() if p["dataset"] == "bbbc021-sim")["n_tasks"]
     table = _per_image(n, 0)
@@ -179,7 +179,8 @@ def test_toy_metric_on_the_leaderboard_page(toy, tmp_path: Path) -> None:
     folder = tmp_path / "submissions" / "2026-01-15_toy-model"
     folder.mkdir(parents=True)
     write_results(results_doc(table), table, None, folder / "results.json")
-    (folder / "metadata.json").write_text(json.dumps(metadata(), indent=2))
+    # a current-suite submission carries its images
+    (folder / "metadata.json").write_text(json.dumps(with_images(folder, table), indent=2))
     assert validate_submission(folder) == []
     build_leaderboard(tmp_path / "submissions", tmp_path / "site", stamp="S")
     html = (tmp_path / "site" / "index.html").read_text()
@@ -191,10 +192,14 @@ def test_toy_metric_on_the_leaderboard_page(toy, tmp_path: Path) -> None:
 
     n_held = sum(1 for c in columns() if c.group == "held-out")
     assert n_held == len(specs()) - 8
-    assert '<th scope="colgroup" colspan="8" class="group rewards">rewards</th>' in html
     assert re.search(
-        rf'<th scope="colgroup" colspan="{n_held}" class="group held-out" title="[^"]+">'
-        r"held-out metrics</th>",
+        r'<th scope="colgroup" colspan="8" class="group rewards" data-group="rewards">'
+        r'<span class="group-label">rewards</span>',
+        html,
+    )
+    assert re.search(
+        rf'<th scope="colgroup" colspan="{n_held}" class="group held-out" data-group="held-out" '
+        r'title="[^"]+"><span class="group-label">held-out metrics</span>',
         html,
     )
     first, *_ = re.findall(r'data-key="([a-z_0-9]+)"', html)
