@@ -69,12 +69,11 @@ def fid_nuclear(gen: np.ndarray, real_centred: np.ndarray, real_mean: np.ndarray
     return float(d @ d + (a * a).sum() + tr_r - 2.0 * nuclear)
 
 
-def poly_kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """KID's kernel, (x.y / d + 1)^3 (:mod:`cellbench.metrics.fid`)."""
-    return (x @ y.T / x.shape[1] + 1.0) ** 3
-
-
 def kid_kernels(gen: np.ndarray, real: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """KID's kernel matrices of a set, computed once: k(G, G), the mean of k(G, R) per generated
+    row, and the off-diagonal mean of k(R, R)."""
+    from cellbench.metrics.fid import poly_kernel
+
     g, r = gen.astype(np.float64), real.astype(np.float64)
     krr = poly_kernel(r, r)
     m = len(r)

@@ -364,7 +364,8 @@ def fid_influence(gen: Any, real: Any) -> tuple[float, np.ndarray]:
     return fid, influence - influence.mean()
 
 
-def _poly_kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+def poly_kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """KID's polynomial kernel matrix, ``(x.y / d + 1)^3`` for every row pair of ``x`` and ``y``."""
     return (x @ y.T / x.shape[1] + 1.0) ** 3
 
 
@@ -398,7 +399,7 @@ def kid_bootstrap_deviations(
             if j0 < i0:
                 continue
             bj = slice(j0, min(j0 + block, n))
-            kb = _poly_kernel(x[bi], x[bj])
+            kb = poly_kernel(x[bi], x[bj])
             kc[bi] += kb @ c[:, bj].T
             row_gen[bi] += kb.sum(1)
             if j0 == i0:
@@ -406,7 +407,7 @@ def kid_bootstrap_deviations(
             else:
                 kc[bj] += kb.T @ c[:, bi].T
                 row_gen[bj] += kb.sum(0)
-        row_real[bi] = _poly_kernel(x[bi], y).mean(1)
+        row_real[bi] = poly_kernel(x[bi], y).mean(1)
     quad = np.einsum("bi,ib->b", c, kc)
     sq = (c * c).sum(1)
     reps = (quad - (c * c) @ diag) / (n * n - sq) - 2.0 * (c @ row_real) / n
