@@ -1003,19 +1003,10 @@ GRID_PER_MOA = 2
 
 
 def _entry_images(folder: Path) -> Any:
-    """A context manager giving the entry's extracted image folder, or None when it has none.
+    """A context manager giving the entry's extracted image folder, or None when it has none
+    (:func:`cellbench.submission.archive.extract_images`)."""
+    from cellbench.submission.archive import extract_images
 
-    The image archive of a submission is read by ``cellbench.submission.archive.extract_images``;
-    until that module exists every entry has no images.
-    """
-    import contextlib
-
-    try:
-        from cellbench.submission.archive import extract_images  # type: ignore[import-not-found]
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("cellbench.submission.archive",):
-            raise
-        return contextlib.nullcontext(None)
     return extract_images(folder)
 
 
