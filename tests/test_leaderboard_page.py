@@ -295,7 +295,7 @@ def test_entry_page_says_why_there_is_no_grid(site, tmp_path: Path) -> None:
 
 
 def test_build_draws_the_grid_of_an_entry_with_images(site, mini, tmp_path, monkeypatch) -> None:
-    """The build's guarded hook: an entry whose images the archive module yields gets a grid."""
+    """The build's image hook: an entry whose images the archive module yields gets a grid."""
     subs, _ = site
     ds, table, images = mini
     monkeypatch.setattr(
