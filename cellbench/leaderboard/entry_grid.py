@@ -13,18 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from cellbench.errors import CellbenchError
-from cellbench.io import atomic_path
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from cellbench.data.bbbc021 import BBBC021Dataset
 
-#: pixels between crops and around the panel
-GAP = 2
 #: the three columns of a row, in order
 COLUMNS = ("control", "generated", "real target")
 
@@ -107,9 +102,8 @@ def entry_grid(
     Raises :class:`CellbenchError` when no image matches a task, or an image is not a 96x96x3
     crop; an empty list is never returned.
     """
-    from PIL import Image
-
-    from cellbench.images import discover_images, read_image
+    from cellbench.images import discover_images, read_folder_image
+    from cellbench.submission.grid import tile_crops, write_png
 
     if per_moa < 1:
         raise CellbenchError("per_moa must be at least 1")
@@ -128,31 +122,24 @@ def entry_grid(
         )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    size = 96
     panels, used = [], set()
     for moa in sorted(picked):
         rows = picked[moa]
-        canvas = np.full(
-            (len(rows) * (size + GAP) + GAP, len(COLUMNS) * (size + GAP) + GAP, 3), 255, np.uint8
-        )
+        cells = {}
         for i, (row, path) in enumerate(rows):
             crops = (
                 dataset.load_crop(str(row["control_key"])),
-                read_image(path, allow_constant=True),
+                read_folder_image(path, found.folder, allow_constant=True),
                 dataset.load_crop(str(row["target_key"])),
             )
             for j, crop in enumerate(crops):
-                if crop.shape != (size, size, 3):
-                    raise CellbenchError(f"expected a 96x96x3 crop, got {crop.shape}", path=path)
-                y, x = GAP + i * (size + GAP), GAP + j * (size + GAP)
-                canvas[y : y + size, x : x + size] = crop
+                cells[i, j] = (crop, path)
         name = f"grid-{_slug(moa)}"
         while name in used:  # two MoA names with the same slug
             name += "-"
         used.add(name)
         file = f"{name}.png"
-        with atomic_path(out_dir / file, suffix=".png") as tmp:
-            Image.fromarray(canvas).save(tmp, format="PNG", optimize=True)
+        write_png(tile_crops(cells, len(rows), len(COLUMNS)), out_dir / file)
         tasks = tuple(
             GridTask(str(r["task_id"]), str(r["compound"]), _dose(r["dose"])) for r, _ in rows
         )

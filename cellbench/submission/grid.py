@@ -10,6 +10,7 @@ from cellbench.errors import CellbenchError
 from cellbench.io import atomic_path
 
 GAP = 2  # pixels between crops
+CROP = 96  # a crop's side in pixels
 
 
 def sample_grid(
@@ -23,8 +24,6 @@ def sample_grid(
     Every crop is read as ``cellbench eval`` reads it (:func:`cellbench.images.read_folder_image`:
     the header checked before decoding, links out of the folder refused).
     """
-    from PIL import Image
-
     from cellbench.images import discover_images, read_folder_image
     from cellbench.protocol import read_protocol
 
@@ -49,18 +48,35 @@ def sample_grid(
             fix="run `cellbench images check`",
         )
     moas = sorted(columns)
-    size = 96
-    canvas = np.full(
-        (per_moa * (size + GAP) + GAP, len(moas) * (size + GAP) + GAP, 3), 255, np.uint8
-    )
-    for j, moa in enumerate(moas):
-        for i, path in enumerate(columns[moa]):
-            crop = read_folder_image(path, found.folder, allow_constant=True)
-            if crop.shape != (size, size, 3):
-                raise CellbenchError(f"expected a 96x96x3 crop, got {crop.shape}", path=path)
-            y, x = GAP + i * (size + GAP), GAP + j * (size + GAP)
-            canvas[y : y + size, x : x + size] = crop
+    cells = {
+        (i, j): (read_folder_image(path, found.folder, allow_constant=True), path)
+        for j, moa in enumerate(moas)
+        for i, path in enumerate(columns[moa])
+    }
     out = Path(out)
+    write_png(tile_crops(cells, per_moa, len(moas)), out)
+    return out
+
+
+def tile_crops(
+    cells: dict[tuple[int, int], tuple[np.ndarray, str | Path]], n_rows: int, n_cols: int
+) -> np.ndarray:
+    """A white uint8 canvas of ``n_rows`` x ``n_cols`` crop slots, ``GAP`` pixels apart and around,
+    with each ``(row, col): (crop, source)`` of ``cells`` in its slot. A crop that is not 96x96x3
+    is refused, naming its ``source``."""
+    size = CROP
+    canvas = np.full((n_rows * (size + GAP) + GAP, n_cols * (size + GAP) + GAP, 3), 255, np.uint8)
+    for (i, j), (crop, source) in cells.items():
+        if crop.shape != (size, size, 3):
+            raise CellbenchError(f"expected a 96x96x3 crop, got {crop.shape}", path=source)
+        y, x = GAP + i * (size + GAP), GAP + j * (size + GAP)
+        canvas[y : y + size, x : x + size] = crop
+    return canvas
+
+
+def write_png(canvas: np.ndarray, out: Path) -> None:
+    """Write ``canvas`` as an optimised PNG, atomically (same pixels, same bytes)."""
+    from PIL import Image
+
     with atomic_path(out, suffix=".png") as tmp:
         Image.fromarray(canvas).save(tmp, format="PNG", optimize=True)
-    return out
