@@ -155,8 +155,10 @@ class _Reader:
 
     def read_json(self, path: Path, cap: int) -> Any:
         data = self.read_capped(path, cap)
-        if data is None:
-            return None
+        return None if data is None else self.parse_json(path, data)
+
+    def parse_json(self, path: Path, data: bytes) -> Any:
+        """The JSON document ``data`` read from ``path``; None (with the problem) if it is not."""
         try:
             # depth checked before parsing (no RecursionError); NaN, Infinity, 1e999 refused
             return loads_json(data, object_pairs_hook=_no_duplicates)

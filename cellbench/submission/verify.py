@@ -238,7 +238,8 @@ def _read_entry(folder: Path) -> tuple[dict, dict, bytes, bytes]:
     meta = r.read_json(folder / METADATA_NAME, SIZE_CAPS[METADATA_NAME])
     raw = r.read_capped(folder / RESULTS_NAME, SIZE_CAPS[RESULTS_NAME])
     table = r.read_capped(folder / PER_IMAGE_NAME, SIZE_CAPS[PER_IMAGE_NAME])
-    doc = r.read_json(folder / RESULTS_NAME, SIZE_CAPS[RESULTS_NAME]) if raw is not None else None
+    # parsed from the bytes whose sha256 the report records: one read, no second look at the file
+    doc = r.parse_json(folder / RESULTS_NAME, raw) if raw is not None else None
     if r.sub.problems or not isinstance(meta, dict) or not isinstance(doc, dict) or table is None:
         first = r.sub.problems[0] if r.sub.problems else f"{folder}: not a JSON object"
         raise CellbenchError(str(first), fix=f"run `cellbench submission validate {folder}`")
