@@ -262,9 +262,17 @@ class RegressReport:
         }
 
 
-def _tol(name: str, expected: float, tolerances: dict[str, dict[str, float]]) -> float:
-    t = tolerances[_family(name)]
+def family_tolerance(
+    family: str, expected: float, tolerances: dict[str, dict[str, float]] | None = None
+) -> float:
+    """How far a number of tolerance class ``family`` may move from ``expected``
+    (``abs + rel * |expected|`` of :data:`TOLERANCES`, or of ``tolerances``)."""
+    t = (TOLERANCES if tolerances is None else tolerances)[family]
     return t["abs"] + t["rel"] * abs(expected)
+
+
+def _tol(name: str, expected: float, tolerances: dict[str, dict[str, float]]) -> float:
+    return family_tolerance(_family(name), expected, tolerances)
 
 
 def _close(expected: float | None, got: float | None, tol: float) -> bool:

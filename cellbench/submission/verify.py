@@ -113,7 +113,7 @@ class EntryReport:
 def _family_tolerance(parts: list[str], value: float) -> float:
     """The tolerance of a number at JSON path ``parts`` (its metric's family)."""
     from cellbench.metrics.registry import METRICS, spec
-    from cellbench.regress import TOLERANCES
+    from cellbench.regress import TOLERANCES, family_tolerance
 
     family = "rewards"
     for p in reversed(parts):
@@ -129,9 +129,8 @@ def _family_tolerance(parts: list[str], value: float) -> float:
         if p.startswith("kid"):
             family = "kid"
             break
-    t = TOLERANCES.get(family, TOLERANCES["rewards"])
     # + 1e-9: two values rounded to 6 decimals from nearly equal numbers differ by 1e-6 at most
-    return t["abs"] + t["rel"] * abs(value) + 1e-9
+    return family_tolerance(family if family in TOLERANCES else "rewards", value) + 1e-9
 
 
 def _is_number(v: Any) -> bool:
