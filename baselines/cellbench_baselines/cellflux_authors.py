@@ -294,6 +294,15 @@ def published_config(unet: dict[str, Any]) -> dict:
     return cfg
 
 
+def _not_published(path: Path, exc: Exception) -> CellbenchError:
+    """The one-line error of a checkpoint whose UNet is not of the published design."""
+    return CellbenchError(
+        f"not a CellFlux UNet of the published design ({type(exc).__name__}: {exc})",
+        path=path,
+        fix=_FIX,
+    )
+
+
 def read_authors_checkpoint(path: str | Path) -> LoadedRun:
     """The authors' checkpoint at ``path`` as a :class:`LoadedRun` of the ``paper`` network.
 
@@ -314,11 +323,7 @@ def read_authors_checkpoint(path: str | Path) -> LoadedRun:
     try:
         config = published_config(infer_unet_config(theirs))
     except (KeyError, ValueError, IndexError, TypeError) as exc:
-        raise CellbenchError(
-            f"not a CellFlux UNet of the published design ({type(exc).__name__}: {exc})",
-            path=path,
-            fix=_FIX,
-        ) from None
+        raise _not_published(path, exc) from None
     from cellbench_baselines.cellflux import BOUNDS
 
     check_config(config, BOUNDS, where=path, fix=_FIX)  # before a network is built from it
@@ -326,11 +331,7 @@ def read_authors_checkpoint(path: str | Path) -> LoadedRun:
         with torch.device("meta"):
             net = unet_from_config(config["unet"])
     except (KeyError, ValueError, IndexError, TypeError) as exc:
-        raise CellbenchError(
-            f"not a CellFlux UNet of the published design ({type(exc).__name__}: {exc})",
-            path=path,
-            fix=_FIX,
-        ) from None
+        raise _not_published(path, exc) from None
     names = authors_key_names(net)
     expected = {theirs_key: ours for ours, theirs_key in names.items()}
     missing = [k for k in expected if k not in theirs]
