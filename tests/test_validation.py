@@ -428,3 +428,24 @@ def test_held_out_metrics_fall_with_their_defects(sim_world) -> None:
     assert top["phenotype_erase"]["targets"]["profile_shift_corr"]["delta_at_max"] <= -0.5
     assert top["training_copies"]["targets"]["memorisation"]["curve"][-1] == 1.0
     assert top["mode_collapse"]["targets"]["recall"]["curve"][-1] <= 0.2
+
+
+def test_a_bounded_metric_at_its_floor_still_passes() -> None:
+    """A recall that has fallen to 0 (its bound) and stays there is worse at every step; an
+    unbounded metric that stays put is not; a curve that starts at the bound never passes."""
+    from cellbench.metrics.registry import spec
+    from cellbench.validation.report import _verdict, summarise_defect
+
+    assert spec("recall").worst == 0.0 and spec("memorisation").worst == 1.0
+    assert spec("fid_o").worst is None
+    floor = _verdict([1.0, 0.53, 0.0, 0.0], False, None, worst=0.0)
+    assert floor == {"monotonic": True, "significant": True, "passed": True}
+    assert not _verdict([1.0, 0.53, 0.0, 0.0], False, None)["passed"]  # no bound declared
+    assert not _verdict([1.0, 0.53, 0.2, 0.2], False, None, worst=0.0)["passed"]  # a plateau
+    assert not _verdict([0.0, 0.0, 0.0], False, None, worst=0.0)["passed"]  # nothing fell
+    assert _verdict([0.01, 0.3, 1.0, 1.0], True, None, worst=1.0)["passed"]  # lower is better
+    assert not _verdict([0.0, 44.0, 59.0, 58.4], True, None)["passed"]  # FID: no bound
+    per = {s: {"recall": {"value": v, "delta": v - 1.0}} for s, v in ((0.5, 0.4), (1.0, 0.0))}
+    per[0.75] = {"recall": {"value": 0.0, "delta": -1.0}}
+    out = summarise_defect("mode_collapse", per, {"recall": 1.0, "coverage": None})
+    assert out["recall"]["passed"] and out["recall"]["curve"] == [1.0, 0.4, 0.0, 0.0]

@@ -93,6 +93,10 @@ class MetricSpec:
         group: ``"rewards"`` or ``"held-out"`` (:data:`GROUPS`).
         inputs: for ``kind="set_fn"``, the :class:`SetInputs` fields the function needs (the
             metric is absent when one of them is None).
+        worst: the worst value the metric can take, for a bounded metric (0 for a fraction that
+            should be high, 1 for one that should be low), else None. ``cellbench
+            validate-metrics`` counts a severity step that stays at this bound as worse (a recall
+            that has reached 0 cannot fall further).
     """
 
     name: str
@@ -108,6 +112,7 @@ class MetricSpec:
     tolerance: str = "rewards"
     group: MetricGroup = "held-out"
     inputs: tuple[str, ...] = ()
+    worst: float | None = None
 
     @property
     def per_image(self) -> bool:
@@ -620,6 +625,7 @@ for _name, _label, _summary in (
             tolerance="prdc",
             group="held-out",
             inputs=_INCEPTION_INPUTS,
+            worst=0.0,
         )
     )
 for _space, _needs, _function, _inputs in (
@@ -650,6 +656,7 @@ for _space, _needs, _function, _inputs in (
                 tolerance="retrieval",
                 group="held-out",
                 inputs=_inputs,
+                worst=0.0,
             )
         )
 for _name, _label, _higher, _summary in (
@@ -714,5 +721,6 @@ for _name, _label, _summary, _inputs in (
             tolerance="memorisation",
             group="held-out",
             inputs=_inputs,
+            worst=1.0,
         )
     )

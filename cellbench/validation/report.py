@@ -82,11 +82,22 @@ def _delta(damaged: np.ndarray, base: np.ndarray, seed: int) -> dict[str, Any]:
     return {"delta": d["value"], "ci": d["ci"], "n": d["n"]}
 
 
-def _verdict(curve: list[float | None], lower_is_better: bool, ci: list | None) -> dict[str, Any]:
-    """Monotonic worsening over [baseline, s1, ..., sk] and a significant drop at sk."""
+def _verdict(
+    curve: list[float | None],
+    lower_is_better: bool,
+    ci: list | None,
+    worst: float | None = None,
+) -> dict[str, Any]:
+    """Monotonic worsening over [baseline, s1, ..., sk] and a significant drop at sk.
+
+    A step that stays at ``worst`` (the bound of a bounded metric, :attr:`MetricSpec.worst`)
+    counts as worse: the metric has nowhere further to go. A curve that starts at its bound is
+    not monotonic (nothing fell)."""
     vals = [np.nan if v is None else float(v) for v in curve]
     steps = np.diff(vals)
     worse = steps > 0 if lower_is_better else steps < 0
+    if worst is not None and len(vals) > 1 and vals[0] != worst:
+        worse |= (steps == 0) & (np.asarray(vals[1:]) == worst)
     monotonic = bool(np.all(worse)) and bool(np.all(np.isfinite(steps)))
     if ci is None or ci[0] is None:
         significant = bool(np.isfinite(steps).all() and monotonic)
@@ -97,6 +108,11 @@ def _verdict(curve: list[float | None], lower_is_better: bool, ci: list | None) 
         "significant": bool(significant),
         "passed": bool(monotonic and significant),
     }
+
+
+def _worst(metric: str) -> float | None:
+    """The registered bound of ``metric`` (:attr:`MetricSpec.worst`); None when unregistered."""
+    return registry.spec(metric).worst if metric in registry.METRICS.names() else None
 
 
 def summarise_defect(
@@ -114,7 +130,7 @@ def summarise_defect(
             "curve": curve,
             "delta_at_max": top["delta"],
             "ci_at_max": top.get("ci"),
-            **_verdict(curve, target in LOWER_IS_BETTER, top.get("ci")),
+            **_verdict(curve, target in LOWER_IS_BETTER, top.get("ci"), _worst(target)),
         }
     return out
 
