@@ -9,12 +9,14 @@ Two measurements, side by side on the same machine in the same run:
    ``kind="set_fn"`` metric on the model and on the split-half reference
    (:func:`cellbench.results.builder.set_fn_values`).
 2. ``--full-eval``: ``cellbench eval`` of N generated images (the protocol's real targets, so the
-   work is that of a real run) with the reference features cached, twice: with the held-out
-   ``set_fn`` metrics registered and with them unregistered; the wall times and their ratio.
+   work is that of a real run) with the reference features cached, with the held-out
+   ``set_fn`` metrics registered and with them unregistered, alternated for ``--repeats`` rounds
+   (A B A B, so a load that changes during the run reaches both arms); the wall times, each
+   round's ratio and their median.
 
 Usage:
   python bench/perf/heldout_cost.py --repeats 3
-  python bench/perf/heldout_cost.py --full-eval --data-dir data --n-images 5120
+  python bench/perf/heldout_cost.py --full-eval --data-dir data --n-images 5120 --repeats 2
 
 ``--full-eval`` needs a dataset with N test tasks (`cellbench data sim --scale demo`: 10,300).
 """
@@ -112,7 +114,7 @@ def fid_step(inputs: SetInputs) -> None:
     )
 
 
-def time_full_eval(data_dir: str, n_images: int) -> None:
+def time_full_eval(data_dir: str, n_images: int, repeats: int = 1) -> None:
     from cellbench.data.bbbc021 import open_dataset
     from cellbench.evaluation import evaluate
     from cellbench.metrics import registry
@@ -141,17 +143,28 @@ def time_full_eval(data_dir: str, n_images: int) -> None:
             print(f"{label}: {n} images in {dt:.1f} s", flush=True)
             return dt
 
-        run("warm-up (fills the reference cache; not counted)")
-        with_held = run("eval, reference cached, with the held-out set_fn metrics")
+        run("warm-up (fills the reference and training-feature caches; not counted)")
         specs = registry.set_fn_metrics()
-        for s in specs:
-            registry.unregister_metric(s.name)
-        try:
-            without = run("eval, reference cached, without them")
-        finally:
+        ratios = []
+        for k in range(repeats):  # A B A B: a load that drifts during the run hits both arms
+            with_held = run(f"round {k + 1}: eval, caches filled, with the held-out set_fn metrics")
             for s in specs:
-                registry.register_metric(s)
-        print(f"added: {100 * (with_held / without - 1):+.1f}%")
+                registry.unregister_metric(s.name)
+            try:
+                without = run(f"round {k + 1}: eval, caches filled, without them")
+            finally:
+                for s in specs:
+                    registry.register_metric(s)
+            ratios.append(with_held / without)
+            print(
+                f"round {k + 1}: added {100 * (ratios[-1] - 1):+.1f}% "
+                f"(load average {os.getloadavg()[0]:.2f})",
+                flush=True,
+            )
+        print(
+            f"added: median {100 * (float(np.median(ratios)) - 1):+.1f}% over {repeats} "
+            f"round(s) ({', '.join(f'{100 * (r - 1):+.1f}%' for r in ratios)})"
+        )
 
 
 def main() -> None:
@@ -167,7 +180,7 @@ def main() -> None:
     args = ap.parse_args()
     print(f"machine: {_machine()}")
     if args.full_eval:
-        time_full_eval(args.data_dir, args.n_images)
+        time_full_eval(args.data_dir, args.n_images, args.repeats)
     else:
         time_arrays(args.n, args.repeats, not args.no_fid_step)
 
