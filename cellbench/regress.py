@@ -62,7 +62,7 @@ BUMP_REMINDER = (
 )
 
 
-def _family(name: str) -> str:
+def tolerance_family(name: str) -> str:
     """The tolerance class of a compared number: a metric's is in its registry entry."""
     from cellbench.metrics.registry import METRICS, spec
 
@@ -272,7 +272,7 @@ def family_tolerance(
 
 
 def _tol(name: str, expected: float, tolerances: dict[str, dict[str, float]]) -> float:
-    return family_tolerance(_family(name), expected, tolerances)
+    return family_tolerance(tolerance_family(name), expected, tolerances)
 
 
 def _close(expected: float | None, got: float | None, tol: float) -> bool:
