@@ -136,3 +136,35 @@ def test_dsb2018_images_bit_identical(ref) -> None:
             got = fast.segment_nuclei(img, params=replace(fast.DEFAULT_PARAMS, **cand))
             want = ref.segment_nuclei(img, params=replace(ref.DEFAULT_PARAMS, **cand))
             np.testing.assert_array_equal(got, want, err_msg=f"{path.name} {cand}")
+
+
+@pytest.mark.parametrize("f", [2, 3, 4, 8, 16])
+def test_block_means_equal_numpy_bit_for_bit(f: int) -> None:
+    # numpy sums each row of a block pairwise (8 partial sums from 8 values on), then adds the
+    # rows: the compiled kernel must follow that order to give the same float32 bits
+    from cellbench.features.segment import _nucleus_kernels as K
+
+    rng = np.random.default_rng(f)
+    for scale in (1.0, 1e3, 1e-3):
+        x = (rng.random((5, 9 * f + 3, 7 * f + 1)) * scale).astype(np.float32)
+        n, h, w = x.shape
+        h2, w2 = h // f, w // f
+        want = x[:, : h2 * f, : w2 * f].reshape(n, h2, f, w2, f).mean((2, 4), dtype=np.float32)
+        np.testing.assert_array_equal(K.block_means(x, f), want)
+
+
+def test_median_radii_equal_numpy() -> None:
+    from cellbench.features.segment import _nucleus_kernels as K
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 9, size=(6, 40, 50)).astype(np.int32)
+    labels[1] = 0  # no nucleus: inf
+    labels[2][labels[2] == 3] = 0  # an absent label in the middle is not an area of 0
+    labels[3] = np.where(labels[3] > 0, 1, 0)  # one nucleus (odd count)
+    labels[4][labels[4] > 4] = 0  # four nuclei (even count: mean of the middle two)
+    want = []
+    for lab in labels:
+        area = np.bincount(lab.ravel())[1:]
+        area = area[area > 0]
+        want.append(np.sqrt(np.median(area) / np.pi) if len(area) else np.inf)
+    np.testing.assert_array_equal(K.median_radii(labels), np.array(want))

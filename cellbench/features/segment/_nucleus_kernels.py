@@ -965,6 +965,89 @@ def blocks(x: np.ndarray, b: int, is_max: bool) -> np.ndarray:
     return out
 
 
+@njit(cache=True, nogil=True)
+def _block_means(x, f, out, r):  # pragma: no cover - compiled
+    n, h2, w2 = out.shape
+    for i in range(n):
+        for by in range(h2):
+            for bx in range(w2):
+                s = np.float32(0.0)
+                for a in range(f):
+                    row = x[i, by * f + a, bx * f : bx * f + f]
+                    # one row of the block: numpy's float32 pairwise sum (sequential below 8
+                    # values; 8 partial sums combined as a tree up to 128)
+                    if f < 8:
+                        t = np.float32(0.0)
+                        for b in range(f):
+                            t += row[b]
+                    else:
+                        for j in range(8):
+                            r[j] = row[j]
+                        b = 8
+                        while b < f - (f % 8):
+                            for j in range(8):
+                                r[j] += row[b + j]
+                            b += 8
+                        t = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]))
+                        while b < f:
+                            t += row[b]
+                            b += 1
+                    s += t
+                out[i, by, bx] = s / np.float32(f * f)
+
+
+def block_means(x: np.ndarray, f: int) -> np.ndarray:
+    """Means of the f x f blocks of each image of a float32 (N, H, W) stack (rows and columns
+    beyond a multiple of f dropped), equal bit for bit to
+    ``x[:, :h*f, :w*f].reshape(n, h, f, w, f).mean((2, 4), dtype=np.float32)``: per block, the
+    float32 sum of each row of f values (numpy's pairwise order), the rows added in turn, divided
+    by f * f (f <= 128)."""
+    if not 1 <= f <= 128:
+        raise ValueError(f"block size {f} is outside 1..128")
+    x = np.ascontiguousarray(x, np.float32)
+    n, h, w = x.shape
+    out = np.empty((n, h // f, w // f), np.float32)
+    _block_means(x, int(f), out, np.empty(8, np.float32))
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _median_radii(labels, out):  # pragma: no cover - compiled
+    n, h, w = labels.shape
+    for i in range(n):
+        m = 0
+        for y in range(h):
+            for x in range(w):
+                if labels[i, y, x] > m:
+                    m = labels[i, y, x]
+        area = np.zeros(m + 1, np.int64)
+        for y in range(h):
+            for x in range(w):
+                area[labels[i, y, x]] += 1
+        k = 0
+        for j in range(1, m + 1):
+            if area[j] > 0:
+                area[k] = area[j]
+                k += 1
+        if k == 0:
+            out[i] = np.inf
+            continue
+        a = np.sort(area[:k])
+        if k % 2 == 1:
+            med = np.float64(a[k // 2])
+        else:
+            med = (np.float64(a[k // 2 - 1]) + np.float64(a[k // 2])) / 2.0
+        out[i] = np.sqrt(med / np.pi)
+
+
+def median_radii(labels: np.ndarray) -> np.ndarray:
+    """Per image of an (N, H, W) label stack, sqrt(median nucleus area / pi) (inf if none), as
+    ``np.sqrt(np.median(areas) / np.pi)`` of the positive pixel counts of labels 1..max."""
+    out = np.empty(len(labels))
+    _median_radii(np.ascontiguousarray(labels, np.int32), out)
+    return out
+
+
 # ------------------------------------------------------------------------------------------------
 # foreground and border refinement (elementwise steps of the nucleus pass, fused)
 

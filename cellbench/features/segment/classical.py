@@ -351,14 +351,15 @@ def _factor(c: float, p: NucleusParams) -> int:
 
 def _downsample(x: np.ndarray, f: int) -> np.ndarray:
     """Block means of f x f pixels of each image of a stack (rows and columns beyond a multiple
-    of f are dropped)."""
-    if f == 1:
-        return x
+    of f are dropped): numpy's ``x[:, :h f, :w f].reshape(n, h, f, w, f).mean((2, 4),
+    dtype=float32)``, compiled (bit for bit, :func:`._nucleus_kernels.block_means`)."""
     n, h, w = x.shape
-    h2, w2 = max(h // f, 1), max(w // f, 1)
-    if h < f or w < f:
+    if f == 1 or h < f or w < f:
         return x
-    return x[:, : h2 * f, : w2 * f].reshape(n, h2, f, w2, f).mean((2, 4), dtype=np.float32)
+    if f > 128:
+        h2, w2 = h // f, w // f
+        return x[:, : h2 * f, : w2 * f].reshape(n, h2, f, w2, f).mean((2, 4), dtype=np.float32)
+    return K.block_means(x, f)
 
 
 def _radii_and_contrast(
@@ -595,13 +596,7 @@ def segment_nuclei_stack(
 
 def _median_radius(labels: np.ndarray) -> np.ndarray:
     """Per image of an (N, H, W) label stack, sqrt(median nucleus area / pi) (inf if none)."""
-    out = np.full(len(labels), np.inf)
-    for i, lab in enumerate(labels):
-        area = np.bincount(lab.ravel())[1:]
-        area = area[area > 0]
-        if len(area):
-            out[i] = np.sqrt(np.median(area) / np.pi)
-    return out
+    return K.median_radii(labels)
 
 
 def segment_nuclei(dna: np.ndarray, *, params: NucleusParams = DEFAULT_PARAMS) -> np.ndarray:
