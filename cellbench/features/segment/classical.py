@@ -85,6 +85,7 @@ import numpy as np
 
 from cellbench.errors import ImageError
 from cellbench.features.segment import _nucleus_kernels as K
+from cellbench.features.segment._feature_kernels import PERIMETER_WEIGHTS
 from cellbench.features.segment.cells import segment_cells_stack
 
 __all__ = [
@@ -682,11 +683,9 @@ def segment_crop(
 # ------------------------------------------------------------------------------------------------
 # features
 
-#: weights of scikit-image's perimeter estimator by neighbourhood code (see :func:`_perimeters`)
-_PERIMETER_WEIGHTS = np.zeros(50)
-_PERIMETER_WEIGHTS[[5, 7, 15, 17, 25, 27]] = 1.0
-_PERIMETER_WEIGHTS[[21, 33]] = np.sqrt(2.0)
-_PERIMETER_WEIGHTS[[13, 23]] = (1.0 + np.sqrt(2.0)) / 2.0
+#: the code a neighbour adds to a border pixel's neighbourhood code when it is a border pixel of the
+#: same object (the weights by code are ``_feature_kernels.PERIMETER_WEIGHTS``, shared with the
+#: compiled features)
 _NEIGHBOURS = (
     (-1, 0, 2), (1, 0, 2), (0, -1, 2), (0, 1, 2),
     (-1, -1, 10), (-1, 1, 10), (1, -1, 10), (1, 1, 10),
@@ -710,7 +709,7 @@ def _perimeters(labels: np.ndarray, n: int) -> np.ndarray:
     h, w = c.shape
     for dy, dx, weight in _NEIGHBOURS:
         code += weight * ((b[1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w] == c) & border)
-    return np.bincount(c[border], weights=_PERIMETER_WEIGHTS[code[border]], minlength=n + 1)
+    return np.bincount(c[border], weights=PERIMETER_WEIGHTS[code[border]], minlength=n + 1)
 
 
 def features_from_masks(seg: SegmentationResult) -> dict[str, float]:
@@ -749,7 +748,7 @@ def stack_features(seg: StackSegmentation) -> np.ndarray:
     """(N, 6) features in FEATURE_NAMES order of a batch, the values of
     :func:`features_from_masks` image by image (tested), in one compiled loop
     (:mod:`cellbench.features.segment._feature_kernels`)."""
-    from cellbench.features.segment._feature_kernels import PERIMETER_WEIGHTS, features_stack
+    from cellbench.features.segment._feature_kernels import features_stack
 
     nuclei = np.ascontiguousarray(seg.nuclei, np.int32)
     out = np.zeros((len(nuclei), len(FEATURE_NAMES)))
