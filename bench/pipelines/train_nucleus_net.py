@@ -249,9 +249,17 @@ def main() -> None:
         return
 
     fold = np.arange(len(names)) % FOLDS
+    todo = [int(k) for k in args.folds_only.split(",")] if args.folds_only else range(FOLDS)
     if args.rescore:
         allf = np.zeros((len(names), 2))
-        for k in range(FOLDS):
+        missing = [k for k in todo if not (args.save_dir / f"fold{k}.safetensors").is_file()]
+        if missing:
+            raise SystemExit(
+                f"{args.save_dir}: no fold{missing[0]}.safetensors (fix: train it with --cv "
+                f"--folds-only {missing[0]} --save-dir {args.save_dir}, or rescore --folds-only "
+                "the folds there)"
+            )
+        for k in todo:
             test = np.flatnonzero(fold == k)
             net = unet.load_net(args.save_dir / f"fold{k}.safetensors", sha256=None)
             s = score(net, [imgs[i] for i in test], [gts[i] for i in test], radii[test], args.flips)
@@ -261,11 +269,15 @@ def main() -> None:
                 t = score(net, [sd[0]], [sd[1]], [None], args.flips)[0]
                 msg += f" {t[0]:.4f} / {t[1]:.4f} |"
             print(msg, flush=True)
-        print(f"| all | {len(names)} | **{allf[:, 0].mean():.4f}** / {allf[:, 1].mean():.4f} |")
+        scored = np.isin(fold, list(todo))
+        print(
+            f"| {'all' if scored.all() else 'folds ' + ','.join(map(str, todo))} | "
+            f"{int(scored.sum())} | **{allf[scored, 0].mean():.4f}** / "
+            f"{allf[scored, 1].mean():.4f} |"
+        )
         if args.json:
             args.json.write_text(json.dumps({"images": names, "f1": allf.tolist()}))
         return
-    todo = [int(k) for k in args.folds_only.split(",")] if args.folds_only else range(FOLDS)
     result = {"images": names, "fold": fold.tolist(), "folds": {}}
     for k in todo:
         test = np.flatnonzero(fold == k)
