@@ -741,6 +741,13 @@ def upsample(a, r0, r1, rw, c0, c1, cw) -> np.ndarray:
 
 
 @njit(cache=True, nogil=True)
+def _middle_sum(vals, m):  # pragma: no cover - compiled
+    """Lower + upper middle value of ``vals[:m]`` (m >= 1; twice the middle one for odd m)."""
+    s = np.sort(vals[:m])
+    return s[(m - 1) // 2] + s[m // 2]
+
+
+@njit(cache=True, nogil=True)
 def _blob_medians(fg, dist, min_size, out):  # pragma: no cover - compiled
     """Per image: the 4-connected blobs of ``fg`` with at least ``min_size`` px, the largest
     ``dist`` of each (float64), and out = lower + upper middle of their sorted values (NaN when
@@ -769,8 +776,7 @@ def _blob_medians(fg, dist, min_size, out):  # pragma: no cover - compiled
         if m == 0:
             out[i] = np.nan
             continue
-        s = np.sort(vals[:m])
-        out[i] = s[(m - 1) // 2] + s[m // 2]
+        out[i] = _middle_sum(vals, m)
 
 
 def blob_medians(fg: np.ndarray, min_size: float) -> np.ndarray:
@@ -1024,20 +1030,17 @@ def _median_radii(labels, out):  # pragma: no cover - compiled
         for y in range(h):
             for x in range(w):
                 area[labels[i, y, x]] += 1
+        vals = np.empty(m)
         k = 0
         for j in range(1, m + 1):
             if area[j] > 0:
-                area[k] = area[j]
+                vals[k] = area[j]
                 k += 1
         if k == 0:
             out[i] = np.inf
             continue
-        a = np.sort(area[:k])
-        if k % 2 == 1:
-            med = np.float64(a[k // 2])
-        else:
-            med = (np.float64(a[k // 2 - 1]) + np.float64(a[k // 2])) / 2.0
-        out[i] = np.sqrt(med / np.pi)
+        # numpy's median: the middle value, or the mean of the two middle ones (exact here)
+        out[i] = np.sqrt(_middle_sum(vals, k) / 2.0 / np.pi)
 
 
 def median_radii(labels: np.ndarray) -> np.ndarray:
