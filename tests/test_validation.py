@@ -131,6 +131,24 @@ def test_every_defect_is_pure_seeded_and_identity_at_zero(sim_world) -> None:
     assert not np.array_equal(n1, apply_defect("noise", crops, 1.0, seed=2))
 
 
+def test_dilation_by_distance_equals_the_disk_structuring_element() -> None:
+    # the defects dilate masks by up to ~60 px (cell_two_nuclei's reach on real nuclei); the
+    # distance-transform dilation must give exactly scipy's binary dilation by the same disk
+    from scipy import ndimage as ndi
+
+    from cellbench.validation.defects import _dilate, _disk
+
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        h, w = (int(v) for v in rng.integers(3, 70, 2))
+        mask = rng.random((h, w)) < rng.choice([0.002, 0.02, 0.2, 0.7])
+        r = int(rng.integers(0, 40))
+        want = ndi.binary_dilation(mask, structure=_disk(r)) if r > 0 else mask
+        np.testing.assert_array_equal(_dilate(mask, r), want)
+    assert not _dilate(np.zeros((5, 5), bool), 3).any()
+    assert _dilate(np.ones((5, 5), bool), 3).all()
+
+
 def test_defects_refuse_bad_input(sim_world) -> None:
     crops = sim_world["suite"].crops[:2]
     with pytest.raises(ValueError, match="severity"):

@@ -127,7 +127,15 @@ def _disk(r: int) -> np.ndarray:
 
 
 def _dilate(mask: np.ndarray, r: int = HALO) -> np.ndarray:
-    return ndi.binary_dilation(mask, structure=_disk(r)) if r > 0 else mask.copy()
+    """``mask`` dilated by the disk of radius ``r`` (``ndi.binary_dilation`` with ``_disk(r)``),
+    computed as "within r of a mask pixel" by the exact distance transform: the same pixels
+    (integer squared distances against r^2), in time independent of r (a 56-px disk took 1.2 s
+    per 96x96 mask as a structuring element)."""
+    if r <= 0:
+        return mask.copy()
+    if not mask.any():
+        return np.zeros_like(mask, dtype=bool)
+    return ndi.distance_transform_edt(~mask) <= r
 
 
 def _centroid(mask: np.ndarray) -> tuple[float, float]:
