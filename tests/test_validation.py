@@ -389,6 +389,31 @@ def test_validate_metrics_writes_the_report(sim_world, tmp_path: Path) -> None:
     assert len(rows) == 1 + 2 * (9 + len(HELD_OUT_SET))
 
 
+@pytest.mark.shared
+def test_validate_metrics_with_real_crops_skips_the_defects_that_need_donors(
+    sim_world, tmp_path: Path
+) -> None:
+    # the documented full run (every defect, --real-crops) crashed at its very end drawing the
+    # real example grid with a defect that needs donors, losing the whole run
+    from cellbench.validation.report import run_validation
+
+    root = shared_data_or_skip("bbbc021_real", "singh_crops_68x68")
+    out = tmp_path / "report"
+    doc = run_validation(
+        out,
+        data_dir=sim_world["root"] / "data",
+        severities=(1.0,),
+        n_images=8,
+        fid=False,
+        defects=["nucleus_grow", "moa_swap", "phenotype_erase"],
+        real_crops=root,
+    )
+    assert set(doc["real"]["defects"]) == {"nucleus_grow"}
+    assert set(doc["sim"]["defects"]) == {"nucleus_grow", "moa_swap", "phenotype_erase"}
+    for name in ("report.md", "validation.json", "defects_real.png"):
+        assert (out / name).is_file(), name
+
+
 def test_curves_svg_without_matplotlib(tmp_path: Path) -> None:
     from cellbench.validation.figures import curves_svg
 

@@ -570,8 +570,10 @@ def run_validation(
         real = RealSuite(
             real_crops, n_images=n_images, seed=seed, backend=backend, progress=progress
         )
-        doc["real"] = real.run(names, severities)
-        examples["real"] = _example_grid(real, [d for d in names if d != "moa_swap"], severities)
+        # the real crops have no donors (other MoAs, compounds, controls, training crops)
+        on_real = [d for d in names if not DEFECTS[d].needs_donors]
+        doc["real"] = real.run(on_real, severities)
+        examples["real"] = _example_grid(real, on_real, severities)
     if seg_truth is not None:
         progress("segmentation F1", 0, 1)
         doc["segmentation"] = segmentation_accuracy(seg_truth, backend)
