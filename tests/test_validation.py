@@ -407,7 +407,9 @@ def test_validate_metrics_with_real_crops_skips_the_defects_that_need_donors(
         fid=False,
         defects=["nucleus_grow", "moa_swap", "phenotype_erase"],
         real_crops=root,
+        real_n_images=6,
     )
+    assert doc["real"]["n_images"] == 6  # --real-n-images was ignored (n_images was used)
     assert set(doc["real"]["defects"]) == {"nucleus_grow"}
     assert set(doc["sim"]["defects"]) == {"nucleus_grow", "moa_swap", "phenotype_erase"}
     for name in ("report.md", "validation.json", "defects_real.png"):

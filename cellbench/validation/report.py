@@ -568,7 +568,7 @@ def run_validation(
     real = None
     if real_crops is not None:
         real = RealSuite(
-            real_crops, n_images=n_images, seed=seed, backend=backend, progress=progress
+            real_crops, n_images=real_n_images, seed=seed, backend=backend, progress=progress
         )
         # the real crops have no donors (other MoAs, compounds, controls, training crops)
         on_real = [d for d in names if not DEFECTS[d].needs_donors]
