@@ -416,6 +416,36 @@ def test_validate_metrics_with_real_crops_skips_the_defects_that_need_donors(
         assert (out / name).is_file(), name
 
 
+def test_blind_spot_lines_follow_the_measured_counts() -> None:
+    # the report said "cells are seeded by nuclei" and "a binucleate cell counts as two cells"
+    # whatever the numbers; it must report the counts measured
+    from cellbench.validation.markdown import blind_spot_lines
+
+    def doc(cells_after: float, equal: float) -> dict:
+        feats = {
+            "baseline": {"nuc_count": 3.0, "cell_count": 3.0},
+            "nucleus_duplicate@1.0": {"nuc_count": 7.0, "cell_count": cells_after},
+        }
+        return {
+            "severities": [1.0],
+            "sim": {
+                "blind_spots": {
+                    "fraction_cell_count_equals_nuc_count": equal,
+                    "correlation_cell_count_nuc_count": 0.9,
+                },
+                "defects": {"nucleus_duplicate": {}},
+                "feature_means": feats,
+            },
+        }
+
+    own = "\n".join(blind_spot_lines(doc(3.0, 0.8)))
+    assert "+0.00 cells per extra nucleus" in own and "repeats" not in own
+    assert "seeded" not in own
+    copied = "\n".join(blind_spot_lines(doc(7.0, 0.99)))
+    assert "+1.00 cells per extra nucleus" in copied
+    assert "the cell count mostly repeats the nucleus count" in copied
+
+
 def test_curves_svg_without_matplotlib(tmp_path: Path) -> None:
     from cellbench.validation.figures import curves_svg
 

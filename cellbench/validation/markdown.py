@@ -266,20 +266,25 @@ def blind_spot_lines(doc: dict) -> list[str]:
         if source not in doc:
             continue
         b = doc[source]["blind_spots"]
+        frac = b["fraction_cell_count_equals_nuc_count"]
         lines.append(
             f"- {source}: on the undamaged crops `cell_count` equals `nuc_count` in "
-            f"{100 * b['fraction_cell_count_equals_nuc_count']:.1f}% of images (correlation "
-            f"{_num(b['correlation_cell_count_nuc_count'], 3)}): cells are seeded by nuclei, so "
-            "`cyto_count` repeats `nuc_count`."
+            f"{100 * frac:.1f}% of images (correlation "
+            f"{_num(b['correlation_cell_count_nuc_count'], 3)})"
+            + (": the cell count mostly repeats the nucleus count." if frac >= 0.95 else ".")
         )
         res = doc[source]["defects"]
         top = str(doc["severities"][-1])
-        if "nucleus_duplicate" in res:
-            row = res["nucleus_duplicate"]["severities"][top]
+        means = doc[source].get("feature_means", {})
+        dup = means.get(f"nucleus_duplicate@{top}")
+        if "nucleus_duplicate" in res and dup is not None and "baseline" in means:
+            dn = dup["nuc_count"] - means["baseline"]["nuc_count"]
+            dc = dup["cell_count"] - means["baseline"]["cell_count"]
+            share = f", {dc / dn:+.2f} cells per extra nucleus" if dn > 0 else ""
             lines.append(
-                f"  Extra nuclei placed inside existing cells (no new cell) move `cyto_count` by "
-                f"{_num(row['cyto_count']['delta'], 3)} vs `nuc_count` by "
-                f"{_num(row['nuc_count']['delta'], 3)}: a binucleate cell counts as two cells."
+                f"  Extra nuclei placed inside existing cells (`nucleus_duplicate` at {top}) "
+                f"change the mean nucleus count per image by {dn:+.2f} and the mean cell count "
+                f"by {dc:+.2f}{share} (a binucleate cell should count once)."
             )
         for d in ("noise", "pure_noise", "blur"):
             if d in res:
