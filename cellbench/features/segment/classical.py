@@ -354,12 +354,9 @@ def _downsample(x: np.ndarray, f: int) -> np.ndarray:
     """Block means of f x f pixels of each image of a stack (rows and columns beyond a multiple
     of f are dropped): numpy's ``x[:, :h f, :w f].reshape(n, h, f, w, f).mean((2, 4),
     dtype=float32)``, compiled (bit for bit, :func:`._nucleus_kernels.block_means`)."""
-    n, h, w = x.shape
+    _, h, w = x.shape
     if f == 1 or h < f or w < f:
         return x
-    if f > 128:
-        h2, w2 = h // f, w // f
-        return x[:, : h2 * f, : w2 * f].reshape(n, h2, f, w2, f).mean((2, 4), dtype=np.float32)
     return K.block_means(x, f)
 
 
