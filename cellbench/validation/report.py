@@ -570,10 +570,10 @@ def run_validation(
         real = RealSuite(
             real_crops, n_images=real_n_images, seed=seed, backend=backend, progress=progress
         )
-        # the real crops have no donors (other MoAs, compounds, controls, training crops)
-        on_real = [d for d in names if not DEFECTS[d].needs_donors]
-        doc["real"] = real.run(on_real, severities)
-        examples["real"] = _example_grid(real, on_real, severities)
+        doc["real"] = real.run(names, severities)
+        # the defects the real suite ran (it skips those that need donors: other MoAs,
+        # compounds, controls, training crops)
+        examples["real"] = _example_grid(real, list(doc["real"]["defects"]), severities)
     if seg_truth is not None:
         progress("segmentation F1", 0, 1)
         doc["segmentation"] = segmentation_accuracy(seg_truth, backend)
