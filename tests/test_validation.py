@@ -359,18 +359,23 @@ def test_real_every_reward_falls_with_its_defect(real_suite) -> None:
 
 
 # ------------------------------------------------------------------------------------- the command
-def test_validate_metrics_writes_the_report(sim_world, tmp_path: Path) -> None:
+def _tiny_run(sim_world, out: Path, defects: list[str], **kw) -> dict:
+    """run_validation on the tiny sim at severity 1, without Inception."""
     from cellbench.validation.report import run_validation
 
-    out = tmp_path / "report"
-    doc = run_validation(
+    return run_validation(
         out,
         data_dir=sim_world["root"] / "data",
         severities=(1.0,),
-        n_images=16,
         fid=False,
-        defects=["nucleus_grow", "blur"],
+        defects=defects,
+        **kw,
     )
+
+
+def test_validate_metrics_writes_the_report(sim_world, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    doc = _tiny_run(sim_world, out, ["nucleus_grow", "blur"], n_images=16)
     for name in ("report.md", "validation.json", "sensitivity.csv", "defects_sim.png"):
         assert (out / name).is_file(), name
     assert (out / "severity_curves.png").is_file() or (out / "severity_curves.svg").is_file()
@@ -395,20 +400,10 @@ def test_validate_metrics_with_real_crops_skips_the_defects_that_need_donors(
 ) -> None:
     # the documented full run (every defect, --real-crops) crashed at its very end drawing the
     # real example grid with a defect that needs donors, losing the whole run
-    from cellbench.validation.report import run_validation
-
     root = shared_data_or_skip("bbbc021_real", "singh_crops_68x68")
     out = tmp_path / "report"
-    doc = run_validation(
-        out,
-        data_dir=sim_world["root"] / "data",
-        severities=(1.0,),
-        n_images=8,
-        fid=False,
-        defects=["nucleus_grow", "moa_swap", "phenotype_erase"],
-        real_crops=root,
-        real_n_images=6,
-    )
+    defects = ["nucleus_grow", "moa_swap", "phenotype_erase"]
+    doc = _tiny_run(sim_world, out, defects, n_images=8, real_crops=root, real_n_images=6)
     assert doc["real"]["n_images"] == 6  # --real-n-images was ignored (n_images was used)
     assert set(doc["real"]["defects"]) == {"nucleus_grow"}
     assert set(doc["sim"]["defects"]) == {"nucleus_grow", "moa_swap", "phenotype_erase"}
