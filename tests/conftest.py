@@ -84,19 +84,34 @@ def build_mini_dataset(root: Path, *, state_style: str = "int", seed: int = 0) -
     return root
 
 
+@pytest.fixture(scope="session", autouse=True)
+def session_feature_cache(tmp_path_factory: pytest.TempPathFactory):
+    """One feature cache (``$CELLBENCH_CACHE_DIR``) for the whole test run, never the user's.
+
+    The cache is keyed by content (dataset index, crop digests, protocol, segmenter, network:
+    docs/scoring.md), so every test that scores the same seeded tiny sim shares its reference and
+    training-split features instead of running Inception over them again; a test that checks the
+    cache itself points ``$CELLBENCH_CACHE_DIR`` at a folder of its own.
+    """
+    mp = pytest.MonkeyPatch()
+    path = tmp_path_factory.getbasetemp() / "feature-cache"
+    mp.setenv("CELLBENCH_CACHE_DIR", str(path))
+    yield path
+    mp.undo()
+
+
 def make_tiny_sim(root: Path, mp: pytest.MonkeyPatch):
     """A tiny ``bbbc021-sim`` (seed 0) under ``root/data`` and its default protocol
     (``cellflux-iid``, seed 0: what ``cellbench eval`` builds without ``--protocol``).
 
-    ``mp`` points the reference-feature cache at ``root/cache`` and silences progress for as long
-    as the caller keeps it. Returns ``(dataset, protocol table)``.
+    ``mp`` silences progress for as long as the caller keeps it; features go to the run's shared
+    cache (:func:`session_feature_cache`). Returns ``(dataset, protocol table)``.
     """
     from cellbench.data.bbbc021 import BBBC021Dataset
     from cellbench.data.catalog import get_card
     from cellbench.data.sim import write_sim_dataset
     from cellbench.protocol_registry import DEFAULT_PROTOCOL, build_named_protocol
 
-    mp.setenv("CELLBENCH_CACHE_DIR", str(root / "cache"))
     mp.setenv("CELLBENCH_PROGRESS", "0")
     write_sim_dataset(root / "data" / "bbbc021-sim", seed=0, scale="tiny")
     ds = BBBC021Dataset(root / "data" / "bbbc021-sim", get_card("bbbc021-sim"))

@@ -243,7 +243,6 @@ def test_missing_tasks_make_an_incomplete_result(world, tmp_path: Path) -> None:
 
 
 def test_cli_eval_json_and_errors(world, tmp_path: Path) -> None:
-    env = {"CELLBENCH_CACHE_DIR": str(world["root"] / "cache")}
     out = tmp_path / "r.json"
     res = run_cli(
         "eval",
@@ -258,7 +257,6 @@ def test_cli_eval_json_and_errors(world, tmp_path: Path) -> None:
         str(out),
         "--json",
         "--no-fid",
-        env=env,
     )
     assert res.returncode == 0, res.stderr
     doc = json.loads(res.stdout)
@@ -277,7 +275,6 @@ def test_cli_eval_json_and_errors(world, tmp_path: Path) -> None:
         "--out",
         str(tmp_path / "bad.json"),
         "--no-fid",
-        env=env,
     )
     assert bad.returncode == 2 and "no usable image" in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "bad.json").exists()

@@ -93,7 +93,6 @@ def sim_world(tmp_path_factory: pytest.TempPathFactory):
 
     mp = pytest.MonkeyPatch()
     root = tmp_path_factory.mktemp("validation")
-    mp.setenv("CELLBENCH_CACHE_DIR", str(root / "cache"))
     mp.setenv("CELLBENCH_PROGRESS", "0")
     write_sim_dataset(root / "data" / "bbbc021-sim", seed=0, scale="tiny")
     suite = SimSuite("bbbc021-sim", root / "data", n_images=N_IMAGES, seed=0, fid=False)
