@@ -51,10 +51,28 @@ def test_fid_influence_gives_fid_and_mean_zero_influence(n: int, d: int) -> None
     assert inf.shape == (n,) and abs(inf.mean()) < 1e-12 * np.abs(inf).max()
 
 
-def test_fid_influence_is_the_derivative_of_fid() -> None:
+def test_fid_influence_low_rank_terms_equal_the_covariance_terms() -> None:
+    """Both sets smaller than d (the Gram path) against the d x d eigen decompositions."""
+    from cellbench.metrics.fid import _influence_terms_full, _influence_terms_low_rank
+
+    rng = np.random.default_rng(3)
+    g, r = _features(rng, 30, 64), _features(rng, 45, 64, 0.2)
+    u = g - g.mean(0)
+    full = _influence_terms_full(u, r)
+    low = _influence_terms_low_rank(u, r - r.mean(0))
+    assert low[0] == pytest.approx(full[0], rel=1e-12) and low[1] == pytest.approx(
+        full[1], rel=1e-12
+    )
+    assert len(low[2]) == len(full[2]) == 29  # rank of M: n - 1
+    assert np.allclose(np.sort(low[2]), np.sort(full[2]), rtol=1e-9, atol=0)
+    assert np.allclose(low[3], full[3], rtol=1e-9, atol=1e-9 * np.abs(full[3]).max())
+
+
+@pytest.mark.parametrize(("n", "m", "d"), [(80, 90, 6), (15, 18, 40)])  # full and Gram paths
+def test_fid_influence_is_the_derivative_of_fid(n: int, m: int, d: int) -> None:
     """(FID(weights 1 + eps e_i) - FID) / eps -> IF_i: checked by reweighting one image."""
     rng = np.random.default_rng(1)
-    g, r = _features(rng, 80, 6), _features(rng, 90, 6, 0.2)
+    g, r = _features(rng, n, d), _features(rng, m, d, 0.2)
     fid, inf = fid_influence(g, r)
     n = len(g)
 
@@ -68,7 +86,7 @@ def test_fid_influence_is_the_derivative_of_fid() -> None:
         return frechet_distance(mu, c_g, r.mean(0), np.cov(r, rowvar=False))
 
     eps = 1e-6
-    for i in (0, 17, 55):
+    for i in (0, n // 3, n - 2):
         w = np.full(n, 1.0 / n)
         w = (1 - eps) * w
         w[i] += eps
