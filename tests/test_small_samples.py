@@ -52,7 +52,7 @@ def test_fid_influence_gives_fid_and_mean_zero_influence(n: int, d: int) -> None
 
 
 def test_fid_influence_low_rank_terms_equal_the_covariance_terms() -> None:
-    """Both sets smaller than d (the Gram path) against the d x d eigen decompositions."""
+    """Both sets smaller than d (the SVD path) against the d x d eigen decompositions."""
     from cellbench.metrics.fid import _influence_terms_full, _influence_terms_low_rank
 
     rng = np.random.default_rng(3)
@@ -68,7 +68,7 @@ def test_fid_influence_low_rank_terms_equal_the_covariance_terms() -> None:
     assert np.allclose(low[3], full[3], rtol=1e-9, atol=1e-9 * np.abs(full[3]).max())
 
 
-@pytest.mark.parametrize(("n", "m", "d"), [(80, 90, 6), (15, 18, 40)])  # full and Gram paths
+@pytest.mark.parametrize(("n", "m", "d"), [(80, 90, 6), (15, 18, 40)])  # full and SVD paths
 def test_fid_influence_is_the_derivative_of_fid(n: int, m: int, d: int) -> None:
     """(FID(weights 1 + eps e_i) - FID) / eps -> IF_i: checked by reweighting one image."""
     rng = np.random.default_rng(1)

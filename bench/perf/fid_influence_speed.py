@@ -1,9 +1,9 @@
-"""FID_o with its influence values: the d x d path against the Gram-matrix path, side by side.
+"""FID_o with its influence values: the d x d path against the low-rank (SVD) path, side by side.
 
 ``fid_influence`` (the FID_o and the first-order bootstrap replicates of every ``cellbench
 eval``) needs two symmetric eigen decompositions. Of d x d matrices (d = 2048), whatever the
-number of images; or, when neither set has more than d images, of the real set's m x m Gram
-matrix and an n x n one (``_influence_terms_low_rank``). This times both paths on the same
+number of images; or, when neither set has more than d images, one singular value decomposition
+of an n x m matrix (``_influence_terms_low_rank``). This times both paths on the same
 random 2048-d features (non-negative and correlated like pool3 activations; the cost does not
 depend on the values) for several set sizes n = m, in CPU seconds (``time.process_time``, so the
 figure counts every thread BLAS starts), best of ``--repeats``, and reports how far they differ.
@@ -29,7 +29,7 @@ def _features(rng: np.random.Generator, n: int, d: int, shift: float) -> np.ndar
     return np.abs(rng.standard_normal((n, d)) @ mix + shift)
 
 
-def _fid(u: np.ndarray, mu_g, mu_r, terms) -> float:
+def _fid(mu_g: np.ndarray, mu_r: np.ndarray, terms) -> float:
     tr_g, tr_r, root, _ = terms
     delta = mu_g - mu_r
     return float(delta @ delta + tr_g + tr_r - 2.0 * root.sum())
@@ -57,7 +57,7 @@ def main() -> None:
         f"CPU seconds, best of {args.repeats}"
     )
     print(
-        "| n = m | d x d path (s) | Gram path (s) | speed-up | FID | |FID difference| / FID "
+        "| n = m | d x d path (s) | SVD path (s) | speed-up | FID | |FID difference| / FID "
         "| max |influence difference| / max |influence| |"
     )
     print("|---|---|---|---|---|---|---|")
@@ -68,10 +68,10 @@ def main() -> None:
         u = g - g.mean(0)
         t_full, full = _best(_influence_terms_full, args.repeats, u, r)
         t_low, low = _best(_influence_terms_low_rank, args.repeats, u, r - r.mean(0))
-        f_full = _fid(u, g.mean(0), r.mean(0), full)
-        f_low = _fid(u, g.mean(0), r.mean(0), low)
+        f_full = _fid(g.mean(0), r.mean(0), full)
+        f_low = _fid(g.mean(0), r.mean(0), low)
         quad_diff = np.abs(full[3] - low[3]).max() / np.abs(full[3]).max()
-        fid, _ = fid_influence(g, r)  # the public function picks the Gram path here
+        fid, _ = fid_influence(g, r)  # the public function picks the SVD path here
         assert fid == f_low
         print(
             f"| {n} | {t_full:.2f} | {t_low:.3f} | {t_full / t_low:.0f}x | {f_full:.4f} "

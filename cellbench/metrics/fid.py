@@ -334,10 +334,9 @@ def fid_influence(gen: Any, real: Any) -> tuple[float, np.ndarray]:
     distribution; eigenvalues of M at rounding level are left out as in :func:`frechet_distance`).
     The influence values have mean 0. Costs two symmetric eigen decompositions, as one FID does,
     where an exact bootstrap needs one per replicate: of d x d matrices, or, when neither set has
-    more than d images (every protocol up to 2,048 tasks), of the real set's m x m Gram matrix and
-    an n x n one (:func:`_influence_terms_low_rank`), equal to rounding (tested) and, for
-    d = 2048, 33 times faster at 420 images a side, 6 times at 1,024
-    (``bench/perf/fid_influence_speed.py``, docs/benchmarks.md).
+    more than d images (every protocol up to 2,048 tasks), one singular value decomposition of an
+    n x m matrix instead (:func:`_influence_terms_low_rank`), equal to rounding (tested) and, for
+    d = 2048, 45 times faster at 420 images a side, 6 times at 1,024 (``bench/perf/fid_influence_speed.py``, docs/benchmarks.md).
 
     Returns:
         ``(fid, influence)`` with ``influence`` of shape ``(n_gen,)``.
@@ -382,27 +381,22 @@ def _influence_terms_full(
 def _influence_terms_low_rank(
     u: np.ndarray, yc: np.ndarray
 ) -> tuple[float, float, np.ndarray, np.ndarray]:
-    """:func:`_influence_terms_full` from Gram matrices, for n, m <= d (``yc``: the centred real
-    features).
+    """:func:`_influence_terms_full` for n, m <= d, from the n x m matrix whose singular values
+    :func:`fid_from_features` sums (``yc``: the centred real features).
 
-    With ``Y = yc / sqrt(m - 1)``, ``C_r = Y^T Y``; the eigenpairs ``(lam, q)`` of the m x m
-    ``Y Y^T`` give C_r's eigenvectors ``W = Y^T q lam^(-1/2)`` and ``S = W lam^(1/2) W^T``. Then
-    ``M = B^T B`` with ``B = u S / sqrt(n - 1)``, whose non-zero eigenvalues are those of the
-    n x n ``K = B B^T = (u W) lam (u W)^T / (n - 1)``; with ``K p = sig p``, M's eigenvectors are
-    ``B^T p sig^(-1/2)`` and ``u_i^T A u_i = (n - 1) sum_j p_ij^2 sig_j^(1/2)``.
+    With ``X = u / sqrt(n - 1)`` and ``Y = yc / sqrt(m - 1)``, ``C_g = X^T X``, ``C_r = Y^T Y``
+    and ``M = B^T B`` with ``B = u S / sqrt(n - 1) = X S``; M's non-zero eigenvalues are those of
+    ``B B^T = X C_r X^T = (X Y^T)(X Y^T)^T``. With ``X Y^T = P diag(s) Q^T``, they are ``s^2``,
+    M's eigenvectors ``B^T p_j / s_j``, and ``u_i^T A u_i = (n - 1) sum_j P_ij^2 s_j``.
     """
-    n, m = len(u), len(yc)
-    y = yc / np.sqrt(m - 1)
-    lam, q = np.linalg.eigh(y @ y.T)
-    keep = lam > _rounding_floor(lam, m)
-    lam = lam[keep]
-    uw = (u @ y.T) @ (q[:, keep] / np.sqrt(lam))  # u W, (n, k)
-    kmat = (uw * lam) @ uw.T / (n - 1)
-    sig, p = np.linalg.eigh((kmat + kmat.T) / 2)
-    keep = sig > _rounding_floor(sig, n)
-    root = np.sqrt(sig[keep])
+    n = len(u)
+    x = u / np.sqrt(n - 1)
+    y = yc / np.sqrt(len(yc) - 1)
+    p, s, _ = np.linalg.svd(x @ y.T, full_matrices=False)
+    keep = s * s > _rounding_floor(s * s, n)  # M's eigenvalues at rounding level, as above
+    root = s[keep]
     quad = (n - 1) * (p[:, keep] ** 2) @ root
-    return float(np.sum(u * u)) / (n - 1), float(np.sum(y * y)), root, quad
+    return float(np.sum(x * x)), float(np.sum(y * y)), root, quad
 
 
 def poly_kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
