@@ -9,6 +9,8 @@ DATA   ?= data
 OUT    ?= out
 # torch is installed first, on its own, so nothing later can pull a different (CUDA) build.
 TORCH  ?= torch==2.13.0
+# pytest-xdist workers of `make test` (auto: one per usable CPU; 0 runs everything in one process)
+TEST_WORKERS ?= auto
 
 .PHONY: setup demo test test-cellpose browser lint clean
 
@@ -34,8 +36,10 @@ demo: setup
 	$(BIN)/cellbench generate identity --protocol $(OUT)/protocol.csv --dataset bbbc021-sim --data-dir $(DATA) --out $(OUT)/identity
 	$(BIN)/cellbench eval $(OUT)/identity --dataset bbbc021-sim --data-dir $(DATA) --protocol $(OUT)/protocol.csv --out $(OUT)/identity.results.json
 
+# Test files are shared out whole among the workers (--dist loadfile: a module's fixtures are
+# built once); tests/conftest.py gives each worker one CPU's worth and one shared feature cache.
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # The Cellpose backend's tests, in a venv of their own: the `cellpose` extra (cellpose 3.1.x) pins
 # numpy below 2.1 and adds about 470 MB, so it stays out of `.venv`. .ci/run runs this after `make test`;

@@ -94,7 +94,19 @@ def session_feature_cache(tmp_path_factory: pytest.TempPathFactory):
     cache itself points ``$CELLBENCH_CACHE_DIR`` at a folder of its own.
     """
     mp = pytest.MonkeyPatch()
-    path = tmp_path_factory.getbasetemp() / "feature-cache"
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # `make test` runs pytest-xdist workers (one per CPU): each has a basetemp of its own
+        # below the run's folder; the cache sits beside them, shared (its writes are atomic).
+        base = base.parent
+        # One CPU's worth per worker: no scoring process pools and one torch thread, so the
+        # workers do not fight over the cores (a test about pools or threads sets its own).
+        mp.setenv("CELLBENCH_WORKERS", "1")
+        mp.setenv("OMP_NUM_THREADS", "1")
+        import torch
+
+        torch.set_num_threads(1)
+    path = base / "feature-cache"
     mp.setenv("CELLBENCH_CACHE_DIR", str(path))
     yield path
     mp.undo()

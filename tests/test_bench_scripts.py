@@ -28,6 +28,7 @@ def test_reference_generators_script_scores_and_resumes(tmp_path: Path) -> None:
         "RUNS": str(tmp_path / "runs"),
         "OUT": str(out),
         "STEPS": "2",
+        "SAMPLE_STEPS": "2",
         "MODELS": "cellflux",
         "SHIPPED": "",
         "THREADS": "1",
@@ -65,14 +66,23 @@ def test_reference_generators_script_scores_and_resumes(tmp_path: Path) -> None:
     assert json.loads((out / "cellflux.results.json").read_text())["complete"]
 
 
-def _load_bench(name: str) -> ModuleType:
+def _load_bench(name: str, folder: str = "studies") -> ModuleType:
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / "studies" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / folder / f"{name}.py")
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def test_inception_roofline_counts_the_network_and_the_machine() -> None:
+    """The FLOP count docs/benchmarks.md divides by, and the two ceilings it compares with."""
+    bench = _load_bench("inception_speed", "perf")
+    assert bench.network_gflop() == pytest.approx(11.42, abs=0.01)
+    peak, how = bench.nominal_peak()
+    assert peak > 0 and "FLOP/cycle" in how
+    assert bench.matmul_gflops(size=128, seconds=0.05) > 0
 
 
 def test_fid_sample_size_bias_and_extrapolation() -> None:

@@ -11,6 +11,12 @@ own rule (``resize="tf1"``) to show its speed and how far the two resize rules a
 
 Run: ``.venv/bin/python bench/perf/inception_speed.py [--n 256]`` (about a minute on 2 CPU cores). The
 paths run interleaved, batch by batch, so that load from other jobs affects them alike.
+
+``--roofline`` also prints the hardware side (docs/benchmarks.md, "Inception features"): the
+network's arithmetic per 299x299 image (counted by ``torch.utils.flop_counter.FlopCounterMode``
+on the unmodified network, 2 FLOP per multiply-add), the machine's nominal fp32 peak (cores x
+clock x FLOP per cycle from the vector units the CPU reports) and the fp32 matrix-multiply rate
+torch reaches on it, and what fraction of each the fast path's images/s are.
 Crops are simulated BBBC021-like 96x96x3 uint8 cells (:func:`cellbench.data.sim.render_crop`).
 """
 
@@ -20,6 +26,7 @@ import argparse
 import os
 import platform
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -53,6 +60,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=256, help="number of crops")
     parser.add_argument("--batch", type=int, default=8, help="batch size of every path")
+    parser.add_argument(
+        "--roofline", action="store_true", help="also the FLOP count, the peak and the matmul rate"
+    )
     args = parser.parse_args()
     crops = make_crops(args.n)
     b, half = args.batch, args.n // 2
@@ -122,6 +132,72 @@ def main() -> None:
         GaussianStats.from_features(f_fast[:half]), GaussianStats.from_features(f_fast[half:])
     )
     print(f"FID first vs second half: torchmetrics {tm_fid:.4f}, cellbench {ours:.4f}")
+    if args.roofline:
+        roofline(ips["tf1"])
+
+
+def network_gflop() -> float:
+    """GFLOP of one 299x299 image through the unmodified network (2 FLOP per multiply-add)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from cellbench.features.inception import INPUT_SIZE, load_inception
+
+    net = load_inception(None, "cpu")
+    x = torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        net(x)
+    return counter.get_total_flops() / 1e9
+
+
+def nominal_peak() -> tuple[float, str]:
+    """fp32 GFLOP/s = usable CPUs x clock x FLOP per cycle, and how it was reckoned.
+
+    FLOP per cycle per core: two FMA pipes of the widest vector unit the CPU reports (AVX-512: 16
+    lanes, AVX2 + FMA: 8, else SSE 4 lanes without FMA), 2 FLOP per FMA. The clock is the one
+    /proc/cpuinfo reports (a virtual machine's host may boost above it).
+    """
+    flags, mhz = set(), 0.0
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+    except OSError:
+        return float("nan"), "no /proc/cpuinfo"
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags" and not flags:
+            flags = set(value.split())
+        elif key.strip() == "cpu MHz" and not mhz:
+            mhz = float(value)
+    per_cycle = 64 if "avx512f" in flags else 32 if {"avx2", "fma"} <= flags else 8
+    cpus = len(os.sched_getaffinity(0))
+    how = f"{cpus} cpus x {mhz:.0f} MHz x {per_cycle} FLOP/cycle"
+    return cpus * mhz * 1e6 * per_cycle / 1e9, how
+
+
+def matmul_gflops(size: int = 2048, seconds: float = 3.0) -> float:
+    """fp32 GFLOP/s of torch's ``size`` x ``size`` matrix product, best of repeated calls."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    best, end = float("inf"), time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * size**3 / best / 1e9
+
+
+def roofline(images_per_s: float) -> None:
+    """Print the network's arithmetic against the machine's peak and matmul rate."""
+    gflop = network_gflop()
+    peak, how = nominal_peak()
+    mm = matmul_gflops()
+    achieved = images_per_s * gflop
+    print(f"network: {gflop:.2f} GFLOP per 299x299 image")
+    print(f"nominal fp32 peak: {peak:.1f} GFLOP/s ({how}) -> at most {peak / gflop:.1f} images/s")
+    print(f"torch fp32 matmul 2048^3: {mm:.1f} GFLOP/s -> {mm / gflop:.1f} images/s at that rate")
+    print(
+        f"fast path (tf1 resize) {images_per_s:.2f} images/s = {achieved:.1f} GFLOP/s: "
+        f"{achieved / peak:.0%} of the nominal peak, {achieved / mm:.0%} of the matmul rate"
+    )
 
 
 if __name__ == "__main__":

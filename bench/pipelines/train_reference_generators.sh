@@ -9,8 +9,9 @@
 # default small), RUNS (run folders, default ./runs), OUT (images and results, default
 # ./out/generators), STEPS (total training steps, default: the preset's), MODELS (default
 # "cellflux phendiff impa"; "" for none), SHIPPED (shipped checkpoints also scored, default "cellflux-long":
-# checkpoints/cellflux-long with 20 Heun steps; "" for none), THREADS (torch threads, default 1:
-# fastest on a busy 2-core machine).
+# checkpoints/cellflux-long with 20 Heun steps; "" for none), SAMPLE_STEPS (solver steps of the
+# trained models' generation, default: each checkpoint's own; the tests use 2), THREADS (torch
+# threads, default 1: fastest on a busy 2-core machine).
 # Everything resumes: training from a run folder's last checkpoint, generation with
 # `cellbench generate --resume`, and a model whose results file exists is not scored again, so an
 # interrupted run (the `demo` scale takes hours on 2 cores) restarts with the same command. Same
@@ -30,6 +31,8 @@ SHIPPED=${SHIPPED-cellflux-long}
 THREADS=${THREADS:-1}
 STEPS_OPT=()
 if [[ -n "${STEPS:-}" ]]; then STEPS_OPT=(--steps "$STEPS"); fi
+SAMPLE_OPT=()
+if [[ -n "${SAMPLE_STEPS:-}" ]]; then SAMPLE_OPT=(--sample-steps "$SAMPLE_STEPS"); fi
 export OMP_NUM_THREADS="$THREADS"
 DS=(--dataset bbbc021-sim --data-dir "$DATA")
 
@@ -50,7 +53,7 @@ for model in identity real-shuffle $MODELS $SHIPPED; do
     case "$model" in
         identity|real-shuffle) name=$model ;;
         cellflux-long) name=cellflux; opts=(--checkpoint checkpoints/cellflux-long --sample-steps 20) ;;
-        *) name=$model; opts=(--checkpoint "$RUNS/$model-cpu-small") ;;
+        *) name=$model; opts=(--checkpoint "$RUNS/$model-cpu-small" "${SAMPLE_OPT[@]}") ;;
     esac
     if [[ -f "$OUT/$model.results.json" ]]; then
         echo "$model: already scored ($OUT/$model.results.json)" >&2
