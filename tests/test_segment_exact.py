@@ -168,3 +168,58 @@ def test_median_radii_equal_numpy() -> None:
         area = area[area > 0]
         want.append(np.sqrt(np.median(area) / np.pi) if len(area) else np.inf)
     np.testing.assert_array_equal(K.median_radii(labels), np.array(want))
+
+
+@pytest.mark.parametrize("negate", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_watershed_equals_scikit_image_with_ties_and_signed_zeros(negate: bool, dtype) -> None:
+    """The heaps (float32: packed keys; float64: value and age apart) flood exactly as
+    scikit-image's: values from a few levels (so most pixels tie and the ages decide), negative
+    values, -0 beside +0, markers inside and outside the mask, the mask touching the image's edge
+    or not."""
+    from skimage.segmentation import watershed
+
+    from cellbench.features.segment import _nucleus_kernels as K
+
+    rng = np.random.default_rng(7)
+    levels = np.array([-2.5, -1.0, -0.0, 0.0, 0.25, 1.0, 3.0], np.float32)
+    for trial in range(20):
+        image = rng.choice(levels, size=(37, 45)).astype(dtype)
+        mask = rng.random(image.shape) < 0.85
+        if trial % 2:
+            mask[[0, -1], :] = False  # a strip-like frame: the unpadded path
+            mask[:, [0, -1]] = False
+        markers = np.zeros(image.shape, np.int32)
+        spots = rng.choice(image.size, size=6, replace=False)
+        markers.flat[spots] = np.arange(1, 7)
+        want = watershed(-image if negate else image, markers, mask=mask)
+        got = K.watershed_heap(image, markers, mask, negate=negate)
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        K.watershed_heap(image.astype(np.int32), markers, mask)
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.5, 0.3])
+@pytest.mark.parametrize("radius", [9.51365692, np.float64(9.51365692)])
+def test_marker_strips_equal_numpy_bit_for_bit(weight: float, radius: float) -> None:
+    """The compiled marker function and its quantised strip are numpy's expressions: float32 with
+    a Python float radius, float64 with a numpy float64 one (as the re-segment check passes it)."""
+    from cellbench.features.segment import _nucleus_kernels as K
+
+    rng = np.random.default_rng(3)
+    dist = (rng.random((5, 30, 40)) * 20).astype(np.float32)
+    it = (rng.random((5, 30, 40)) * 300 - 20).astype(np.float32)
+    fg = rng.random((5, 30, 40)) < 0.6
+    top = np.array([250.0, 0.0, 17.3, -1.0, 299.9], np.float32)  # 0 and below: no foreground
+    r, h = radius, 0.05
+    mf = dist / r
+    if weight > 0:
+        inorm = np.clip(it / np.where(top > 0, top, np.inf)[:, None, None], 0.0, 1.0)
+        mf = (1.0 - weight) * mf + weight * inorm
+    f_want = fast._strip(mf)
+    q_want = np.where(fast._strip(fg), np.floor(f_want / h), -1.0).astype(np.int32)
+    f, q = K.marker_strips(dist, it, top, fg, r, weight, h)
+    assert f.dtype == f_want.dtype and q.dtype == np.int32
+    assert f.dtype == (np.float64 if isinstance(radius, np.float64) else np.float32)
+    np.testing.assert_array_equal(f.view(np.uint8), f_want.view(np.uint8))
+    np.testing.assert_array_equal(q, q_want)

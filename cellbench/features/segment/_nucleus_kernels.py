@@ -15,9 +15,10 @@ copy of the pure scipy / scikit-image pass in ``bench/perf/_classical_v3_ref.py`
 * :func:`edt_stack`: the exact Euclidean distance transform (Felzenszwalb and Huttenlocher's two
   passes on integer squared distances, so exactly the ``edt`` package's values), the image's edge
   not being background;
-* :func:`watershed_heap`: ``skimage.segmentation.watershed(image, markers, mask=mask)`` (4-connected,
-  no compactness): the same binary heap ordered by (value, age), the same sift-up and sift-down,
-  the same neighbour order and ages, so ties are broken the same way;
+* :func:`watershed_heap`: ``skimage.segmentation.watershed(image, markers, mask=mask)`` of a float32
+  image (4-connected, no compactness): the same binary heap ordered by (value, age), each pair
+  packed into one integer, the same sift-up and sift-down, the same neighbour order and ages, so
+  ties are broken the same way;
 * :func:`label_max`: the maximum of a float array per label.
 
 No ``fastmath``: every float operation is the one numpy / scipy performs.
@@ -296,6 +297,106 @@ def edt_stack(fg: np.ndarray) -> np.ndarray:
 
 
 @njit(cache=True, nogil=True, inline="always")
+def _order_key(bits, i, flip):  # pragma: no cover - compiled
+    """An unsigned integer in the order of the float32 value whose bits are ``bits[i] ^ flip``
+    (flip = the sign bit: the negated value); -0 and +0 get the same key, as they compare equal."""
+    b = np.uint64(bits[i]) ^ flip
+    if (b & np.uint64(0x7FFFFFFF)) == 0:
+        b = np.uint64(0)
+    if b & np.uint64(0x80000000):
+        return (~b) & np.uint64(0xFFFFFFFF)
+    return b | np.uint64(0x80000000)
+
+
+@njit(cache=True, nogil=True)
+def _watershed(image, negate, output, mask, offsets):  # pragma: no cover - compiled
+    """scikit-image's heap watershed of the float32 ``image`` (of ``-image`` with ``negate``) on
+    raveled arrays whose edge pixels are outside the mask (``output`` holds the markers).
+
+    The heap's (value, age) pairs are packed into one integer each, the value's order key
+    (:func:`_order_key`) above the age, so one integer comparison decides what scikit-image's two
+    float / integer comparisons decide; the sift-up and sift-down compare the same elements in the
+    same order (the moving element against its parent, against the smaller of its children), so
+    the heap, and with it the order of ties, is scikit-image's.
+    """
+    bits = image.view(np.uint32)
+    flip = np.uint64(0x80000000) if negate else np.uint64(0)
+    cap = image.size + 16
+    hkey = np.empty(cap, np.uint64)
+    hidx = np.empty(cap, np.int64)
+    items = 0
+    age = 1
+    for index in range(image.size):
+        if output[index] == 0:
+            continue
+        # push (value, age 0)
+        key = _order_key(bits, index, flip) << np.uint64(32)
+        child = items
+        items += 1
+        while child > 0:
+            parent = (child + 1) // 2 - 1
+            if key < hkey[parent]:
+                hkey[child] = hkey[parent]
+                hidx[child] = hidx[parent]
+                child = parent
+            else:
+                break
+        hkey[child] = key
+        hidx[child] = index
+    nn = len(offsets)
+    while items > 0:
+        elem = hidx[0]
+        ev = hkey[0] >> np.uint64(32)
+        items -= 1
+        if items > 0:
+            # the last element sifts down from the root
+            key = hkey[items]
+            idx = hidx[items]
+            i = 0
+            while True:
+                left = 2 * i + 1
+                if left >= items:
+                    break
+                smallest = i
+                low = key
+                if hkey[left] < low:
+                    smallest = left
+                    low = hkey[left]
+                if left + 1 < items and hkey[left + 1] < low:
+                    smallest = left + 1
+                if smallest == i:
+                    break
+                hkey[i] = hkey[smallest]
+                hidx[i] = hidx[smallest]
+                i = smallest
+            hkey[i] = key
+            hidx[i] = idx
+        for k in range(nn):
+            nb = elem + offsets[k]
+            if not mask[nb]:
+                continue
+            if output[nb]:
+                continue
+            age += 1
+            output[nb] = output[elem]
+            # the cost of reaching a pixel is at least that of the pixel it is reached from
+            u = max(_order_key(bits, nb, flip), ev)
+            key = (u << np.uint64(32)) | np.uint64(age)
+            child = items
+            items += 1
+            while child > 0:
+                parent = (child + 1) // 2 - 1
+                if key < hkey[parent]:
+                    hkey[child] = hkey[parent]
+                    hidx[child] = hidx[parent]
+                    child = parent
+                else:
+                    break
+            hkey[child] = key
+            hidx[child] = nb
+
+
+@njit(cache=True, nogil=True, inline="always")
 def _smaller(val, age, a, b):  # pragma: no cover - compiled
     if val[a] != val[b]:
         return val[a] < val[b]
@@ -303,34 +404,36 @@ def _smaller(val, age, a, b):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def _watershed(image, sign, output, mask, offsets):  # pragma: no cover - compiled
-    """scikit-image's heap watershed of ``sign`` x ``image`` (in float64) on raveled arrays whose
-    edge pixels are outside the mask (``output`` holds the markers)."""
-    size = image.size
-    cap = size + 16
+def _push(hval, hage, hidx, items, value, age, index):  # pragma: no cover - compiled
+    child = items
+    hval[child] = value
+    hage[child] = age
+    hidx[child] = index
+    while child > 0:
+        parent = (child + 1) // 2 - 1
+        if _smaller(hval, hage, child, parent):
+            hval[child], hval[parent] = hval[parent], hval[child]
+            hage[child], hage[parent] = hage[parent], hage[child]
+            hidx[child], hidx[parent] = hidx[parent], hidx[child]
+            child = parent
+        else:
+            break
+
+
+@njit(cache=True, nogil=True)
+def _watershed_wide(image, sign, output, mask, offsets):  # pragma: no cover - compiled
+    """:func:`_watershed` for float64 images: the heap holds (value, age) in two arrays and
+    compares them as scikit-image does (the same heap, element for element)."""
+    cap = image.size + 16
     hval = np.empty(cap)
     hage = np.empty(cap, np.int64)
     hidx = np.empty(cap, np.int64)
     items = 0
     age = 1
-    for index in range(size):
-        if output[index] == 0:
-            continue
-        # push (image[index], age 0)
-        child = items
-        hval[child] = sign * np.float64(image[index])
-        hage[child] = 0
-        hidx[child] = index
-        items += 1
-        while child > 0:
-            parent = (child + 1) // 2 - 1
-            if _smaller(hval, hage, child, parent):
-                hval[child], hval[parent] = hval[parent], hval[child]
-                hage[child], hage[parent] = hage[parent], hage[child]
-                hidx[child], hidx[parent] = hidx[parent], hidx[child]
-                child = parent
-            else:
-                break
+    for index in range(image.size):
+        if output[index] != 0:
+            _push(hval, hage, hidx, items, sign * image[index], 0, index)
+            items += 1
     nn = len(offsets)
     while items > 0:
         elem = hidx[0]
@@ -360,36 +463,24 @@ def _watershed(image, sign, output, mask, offsets):  # pragma: no cover - compil
                 i = smallest
         for k in range(nn):
             nb = elem + offsets[k]
-            if not mask[nb]:
-                continue
-            if output[nb]:
+            if not mask[nb] or output[nb]:
                 continue
             age += 1
             output[nb] = output[elem]
-            child = items
-            # the cost of reaching a pixel is at least that of the pixel it is reached from
-            hval[child] = max(sign * np.float64(image[nb]), ev)
-            hage[child] = age
-            hidx[child] = nb
+            _push(hval, hage, hidx, items, max(sign * image[nb], ev), age, nb)
             items += 1
-            while child > 0:
-                parent = (child + 1) // 2 - 1
-                if _smaller(hval, hage, child, parent):
-                    hval[child], hval[parent] = hval[parent], hval[child]
-                    hage[child], hage[parent] = hage[parent], hage[child]
-                    hidx[child], hidx[parent] = hidx[parent], hidx[child]
-                    child = parent
-                else:
-                    break
 
 
 def watershed_heap(
     image: np.ndarray, markers: np.ndarray, mask: np.ndarray, *, negate: bool = False
 ) -> np.ndarray:
-    """``skimage.segmentation.watershed(image, markers, mask=mask)`` of a 2-D image (int32), of
-    ``-image`` with ``negate``. Where the mask is False all around the image's edge (a strip of
-    padded images) no copy is padded: scikit-image's padding changes neither the order in which
-    pixels are reached nor their ages."""
+    """``skimage.segmentation.watershed(image, markers, mask=mask)`` of a 2-D float32 or float64
+    image (int32), of ``-image`` with ``negate``. Where the mask is False all around the image's
+    edge (a strip of padded images) no copy is padded: scikit-image's padding changes neither the
+    order in which pixels are reached nor their ages."""
+    dtype = np.asarray(image).dtype
+    if dtype not in (np.float32, np.float64):
+        raise TypeError(f"watershed_heap takes a float32 or float64 image, got {dtype}")
     mask = np.asarray(mask, np.bool_)
     edge_free = not (mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any())
     if edge_free:
@@ -402,7 +493,10 @@ def watershed_heap(
         out = np.pad(np.asarray(markers, np.int32), 1) * msk
     stride = out.shape[1]
     offsets = np.array([-stride, -1, 1, stride], np.int64)
-    _watershed(img.ravel(), -1.0 if negate else 1.0, out.ravel(), msk.ravel(), offsets)
+    if dtype == np.float32:
+        _watershed(img.ravel(), negate, out.ravel(), msk.ravel(), offsets)
+    else:
+        _watershed_wide(img.ravel(), -1.0 if negate else 1.0, out.ravel(), msk.ravel(), offsets)
     return out if edge_free else out[1:-1, 1:-1].copy()
 
 
@@ -1131,3 +1225,64 @@ def keep_bright(
         count,
     )
     return out, count
+
+
+# ------------------------------------------------------------------------------------------------
+# the marker function of the nucleus pass and its quantised strip
+
+
+@njit(cache=True, nogil=True)
+def _marker_strips(dist, it, scale, r, w_dist, w_int, h, fg, f, q):  # pragma: no cover - compiled
+    # r, w_dist and h are float32 or float64 scalars and f is float32 or float64, as numpy's
+    # promotion makes them; w_int, it and scale are float32 (numpy computes w x inorm in float32)
+    n, hh, ww = dist.shape
+    for i in range(n):
+        s = scale[i]
+        base = i * (hh + 2) + 1
+        for y in range(hh):
+            row = base + y
+            for x in range(ww):
+                v = dist[i, y, x] / r
+                if w_int != 0:
+                    u = it[i, y, x] / s
+                    u = min(max(u, np.float32(0.0)), np.float32(1.0))
+                    v = w_dist * v + w_int * u
+                f[row, x + 1] = v
+                q[row, x + 1] = np.int32(np.floor(v / h)) if fg[i, y, x] else -1
+
+
+def marker_strips(
+    dist: np.ndarray,
+    it: np.ndarray,
+    top: np.ndarray,
+    fg: np.ndarray,
+    r: float,
+    intensity_weight: float,
+    h: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The marker function of the nucleus pass laid out as a strip, and its quantised strip:
+    ``f = _strip((1 - w) * dist / r + w * clip(it / top_i, 0, 1))`` (``dist / r`` alone when
+    ``w`` is 0; ``top_i`` <= 0 counts as infinite) and ``q = where(_strip(fg), floor(f / h), -1)``
+    as int32, for float32 ``dist``, ``it`` and ``top``, every operation in the precision numpy
+    gives it: float32 with a Python float ``r`` (the scalars rounded to float32), float64 from
+    ``dist / r`` on with a numpy float64 ``r`` (the intensity term stays float32)."""
+    n, hh, ww = dist.shape
+    wide = np.result_type(np.float32, r) == np.float64
+    real = np.float64 if wide else np.float32
+    f = np.zeros((n * (hh + 2), ww + 2), real)
+    q = np.full(f.shape, -1, np.int32)
+    top = np.asarray(top, np.float32)
+    scale = np.where(top > 0, top, np.float32(np.inf)).astype(np.float32)
+    _marker_strips(
+        np.ascontiguousarray(dist, np.float32),
+        np.ascontiguousarray(it, np.float32),
+        scale,
+        real(r),
+        real(1.0 - intensity_weight),
+        np.float32(intensity_weight),
+        real(h),
+        np.ascontiguousarray(fg, np.bool_),
+        f,
+        q,
+    )
+    return f, q

@@ -502,18 +502,17 @@ def _nuclei_at(
     dist = _edt(fg)
     if p.distance_sigma > 0:
         dist = _gauss(dist, max(p.distance_sigma * r, 0.5))
-    marker_fn = dist / r
+    # marker function = (1 - w) x dist / r + w x clip(intensity / its 99th percentile over the
+    # image's foreground (0 where empty), 0, 1), with the intensity smoothed
+    it, top = dist, np.zeros(n_img, np.float32)
     if p.intensity_weight > 0:
         it = _gauss(t, max(p.intensity_sigma * r, 0.5))
-        # the 99th percentile of each image's foreground (0 where empty; compiled)
         top = K.masked_percentiles(it, fg, 99)
-        inorm = np.clip(it / np.where(top > 0, top, np.inf)[:, None, None], 0.0, 1.0)
-        marker_fn = (1.0 - p.intensity_weight) * marker_fn + p.intensity_weight * inorm
     # markers: regional maxima (8-connected) of the marker function quantised in steps of h, so
     # tops about h above their surroundings; -1 outside the foreground keeps images and blobs apart
-    f = _strip(marker_fn)
+    # (the strip of the marker function and its quantised strip, compiled, in numpy's float32)
+    f, q = K.marker_strips(dist, it, top, fg, r, max(p.intensity_weight, 0.0), p.h)
     fg_s = _strip(fg)
-    q = np.where(fg_s, np.floor(f / p.h), -1.0).astype(np.int32)
     # (the regional maxima, 8-connected plateaus, numbered in raster order of the strip as
     # ndi.label numbers them; compiled)
     markers, _ = K.plateau_maxima(q, fg_s)
