@@ -14,6 +14,9 @@ process:
 
 Speed is CPU time (``time.process_time``), the best of ``--repeats``, so that other jobs on a
 shared machine move it less than wall-clock time; crops per CPU-second = 1000 / (ms per crop).
+With ``--v3-file`` and ``--pairs N``, v3 and the file also run back to back on chunks of 256
+crops N times, and the median of their per-pair CPU-time ratios is printed: on a VM whose speed
+drifts by 20% between repeats, that ratio is steadier than two best-of figures.
 
 Usage: python bench/perf/nucleus_pass_speed.py [--data-dir data] [--n 512] [--repeats 3]
        [--v3-file FILE] [--skip naive ...]
@@ -50,6 +53,14 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--v3-file", type=Path, help="another classical.py to time beside v3")
     ap.add_argument("--skip", nargs="*", default=[], help="paths to leave out")
+    ap.add_argument(
+        "--pairs",
+        type=int,
+        default=0,
+        help="with --v3-file: also time v3 and the file on chunks of 256 crops, alternating "
+        "which goes first, this many pairs; report the median ratio (robust to a VM whose "
+        "speed drifts between repeats)",
+    )
     args = ap.parse_args()
 
     from cellbench.data.bbbc021 import open_dataset
@@ -93,6 +104,32 @@ def main() -> None:
         best = min(v)
         runs = ", ".join(f"{x:.2f}" for x in v)
         print(f"| {name} | {best:.2f} ({runs}) | {1e3 / best:.0f} | {count[name]:.2f} |")
+    if args.pairs and args.v3_file is not None:
+        paired(segment_nuclei_stack, other.segment_nuclei_stack, dna, args.pairs)
+
+
+def paired(new, old, dna: np.ndarray, pairs: int, chunk: int = 256) -> None:
+    """Time ``new`` and ``old`` on the same chunk back to back, ``pairs`` times (chunks in turn,
+    the first of each pair alternating); print the median ratio of their CPU times and its
+    quartiles. Drift of the machine's speed between pairs cancels in each ratio."""
+    chunks = [dna[i : i + chunk] for i in range(0, len(dna), chunk)]
+    ratios, t_new, t_old = [], [], []
+    for k in range(pairs):
+        c = chunks[k % len(chunks)]
+        t = {}
+        for name, f in (("new", new), ("old", old)) if k % 2 == 0 else (("old", old), ("new", new)):
+            c0 = time.process_time()
+            f(c)
+            t[name] = (time.process_time() - c0) / len(c) * 1e3
+        ratios.append(t["new"] / t["old"])
+        t_new.append(t["new"])
+        t_old.append(t["old"])
+    q1, med, q3 = np.quantile(ratios, [0.25, 0.5, 0.75])
+    print(
+        f"paired, {pairs} pairs of {chunk} crops: v3 / file CPU time median {med:.3f} "
+        f"(quartiles {q1:.3f}-{q3:.3f}), v3 faster in {np.mean(np.array(ratios) < 1):.0%} of pairs; "
+        f"median CPU ms per crop: v3 {np.median(t_new):.3f}, file {np.median(t_old):.3f}"
+    )
 
 
 if __name__ == "__main__":

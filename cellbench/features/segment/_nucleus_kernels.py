@@ -308,6 +308,22 @@ def _order_key(bits, i, flip):  # pragma: no cover - compiled
     return b | np.uint64(0x80000000)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _sift_up(hkey, hidx, child, key, idx):  # pragma: no cover - compiled
+    """Put (key, idx) at position ``child`` of the heap and move it up past every larger parent
+    (the hole moves down; the same comparisons as swapping it up)."""
+    while child > 0:
+        parent = (child + 1) // 2 - 1
+        if key < hkey[parent]:
+            hkey[child] = hkey[parent]
+            hidx[child] = hidx[parent]
+            child = parent
+        else:
+            break
+    hkey[child] = key
+    hidx[child] = idx
+
+
 @njit(cache=True, nogil=True)
 def _watershed(image, negate, output, mask, offsets):  # pragma: no cover - compiled
     """scikit-image's heap watershed of the float32 ``image`` (of ``-image`` with ``negate``) on
@@ -330,19 +346,8 @@ def _watershed(image, negate, output, mask, offsets):  # pragma: no cover - comp
         if output[index] == 0:
             continue
         # push (value, age 0)
-        key = _order_key(bits, index, flip) << np.uint64(32)
-        child = items
+        _sift_up(hkey, hidx, items, _order_key(bits, index, flip) << np.uint64(32), index)
         items += 1
-        while child > 0:
-            parent = (child + 1) // 2 - 1
-            if key < hkey[parent]:
-                hkey[child] = hkey[parent]
-                hidx[child] = hidx[parent]
-                child = parent
-            else:
-                break
-        hkey[child] = key
-        hidx[child] = index
     nn = len(offsets)
     while items > 0:
         elem = hidx[0]
@@ -381,19 +386,8 @@ def _watershed(image, negate, output, mask, offsets):  # pragma: no cover - comp
             output[nb] = output[elem]
             # the cost of reaching a pixel is at least that of the pixel it is reached from
             u = max(_order_key(bits, nb, flip), ev)
-            key = (u << np.uint64(32)) | np.uint64(age)
-            child = items
+            _sift_up(hkey, hidx, items, (u << np.uint64(32)) | np.uint64(age), nb)
             items += 1
-            while child > 0:
-                parent = (child + 1) // 2 - 1
-                if key < hkey[parent]:
-                    hkey[child] = hkey[parent]
-                    hidx[child] = hidx[parent]
-                    child = parent
-                else:
-                    break
-            hkey[child] = key
-            hidx[child] = nb
 
 
 @njit(cache=True, nogil=True, inline="always")
