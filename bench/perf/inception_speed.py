@@ -11,13 +11,13 @@ own rule (``resize="tf1"``) to show its speed and how far the two resize rules a
 
 Run: ``.venv/bin/python bench/perf/inception_speed.py [--n 256]`` (about a minute on 2 CPU cores). The
 paths run interleaved, batch by batch, so that load from other jobs affects them alike.
+Crops are simulated BBBC021-like 96x96x3 uint8 cells (:func:`cellbench.data.sim.render_crop`).
 
 ``--roofline`` also prints the hardware side (docs/benchmarks.md, "Inception features"): the
 network's arithmetic per 299x299 image (counted by ``torch.utils.flop_counter.FlopCounterMode``
 on the unmodified network, 2 FLOP per multiply-add), the machine's nominal fp32 peak (cores x
 clock x FLOP per cycle from the vector units the CPU reports) and the fp32 matrix-multiply rate
 torch reaches on it, and what fraction of each the fast path's images/s are.
-Crops are simulated BBBC021-like 96x96x3 uint8 cells (:func:`cellbench.data.sim.render_crop`).
 """
 
 from __future__ import annotations
@@ -153,7 +153,8 @@ def nominal_peak() -> tuple[float, str]:
     """fp32 GFLOP/s = usable CPUs x clock x FLOP per cycle, and how it was reckoned.
 
     FLOP per cycle per core: two FMA pipes of the widest vector unit the CPU reports (AVX-512: 16
-    lanes, AVX2 + FMA: 8, else SSE 4 lanes without FMA), 2 FLOP per FMA. The clock is the one
+    lanes, AVX2 + FMA: 8), 2 FLOP per FMA; without FMA, SSE's 4 lanes in an add and a multiply
+    pipe. The clock is the one
     /proc/cpuinfo reports (a virtual machine's host may boost above it).
     """
     flags, mhz = set(), 0.0

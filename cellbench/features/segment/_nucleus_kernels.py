@@ -15,9 +15,9 @@ copy of the pure scipy / scikit-image pass in ``bench/perf/_classical_v3_ref.py`
 * :func:`edt_stack`: the exact Euclidean distance transform (Felzenszwalb and Huttenlocher's two
   passes on integer squared distances, so exactly the ``edt`` package's values), the image's edge
   not being background;
-* :func:`watershed_heap`: ``skimage.segmentation.watershed(image, markers, mask=mask)`` of a float32
-  image (4-connected, no compactness): the same binary heap ordered by (value, age), each pair
-  packed into one integer, the same sift-up and sift-down, the same neighbour order and ages, so
+* :func:`watershed_heap`: ``skimage.segmentation.watershed(image, markers, mask=mask)`` (4-connected,
+  no compactness): the same binary heap ordered by (value, age) (for a float32 image each pair
+  packed into one integer), the same sift-up and sift-down, the same neighbour order and ages, so
   ties are broken the same way;
 * :func:`label_max`: the maximum of a float array per label.
 
@@ -487,7 +487,7 @@ def watershed_heap(
         out = np.pad(np.asarray(markers, np.int32), 1) * msk
     stride = out.shape[1]
     offsets = np.array([-stride, -1, 1, stride], np.int64)
-    if dtype == np.float32:
+    if dtype == np.float32 and img.size < 2**32:  # the ages fit below the value's key
         _watershed(img.ravel(), negate, out.ravel(), msk.ravel(), offsets)
     else:
         _watershed_wide(img.ravel(), -1.0 if negate else 1.0, out.ravel(), msk.ravel(), offsets)

@@ -510,7 +510,7 @@ def _nuclei_at(
         top = K.masked_percentiles(it, fg, 99)
     # markers: regional maxima (8-connected) of the marker function quantised in steps of h, so
     # tops about h above their surroundings; -1 outside the foreground keeps images and blobs apart
-    # (the strip of the marker function and its quantised strip, compiled, in numpy's float32)
+    # (the strip of the marker function and its quantised strip, compiled, in numpy's precision)
     f, q = K.marker_strips(dist, it, top, fg, r, max(p.intensity_weight, 0.0), p.h)
     fg_s = _strip(fg)
     # (the regional maxima, 8-connected plateaus, numbered in raster order of the strip as
