@@ -85,6 +85,18 @@ def test_inception_roofline_counts_the_network_and_the_machine() -> None:
     assert bench.matmul_gflops(size=128, seconds=0.05) > 0
 
 
+def test_radius_oracle_reads_the_median_annotated_radius() -> None:
+    study = _load_bench("segment_radius_oracle")
+    yy, xx = np.mgrid[:60, :60]
+    gt = np.zeros((60, 60), np.int32)
+    for k, (cy, cx, r) in enumerate([(12, 12, 5), (40, 15, 8), (30, 45, 11)], start=1):
+        gt[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = k
+    area = np.sort(np.bincount(gt.ravel())[1:])[1]  # the median of three areas
+    assert study.truth_radius(gt) == pytest.approx(np.sqrt(area / np.pi))
+    assert 7.5 < study.truth_radius(gt) < 8.5
+    assert np.isnan(study.truth_radius(np.zeros((5, 5), np.int32)))
+
+
 def test_fid_sample_size_bias_and_extrapolation() -> None:
     fss = _load_bench("fid_sample_size")
     rng = np.random.default_rng(0)
