@@ -10,8 +10,8 @@
 # ./out/generators), STEPS (total training steps, default: the preset's), MODELS (default
 # "cellflux phendiff impa"; "" for none), SHIPPED (shipped checkpoints also scored, default "cellflux-long":
 # checkpoints/cellflux-long with 20 Heun steps; "" for none), SAMPLE_STEPS (solver steps of the
-# trained models' generation, default: each checkpoint's own; the tests use 2), THREADS (torch
-# threads, default 1: fastest on a busy 2-core machine).
+# trained cellflux / phendiff generation, default: each checkpoint's own; impa has none; the tests
+# use 2), THREADS (torch threads, default 1: fastest on a busy 2-core machine).
 # Everything resumes: training from a run folder's last checkpoint, generation with
 # `cellbench generate --resume`, and a model whose results file exists is not scored again, so an
 # interrupted run (the `demo` scale takes hours on 2 cores) restarts with the same command. Same
@@ -53,6 +53,7 @@ for model in identity real-shuffle $MODELS $SHIPPED; do
     case "$model" in
         identity|real-shuffle) name=$model ;;
         cellflux-long) name=cellflux; opts=(--checkpoint checkpoints/cellflux-long --sample-steps 20) ;;
+        impa) name=$model; opts=(--checkpoint "$RUNS/$model-cpu-small") ;;  # one step, no solver
         *) name=$model; opts=(--checkpoint "$RUNS/$model-cpu-small" "${SAMPLE_OPT[@]}") ;;
     esac
     if [[ -f "$OUT/$model.results.json" ]]; then
