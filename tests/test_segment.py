@@ -304,3 +304,25 @@ def test_worker_pool_gives_the_same_features() -> None:
     crops = np.stack(crops)
     pooled = get_backend("classical").features(crops, dna_channel=2)
     np.testing.assert_array_equal(pooled, segment_batch(crops, dna_channel=2))
+
+
+def test_read_dsb_gives_a_greyscale_image_and_its_labels(tmp_path) -> None:
+    """The one DSB2018 reader: RGBA images give their first channel, greyscale ones themselves."""
+    from PIL import Image
+
+    from cellbench.features.segment.evaluate import dsb_ids, read_dsb
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels_derived").mkdir()
+    grey = np.arange(12, dtype=np.uint8).reshape(3, 4) * 20
+    rgba = np.stack([grey, grey // 2, grey // 3, np.full_like(grey, 255)], -1)
+    labels = np.array([[0, 1, 1, 0], [0, 1, 0, 2], [0, 0, 2, 2]], np.uint8)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "images" / "b.png")
+    Image.fromarray(grey).save(tmp_path / "images" / "a.png")
+    for name in ("a", "b"):
+        Image.fromarray(labels).save(tmp_path / "labels_derived" / f"{name}.png")
+    assert dsb_ids(tmp_path) == ["a", "b"]
+    for name in ("a", "b"):
+        img, gt = read_dsb(tmp_path, name)
+        np.testing.assert_array_equal(img, grey)
+        np.testing.assert_array_equal(gt, labels)

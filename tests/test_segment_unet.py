@@ -91,12 +91,11 @@ F1_FLOOR = (0.8497, 0.7764)
 
 
 def _dsb(names: list[str]):
-    from PIL import Image
+    from cellbench.features.segment.evaluate import read_dsb
 
     root = shared_data_or_skip("real_seg", "dsb2018_stage1_train_subset")
     for n in names:
-        img = np.asarray(Image.open(root / "images" / f"{n}.png"))[..., 0]
-        yield img, np.asarray(Image.open(root / "labels_derived" / f"{n}.png"))
+        yield read_dsb(root, n)
 
 
 @pytest.mark.shared

@@ -33,6 +33,7 @@ import torch
 
 from cellbench.features.inception import InceptionFeatures, ReferenceInception
 from cellbench.metrics.fid import GaussianStats, fid_from_stats
+from cellbench.workers import usable_cpus
 
 
 def make_crops(n: int, seed: int = 0) -> np.ndarray:
@@ -169,7 +170,7 @@ def nominal_peak() -> tuple[float, str]:
         elif key.strip() == "cpu MHz" and not mhz:
             mhz = float(value)
     per_cycle = 64 if "avx512f" in flags else 32 if {"avx2", "fma"} <= flags else 8
-    cpus = len(os.sched_getaffinity(0))
+    cpus = usable_cpus()
     how = f"{cpus} cpus x {mhz:.0f} MHz x {per_cycle} FLOP/cycle"
     return cpus * mhz * 1e6 * per_cycle / 1e9, how
 

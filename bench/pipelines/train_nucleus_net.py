@@ -49,12 +49,11 @@ JITTER = (0.7, 1.45)
 
 def load_dsb(root: Path) -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
     """Image ids (sorted), greyscale images and instance labels of the DSB2018 subset."""
-    from PIL import Image
+    from cellbench.features.segment.evaluate import dsb_ids, read_dsb
 
-    names = sorted(p.stem for p in (root / "images").glob("*.png"))
-    imgs = [np.asarray(Image.open(root / "images" / f"{n}.png"))[..., 0] for n in names]
-    gts = [np.asarray(Image.open(root / "labels_derived" / f"{n}.png")) for n in names]
-    return names, imgs, gts
+    names = dsb_ids(root)
+    pairs = [read_dsb(root, n) for n in names]
+    return names, [img for img, _ in pairs], [gt for _, gt in pairs]
 
 
 def radii_of(imgs: list[np.ndarray], cache: Path | None) -> np.ndarray:

@@ -55,14 +55,11 @@ def shifted(labels: np.ndarray, k: int) -> np.ndarray:
 
 def _score(args: tuple[Path, str, tuple[int, ...], float | None]) -> np.ndarray:
     """(len(shifts), 2) F1 at IoU 0.5 and 0.75 of one image."""
-    from PIL import Image
-
     from cellbench.features.segment.classical import DEFAULT_PARAMS, segment_nuclei
-    from cellbench.features.segment.evaluate import f1_at_iou
+    from cellbench.features.segment.evaluate import f1_at_iou, read_dsb
 
     root, name, shifts, fraction = args
-    img = np.asarray(Image.open(root / "images" / name))[..., 0]
-    gt = np.asarray(Image.open(root / "labels_derived" / name))
+    img, gt = read_dsb(root, Path(name).stem)
     params = (
         DEFAULT_PARAMS if fraction is None else replace(DEFAULT_PARAMS, refine_fraction=fraction)
     )

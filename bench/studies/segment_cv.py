@@ -60,14 +60,11 @@ def naive_nuclei(dna: np.ndarray) -> np.ndarray:
 
 
 def _score(args: tuple[Path, str, str]) -> list[float]:
-    from PIL import Image
-
     from cellbench.features.segment.classical import DEFAULT_PARAMS, segment_nuclei
-    from cellbench.features.segment.evaluate import f1_at_iou
+    from cellbench.features.segment.evaluate import f1_at_iou, read_dsb
 
     root, name, cand = args
-    img = np.asarray(Image.open(root / "images" / name))[..., 0]
-    gt = np.asarray(Image.open(root / "labels_derived" / name))
+    img, gt = read_dsb(root, Path(name).stem)
     if cand == "naive":
         pred = naive_nuclei(img)
     elif cand == "classical v2":

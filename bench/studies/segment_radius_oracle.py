@@ -38,18 +38,15 @@ def main() -> None:
     ap.add_argument("--worst", type=int, default=10, help="images listed, worst first")
     args = ap.parse_args()
 
-    from PIL import Image
-
     from cellbench.features.segment import classical as C
-    from cellbench.features.segment.evaluate import f1_at_iou
+    from cellbench.features.segment.evaluate import dsb_ids, f1_at_iou, read_dsb
 
     rows = []
-    for path in sorted((args.root / "images").glob("*.png")):
-        img = np.asarray(Image.open(path))[..., 0]
-        gt = np.asarray(Image.open(args.root / "labels_derived" / path.name))
+    for image_id in dsb_ids(args.root):
+        img, gt = read_dsb(args.root, image_id)
         est = C.estimate_radius(img.astype(np.float32))
         truth = truth_radius(gt)
-        row = {"image": path.stem[:10], "estimated r": est, "truth r": truth}
+        row = {"image": image_id[:10], "estimated r": est, "truth r": truth}
         ways = {
             "defaults": C.DEFAULT_PARAMS,
             "estimated r, fixed": replace(C.DEFAULT_PARAMS, radius=est),

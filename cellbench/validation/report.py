@@ -446,10 +446,8 @@ def segmentation_accuracy(root: str | Path, backend: str = "classical") -> dict[
     ``root`` holds ``images/<id>.png`` and ``labels_derived/<id>.png`` (instance labels). Overall:
     the mean of the per-image F1 and the pooled F1 of all matches (2 TP / (2 TP + FP + FN)).
     """
-    from PIL import Image
-
     from cellbench.features.segment.backends import get_backend
-    from cellbench.features.segment.evaluate import match_instances
+    from cellbench.features.segment.evaluate import match_instances, read_dsb
 
     root = Path(root)
     images = sorted((root / "images").glob("*.png"))
@@ -470,9 +468,7 @@ def segmentation_accuracy(root: str | Path, backend: str = "classical") -> dict[
         gt_path = root / "labels_derived" / p.name
         if not gt_path.is_file():
             raise CellbenchError("ground-truth labels missing", path=gt_path)
-        img = np.asarray(Image.open(p))
-        img = img[..., 0] if img.ndim == 3 else img
-        gt = np.asarray(Image.open(gt_path))
+        img, gt = read_dsb(root, p.stem)
         pred = segment_nuclei(img)
         row = {"image": p.stem, "height": img.shape[0], "width": img.shape[1]}
         row["n_true"] = int(len(np.unique(gt)) - 1)

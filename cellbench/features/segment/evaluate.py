@@ -12,7 +12,16 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["dsb_f1", "f1_at_iou", "iou_matrix", "match_instances", "sim_cell_f1", "sim_f1"]
+__all__ = [
+    "dsb_f1",
+    "dsb_ids",
+    "f1_at_iou",
+    "iou_matrix",
+    "match_instances",
+    "read_dsb",
+    "sim_cell_f1",
+    "sim_f1",
+]
 
 
 def _relabel(labels: np.ndarray) -> tuple[np.ndarray, int]:
@@ -99,28 +108,44 @@ def f1_at_iou(pred: np.ndarray, gt: np.ndarray, iou: float = 0.5) -> float:
     return 1.0 if denom == 0 else 2.0 * tp / denom
 
 
+def dsb_ids(root) -> list[str]:
+    """The image ids of a DSB2018-style folder (``images/<id>.png``), sorted."""
+    from pathlib import Path
+
+    return sorted(p.stem for p in (Path(root) / "images").glob("*.png"))
+
+
+def read_dsb(root, image_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(image, labels)`` of one DSB2018-style pair: ``images/<id>.png`` as a 2-D greyscale image
+    (its first channel where the file is RGB(A), as the subset's greyscale images are stored) and
+    the instance labels ``labels_derived/<id>.png``."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    root = Path(root)
+    img = np.asarray(Image.open(root / "images" / f"{image_id}.png"))
+    gt = np.asarray(Image.open(root / "labels_derived" / f"{image_id}.png"))
+    return (img[..., 0] if img.ndim == 3 else img), gt
+
+
 def dsb_f1(root, segment=None):
     """Per-image nucleus F1 at IoU 0.5 and 0.75 on the DSB2018 subset in ``root``.
 
     ``root`` holds ``images/<id>.png`` (greyscale as RGBA) and ``labels_derived/<id>.png``
     (instance labels). ``segment`` maps a 2-D image to labels (default: the classical backend).
     """
-    from pathlib import Path
-
     import pandas as pd
-    from PIL import Image
 
     if segment is None:
         from cellbench.features.segment.classical import segment_nuclei as segment
-    root = Path(root)
     rows = []
-    for p in sorted((root / "images").glob("*.png")):
-        img = np.asarray(Image.open(p))[..., 0]
-        gt = np.asarray(Image.open(root / "labels_derived" / p.name))
+    for image_id in dsb_ids(root):
+        img, gt = read_dsb(root, image_id)
         pred = segment(img)
         rows.append(
             {
-                "image": p.stem,
+                "image": image_id,
                 "height": img.shape[0],
                 "width": img.shape[1],
                 "n_true": int(len(np.unique(gt)) - 1),
