@@ -223,3 +223,90 @@ def test_marker_strips_equal_numpy_bit_for_bit(weight: float, radius: float) -> 
     assert f.dtype == (np.float64 if isinstance(radius, np.float64) else np.float32)
     np.testing.assert_array_equal(f.view(np.uint8), f_want.view(np.uint8))
     np.testing.assert_array_equal(q, q_want)
+
+
+def _window_extreme(x: np.ndarray, size: int, is_max: bool) -> np.ndarray:
+    """The kernel's rule in numpy: rows, then columns, of each (H, W) image; per output, the
+    window's values in order, each taking the place of the one kept only when strictly greater
+    (smaller), scipy's "reflect" edges."""
+
+    def reflect(j: np.ndarray, n: int) -> np.ndarray:
+        j = np.mod(j, 2 * n)
+        return np.where(j < n, j, 2 * n - 1 - j)
+
+    def along(a: np.ndarray, axis: int) -> np.ndarray:
+        n = a.shape[axis]
+        pos = np.arange(n) - size // 2
+        cur = np.take(a, reflect(pos, n), axis=axis)
+        for t in range(1, size):
+            u = np.take(a, reflect(pos + t, n), axis=axis)
+            cur = np.where(u > cur, u, cur) if is_max else np.where(u < cur, u, cur)
+        return cur
+
+    return along(along(x, 1), 2)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 7, 9, 14, 40])
+def test_minmax_filters_equal_scipy_and_keep_the_tie_rule(size: int) -> None:
+    # the kernel writes each step to the other of two rows (not in place: a masked store): its
+    # values are scipy's, and between -0 and +0 it keeps the earlier of the window (bit for bit)
+    from scipy import ndimage as ndi
+
+    from cellbench.features.segment import _nucleus_kernels as K
+
+    rng = np.random.default_rng(size)
+    x = rng.integers(-3, 4, size=(4, 23, 31)).astype(np.float32)  # many ties
+    x[x == 0] = np.where(rng.random(int((x == 0).sum())) < 0.5, -0.0, 0.0)
+    small = np.ascontiguousarray(x[:, :5, :3])  # windows wider than the image
+    for img in (x, small):
+        for is_max, ref in ((True, ndi.maximum_filter), (False, ndi.minimum_filter)):
+            got = K.minmax_stack(img, size, is_max)
+            np.testing.assert_array_equal(got, ref(img, size=(1, size, size)))  # -0 == +0
+            want = _window_extreme(img, size, is_max)
+            np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+    ints = rng.integers(0, 50, size=(3, 17, 12)).astype(np.int64)
+    np.testing.assert_array_equal(
+        K.minmax_stack(ints, size, True), ndi.maximum_filter(ints, size=(1, size, size))
+    )
+
+
+@pytest.mark.parametrize("search_max", [0.0, 1024.0, np.inf])
+def test_distance_transform_equals_scipy_on_both_row_methods(search_max: float) -> None:
+    # search_max 0: every row by the lower envelope; inf: every row by the outward search;
+    # the default mixes them row by row. The image's edge is not background (scipy's own rule).
+    from scipy import ndimage as ndi
+
+    from cellbench.features.segment import _nucleus_kernels as K
+
+    rng = np.random.default_rng(0)
+    fg = np.stack([rng.random((41, 67)) < p for p in (0.3, 0.7, 0.95, 0.995)])
+    yy, xx = np.mgrid[:41, :67]
+    fg = np.concatenate([fg, ((yy - 20) ** 2 + (xx - 30) ** 2 < 37**2)[None]])  # long rows
+    got = K.edt_stack(fg, search_max)
+    for img, out in zip(fg, got, strict=True):
+        np.testing.assert_array_equal(out, ndi.distance_transform_edt(img).astype(np.float32))
+    # no background at all: H + W everywhere
+    np.testing.assert_array_equal(K.edt_stack(np.ones((1, 5, 6), bool), search_max), 11.0)
+
+
+def test_fill_holes_equals_scipy() -> None:
+    # union-find over the background's runs: a hole is background not 4-connected to the edge
+    from scipy import ndimage as ndi
+
+    from cellbench.features.segment import _nucleus_kernels as K
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:40, :40]
+    rr = np.hypot(yy - 20, xx - 20)
+    stacks = [rng.random((6, 29, 37)) < p for p in (0.0, 0.4, 0.6, 0.75, 1.0)]
+    stacks += [rng.random(shape) < 0.6 for shape in ((5, 1, 9), (5, 9, 1), (5, 2, 2))]
+    stacks.append(np.stack([np.floor(rr / k) % 2 == 0 for k in (1, 2, 3)]))  # nested rings
+    stacks.append(np.stack([(np.abs(yy - xx) % 4 == 0) | (np.abs(yy + xx - 39) % 4 == 0)]))
+    # a U of background whose right arm alone reaches the edge: the two arms meet at the bottom
+    # row, where the edge flag must pass from the later component to the earlier one
+    u = np.ones((12, 14), bool)
+    u[2:9, 3] = u[2:9, 9] = u[8, 3:10] = u[2, 9:] = False
+    stacks += [u[None], u[None, :, ::-1], u[None, ::-1], u.T[None]]
+    for stack in stacks:
+        want = np.stack([ndi.binary_fill_holes(m) for m in stack])
+        np.testing.assert_array_equal(K.fill_holes_stack(stack), want)

@@ -12,9 +12,9 @@ copy of the pure scipy / scikit-image pass in ``bench/perf/_classical_v3_ref.py`
   float64 sum divided by k at every pixel, as scipy's;
 * :func:`minmax_stack`: ``scipy.ndimage.minimum_filter`` / ``maximum_filter`` with ``size=(1, k,
   k)`` and scipy's default ``mode="reflect"`` (the window [i - k // 2, i + (k - 1) // 2]);
-* :func:`edt_stack`: the exact Euclidean distance transform (Felzenszwalb and Huttenlocher's two
-  passes on integer squared distances, so exactly the ``edt`` package's values), the image's edge
-  not being background;
+* :func:`edt_stack`: the exact Euclidean distance transform (squared distances along the columns,
+  then per pixel the least over its row, all integers, so exactly the ``edt`` package's values),
+  the image's edge not being background;
 * :func:`watershed_heap`: ``skimage.segmentation.watershed(image, markers, mask=mask)`` (4-connected,
   no compactness): the same binary heap ordered by (value, age) (for a float32 image each pair
   packed into one integer), the same sift-up and sift-down, the same neighbour order and ages, so
@@ -147,29 +147,32 @@ def _reflect(j, n):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def _minmax_rows(x, size, is_max, out):  # pragma: no cover - compiled
+def _minmax_rows(x, size, is_max, out, buf):  # pragma: no cover - compiled
     """Minimum or maximum along axis 0 of (H, W) over [y - size // 2, y + (size - 1) // 2],
-    scipy's "reflect" extension; whole rows at a time."""
+    scipy's "reflect" extension; whole rows at a time. Each step writes the other of two rows
+    (``out[y]`` and the scratch ``buf``, starting where the last step lands in ``out[y]``):
+    written in place, the select becomes a masked store, which is slow on AMD CPUs (3-4x)."""
     h, w = x.shape
     s1 = size // 2
     for y in range(h):
-        a = _reflect(y - s1, h)
+        cur = out[y] if (size - 1) % 2 == 0 else buf
+        nxt = buf if (size - 1) % 2 == 0 else out[y]
+        src = x[_reflect(y - s1, h)]
         for j in range(w):
-            out[y, j] = x[a, j]
+            cur[j] = src[j]
         for t in range(1, size):
-            b = _reflect(y - s1 + t, h)
-            row = out[y]
-            src = x[b]
+            src = x[_reflect(y - s1 + t, h)]
             if is_max:
                 for j in range(w):
                     u = src[j]
-                    v = row[j]
-                    row[j] = u if u > v else v
+                    v = cur[j]
+                    nxt[j] = u if u > v else v
             else:
                 for j in range(w):
                     u = src[j]
-                    v = row[j]
-                    row[j] = u if u < v else v
+                    v = cur[j]
+                    nxt[j] = u if u < v else v
+            cur, nxt = nxt, cur
 
 
 @njit(cache=True, nogil=True)
@@ -178,12 +181,13 @@ def _minmax_stack(x, size, is_max, out):  # pragma: no cover - compiled
     tmp = np.empty((h, w), x.dtype)
     tt = np.empty((w, h), x.dtype)
     ot = np.empty((w, h), x.dtype)
+    buf = np.empty(max(h, w), x.dtype)
     for i in range(n):
-        _minmax_rows(x[i], size, is_max, tmp)
+        _minmax_rows(x[i], size, is_max, tmp, buf)
         for y in range(h):
             for j in range(w):
                 tt[j, y] = tmp[y, j]
-        _minmax_rows(tt, size, is_max, ot)
+        _minmax_rows(tt, size, is_max, ot, buf)
         for y in range(h):
             for j in range(w):
                 out[i, y, j] = ot[j, y]
@@ -202,15 +206,82 @@ def minmax_stack(x: np.ndarray, size: int, is_max: bool) -> np.ndarray:
 # distance transform
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _nearest_sq(f1, q, w, best):  # pragma: no cover - compiled
+    """min(best, min over p of (q - p)^2 + f1[p]) for the row ``f1`` of squared column distances
+    (integers, or inf), searched outwards from q until (q - p)^2 reaches the best found: exact,
+    and a few steps per pixel where blobs are small (the lower envelope of Felzenszwalb and
+    Huttenlocher spends a division per pixel whatever their size)."""
+    dmax = max(q, w - 1 - q)
+    d = 1
+    while d <= dmax:
+        dd = np.float64(d * d)
+        if dd >= best:
+            break
+        if q - d >= 0 and dd + f1[q - d] < best:
+            best = dd + f1[q - d]
+        if q + d < w and dd + f1[q + d] < best:
+            best = dd + f1[q + d]
+        d += 1
+    return best
+
+
 @njit(cache=True, nogil=True)
-def _edt_stack(fg, big, out):  # pragma: no cover - compiled
+def _envelope_row(f1, fg, out, big, v, z):  # pragma: no cover - compiled
+    """One row of the distance transform by the lower envelope of the parabolas of the finite
+    entries of ``f1`` (Felzenszwalb and Huttenlocher): time linear in the row's length whatever
+    the distances (``v``, ``z``: scratch of w and w + 1)."""
+    w = len(f1)
+    inf = np.inf
+    k = -1
+    for q in range(w):
+        if f1[q] == inf:
+            continue
+        if k < 0:
+            k = 0
+            v[0] = q
+            z[0] = -inf
+            z[1] = inf
+            continue
+        while True:
+            p = v[k]
+            s = ((f1[q] + q * q) - (f1[p] + p * p)) / (2.0 * q - 2.0 * p)
+            if s <= z[k]:
+                k -= 1
+                if k < 0:
+                    break
+            else:
+                break
+        k += 1
+        v[k] = q
+        z[k] = s if k > 0 else -inf
+        z[k + 1] = inf
+    if k < 0:
+        for q in range(w):
+            out[q] = big if fg[q] else 0.0
+        return
+    k = 0
+    for q in range(w):
+        while z[k + 1] < q:
+            k += 1
+        p = v[k]
+        d = (q - p) * (q - p) + f1[p]
+        val = np.float32(np.sqrt(d)) if fg[q] else np.float32(0.0)
+        out[q] = min(val, big)
+
+
+@njit(cache=True, nogil=True)
+def _edt_stack(fg, big, search_max, out):  # pragma: no cover - compiled
+    """Distance transform of each image of ``fg`` (the edge is not background); a row whose
+    squared column distances are all at most ``search_max`` is searched outwards pixel by pixel
+    (:func:`_nearest_sq`, fast for small blobs), any other by the lower envelope
+    (:func:`_envelope_row`, linear whatever the distances): the same values either way."""
     n, h, w = fg.shape
     inf = np.inf
     col = np.empty((h, w))
+    last = np.empty(w, np.intp)
     v = np.zeros(w, np.intp)
     z = np.empty(w + 1)
-    f1 = np.empty(w)
-    last = np.empty(w, np.intp)
     for i in range(n):
         # columns, all at once row by row: squared distance to the nearest background pixel
         # above, then below (inf where the column has none)
@@ -236,59 +307,37 @@ def _edt_stack(fg, big, out):  # pragma: no cover - compiled
                     d = last[x] - y
                     if d * d < col[y, x]:
                         col[y, x] = d * d
+        # rows: the least (q - p)^2 + col[p] of each foreground pixel (big where no pixel of the
+        # image is background)
         for y in range(h):
-            any_fg = False
+            f1 = col[y]
+            top = 0.0
             for q in range(w):
-                f1[q] = col[y, q]
-                any_fg |= fg[i, y, q]
-            if not any_fg:
-                for q in range(w):
+                if fg[i, y, q] and f1[q] > top:
+                    top = f1[q]
+            if top > search_max:
+                _envelope_row(f1, fg[i, y], out[i, y], big, v, z)
+                continue
+            for q in range(w):
+                if not fg[i, y, q]:
                     out[i, y, q] = 0.0
-                continue
-            # lower envelope of the parabolas of the finite entries
-            k = -1
-            for q in range(w):
-                if f1[q] == inf:
                     continue
-                if k < 0:
-                    k = 0
-                    v[0] = q
-                    z[0] = -inf
-                    z[1] = inf
-                    continue
-                while True:
-                    p = v[k]
-                    s = ((f1[q] + q * q) - (f1[p] + p * p)) / (2.0 * q - 2.0 * p)
-                    if s <= z[k]:
-                        k -= 1
-                        if k < 0:
-                            break
-                    else:
-                        break
-                k += 1
-                v[k] = q
-                z[k] = s if k > 0 else -inf
-                z[k + 1] = inf
-            if k < 0:
-                for q in range(w):
-                    out[i, y, q] = big if fg[i, y, q] else 0.0
-                continue
-            k = 0
-            for q in range(w):
-                while z[k + 1] < q:
-                    k += 1
-                p = v[k]
-                d = (q - p) * (q - p) + f1[p]
-                val = np.float32(np.sqrt(d)) if fg[i, y, q] else np.float32(0.0)
-                out[i, y, q] = min(val, big)
+                best = _nearest_sq(f1, q, w, f1[q])
+                out[i, y, q] = big if best == inf else min(np.float32(np.sqrt(best)), big)
 
 
-def edt_stack(fg: np.ndarray) -> np.ndarray:
+#: rows whose squared column distances reach above this are transformed by the lower envelope
+#: (the outward search would take more than 32 steps per pixel)
+EDT_SEARCH_MAX = 1024.0
+
+
+def edt_stack(fg: np.ndarray, search_max: float = EDT_SEARCH_MAX) -> np.ndarray:
     """Distance of each foreground pixel of an (N, H, W) bool stack to the nearest background
-    pixel of its own image (the edge is not background), float32, at most H + W."""
+    pixel of its own image (the edge is not background), float32, at most H + W
+    (``search_max``: which rows take which of two exact methods, :func:`_edt_stack`)."""
     fg = np.ascontiguousarray(fg, np.bool_)
     out = np.empty(fg.shape, np.float32)
-    _edt_stack(fg, np.float32(fg.shape[1] + fg.shape[2]), out)
+    _edt_stack(fg, np.float32(fg.shape[1] + fg.shape[2]), search_max, out)
     return out
 
 
@@ -528,55 +577,60 @@ def _root(parent, x):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def _fill_holes_stack(mask, out, lab, parent):  # pragma: no cover - compiled
+def _fill_holes_stack(mask, out, rs, re, rrow, parent, edge):  # pragma: no cover - compiled
     """out = mask plus its holes: background pixels not 4-connected to the image's edge through
-    background (``scipy.ndimage.label`` of the background, components touching the edge kept).
-    One raster pass of union-find over the background, its components touching the edge marked,
-    one pass to read them out."""
+    background. Union-find over the background's runs of each row (a run joins the runs of the
+    row above that share a column), a component marked when one of its runs touches the edge;
+    the runs of unmarked components filled. ``rs``, ``re``, ``parent``, ``edge``: scratch of one
+    entry per run (at most H ceil(W / 2)); ``rrow``: H + 1."""
     n, h, w = mask.shape
     for i in range(n):
         m = mask[i]
         k = 0
+        prev0 = 0  # the runs of the row above: prev0 .. prev1 - 1
+        prev1 = 0
         for y in range(h):
-            for x in range(w):
+            cur0 = k
+            x = 0
+            while x < w:
                 if m[y, x]:
-                    lab[y, x] = -1
+                    x += 1
                     continue
-                up = lab[y - 1, x] if y > 0 else -1
-                left = lab[y, x - 1] if x > 0 else -1
-                if up < 0 and left < 0:
-                    parent[k] = k
-                    lab[y, x] = k
-                    k += 1
-                elif up < 0:
-                    lab[y, x] = left
-                elif left < 0:
-                    lab[y, x] = up
-                else:
-                    a = _root(parent, up)
-                    b = _root(parent, left)
+                s = x
+                while x < w and not m[y, x]:
+                    x += 1
+                rs[k] = s
+                re[k] = x - 1
+                parent[k] = k
+                edge[k] = y == 0 or y == h - 1 or s == 0 or x == w
+                k += 1
+            j = prev0
+            for r in range(cur0, k):
+                while j < prev1 and re[j] < rs[r]:
+                    j += 1
+                jj = j
+                while jj < prev1 and rs[jj] <= re[r]:
+                    a = _root(parent, r)
+                    b = _root(parent, jj)
                     if a < b:
                         parent[b] = a
+                        edge[a] = edge[a] or edge[b]
                     elif b < a:
                         parent[a] = b
-                    lab[y, x] = left
-        # parent[] >= k is free: mark the roots of components touching the edge
-        edge = parent[k : 2 * k + 1]
-        for c in range(k):
-            edge[c] = 0
-        for y in range(h):
-            for x in (0, w - 1):
-                if lab[y, x] >= 0:
-                    edge[_root(parent, lab[y, x])] = 1
-        for x in range(w):
-            for y in (0, h - 1):
-                if lab[y, x] >= 0:
-                    edge[_root(parent, lab[y, x])] = 1
+                        edge[b] = edge[a] or edge[b]
+                    jj += 1
+            rrow[y] = cur0
+            prev0 = cur0
+            prev1 = k
+        rrow[h] = k
         o = out[i]
         for y in range(h):
             for x in range(w):
-                c = lab[y, x]
-                o[y, x] = c < 0 or edge[_root(parent, c)] == 0
+                o[y, x] = True
+            for r in range(rrow[y], rrow[y + 1]):
+                if edge[_root(parent, r)]:
+                    for x in range(rs[r], re[r] + 1):
+                        o[y, x] = False
 
 
 def fill_holes_stack(mask: np.ndarray) -> np.ndarray:
@@ -586,7 +640,16 @@ def fill_holes_stack(mask: np.ndarray) -> np.ndarray:
     out = np.empty_like(mask)
     if mask.size:
         h, w = mask.shape[1:]
-        _fill_holes_stack(mask, out, np.empty((h, w), np.int64), np.empty(2 * h * w + 1, np.int64))
+        runs = h * ((w + 1) // 2) + 1
+        _fill_holes_stack(
+            mask,
+            out,
+            np.empty(runs, np.int64),
+            np.empty(runs, np.int64),
+            np.empty(h + 1, np.int64),
+            np.empty(runs, np.int64),
+            np.empty(runs, np.bool_),
+        )
     return out
 
 
