@@ -116,26 +116,39 @@ def _smooth_field(rng: np.random.Generator, shape=(40, 52), sigma=2.5) -> np.nda
     return ndi.gaussian_filter(rng.random(shape), sigma) * 10.0
 
 
-def test_kernel_h_maxima_equals_scikit_image() -> None:
+@pytest.mark.parametrize("clearance", [0, 3])
+def test_kernel_h_peaks_equal_scikit_image_where_seeds_can_come_from(clearance: int) -> None:
+    # _h_peaks decides the h-maxima only at pixels of the mask, outside and clear of the nuclei:
+    # there it must be scikit-image's h_maxima, plateaus, equal peaks and the frame included
+    from scipy import ndimage as ndi
     from skimage.morphology import h_maxima
 
     from cellbench.features.segment import _cell_kernels as k
 
     rng = np.random.default_rng(5)
-    for trial in range(30):
-        g = np.pad(_smooth_field(rng), 1)
+    checked = 0
+    for trial in range(40):
+        field = _smooth_field(rng)
         if trial % 3 == 0:  # plateaus and equal peaks
-            g = np.round(g, 1)
-        h = float(rng.choice([0.05, 0.2, 0.6]))
-        n = g.size
-        out = np.zeros(n, bool)
-        i64 = [np.empty(n, np.int64) for _ in range(8)]
-        k._h_maxima(
-            g.ravel(), g.shape[1], h, -np.inf, out, np.empty(n), i64[0], i64[1], i64[2],
-            i64[3], i64[4], np.empty(2048, np.int64), i64[5], np.empty(n), i64[6], i64[7],
-            np.empty(n, np.int64),
+            field = np.round(field, 1)
+        g = np.pad(field, 1)
+        h = float(rng.choice([0.05, 0.2, 0.6, 50.0]))  # 50: above the range, no maximum
+        mask = ndi.gaussian_filter(rng.random(field.shape), 3) > 0.48 if trial % 2 else (
+            np.ones(field.shape, bool)
         )  # fmt: skip
-        np.testing.assert_array_equal(out.reshape(g.shape), h_maxima(g, h).astype(bool))
+        inside = np.zeros(field.shape, bool)
+        if trial % 4 == 1:
+            inside[10:16, 20:30] = True  # a nucleus
+        out = np.zeros(g.size, bool)
+        k._h_peaks(g.ravel(), g.shape[1], h, mask, inside, clearance, out,
+                   np.empty(g.size, np.int64), np.empty(g.size, np.int64))  # fmt: skip
+        near = ndi.maximum_filter(inside, size=2 * clearance + 1, mode="constant")
+        where = mask & ~inside & ~near
+        want = h_maxima(g, h).astype(bool)[1:-1, 1:-1]
+        got = out.reshape(g.shape)[1:-1, 1:-1]
+        np.testing.assert_array_equal(got[where], want[where], err_msg=f"trial {trial}")
+        checked += int(want[where].sum())
+    assert checked > 40  # kept maxima were among the pixels checked
 
 
 def test_kernel_steps_equal_scipy() -> None:

@@ -12,11 +12,11 @@ which this module is tested against); what differs is how they are computed:
   indicator (the in-crop weighted mean);
 * hole filling: a flood of the background from the crop's edge (4-connected);
 * distance to the background: exact Euclidean (Felzenszwalb and Huttenlocher's two passes);
-* h-maxima (8-connected; the crop framed by one pixel of 0): one union-find over the pixels in
-  decreasing order (a radix sort of their float32 values), a plateau kept when the level v at
-  which its component first meets a strictly higher one satisfies value - v >= h (the residue test
-  of ``skimage.morphology.h_maxima``; the global maximum is kept); only pixels above the lowest
-  maximum that can become a seed, minus h, take part;
+* h-maxima (8-connected; the crop framed by one pixel of 0), decided only at the local maxima
+  that can seed a cell (in the mask, clear of the nuclei): each floods the pixels less than h
+  below it until it meets a higher pixel (removed) or runs out (kept), which is the residue test
+  of ``skimage.morphology.h_maxima`` (a plateau kept when the level v at which it first meets a
+  higher one satisfies value - v >= h; the global maximum is kept);
 * watershed (4-connected, labels given when a pixel is queued, as scikit-image's): a bucket queue of
   4096 levels over the crop's range instead of a binary heap, so pixels whose values differ by less
   than 1/4096 of that range are flooded first come first served;
@@ -192,46 +192,6 @@ def _edt_framed(mask, out, col, v, z, f1):  # pragma: no cover - compiled
             out[y, q - 1] = np.sqrt(d) if mask[y, q - 1] else 0.0
 
 
-@njit(cache=True, nogil=True)
-def _order_desc(vals, keys, tmp_keys, order, tmp_order, count):  # pragma: no cover - compiled
-    """Indices of ``vals`` in decreasing order of their float32 values: LSD radix sort of
-    order-preserving 32-bit keys, 11 bits a pass (``count``: 2048 slots)."""
-    n = len(vals)
-    hist = np.zeros((3, 2048), np.int64)
-    for i in range(n):
-        b = np.int64(np.float32(vals[i]).view(np.int32))
-        # ascending key: flip every bit of a negative value, the sign bit of a positive one;
-        # complemented for a decreasing order
-        k = 0xFFFFFFFF - ((~b) & 0xFFFFFFFF if b < 0 else b | 0x80000000)
-        keys[i] = k
-        order[i] = i
-        hist[0, k & 2047] += 1
-        hist[1, (k >> 11) & 2047] += 1
-        hist[2, (k >> 22) & 2047] += 1
-    for p in range(3):
-        total = 0
-        for j in range(2048):
-            c = hist[p, j]
-            hist[p, j] = total
-            total += c
-    # three passes, ping-pong between (keys, order) and (tmp_keys, tmp_order)
-    for p in range(3):
-        shift = 11 * p
-        if p == 1:
-            src_k, src_o, dst_k, dst_o = tmp_keys, tmp_order, keys, order
-        else:
-            src_k, src_o, dst_k, dst_o = keys, order, tmp_keys, tmp_order
-        for i in range(n):
-            k = src_k[i]
-            d = (k >> shift) & 2047
-            j = hist[p, d]
-            dst_k[j] = k
-            dst_o[j] = src_o[i]
-            hist[p, d] = j + 1
-    for i in range(n):
-        order[i] = tmp_order[i]
-
-
 @njit(cache=True, nogil=True, inline="always")
 def _find(parent, x):  # pragma: no cover - compiled
     """Root of x, halving the path on the way."""
@@ -242,112 +202,108 @@ def _find(parent, x):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def _h_maxima(
-    flat,
-    wp,
-    h,
-    level,
-    out,
-    sub,
-    pix,
-    keys,
-    tmp_keys,
-    order,
-    tmp_order,
-    count,
-    parent,
-    cmax,
-    head,
-    tail,
-    nxt,
-):  # pragma: no cover - compiled
-    """h-maxima (8-connected) of the framed image ``flat`` (Hp x wp, raveled, float64) into
-    ``out`` (bool, raveled), exact for every maximum above ``level`` + h.
+def _h_peaks(g, wp, h, mask, inside, clearance, out, queue, seen):  # pragma: no cover - compiled
+    """The h-maxima (8-connected) of the framed image ``g`` (Hp x wp, raveled, float64) at the
+    pixels that can seed a cell: ``out`` (bool, raveled) holds scikit-image's ``h_maxima`` at
+    every pixel of ``mask`` (H x W, inside the frame) that is not ``inside`` a nucleus and has no
+    nucleus pixel within ``clearance`` (square window); elsewhere it is not defined.
 
-    A plateau of value m is kept when the level v at which its component first meets a strictly
-    higher one satisfies m - v >= h (scikit-image's residue test), or when it never does. Only
-    pixels above ``level`` take part: a plateau of value m > level + h (by more than rounding)
-    undecided above ``level`` meets the higher one at ``level`` or below, and is kept; lower
-    plateaus are not exact and must be ignored."""
-    n = len(flat)
+    A regional maximum of value m is kept unless a path of pixels with m - value < h leads from
+    it to a pixel higher than m: the level where it first meets a higher one, v, then has
+    m - v < h (scikit-image's residue test; m - value is computed as that test computes it, so
+    rounding is the same). So each candidate that is a local maximum floods that set from
+    itself until it meets a higher pixel (removed) or exhausts it (kept), and its plateau (equal
+    values, 8-connected) takes the verdict. ``queue``, ``seen``: scratch of len(g) (int64;
+    ``seen`` holds the number of the last flood that reached a pixel, -1 once decided)."""
+    n = len(g)
     hp = n // wp
-    lo = flat[0]
-    hi = flat[0]
-    m = 0
+    hh, ww = mask.shape
+    lo = g[0]
+    hi = g[0]
     for i in range(n):
         out[i] = False
-        parent[i] = -1
-        v = flat[i]
+        seen[i] = 0
+        v = g[i]
         if v < lo:
             lo = v
         if v > hi:
             hi = v
-        if v > level:
-            pix[m] = i
-            m += 1
-    if h > hi - lo or m == 0:
-        return
-    for i in range(m):
-        sub[i] = flat[pix[i]]
-    _order_desc(sub[:m], keys, tmp_keys, order, tmp_order, count)
-    for i in range(m):
-        order[i] = pix[order[i]]
-    for t in range(m):
-        p = order[t]
-        v = flat[p]
-        parent[p] = p
-        cmax[p] = v
-        head[p] = p  # the plateau pixels of the component's maximum: a linked list
-        tail[p] = p
-        nxt[p] = -1
-        rp = p  # the root of p's component
-        y = p // wp
-        x = p - y * wp
-        y0 = max(y - 1, 0)
-        y1 = min(y + 1, hp - 1)
-        x0 = max(x - 1, 0)
-        x1 = min(x + 1, wp - 1)
-        for yy in range(y0, y1 + 1):
-            for xx in range(x0, x1 + 1):
-                q = yy * wp + xx
-                rq = parent[q]
-                if rq < 0 or rq == rp or q == p:
-                    continue
-                rq = _find(parent, rq)
-                if rq == rp:
-                    continue
-                mq = cmax[rq]
-                mp = cmax[rp]
-                if mq > mp:
-                    # p's component meets a strictly higher one at level v: its plateaus decided
-                    if mp - v >= h:
-                        c = head[rp]
-                        while c >= 0:
-                            out[c] = True
-                            c = nxt[c]
-                    parent[rp] = rq
-                    rp = rq
-                elif mp > mq:
-                    if mq - v >= h:
-                        c = head[rq]
-                        while c >= 0:
-                            out[c] = True
-                            c = nxt[c]
-                    parent[rq] = rp
-                else:
-                    # equal maxima: one component whose plateaus share their fate
-                    nxt[tail[rq]] = head[rp]
-                    tail[rq] = tail[rp]
-                    parent[rp] = rq
-                    rp = rq
-    # what is left: the global maximum, and plateaus deciding at `level` or below
-    for t in range(m):
-        p = order[t]
-        if parent[p] == p:
-            c = head[p]
-            while c >= 0:
-                out[c] = True
-                c = nxt[c]
+    if h > hi - lo:
+        return  # no maximum rises h above the rest
+    stamp = 0
+    for y in range(hh):
+        for x in range(ww):
+            if not mask[y, x] or inside[y, x]:
+                continue
+            c = (y + 1) * wp + x + 1
+            if seen[c] < 0:
+                continue  # decided with its plateau
+            m = g[c]
+            if (
+                m < g[c - 1]
+                or m < g[c + 1]
+                or m < g[c - wp]
+                or m < g[c + wp]
+                or m < g[c - wp - 1]
+                or m < g[c - wp + 1]
+                or m < g[c + wp - 1]
+                or m < g[c + wp + 1]
+            ):
+                continue  # below a neighbour: no maximum
+            near = False
+            for yy in range(max(0, y - clearance), min(hh, y + clearance + 1)):
+                for xx in range(max(0, x - clearance), min(ww, x + clearance + 1)):
+                    if inside[yy, xx]:
+                        near = True
+            if near:
+                continue  # cannot seed a cell: its verdict is not needed
+            # flood from c through every q with m - g[q] < h until a pixel above m is met
+            stamp += 1
+            seen[c] = stamp
+            queue[0] = c
+            head = 0
+            tail = 1
+            higher = False
+            while head < tail and not higher:
+                p = queue[head]
+                head += 1
+                py = p // wp
+                px = p - py * wp
+                for yy in range(max(py - 1, 0), min(py + 1, hp - 1) + 1):
+                    for xx in range(max(px - 1, 0), min(px + 1, wp - 1) + 1):
+                        q = yy * wp + xx
+                        if seen[q] == stamp:
+                            continue
+                        gq = g[q]
+                        if gq > m:
+                            higher = True
+                        elif m - gq < h:
+                            seen[q] = stamp
+                            queue[tail] = q
+                            tail += 1
+            # the plateau of c shares the verdict, and is decided
+            stamp += 1
+            seen[c] = stamp
+            queue[0] = c
+            head = 0
+            tail = 1
+            while head < tail:
+                p = queue[head]
+                head += 1
+                out[p] = not higher
+                py = p // wp
+                px = p - py * wp
+                for yy in range(max(py - 1, 0), min(py + 1, hp - 1) + 1):
+                    for xx in range(max(px - 1, 0), min(px + 1, wp - 1) + 1):
+                        q = yy * wp + xx
+                        if seen[q] != stamp and g[q] == m:
+                            seen[q] = stamp
+                            queue[tail] = q
+                            tail += 1
+            # -1: decided (a later flood may pass over it and overwrite that: it is then
+            # decided again, the same way)
+            for t in range(tail):
+                seen[queue[t]] = -1
 
 
 @njit(cache=True, nogil=True)
@@ -664,18 +620,8 @@ def cells_stack(
     env_f = np.empty(wp + 1)
     g = np.zeros(nf)
     peaks = np.zeros(nf, np.bool_)
-    sub = np.empty(nf)
     pix = np.empty(nf, np.int64)
-    keys = np.empty(nf, np.int64)
-    tmp_keys = np.empty(nf, np.int64)
-    order = np.empty(nf, np.int64)
-    tmp_order = np.empty(nf, np.int64)
-    count = np.empty(2048, np.int64)
-    parent = np.empty(nf, np.int64)
-    cmax = np.empty(nf)
-    head = np.empty(nf, np.int64)
-    tail = np.empty(nf, np.int64)
-    nxt = np.empty(nf, np.int64)
+    seen = np.empty(nf, np.int64)
     seeds = np.empty((hh, ww), np.int32)
     extra = np.empty((hh, ww), np.int32)
     labels = np.empty((hh, ww), np.int32)
@@ -753,51 +699,8 @@ def cells_stack(
                 d = distance_weight * dist[y, x] if distance_weight != 0.0 else 0.0
                 g[(y + 1) * wp + x + 1] = np.float64(f[y, x]) + d
         # 4. seeds: nuclei, and h-maxima in the mask farther than `clearance` from every nucleus
-        # the maxima that can become seeds: pixels of the mask, clear of the nuclei, not below
-        # any neighbour; h-maxima need only what lies above the lowest of them minus h
-        lowest = np.inf
-        for y in range(hh):
-            for x in range(ww):
-                if not mask[y, x] or inside[y, x]:
-                    continue
-                c = (y + 1) * wp + x + 1
-                v = g[c]
-                if v >= lowest:
-                    continue
-                if (
-                    v < g[c - 1]
-                    or v < g[c + 1]
-                    or v < g[c - wp]
-                    or v < g[c + wp]
-                    or v < g[c - wp - 1]
-                    or v < g[c - wp + 1]
-                    or v < g[c + wp - 1]
-                    or v < g[c + wp + 1]
-                ):
-                    continue
-                lowest = v
-        if lowest < np.inf:
-            _h_maxima(
-                g,
-                wp,
-                h,
-                lowest - h - 1e-6,
-                peaks,
-                sub,
-                pix,
-                keys,
-                tmp_keys,
-                order,
-                tmp_order,
-                count,
-                parent,
-                cmax,
-                head,
-                tail,
-                nxt,
-            )
-        else:
-            peaks[:] = False
+        # (the h-maxima decided only where a seed can come from)
+        _h_peaks(g, wp, h, mask, inside, clearance if n_nuc > 0 else 0, peaks, pix, seen)
         for y in range(hh):
             for x in range(ww):
                 ok = peaks[(y + 1) * wp + x + 1] and mask[y, x]

@@ -311,17 +311,13 @@ def _edt_stack(fg, big, search_max, out):  # pragma: no cover - compiled
         # image is background)
         for y in range(h):
             f1 = col[y]
-            top = 0.0
-            for q in range(w):
-                if fg[i, y, q] and f1[q] > top:
-                    top = f1[q]
-            if top > search_max:
-                _envelope_row(f1, fg[i, y], out[i, y], big, v, z)
-                continue
             for q in range(w):
                 if not fg[i, y, q]:
                     out[i, y, q] = 0.0
                     continue
+                if f1[q] > search_max:  # the whole row by the envelope instead
+                    _envelope_row(f1, fg[i, y], out[i, y], big, v, z)
+                    break
                 best = _nearest_sq(f1, q, w, f1[q])
                 out[i, y, q] = big if best == inf else min(np.float32(np.sqrt(best)), big)
 
