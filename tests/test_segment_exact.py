@@ -310,3 +310,20 @@ def test_fill_holes_equals_scipy() -> None:
     for stack in stacks:
         want = np.stack([ndi.binary_fill_holes(m) for m in stack])
         np.testing.assert_array_equal(K.fill_holes_stack(stack), want)
+
+
+def test_otsu_equals_the_numpy_reference() -> None:
+    # bins computed first in int32, counted in four partial histograms: the same threshold as
+    # cells._otsu_rows, float for float; a flat image gives NaN
+    from cellbench.features.segment import _nucleus_kernels as K
+    from cellbench.features.segment.cells import _otsu_rows
+
+    rng = np.random.default_rng(3)
+    for scale in (1.0, 1e-3, 1e4):
+        x = (rng.random((12, 29, 41)) * scale).astype(np.float32)
+        x[1] = 7.0  # flat
+        x[2, :20] = 0.0  # many pixels in one bin
+        x[3] = np.round(x[3] * 4 / scale)  # a few levels
+        want = _otsu_rows(x.reshape(len(x), -1))
+        np.testing.assert_array_equal(K.otsu_stack(x), want)
+        assert np.isnan(K.otsu_stack(x)[1])

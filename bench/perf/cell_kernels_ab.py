@@ -21,8 +21,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import importlib.util
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -82,9 +82,10 @@ def main() -> None:
     from cellbench.features.segment import classical
     from cellbench.features.segment.cells import DEFAULT_CELL_PARAMS
 
-    spec = importlib.util.spec_from_file_location("_cell_kernels_old", args.old)
-    old = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(old)
+    # compiled afresh each run (numba's cache cannot reload a module that is not importable)
+    old = types.ModuleType("_cell_kernels_old")
+    source = args.old.read_text().replace("cache=True", "cache=False")
+    exec(compile(source, str(args.old), "exec"), old.__dict__)
 
     sets = []
     ds = open_dataset("bbbc021-sim", args.data_dir)

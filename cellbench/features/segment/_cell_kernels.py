@@ -477,10 +477,11 @@ def _merge(labels, seeds, f, n, samples, ratio, gap, ridge, parent):  # pragma: 
 
 
 @njit(cache=True, nogil=True)
-def _levels(c, b, work, hist):  # pragma: no cover - compiled
+def _levels(c, b, work, hist, bins_of, part):  # pragma: no cover - compiled
     """(background, Otsu level) of a crop: the 0.5th percentile of ``c`` (linear between order
     statistics, as numpy's) and Otsu's threshold of its blur ``b`` over ``len(hist)`` bins between
-    b's extremes; a flat crop (or a level not above the background) gets background + 1."""
+    b's extremes; a flat crop (or a level not above the background) gets background + 1.
+    Scratch: ``work`` (H W float32), ``bins_of`` (H W int32), ``part`` (4 x len(hist) int64)."""
     h, w = c.shape
     n = h * w
     pos = 0.005 * (n - 1)
@@ -539,12 +540,16 @@ def _levels(c, b, work, hist):  # pragma: no cover - compiled
     bins = len(hist)
     if bmax - bmin >= 1e-6:
         step = (bmax - bmin) / bins
-        for j in range(bins):
-            hist[j] = 0.0
+        # every pixel's bin first (the divisions and int32 conversions vectorise), then four
+        # partial counts (consecutive pixels in one bin do not wait on each other's increment)
         for y in range(h):
             for x in range(w):
-                q = int((np.float64(b[y, x]) - bmin) / step)
-                hist[min(q, bins - 1)] += 1.0
+                bins_of[y * w + x] = np.int32((np.float64(b[y, x]) - bmin) / step)
+        part[:] = 0
+        for k in range(n):
+            part[k & 3, min(max(bins_of[k], 0), bins - 1)] += 1
+        for j in range(bins):
+            hist[j] = np.float64(part[0, j] + part[1, j] + part[2, j] + part[3, j])
         total_w = 0.0
         total_m = 0.0
         for j in range(bins):
@@ -605,6 +610,8 @@ def cells_stack(
     blur_c = np.empty((hh, ww), np.float32)
     work = np.empty(npx, np.float32)
     hist = np.empty(256)
+    bins_of = np.empty(npx, np.int32)
+    part = np.empty((4, 256), np.int64)
     s_fg = np.empty((hh, ww), np.float32)
     f = np.empty((hh, ww), np.float32)
     s_ws = np.empty((hh, ww), np.float32)
@@ -638,7 +645,7 @@ def cells_stack(
         nuc = nuclei[i]
         # 1. crop units: 0 = background, 1 = Otsu's level of the blurred signal
         _blur(ci, taps_fg, w_fg, acc, pad, blur_c)
-        lo, thr = _levels(ci, blur_c, work, hist)
+        lo, thr = _levels(ci, blur_c, work, hist, bins_of, part)
         lo32 = np.float32(lo)
         span = np.float32(thr - lo)
         for y in range(hh):

@@ -800,6 +800,8 @@ def _otsu_stack(x, bins, out):  # pragma: no cover - compiled
     size = flat.shape[1]
     hist = np.empty(bins)
     centers = np.empty(bins)
+    qs = np.empty(size, np.int32)
+    part = np.zeros((4, bins), np.int64)
     for i in range(n):
         row = flat[i]
         lo = np.float64(row[0])
@@ -814,13 +816,16 @@ def _otsu_stack(x, bins, out):  # pragma: no cover - compiled
             out[i] = np.nan
             continue
         step = (hi - lo) / bins
-        for b in range(bins):
-            hist[b] = 0.0
+        # every pixel's bin first (the divisions and the conversions vectorise: int32, as the
+        # bins are few), then four partial counts (consecutive pixels in one bin do not wait on
+        # each other's increment)
         for k in range(size):
-            q = int((np.float64(row[k]) - lo) / step)
-            if q > bins - 1:
-                q = bins - 1
-            hist[q] += 1.0
+            qs[k] = np.int32((np.float64(row[k]) - lo) / step)
+        part[:] = 0
+        for k in range(size):
+            part[k & 3, min(max(qs[k], 0), bins - 1)] += 1
+        for b in range(bins):
+            hist[b] = np.float64(part[0, b] + part[1, b] + part[2, b] + part[3, b])
         for b in range(bins):
             centers[b] = lo + step * (b + 0.5)
         w_total = 0.0
