@@ -101,7 +101,13 @@ def test_degenerate_images_bit_identical(ref) -> None:
         ]
     )
     stack[2, 5:35, 5:45] = 255  # one large saturated plateau touching nothing
-    np.testing.assert_array_equal(fast.segment_nuclei_stack(stack), ref.segment_nuclei_stack(stack))
+    blobs = _sim_crops(3, 5)[..., 2].astype(np.float32)[:, :40, :52]
+    for k, bad in enumerate((np.nan, np.inf, -np.inf)):  # one bad pixel: no nucleus anywhere
+        blobs[k, 7, 9] = bad
+    stack = np.concatenate([stack, blobs, _sim_crops(1, 9)[..., 2].astype(np.float32)[:, :40, :52]])
+    got = fast.segment_nuclei_stack(stack)
+    np.testing.assert_array_equal(got, ref.segment_nuclei_stack(stack))
+    assert got[3:6].max() == 0 and got[6].max() > 0
 
 
 @pytest.mark.shared

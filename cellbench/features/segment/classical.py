@@ -551,8 +551,10 @@ def segment_nuclei_stack(
     if x.size == 0:
         return out
     flat = x.reshape(len(x), -1)
-    good = np.isfinite(flat).all(1)
-    good[good] = flat[good].max(1) - flat[good].min(1) >= 1e-6
+    # finite (a NaN or an infinity makes the maximum or the minimum not finite) and not flat
+    hi, lo = flat.max(1), flat.min(1)
+    with np.errstate(invalid="ignore"):
+        good = np.isfinite(hi) & np.isfinite(lo) & (hi - lo >= 1e-6)
     rows = np.flatnonzero(good)
     if len(rows) == 0:
         return out
