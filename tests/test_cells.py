@@ -169,7 +169,7 @@ def test_kernel_steps_equal_scipy() -> None:
             ref = ndi.gaussian_filter(u, sigma, mode="constant") / _edge_weight(u.shape, sigma)
             np.testing.assert_allclose(out, ref, rtol=2e-6, atol=2e-6)
         filled = np.empty_like(mask)
-        k._fill_holes(mask, filled, np.empty(mask.size, np.int64))
+        k._fill_holes(mask, filled, *k.run_scratch(*mask.shape))
         np.testing.assert_array_equal(filled, _fill_holes(mask))
         dist = np.empty(mask.shape)
         k._edt_framed(mask, dist, np.empty(mask.shape), np.empty(50, np.int64), np.empty(51),

@@ -10,7 +10,8 @@ which this module is tested against); what differs is how they are computed:
 * Gaussian blurs: separable, taps of ``scipy.ndimage`` (truncate 4), float32 sums (scipy's are
   float64: values agree to about 1e-7), zero outside the crop divided by the blur of the crop's
   indicator (the in-crop weighted mean);
-* hole filling: a flood of the background from the crop's edge (4-connected);
+* hole filling: union-find over the background's runs of each row, the components touching the
+  crop's edge kept (4-connected);
 * distance to the background: exact Euclidean (Felzenszwalb and Huttenlocher's two passes);
 * h-maxima (8-connected; the crop framed by one pixel of 0), decided only at the local maxima
   that can seed a cell (in the mask, clear of the nuclei): each floods the pixels less than h
@@ -98,41 +99,77 @@ def _weight(h, w, taps):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def _fill_holes(fg0, fg, queue):  # pragma: no cover - compiled
-    """fg = fg0 plus the background components (4-connected) not touching the crop's edge."""
-    h, w = fg0.shape
+def _fill_holes(m, o, rs, re, rrow, parent, edge):  # pragma: no cover - compiled
+    """o = m (H, W bool) plus its holes: background pixels not 4-connected to the edge through
+    background. Union-find over the background's runs of each row (a run joins the runs of the
+    row above that share a column); a component is marked when one of its runs touches the
+    edge, and the runs of unmarked components are filled. Scratch: ``rs``, ``re``, ``parent``
+    (int64) and ``edge`` (bool) of one entry per run (at most H ceil(W / 2)), ``rrow`` (H + 1)."""
+    h, w = m.shape
+    k = 0
+    prev0 = 0  # the runs of the row above: prev0 .. prev1 - 1
+    prev1 = 0
+    for y in range(h):
+        cur0 = k
+        x = 0
+        while x < w:
+            if m[y, x]:
+                x += 1
+                continue
+            s = x
+            while x < w and not m[y, x]:
+                x += 1
+            rs[k] = s
+            re[k] = x - 1
+            parent[k] = k
+            edge[k] = y == 0 or y == h - 1 or s == 0 or x == w
+            k += 1
+        j = prev0
+        for r in range(cur0, k):
+            while j < prev1 and re[j] < rs[r]:
+                j += 1
+            jj = j
+            while jj < prev1 and rs[jj] <= re[r]:
+                a = _find(parent, r)
+                b = _find(parent, jj)
+                if a < b:
+                    parent[b] = a
+                    edge[a] = edge[a] or edge[b]
+                elif b < a:
+                    parent[a] = b
+                    edge[b] = edge[a] or edge[b]
+                jj += 1
+        rrow[y] = cur0
+        prev0 = cur0
+        prev1 = k
+    rrow[h] = k
     for y in range(h):
         for x in range(w):
-            fg[y, x] = True
-    head = 0
-    tail = 0
-    for y in range(h):
-        for x in range(w):
-            if (y == 0 or x == 0 or y == h - 1 or x == w - 1) and not fg0[y, x]:
-                fg[y, x] = False
-                queue[tail] = y * w + x
-                tail += 1
-    while head < tail:
-        p = queue[head]
-        head += 1
-        y = p // w
-        x = p - y * w
-        if y > 0 and fg[y - 1, x] and not fg0[y - 1, x]:
-            fg[y - 1, x] = False
-            queue[tail] = p - w
-            tail += 1
-        if y < h - 1 and fg[y + 1, x] and not fg0[y + 1, x]:
-            fg[y + 1, x] = False
-            queue[tail] = p + w
-            tail += 1
-        if x > 0 and fg[y, x - 1] and not fg0[y, x - 1]:
-            fg[y, x - 1] = False
-            queue[tail] = p - 1
-            tail += 1
-        if x < w - 1 and fg[y, x + 1] and not fg0[y, x + 1]:
-            fg[y, x + 1] = False
-            queue[tail] = p + 1
-            tail += 1
+            o[y, x] = True
+        for r in range(rrow[y], rrow[y + 1]):
+            if edge[_find(parent, r)]:
+                for x in range(rs[r], re[r] + 1):
+                    o[y, x] = False
+
+
+@njit(cache=True, nogil=True)
+def fill_holes_stack(mask, out, rs, re, rrow, parent, edge):  # pragma: no cover - compiled
+    """:func:`_fill_holes` of each image of an (N, H, W) stack (the nucleus pass's hole filling:
+    one implementation for both passes, called from Python there)."""
+    for i in range(mask.shape[0]):
+        _fill_holes(mask[i], out[i], rs, re, rrow, parent, edge)
+
+
+def run_scratch(h: int, w: int) -> tuple[np.ndarray, ...]:
+    """Scratch arrays of :func:`_fill_holes` for H x W images: rs, re, rrow, parent, edge."""
+    runs = h * ((w + 1) // 2) + 1
+    return (
+        np.empty(runs, np.int64),
+        np.empty(runs, np.int64),
+        np.empty(h + 1, np.int64),
+        np.empty(runs, np.int64),
+        np.empty(runs, np.bool_),
+    )
 
 
 @njit(cache=True, nogil=True)
@@ -620,6 +657,12 @@ def cells_stack(
     mask = np.empty((hh, ww), np.bool_)
     inside = np.empty((hh, ww), np.bool_)
     queue = np.empty(npx, np.int64)
+    runs = hh * ((ww + 1) // 2) + 1
+    run_s = np.empty(runs, np.int64)
+    run_e = np.empty(runs, np.int64)
+    run_row = np.empty(hh + 1, np.int64)
+    run_parent = np.empty(runs, np.int64)
+    run_edge = np.empty(runs, np.bool_)
     dist = np.empty((hh, ww))
     col = np.empty((hh, ww))
     env_v = np.empty(wp + 1, np.int64)
@@ -656,7 +699,7 @@ def cells_stack(
         for y in range(hh):
             for x in range(ww):
                 fg0[y, x] = s_fg[y, x] > fg_level
-        _fill_holes(fg0, fg, queue)
+        _fill_holes(fg0, fg, run_s, run_e, run_row, run_parent, run_edge)
         n_nuc = 0
         for y in range(hh):
             for x in range(ww):

@@ -573,88 +573,17 @@ def label_max(values: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
 # binary masks and their components (4-connected unless said otherwise)
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _root(parent, x):  # pragma: no cover - compiled
-    while parent[x] != x:
-        parent[x] = parent[parent[x]]
-        x = parent[x]
-    return x
-
-
-@njit(cache=True, nogil=True)
-def _fill_holes_stack(mask, out, rs, re, rrow, parent, edge):  # pragma: no cover - compiled
-    """out = mask plus its holes: background pixels not 4-connected to the image's edge through
-    background. Union-find over the background's runs of each row (a run joins the runs of the
-    row above that share a column), a component marked when one of its runs touches the edge;
-    the runs of unmarked components filled. ``rs``, ``re``, ``parent``, ``edge``: scratch of one
-    entry per run (at most H ceil(W / 2)); ``rrow``: H + 1."""
-    n, h, w = mask.shape
-    for i in range(n):
-        m = mask[i]
-        k = 0
-        prev0 = 0  # the runs of the row above: prev0 .. prev1 - 1
-        prev1 = 0
-        for y in range(h):
-            cur0 = k
-            x = 0
-            while x < w:
-                if m[y, x]:
-                    x += 1
-                    continue
-                s = x
-                while x < w and not m[y, x]:
-                    x += 1
-                rs[k] = s
-                re[k] = x - 1
-                parent[k] = k
-                edge[k] = y == 0 or y == h - 1 or s == 0 or x == w
-                k += 1
-            j = prev0
-            for r in range(cur0, k):
-                while j < prev1 and re[j] < rs[r]:
-                    j += 1
-                jj = j
-                while jj < prev1 and rs[jj] <= re[r]:
-                    a = _root(parent, r)
-                    b = _root(parent, jj)
-                    if a < b:
-                        parent[b] = a
-                        edge[a] = edge[a] or edge[b]
-                    elif b < a:
-                        parent[a] = b
-                        edge[b] = edge[a] or edge[b]
-                    jj += 1
-            rrow[y] = cur0
-            prev0 = cur0
-            prev1 = k
-        rrow[h] = k
-        o = out[i]
-        for y in range(h):
-            for x in range(w):
-                o[y, x] = True
-            for r in range(rrow[y], rrow[y + 1]):
-                if edge[_root(parent, r)]:
-                    for x in range(rs[r], re[r] + 1):
-                        o[y, x] = False
-
-
 def fill_holes_stack(mask: np.ndarray) -> np.ndarray:
     """Each image of an (N, H, W) bool stack plus its holes (4-connected background components
-    not touching the image's edge)."""
+    not touching the image's edge): the cell pass's run-based kernel
+    (``_cell_kernels.fill_holes_stack``), called from Python so that no compiled function here
+    depends on another file (numba's cache would not see that file change)."""
+    from cellbench.features.segment import _cell_kernels as C
+
     mask = np.ascontiguousarray(mask, np.bool_)
     out = np.empty_like(mask)
     if mask.size:
-        h, w = mask.shape[1:]
-        runs = h * ((w + 1) // 2) + 1
-        _fill_holes_stack(
-            mask,
-            out,
-            np.empty(runs, np.int64),
-            np.empty(runs, np.int64),
-            np.empty(h + 1, np.int64),
-            np.empty(runs, np.int64),
-            np.empty(runs, np.bool_),
-        )
+        C.fill_holes_stack(mask, out, *C.run_scratch(*mask.shape[1:]))
     return out
 
 
