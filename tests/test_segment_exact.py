@@ -333,3 +333,37 @@ def test_otsu_equals_the_numpy_reference() -> None:
         want = _otsu_rows(x.reshape(len(x), -1))
         np.testing.assert_array_equal(K.otsu_stack(x), want)
         assert np.isnan(K.otsu_stack(x)[1])
+
+
+@pytest.mark.parametrize("b", [2, 3, 5])
+def test_block_extrema_and_upsampling_equal_numpy(b: int) -> None:
+    # block extrema: a row of blocks at a time, each block's pixels in raster order (ties keep
+    # the first: -0 and +0 bit for bit); the upsampling: numpy's float32 expressions, rows first
+    from cellbench.features.segment import _nucleus_kernels as K
+    from cellbench.features.segment.classical import _upsample
+
+    rng = np.random.default_rng(b)
+    x = rng.integers(-2, 3, size=(3, 37, 53)).astype(np.float32)
+    x[x == 0] = np.where(rng.random(int((x == 0).sum())) < 0.5, -0.0, 0.0)
+    n, h, w = x.shape
+    hb, wb = -(-h // b), -(-w // b)
+    padded = np.pad(x, ((0, 0), (0, hb * b - h), (0, wb * b - w)), mode="edge")
+    tiles = padded.reshape(n, hb, b, wb, b).transpose(0, 1, 3, 2, 4).reshape(n, hb, wb, b * b)
+    for is_max in (True, False):
+        want = tiles[..., 0].copy()
+        for k in range(1, b * b):
+            u = tiles[..., k]
+            want = np.where(u > want, u, want) if is_max else np.where(u < want, u, want)
+        got = K.blocks(x, b, is_max)
+        np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+    a = rng.random((3, hb, wb)).astype(np.float32)
+    got = _upsample(a, b, h, w)
+    pos_r = np.clip((np.arange(h) + 0.5) / b - 0.5, 0.0, hb - 1)
+    pos_c = np.clip((np.arange(w) + 0.5) / b - 0.5, 0.0, wb - 1)
+    r0 = np.minimum(pos_r.astype(np.intp), hb - 1)
+    c0 = np.minimum(pos_c.astype(np.intp), wb - 1)
+    rw = (pos_r - r0).astype(np.float32)[None, :, None]
+    cw = (pos_c - c0).astype(np.float32)[None, None, :]
+    rows = a[:, r0] * (np.float32(1) - rw) + a[:, np.minimum(r0 + 1, hb - 1)] * rw
+    want = rows[:, :, c0] * (np.float32(1) - cw) + rows[:, :, np.minimum(c0 + 1, wb - 1)] * cw
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))

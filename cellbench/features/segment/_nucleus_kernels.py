@@ -802,23 +802,33 @@ def otsu_stack(x: np.ndarray, bins: int = 256) -> np.ndarray:
 @njit(cache=True, nogil=True)
 def _upsample(a, r0, r1, rw, c0, c1, cw, out):  # pragma: no cover - compiled
     """Rows then columns linear interpolation in float32, as numpy computes
-    ``a[:, r0] * (1 - rw) + a[:, r1] * rw`` and then the same along the columns."""
+    ``a[:, r0] * (1 - rw) + a[:, r1] * rw`` and then the same along the columns. The rows'
+    result is kept transposed, so each output column is a sum of two whole rows of it
+    (vectorised, no gathers), written transposed and turned back."""
     n = a.shape[0]
     h = len(r0)
     w = len(c0)
     m = a.shape[2]
-    rows = np.empty((h, m), np.float32)
+    rows_t = np.empty((m, h), np.float32)
+    out_t = np.empty((w, h), np.float32)
     one = np.float32(1.0)
     for i in range(n):
         for y in range(h):
             wy = rw[y]
             uy = one - wy
             for j in range(m):
-                rows[y, j] = a[i, r0[y], j] * uy + a[i, r1[y], j] * wy
+                rows_t[j, y] = a[i, r0[y], j] * uy + a[i, r1[y], j] * wy
+        for x in range(w):
+            wx = cw[x]
+            ux = one - wx
+            s0 = rows_t[c0[x]]
+            s1 = rows_t[c1[x]]
+            o = out_t[x]
+            for y in range(h):
+                o[y] = s0[y] * ux + s1[y] * wx
         for y in range(h):
             for x in range(w):
-                wx = cw[x]
-                out[i, y, x] = rows[y, c0[x]] * (one - wx) + rows[y, c1[x]] * wx
+                out[i, y, x] = out_t[x, y]
 
 
 def upsample(a, r0, r1, rw, c0, c1, cw) -> np.ndarray:
@@ -1036,19 +1046,37 @@ def noise_mad(x: np.ndarray) -> np.ndarray:
 
 @njit(cache=True, nogil=True)
 def _blocks(x, b, is_max, out):  # pragma: no cover - compiled
+    """Block minima or maxima: per block its first pixel, then the others in raster order, each
+    taking the place of the one kept only when strictly smaller (larger); a row of blocks at a
+    time, so the comparisons of neighbouring blocks vectorise."""
     n, h, w = x.shape
     hb, wb = out.shape[1], out.shape[2]
+    v = np.empty(wb, x.dtype)
+    cols = np.empty((b, wb), np.int64)
+    for dx in range(b):
+        for bx in range(wb):
+            cols[dx, bx] = min(bx * b + dx, w - 1)
     for i in range(n):
         for by in range(hb):
+            y0 = min(by * b, h - 1)
             for bx in range(wb):
-                v = x[i, min(by * b, h - 1), min(bx * b, w - 1)]
-                for dy in range(b):
-                    y = min(by * b + dy, h - 1)
-                    for dx in range(b):
-                        u = x[i, y, min(bx * b + dx, w - 1)]
-                        if (u > v) if is_max else (u < v):
-                            v = u
-                out[i, by, bx] = v
+                v[bx] = x[i, y0, cols[0, bx]]
+            for dy in range(b):
+                row = x[i, min(by * b + dy, h - 1)]
+                for dx in range(b):
+                    cx = cols[dx]
+                    if is_max:
+                        for bx in range(wb):
+                            u = row[cx[bx]]
+                            vv = v[bx]
+                            v[bx] = u if u > vv else vv
+                    else:
+                        for bx in range(wb):
+                            u = row[cx[bx]]
+                            vv = v[bx]
+                            v[bx] = u if u < vv else vv
+            for bx in range(wb):
+                out[i, by, bx] = v[bx]
 
 
 def blocks(x: np.ndarray, b: int, is_max: bool) -> np.ndarray:
