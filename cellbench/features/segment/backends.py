@@ -32,8 +32,9 @@ CHUNK = 256
 POOL_MIN_IMAGES = 256
 POOL_CHUNK = 128
 #: images per progress update when segmenting in the calling process (the features do not depend
-#: on it; small enough that the bar moves about every second)
-PROGRESS_CHUNK = 32
+#: on it): segment_batch's own chunk, as smaller calls cost more per image (32 at a time: about
+#: 11% slower on 1,024 sim crops); at about 500 images per second the bar moves twice a second
+PROGRESS_CHUNK = 256
 _POOL: list = []
 
 
