@@ -86,7 +86,7 @@ def test_inception_bar_moves_every_network_batch(monkeypatch) -> None:
     assert calls == [(0, 20), (8, 20), (16, 20), (20, 20)]
 
 
-def test_in_process_segmentation_reports_every_32_images(monkeypatch) -> None:
+def test_in_process_segmentation_reports_every_chunk(monkeypatch) -> None:
     from cellbench.features.segment import backends, classical
 
     monkeypatch.setenv("CELLBENCH_WORKERS", "1")
@@ -97,10 +97,23 @@ def test_in_process_segmentation_reports_every_32_images(monkeypatch) -> None:
     )
     calls: list[int] = []
     backend = backends.get_backend("classical")
+    monkeypatch.setattr(backends, "PROGRESS_CHUNK", 32)
     backend.features(
         np.zeros((70, 4, 4, 3), np.uint8), dna_channel=2, on_progress=lambda d, t: calls.append(d)
     )
     assert calls == [32, 64, 70]
+    calls.clear()
+    monkeypatch.undo()
+    monkeypatch.setenv("CELLBENCH_WORKERS", "1")
+    monkeypatch.setattr(
+        classical,
+        "segment_batch",
+        lambda imgs, dna_channel, profile=False: np.zeros((len(imgs), 6)),
+    )
+    backend.features(
+        np.zeros((600, 4, 4, 3), np.uint8), dna_channel=2, on_progress=lambda d, t: calls.append(d)
+    )
+    assert calls == [256, 512, 600]  # the default: segment_batch's own chunk
 
 
 @pytest.mark.slow
