@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import time
 import types
 from pathlib import Path
 
@@ -39,33 +38,6 @@ VARIANTS = (
 )
 
 
-def run(kernels, cyto: np.ndarray, nuclei: np.ndarray, p) -> tuple[np.ndarray, np.ndarray]:
-    """``cells_stack`` of one kernels module with the parameters ``p`` (cells.CellParams)."""
-    cells = np.zeros(nuclei.shape, np.int32)
-    fg = np.zeros(nuclei.shape, bool)
-    kernels.cells_stack(
-        cyto,
-        nuclei,
-        kernels.gaussian_taps(p.fg_sigma),
-        kernels.gaussian_taps(p.marker_sigma),
-        kernels.gaussian_taps(p.watershed_sigma),
-        float(p.fg_level),
-        float(p.distance_weight),
-        float(p.h),
-        int(p.seed_clearance),
-        int(p.ring),
-        float(p.merge_ratio),
-        -1.0 if p.merge_gap is None else float(p.merge_gap),
-        -1.0 if p.ridge is None else float(p.ridge),
-        int(p.path_samples),
-        float(p.min_area),
-        4096,
-        cells,
-        fg,
-    )
-    return cells, fg
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -81,6 +53,7 @@ def main() -> None:
     from cellbench.features.segment import _cell_kernels as new
     from cellbench.features.segment import classical
     from cellbench.features.segment.cells import DEFAULT_CELL_PARAMS
+    from cellbench.features.segment.cells import run_cells_kernel as run
 
     # compiled afresh each run (numba's cache cannot reload a module that is not importable)
     old = types.ModuleType("_cell_kernels_old")
@@ -126,25 +99,17 @@ def main() -> None:
             label = "no nuclei" if var is None else (var or "defaults")
             print(f"| {name} | {len(crops)} | {label} | {differ} |")
 
+    from nucleus_pass_speed import paired
+
     cyto, nuclei = (a[:512] for a in inputs["sim crops"])
-    p = DEFAULT_CELL_PARAMS
-    run(old, cyto[:4], nuclei[:4], p)
-    run(new, cyto[:4], nuclei[:4], p)
-    ratios, t_new, t_old = [], [], []
-    for k in range(args.pairs):
-        t = {}
-        for which in ("new", "old") if k % 2 == 0 else ("old", "new"):
-            c0 = time.process_time()
-            run(new if which == "new" else old, cyto, nuclei, p)
-            t[which] = time.process_time() - c0
-        ratios.append(t["new"] / t["old"])
-        t_new.append(t["new"])
-        t_old.append(t["old"])
-    q1, med, q3 = np.percentile(ratios, [25, 50, 75])
-    print(
-        f"paired, {args.pairs} pairs of {len(cyto)} crops: current / old CPU time median "
-        f"{med:.3f} (quartiles {q1:.3f}-{q3:.3f}); median CPU ms per crop: current "
-        f"{1e3 * np.median(t_new) / len(cyto):.3f}, old {1e3 * np.median(t_old) / len(cyto):.3f}"
+    run(new, cyto[:4], nuclei[:4], DEFAULT_CELL_PARAMS)
+    run(old, cyto[:4], nuclei[:4], DEFAULT_CELL_PARAMS)
+    paired(
+        lambda c, n: run(new, c, n, DEFAULT_CELL_PARAMS),
+        lambda c, n: run(old, c, n, DEFAULT_CELL_PARAMS),
+        [(cyto, nuclei)],
+        args.pairs,
+        names=("current", "old"),
     )
 
 

@@ -105,30 +105,35 @@ def main() -> None:
         runs = ", ".join(f"{x:.2f}" for x in v)
         print(f"| {name} | {best:.2f} ({runs}) | {1e3 / best:.0f} | {count[name]:.2f} |")
     if args.pairs and args.v3_file is not None:
-        paired(segment_nuclei_stack, other.segment_nuclei_stack, dna, args.pairs)
+        chunks = [(dna[i : i + 256],) for i in range(0, len(dna), 256)]
+        paired(segment_nuclei_stack, other.segment_nuclei_stack, chunks, args.pairs)
 
 
-def paired(new, old, dna: np.ndarray, pairs: int, chunk: int = 256) -> None:
-    """Time ``new`` and ``old`` on the same chunk back to back, ``pairs`` times (chunks in turn,
-    the first of each pair alternating); print the median ratio of their CPU times and its
-    quartiles. Drift of the machine's speed between pairs cancels in each ratio."""
-    chunks = [dna[i : i + chunk] for i in range(0, len(dna), chunk)]
+def paired(
+    new, old, chunks: list[tuple], pairs: int, names: tuple[str, str] = ("v3", "file")
+) -> None:
+    """Time ``new(*args)`` and ``old(*args)`` back to back on the same arguments, ``pairs`` times
+    (the tuples of ``chunks`` in turn, the first of each pair alternating); print the median ratio
+    of their CPU times and its quartiles. Drift of the machine's speed between pairs cancels in
+    each ratio. ``names``: how the two are called in the printed line."""
     ratios, t_new, t_old = [], [], []
+    size = len(chunks[0][0])
     for k in range(pairs):
         c = chunks[k % len(chunks)]
         t = {}
         for name, f in (("new", new), ("old", old)) if k % 2 == 0 else (("old", old), ("new", new)):
             c0 = time.process_time()
-            f(c)
-            t[name] = (time.process_time() - c0) / len(c) * 1e3
+            f(*c)
+            t[name] = (time.process_time() - c0) / len(c[0]) * 1e3
         ratios.append(t["new"] / t["old"])
         t_new.append(t["new"])
         t_old.append(t["old"])
     q1, med, q3 = np.quantile(ratios, [0.25, 0.5, 0.75])
+    a, b = names
     print(
-        f"paired, {pairs} pairs of {chunk} crops: v3 / file CPU time median {med:.3f} "
-        f"(quartiles {q1:.3f}-{q3:.3f}), v3 faster in {np.mean(np.array(ratios) < 1):.0%} of pairs; "
-        f"median CPU ms per crop: v3 {np.median(t_new):.3f}, file {np.median(t_old):.3f}"
+        f"paired, {pairs} pairs of {size} crops: {a} / {b} CPU time median {med:.3f} "
+        f"(quartiles {q1:.3f}-{q3:.3f}), {a} faster in {np.mean(np.array(ratios) < 1):.0%} of "
+        f"pairs; median CPU ms per crop: {a} {np.median(t_new):.3f}, {b} {np.median(t_old):.3f}"
     )
 
 

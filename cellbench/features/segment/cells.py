@@ -336,17 +336,26 @@ def segment_cells_stack(
     nuc = np.ascontiguousarray(nuclei, np.int32)
     if c.ndim != 3 or nuc.shape != c.shape:
         raise ValueError(f"expected (N, H, W(, K)) cytoplasm and (N, H, W) nuclei, got {c.shape}")
-    p = params
-    cells = np.zeros(c.shape, np.int32)
-    fg = np.zeros(c.shape, bool)
     if c.size == 0:
-        return cells, fg
-    k.cells_stack(
-        np.ascontiguousarray(c, np.float32),
-        nuc,
-        k.gaussian_taps(p.fg_sigma),
-        k.gaussian_taps(p.marker_sigma),
-        k.gaussian_taps(p.watershed_sigma),
+        return np.zeros(c.shape, np.int32), np.zeros(c.shape, bool)
+    return run_cells_kernel(k, c, nuc, params, n_levels)
+
+
+def run_cells_kernel(
+    kernels, cyto: np.ndarray, nuclei: np.ndarray, params: CellParams, n_levels: int = 4096
+) -> tuple[np.ndarray, np.ndarray]:
+    """``kernels.cells_stack`` on float32 (N, H, W) ``cyto`` and int32 ``nuclei`` with ``params``:
+    (cells, foreground). ``kernels`` is :mod:`._cell_kernels`, or an earlier version of it
+    (``bench/perf/cell_kernels_ab.py`` compares the two)."""
+    p = params
+    cells = np.zeros(cyto.shape, np.int32)
+    fg = np.zeros(cyto.shape, bool)
+    kernels.cells_stack(
+        np.ascontiguousarray(cyto, np.float32),
+        np.ascontiguousarray(nuclei, np.int32),
+        kernels.gaussian_taps(p.fg_sigma),
+        kernels.gaussian_taps(p.marker_sigma),
+        kernels.gaussian_taps(p.watershed_sigma),
         float(p.fg_level),
         float(p.distance_weight),
         float(p.h),
