@@ -45,6 +45,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from types import ModuleType
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -342,7 +343,11 @@ def segment_cells_stack(
 
 
 def run_cells_kernel(
-    kernels, cyto: np.ndarray, nuclei: np.ndarray, params: CellParams, n_levels: int = 4096
+    kernels: ModuleType,
+    cyto: np.ndarray,
+    nuclei: np.ndarray,
+    params: CellParams,
+    n_levels: int = 4096,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``kernels.cells_stack`` on float32 (N, H, W) ``cyto`` and int32 ``nuclei`` with ``params``:
     (cells, foreground). ``kernels`` is :mod:`._cell_kernels`, or an earlier version of it
