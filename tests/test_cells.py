@@ -119,7 +119,7 @@ def _smooth_field(rng: np.random.Generator, shape=(40, 52), sigma=2.5) -> np.nda
 @pytest.mark.parametrize("clearance", [0, 3])
 def test_kernel_h_peaks_equal_scikit_image_where_seeds_can_come_from(clearance: int) -> None:
     # _h_peaks decides the h-maxima only at pixels of the mask, outside and clear of the nuclei:
-    # there it must be scikit-image's h_maxima, plateaus, equal peaks and the frame included
+    # there it must be scikit-image's h_maxima (plateaus, equal peaks), and False everywhere else
     from scipy import ndimage as ndi
     from skimage.morphology import h_maxima
 
@@ -147,6 +147,10 @@ def test_kernel_h_peaks_equal_scikit_image_where_seeds_can_come_from(clearance: 
         want = h_maxima(g, h).astype(bool)[1:-1, 1:-1]
         got = out.reshape(g.shape)[1:-1, 1:-1]
         np.testing.assert_array_equal(got[where], want[where], err_msg=f"trial {trial}")
+        assert not out.reshape(g.shape)[1:-1, 1:-1][~where].any()  # nothing else is a seed
+        assert (
+            not out.reshape(g.shape)[[0, -1]].any() and not out.reshape(g.shape)[:, [0, -1]].any()
+        )
         checked += int(want[where].sum())
     assert checked > 40  # kept maxima were among the pixels checked
 

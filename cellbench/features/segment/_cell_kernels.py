@@ -160,7 +160,8 @@ def fill_holes_stack(mask, out, rs, re, rrow, parent, edge):  # pragma: no cover
         _fill_holes(mask[i], out[i], rs, re, rrow, parent, edge)
 
 
-def run_scratch(h: int, w: int) -> tuple[np.ndarray, ...]:
+@njit(cache=True, nogil=True)
+def run_scratch(h, w):  # pragma: no cover - compiled
     """Scratch arrays of :func:`_fill_holes` for H x W images: rs, re, rrow, parent, edge."""
     runs = h * ((w + 1) // 2) + 1
     return (
@@ -238,12 +239,25 @@ def _find(parent, x):  # pragma: no cover - compiled
     return x
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _can_seed(mask, inside, clearance, y, x):  # pragma: no cover - compiled
+    """Whether pixel (y, x) may seed a cell of its own: in the mask, and no nucleus pixel within
+    ``clearance`` (square window; 0: the pixel itself)."""
+    if not mask[y, x]:
+        return False
+    hh, ww = mask.shape
+    for yy in range(max(0, y - clearance), min(hh, y + clearance + 1)):
+        for xx in range(max(0, x - clearance), min(ww, x + clearance + 1)):
+            if inside[yy, xx]:
+                return False
+    return True
+
+
 @njit(cache=True, nogil=True)
 def _h_peaks(g, wp, h, mask, inside, clearance, out, queue, seen):  # pragma: no cover - compiled
     """The h-maxima (8-connected) of the framed image ``g`` (Hp x wp, raveled, float64) at the
-    pixels that can seed a cell: ``out`` (bool, raveled) holds scikit-image's ``h_maxima`` at
-    every pixel of ``mask`` (H x W, inside the frame) that is not ``inside`` a nucleus and has no
-    nucleus pixel within ``clearance`` (square window); elsewhere it is not defined.
+    pixels that can seed a cell: ``out`` (bool, raveled) is scikit-image's ``h_maxima`` at every
+    pixel (H x W, inside the frame) that :func:`_can_seed`, and False everywhere else.
 
     A regional maximum of value m is kept unless a path of pixels with m - value < h leads from
     it to a pixel higher than m: the level where it first meets a higher one, v, then has
@@ -287,13 +301,8 @@ def _h_peaks(g, wp, h, mask, inside, clearance, out, queue, seen):  # pragma: no
                 or m < g[c + wp + 1]
             ):
                 continue  # below a neighbour: no maximum
-            near = False
-            for yy in range(max(0, y - clearance), min(hh, y + clearance + 1)):
-                for xx in range(max(0, x - clearance), min(ww, x + clearance + 1)):
-                    if inside[yy, xx]:
-                        near = True
-            if near:
-                continue  # cannot seed a cell: its verdict is not needed
+            if not _can_seed(mask, inside, clearance, y, x):
+                continue  # near a nucleus: its verdict is not needed
             # flood from c through every q with m - g[q] < h until a pixel above m is met
             stamp += 1
             seen[c] = stamp
@@ -327,9 +336,10 @@ def _h_peaks(g, wp, h, mask, inside, clearance, out, queue, seen):  # pragma: no
             while head < tail:
                 p = queue[head]
                 head += 1
-                out[p] = not higher
                 py = p // wp
                 px = p - py * wp
+                if not higher and 0 < py <= hh and 0 < px <= ww:
+                    out[p] = _can_seed(mask, inside, clearance, py - 1, px - 1)
                 for yy in range(max(py - 1, 0), min(py + 1, hp - 1) + 1):
                     for xx in range(max(px - 1, 0), min(px + 1, wp - 1) + 1):
                         q = yy * wp + xx
@@ -657,12 +667,7 @@ def cells_stack(
     mask = np.empty((hh, ww), np.bool_)
     inside = np.empty((hh, ww), np.bool_)
     queue = np.empty(npx, np.int64)
-    runs = hh * ((ww + 1) // 2) + 1
-    run_s = np.empty(runs, np.int64)
-    run_e = np.empty(runs, np.int64)
-    run_row = np.empty(hh + 1, np.int64)
-    run_parent = np.empty(runs, np.int64)
-    run_edge = np.empty(runs, np.bool_)
+    run_s, run_e, run_row, run_parent, run_edge = run_scratch(hh, ww)
     dist = np.empty((hh, ww))
     col = np.empty((hh, ww))
     env_v = np.empty(wp + 1, np.int64)
@@ -753,15 +758,7 @@ def cells_stack(
         _h_peaks(g, wp, h, mask, inside, clearance if n_nuc > 0 else 0, peaks, pix, seen)
         for y in range(hh):
             for x in range(ww):
-                ok = peaks[(y + 1) * wp + x + 1] and mask[y, x]
-                if ok and n_nuc > 0 and clearance > 0:
-                    for yy in range(max(0, y - clearance), min(hh, y + clearance + 1)):
-                        for xx in range(max(0, x - clearance), min(ww, x + clearance + 1)):
-                            if inside[yy, xx]:
-                                ok = False
-                elif ok and inside[y, x]:
-                    ok = False
-                extra[y, x] = -1 if ok else 0
+                extra[y, x] = -1 if peaks[(y + 1) * wp + x + 1] else 0
         # label the extra seeds (4-connected) in raster order after the nuclei
         n_seed = n_nuc
         for y in range(hh):
