@@ -523,6 +523,23 @@ def _merge(labels, seeds, f, n, samples, ratio, gap, ridge, parent):  # pragma: 
         parent[k] = _find(parent, k)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _bin_counts(values, lo, step, hist, bins_of, part):  # pragma: no cover - compiled
+    """hist[b] (float64) = how many of the 1-D ``values`` fall in bin b, the bin of v being
+    int((v - lo) / step) in float64, clipped to the bins. Every value's bin first (the divisions
+    and the int32 conversions vectorise), then four partial counts (consecutive values in one
+    bin do not wait on each other's increment). Scratch: ``bins_of`` (len(values) int32),
+    ``part`` (4 x len(hist) int64)."""
+    bins = len(hist)
+    for k in range(len(values)):
+        bins_of[k] = np.int32((np.float64(values[k]) - lo) / step)
+    part[:] = 0
+    for k in range(len(values)):
+        part[k & 3, min(max(bins_of[k], 0), bins - 1)] += 1
+    for b in range(bins):
+        hist[b] = np.float64(part[0, b] + part[1, b] + part[2, b] + part[3, b])
+
+
 @njit(cache=True, nogil=True)
 def _levels(c, b, work, hist, bins_of, part):  # pragma: no cover - compiled
     """(background, Otsu level) of a crop: the 0.5th percentile of ``c`` (linear between order
@@ -587,16 +604,7 @@ def _levels(c, b, work, hist, bins_of, part):  # pragma: no cover - compiled
     bins = len(hist)
     if bmax - bmin >= 1e-6:
         step = (bmax - bmin) / bins
-        # every pixel's bin first (the divisions and int32 conversions vectorise), then four
-        # partial counts (consecutive pixels in one bin do not wait on each other's increment)
-        for y in range(h):
-            for x in range(w):
-                bins_of[y * w + x] = np.int32((np.float64(b[y, x]) - bmin) / step)
-        part[:] = 0
-        for k in range(n):
-            part[k & 3, min(max(bins_of[k], 0), bins - 1)] += 1
-        for j in range(bins):
-            hist[j] = np.float64(part[0, j] + part[1, j] + part[2, j] + part[3, j])
+        _bin_counts(b.ravel(), bmin, step, hist, bins_of, part)
         total_w = 0.0
         total_m = 0.0
         for j in range(bins):
@@ -621,6 +629,57 @@ def _levels(c, b, work, hist, bins_of, part):  # pragma: no cover - compiled
     if not (thr > lo + 1e-6):
         thr = lo + 1.0
     return lo, thr
+
+
+@njit(cache=True, nogil=True)
+def otsu_stack(x, bins, out):  # pragma: no cover - compiled
+    """``cells._otsu_rows`` of every image of (N, H, W) float32: the same float64 operations in
+    the same order (histogram between min and max, sequential cumulative sums, first maximum)."""
+    n = x.shape[0]
+    flat = x.reshape(n, -1)
+    size = flat.shape[1]
+    hist = np.empty(bins)
+    centers = np.empty(bins)
+    qs = np.empty(size, np.int32)
+    part = np.zeros((4, bins), np.int64)
+    for i in range(n):
+        row = flat[i]
+        lo = np.float64(row[0])
+        hi = lo
+        for k in range(size):
+            v = np.float64(row[k])
+            if v < lo:
+                lo = v
+            if v > hi:
+                hi = v
+        if not hi - lo >= 1e-6:
+            out[i] = np.nan
+            continue
+        step = (hi - lo) / bins
+        _bin_counts(row, lo, step, hist, qs, part)
+        for b in range(bins):
+            centers[b] = lo + step * (b + 0.5)
+        w_total = 0.0
+        m_total = 0.0
+        for b in range(bins):
+            w_total += hist[b]
+            m_total += hist[b] * centers[b]
+        w0 = 0.0
+        m0 = 0.0
+        best = -np.inf
+        arg = 0
+        for b in range(bins - 1):
+            w0 += hist[b]
+            m0 += hist[b] * centers[b]
+            w1 = w_total - w0
+            d = m0 / w0 - (m_total - m0) / w1
+            between = w0 * w1 * (d * d)
+            if np.isnan(between):
+                between = -1.0
+            if between > best:
+                best = between
+                arg = b
+        out[i] = centers[arg]
 
 
 @njit(cache=True, nogil=True)

@@ -729,73 +729,17 @@ def components(mask: np.ndarray) -> tuple[np.ndarray, int]:
 # Otsu's threshold and interpolation
 
 
-@njit(cache=True, nogil=True)
-def _otsu_stack(x, bins, out):  # pragma: no cover - compiled
-    """``cells._otsu_rows`` of every image of (N, H, W) float32: the same float64 operations in
-    the same order (histogram between min and max, sequential cumulative sums, first maximum)."""
-    n = x.shape[0]
-    flat = x.reshape(n, -1)
-    size = flat.shape[1]
-    hist = np.empty(bins)
-    centers = np.empty(bins)
-    qs = np.empty(size, np.int32)
-    part = np.zeros((4, bins), np.int64)
-    for i in range(n):
-        row = flat[i]
-        lo = np.float64(row[0])
-        hi = lo
-        for k in range(size):
-            v = np.float64(row[k])
-            if v < lo:
-                lo = v
-            if v > hi:
-                hi = v
-        if not hi - lo >= 1e-6:
-            out[i] = np.nan
-            continue
-        step = (hi - lo) / bins
-        # every pixel's bin first (the divisions and the conversions vectorise: int32, as the
-        # bins are few), then four partial counts (consecutive pixels in one bin do not wait on
-        # each other's increment)
-        for k in range(size):
-            qs[k] = np.int32((np.float64(row[k]) - lo) / step)
-        part[:] = 0
-        for k in range(size):
-            part[k & 3, min(max(qs[k], 0), bins - 1)] += 1
-        for b in range(bins):
-            hist[b] = np.float64(part[0, b] + part[1, b] + part[2, b] + part[3, b])
-        for b in range(bins):
-            centers[b] = lo + step * (b + 0.5)
-        w_total = 0.0
-        m_total = 0.0
-        for b in range(bins):
-            w_total += hist[b]
-            m_total += hist[b] * centers[b]
-        w0 = 0.0
-        m0 = 0.0
-        best = -np.inf
-        arg = 0
-        for b in range(bins - 1):
-            w0 += hist[b]
-            m0 += hist[b] * centers[b]
-            w1 = w_total - w0
-            d = m0 / w0 - (m_total - m0) / w1
-            between = w0 * w1 * (d * d)
-            if np.isnan(between):
-                between = -1.0
-            if between > best:
-                best = between
-                arg = b
-        out[i] = centers[arg]
-
-
 def otsu_stack(x: np.ndarray, bins: int = 256) -> np.ndarray:
     """Otsu's threshold of each image of an (N, H, W) stack (NaN for a constant image), equal
-    to ``cells._otsu_rows`` of its rows."""
+    to ``cells._otsu_rows`` of its rows: ``_cell_kernels.otsu_stack``, beside the cell pass's own
+    Otsu, with which it shares the histogram (called from Python: no compiled function here
+    depends on another file)."""
+    from cellbench.features.segment import _cell_kernels as C
+
     x = np.ascontiguousarray(x, np.float32)
     out = np.empty(x.shape[0])
     if x.size:
-        _otsu_stack(x, bins, out)
+        C.otsu_stack(x, bins, out)
     return out
 
 
