@@ -84,9 +84,9 @@ def main() -> None:
 
     dsb = SHARED / "real_seg" / "dsb2018_stage1_train_subset"
     if dsb.exists():
-        from PIL import Image
+        from cellbench.features.segment.evaluate import dsb_ids, read_dsb
 
-        images = [np.asarray(Image.open(p))[..., 0] for p in sorted((dsb / "images").glob("*.png"))]
+        images = [read_dsb(dsb, i)[0] for i in dsb_ids(dsb)]
         for cand in CANDIDATES:
             n_img, n_px = 0, 0
             for img in images:

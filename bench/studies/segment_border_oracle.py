@@ -59,7 +59,7 @@ def _score(args: tuple[Path, str, tuple[int, ...], float | None]) -> np.ndarray:
     from cellbench.features.segment.evaluate import f1_at_iou, read_dsb
 
     root, name, shifts, fraction = args
-    img, gt = read_dsb(root, Path(name).stem)
+    img, gt = read_dsb(root, name)
     params = (
         DEFAULT_PARAMS if fraction is None else replace(DEFAULT_PARAMS, refine_fraction=fraction)
     )
@@ -85,7 +85,9 @@ def main() -> None:
     shifts = tuple(int(v) for v in args.shifts.split(","))
     if 0 not in shifts:
         shifts = (*shifts, 0)
-    names = sorted(p.name for p in (args.root / "images").iterdir())
+    from cellbench.features.segment.evaluate import dsb_ids
+
+    names = dsb_ids(args.root)
     with ProcessPoolExecutor(args.workers) as ex:
         scores = np.stack(list(ex.map(_score, [(args.root, n, shifts, None) for n in names])))
         others = {

@@ -64,7 +64,7 @@ def _score(args: tuple[Path, str, str]) -> list[float]:
     from cellbench.features.segment.evaluate import f1_at_iou, read_dsb
 
     root, name, cand = args
-    img, gt = read_dsb(root, Path(name).stem)
+    img, gt = read_dsb(root, name)
     if cand == "naive":
         pred = naive_nuclei(img)
     elif cand == "classical v2":
@@ -87,7 +87,9 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write the per-image scores here")
     args = ap.parse_args()
 
-    names = sorted(p.name for p in (args.root / "images").glob("*.png"))
+    from cellbench.features.segment.evaluate import dsb_ids
+
+    names = dsb_ids(args.root)
     cands = [json.dumps(c, sort_keys=True) for c in CANDIDATES]
     runs = list(REFERENCES) + cands
     jobs = [(args.root, n, c) for c in runs for n in names]

@@ -447,11 +447,11 @@ def segmentation_accuracy(root: str | Path, backend: str = "classical") -> dict[
     the mean of the per-image F1 and the pooled F1 of all matches (2 TP / (2 TP + FP + FN)).
     """
     from cellbench.features.segment.backends import get_backend
-    from cellbench.features.segment.evaluate import match_instances, read_dsb
+    from cellbench.features.segment.evaluate import dsb_ids, match_instances, read_dsb
 
     root = Path(root)
-    images = sorted((root / "images").glob("*.png"))
-    if not images:
+    ids = dsb_ids(root)
+    if not ids:
         raise CellbenchError(
             "no images/*.png", path=root, fix="pass the dsb2018_stage1_train_subset folder"
         )
@@ -464,13 +464,13 @@ def segmentation_accuracy(root: str | Path, backend: str = "classical") -> dict[
             return seg.segment(np.stack([img] * 3, -1), dna_channel=0).nuclei
 
     rows = []
-    for p in images:
-        gt_path = root / "labels_derived" / p.name
+    for image_id in ids:
+        gt_path = root / "labels_derived" / f"{image_id}.png"
         if not gt_path.is_file():
             raise CellbenchError("ground-truth labels missing", path=gt_path)
-        img, gt = read_dsb(root, p.stem)
+        img, gt = read_dsb(root, image_id)
         pred = segment_nuclei(img)
-        row = {"image": p.stem, "height": img.shape[0], "width": img.shape[1]}
+        row = {"image": image_id, "height": img.shape[0], "width": img.shape[1]}
         row["n_true"] = int(len(np.unique(gt)) - 1)
         row["n_pred"] = int(len(np.unique(pred)) - 1)
         for iou, tag in ((0.5, "50"), (0.75, "75")):

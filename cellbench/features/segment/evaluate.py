@@ -10,6 +10,8 @@ which is one-to-one but not guaranteed optimal.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 __all__ = [
@@ -108,19 +110,15 @@ def f1_at_iou(pred: np.ndarray, gt: np.ndarray, iou: float = 0.5) -> float:
     return 1.0 if denom == 0 else 2.0 * tp / denom
 
 
-def dsb_ids(root) -> list[str]:
+def dsb_ids(root: str | Path) -> list[str]:
     """The image ids of a DSB2018-style folder (``images/<id>.png``), sorted."""
-    from pathlib import Path
-
     return sorted(p.stem for p in (Path(root) / "images").glob("*.png"))
 
 
-def read_dsb(root, image_id: str) -> tuple[np.ndarray, np.ndarray]:
+def read_dsb(root: str | Path, image_id: str) -> tuple[np.ndarray, np.ndarray]:
     """``(image, labels)`` of one DSB2018-style pair: ``images/<id>.png`` as a 2-D greyscale image
     (its first channel where the file is RGB(A), as the subset's greyscale images are stored) and
     the instance labels ``labels_derived/<id>.png``."""
-    from pathlib import Path
-
     from PIL import Image
 
     root = Path(root)
