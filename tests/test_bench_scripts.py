@@ -97,6 +97,38 @@ def test_radius_oracle_reads_the_median_annotated_radius() -> None:
     assert np.isnan(study.truth_radius(np.zeros((5, 5), np.int32)))
 
 
+def test_learned_border_redraws_our_nuclei_on_another_foreground() -> None:
+    study = _load_bench("segment_learned_border")
+    ours = np.zeros((20, 30), np.int32)
+    ours[4:8, 3:7] = 1  # two nuclei inside one blob of the new foreground ...
+    ours[4:8, 12:16] = 2
+    ours[15:18, 25:28] = 3  # ... and one outside it, dropped
+    fg = np.zeros((20, 30), bool)
+    fg[3:9, 2:18] = True
+    fg[12:18, 2:6] = True  # a blob of 24 px that holds none of our nuclei
+    out = study.relabel_over(ours, fg, None)
+    assert set(np.unique(out)) == {0, 1, 2}
+    assert out[3, 2] == out[8, 9] == 1 and out[3, 11] == out[8, 17] == 2  # nearest nucleus
+    assert (out[3:9, 2:18] > 0).all() and not out[~fg].any() and not out[12:18, 2:6].any()
+    assert (study.relabel_over(ours, fg, 23.0)[12:18, 2:6] == 3).all()  # larger than the floor
+    assert not study.relabel_over(ours, fg, 24.0)[12:18, 2:6].any()  # not larger
+
+    yy, xx = np.mgrid[:64, :64]
+    img = (
+        10.0
+        + 100.0 * ((yy - 30) ** 2 + (xx - 34) ** 2 <= 64)
+        + np.random.default_rng(0).normal(0, 2, (64, 64))
+    )
+    nuclei = (((yy - 30) ** 2 + (xx - 34) ** 2) <= 64).astype(np.int32)
+    feats, r, signed = study.pixel_features(img.astype(np.float32), nuclei)
+    assert feats.shape == (64, 64, 18) and np.isfinite(feats).all() and r > 0
+    assert (
+        signed[30, 34] == pytest.approx(np.sqrt(65))
+        and signed[30, 42] == 1
+        and signed[30, 43] == -1
+    )
+
+
 def test_fid_sample_size_bias_and_extrapolation() -> None:
     fss = _load_bench("fid_sample_size")
     rng = np.random.default_rng(0)
