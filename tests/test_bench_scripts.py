@@ -12,6 +12,7 @@ from types import ModuleType
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from cellbench.errors import CellbenchError
 from tests.conftest import REPO
@@ -83,6 +84,19 @@ def test_inception_roofline_counts_the_network_and_the_machine() -> None:
     peak, how = bench.nominal_peak()
     assert peak > 0 and "FLOP/cycle" in how
     assert bench.matmul_gflops(size=128, seconds=0.05) > 0
+
+
+def test_inception_precision_helpers() -> None:
+    bench = _load_bench("inception_precision", "perf")
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    for allow in (True, False):
+        with bench.tf32(allow):
+            assert torch.backends.cudnn.allow_tf32 is allow
+            assert torch.backends.cuda.matmul.allow_tf32 is allow
+        assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before
+    inputs = [torch.ones(3, 2), 2 * torch.ones(1, 2)]
+    feats, rate = bench.timed_pass(lambda x: x.to(torch.bfloat16), inputs, torch.device("cpu"))
+    assert feats.dtype == np.float64 and feats.tolist() == [[1, 1]] * 3 + [[2, 2]] and rate > 0
 
 
 def test_radius_oracle_reads_the_median_annotated_radius() -> None:

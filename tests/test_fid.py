@@ -365,6 +365,28 @@ def test_inception_batch_size_independence(extractor) -> None:
         np.testing.assert_allclose(other(crops), ref, atol=1e-5, rtol=0)
 
 
+def test_network_runs_without_tf32_and_restores_the_flags(extractor, monkeypatch) -> None:
+    """PyTorch's default lets cuDNN convolutions use TF32 on a GPU; the feature pass turns it off
+    (and back to what the caller had), on every device, so a GPU run computes float32 features."""
+    seen = []
+    model = extractor._model
+
+    def spy(x):
+        seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
+        return model(x)
+
+    monkeypatch.setattr(extractor, "_model", spy)
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:
+        for flags in ((True, True), (True, False)):
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
+            extractor(_crops(9))  # two batches of 8
+            assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == flags
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+    assert seen == [(False, False)] * 4
+
+
 def test_fast_path_matches_reference_path() -> None:
     crops = _crops(3, seed=2)
     nchw = torch.from_numpy(crops).permute(0, 3, 1, 2).contiguous()

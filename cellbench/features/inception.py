@@ -46,9 +46,11 @@ channels-last), ``contiguous()`` calls are dropped so channels-last activations 
 and on CPU each convolution + ReLU becomes oneDNN's fused ``mkldnn::_convolution_pointwise``. The
 convolutions then run close to the CPU's float32 peak. Features agree with the unmodified network
 to ~2e-5; the rewrite is checked numerically at load and abandoned (with a warning) if it ever
-disagrees. Inputs enter channels-last in float32 under :func:`torch.inference_mode`, in batches of
-8 (larger batches are slower on a small CPU: the activations fall out of cache). On 2 AMD EPYC
-cores this is ~1.6-1.9x the torchmetrics path (``bench/perf/inception_speed.py``).
+disagrees. On a GPU the pass runs in full float32 (TF32, PyTorch's default for cuDNN
+convolutions, is switched off: :func:`float32_only`). Inputs enter channels-last in float32
+under :func:`torch.inference_mode`, in batches of 8 (larger batches are slower on a small CPU: the
+activations fall out of cache). On 2 AMD EPYC cores this is ~1.6-1.9x the torchmetrics path
+(``bench/perf/inception_speed.py``).
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ __all__ = [
     "INPUT_SIZE",
     "InceptionFeatures",
     "ReferenceInception",
+    "float32_only",
     "inception_weights_path",
     "load_inception",
     "optimize_inception",
@@ -437,6 +440,26 @@ def _num_threads(n: int | None) -> Iterator[None]:
             torch.set_num_threads(old)
 
 
+@contextlib.contextmanager
+def float32_only() -> Iterator[None]:
+    """Full float32 arithmetic on CUDA while the network runs, restored afterwards.
+
+    PyTorch lets cuDNN convolutions use TF32 (a 10-bit mantissa) by default on Ampere and later
+    GPUs (``torch.backends.cudnn.allow_tf32`` is True). The features are defined in float32, and
+    a lower precision is allowed only where it is measured to stay within 1e-3 of them
+    (``bench/perf/inception_precision.py``, docs/benchmarks.md), so TF32 is switched off for
+    convolutions and matrix products here. No effect on the CPU.
+    """
+    conv, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = conv
+        torch.backends.cuda.matmul.allow_tf32 = matmul
+
+
 def _default_threads() -> int | None:
     """Cap torch's threads at the CPUs this process may use (containers often report more)."""
     from cellbench.workers import usable_cpus
@@ -488,7 +511,7 @@ class InceptionFeatures:
         self.optimize = bool(optimize)
         self.num_threads = num_threads if num_threads is not None else _default_threads()
         self.weights_path = _resolve(weights_path)
-        with _num_threads(self.num_threads):
+        with _num_threads(self.num_threads), float32_only():
             raw = load_inception(self.weights_path, self.device)
             self._model = optimize_inception(raw) if self.optimize else raw
         self._matrices: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -534,7 +557,7 @@ class InceptionFeatures:
         """
         x = _as_uint8_nhwc(images)
         out = np.empty((x.shape[0], FEATURE_DIM), dtype=np.float64)
-        with torch.inference_mode(), _num_threads(self.num_threads):
+        with torch.inference_mode(), _num_threads(self.num_threads), float32_only():
             for start in range(0, x.shape[0], self.batch_size):
                 batch = x[start : start + self.batch_size]
                 feats = self._model(self.preprocess(batch))
