@@ -6,7 +6,10 @@ Measures, on bbbc021-sim crops:
      real reference row's segmentation and Inception features are computed too), wall time.
 
 Usage:
-  python bench/perf/eval_throughput.py --data-dir data --n-images 5120
+  python bench/perf/eval_throughput.py --data-dir data --n-images 5120 [--device cuda]
+
+``--device`` is where the Inception network of the full evaluation runs (segmentation stays on
+the CPU workers).
 
 The dataset must hold at least N test tasks: `cellbench data sim --scale demo` has 10300.
 """
@@ -34,6 +37,9 @@ def main() -> None:
     ap.add_argument("--n-images", type=int, default=5120, help="images in the end-to-end eval")
     ap.add_argument("--n-rewards", type=int, default=2048, help="images in the rewards-only timing")
     ap.add_argument("--skip-full", action="store_true", help="only time the rewards")
+    ap.add_argument(
+        "--device", default="cpu", help="torch device of the full evaluation's Inception"
+    )
     args = ap.parse_args()
 
     from cellbench.data.bbbc021 import open_dataset
@@ -50,7 +56,7 @@ def main() -> None:
     table = build_protocol(ds, "test", 0)
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-        f"python {platform.python_version()}"
+        f"python {platform.python_version()}, Inception on {args.device}"
     )
 
     # 1. rewards without FID
@@ -91,6 +97,7 @@ def main() -> None:
             data_dir=args.data_dir,
             protocol=tmp / "protocol.csv",
             out=tmp / "results.json",
+            device=args.device,
         )
         dt = time.perf_counter() - t0
         print(
@@ -98,7 +105,13 @@ def main() -> None:
             f"(overall {doc['metrics']['overall']['value']:.3f}, fid_o {doc['metrics']['fid_o']['value']:.2f})"
         )
         t0 = time.perf_counter()
-        evaluate(images, "bbbc021-sim", data_dir=args.data_dir, protocol=tmp / "protocol.csv")
+        evaluate(
+            images,
+            "bbbc021-sim",
+            data_dir=args.data_dir,
+            protocol=tmp / "protocol.csv",
+            device=args.device,
+        )
         dt = time.perf_counter() - t0
         print(f"full eval (warm reference cache) of {n} images: {dt:.1f} s = {n / dt:.1f} images/s")
 
