@@ -241,6 +241,35 @@ def test_missing_tasks_make_an_incomplete_result(world, tmp_path: Path) -> None:
     assert np.isnan(doc["metrics"]["moa"]["value"] or np.nan)  # no Inception pass: no moa
 
 
+def test_a_few_images_give_absent_metrics_not_a_crash(world, tmp_path: Path) -> None:
+    """Three tasks (too few for the k-NN metrics and the split halves) and one (too few for any
+    FID): the result is written, every value that cannot be computed is null with the reason,
+    and the document has no NaN and follows the schema."""
+    from cellbench.metrics.registry import TOO_FEW
+    from cellbench.results.schema import result_problems
+
+    table = world["table"].sort_values("task_id")
+    for n in (3, 1):
+        part = table.iloc[:n]
+        images = tmp_path / f"n{n}"
+        images.mkdir()
+        for t in part["task_id"]:
+            np.save(images / f"{t}.npy", np.load(world["root"] / "real" / f"{t}.npy"))
+        write_protocol(part, tmp_path / f"n{n}.csv")
+        out = tmp_path / f"n{n}.json"
+        evaluate(
+            images, "bbbc021-sim", data_dir=world["data"], protocol=tmp_path / f"n{n}.csv", out=out
+        )
+        doc = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in the file"))
+        assert result_problems(doc) == [], n
+        m, ref = doc["metrics"], doc["reference"]["metrics"]
+        assert m["precision"] == {**m["precision"], "value": None, "absent": TOO_FEW}
+        for name in ("fid_c", "kid_c"):  # no compound has 2 images on both sides
+            assert ref[name]["value"] is None and "no compound" in ref[name]["absent"], n
+        assert doc["metrics"]["overall"]["value"] is not None
+    assert m["fid_o"]["value"] is None and "fewer than 2" in m["fid_o"]["absent"]  # n = 1
+
+
 def test_cli_eval_json_and_errors(world, tmp_path: Path) -> None:
     out = tmp_path / "r.json"
     res = run_cli(

@@ -45,6 +45,7 @@ __all__ = [
     "kid_subset_size",
     "overall_with_intervals",
     "split_half_floor",
+    "split_half_indices",
 ]
 
 #: FID_c warns when it averages compounds with fewer images a side than this (docs/scoring.md,
@@ -684,6 +685,28 @@ def fid_kid_summary(
     return FidKidSummary(overall, compounds, intervals)
 
 
+def split_half_indices(
+    real_compounds: Sequence[Any], seed: int = 0, *, gen_counts: Mapping[str, int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of the two parts :func:`split_half_floor` compares (the generated part first).
+
+    FID and KID need at least 2 rows in each part; with fewer, :func:`split_half_floor` raises.
+    """
+    labels = np.asarray([str(v) for v in real_compounds], dtype=object)
+    half_a: list[int] = []
+    half_b: list[int] = []
+    for compound in sorted(set(labels)):
+        idx = np.flatnonzero(labels == compound)
+        rng = np.random.default_rng(_compound_seed(seed, compound))
+        idx = idx[rng.permutation(len(idx))]
+        k = len(idx) // 2
+        if gen_counts is not None:
+            k = min(int(gen_counts.get(compound, 0)), k)
+        half_a.extend(idx[:k])
+        half_b.extend(idx[k:])
+    return np.asarray(half_a, dtype=np.int64), np.asarray(half_b, dtype=np.int64)
+
+
 def split_half_floor(
     real_feats: Any,
     real_compounds: Sequence[Any],
@@ -713,19 +736,7 @@ def split_half_floor(
     """
     r = _as_features(real_feats, "real_feats")
     labels = _labels(real_compounds, len(r), "real_compounds")
-    half_a: list[int] = []
-    half_b: list[int] = []
-    for compound in sorted(set(labels)):
-        idx = np.flatnonzero(labels == compound)
-        rng = np.random.default_rng(_compound_seed(seed, compound))
-        idx = idx[rng.permutation(len(idx))]
-        k = len(idx) // 2
-        if gen_counts is not None:
-            k = min(int(gen_counts.get(compound, 0)), k)
-        half_a.extend(idx[:k])
-        half_b.extend(idx[k:])
-    ia = np.asarray(half_a, dtype=np.int64)
-    ib = np.asarray(half_b, dtype=np.int64)
+    ia, ib = split_half_indices(labels, seed, gen_counts=gen_counts)
     return fid_kid_summary(
         r[ia],
         labels[ia],

@@ -457,13 +457,21 @@ def compute_set(names: tuple[str, ...] | list[str], inputs: SetInputs) -> dict[s
                     + ("mapping with a SetValue for each of its metrics" if shared else "SetValue")
                 )
             v = float(value.value)
-            out[s.name] = SetResult(v if np.isfinite(v) else None, jsonable(value.detail))
+            out[s.name] = (
+                SetResult(v, jsonable(value.detail))
+                if np.isfinite(v)
+                else SetResult(None, jsonable(value.detail), TOO_FEW)
+            )
     return out
 
 
-def jsonable(obj: Any, digits: int = 6) -> Any:
+#: the reason recorded for a metric whose value came out NaN (too few images for it)
+TOO_FEW = "not computed: too few images"
+
+
+def jsonable(obj: Any, digits: int | None = 6) -> Any:
     """``obj`` with numpy scalars/arrays as Python numbers/lists, floats rounded to ``digits``
-    decimals and NaN/inf as None (a result document allows no NaN)."""
+    decimals (None: kept as they are) and NaN/inf as None (a result document allows no NaN)."""
     if isinstance(obj, Mapping):
         return {str(k): jsonable(v, digits) for k, v in obj.items()}
     if isinstance(obj, np.ndarray):
@@ -476,7 +484,9 @@ def jsonable(obj: Any, digits: int = 6) -> Any:
         return int(obj)
     if isinstance(obj, float | np.floating):
         f = float(obj)
-        return round(f, digits) if np.isfinite(f) else None
+        if not np.isfinite(f):
+            return None
+        return f if digits is None else round(f, digits)
     return obj
 
 

@@ -35,12 +35,14 @@ from cellbench.io import atomic_path, is_within, sha256_bytes, sha256_file
 from cellbench.metrics.bootstrap import bootstrap_mean, grouped_bootstrap
 from cellbench.metrics.registry import (
     GROUP_NOTE,
+    TOO_FEW,
     PerImageInputs,
     SetInputs,
     compute_per_image,
     compute_set,
     distance_metrics,
     grouped,
+    jsonable,
     per_image_names,
     set_fn_metrics,
 )
@@ -64,6 +66,13 @@ def _noop(phase: str, done: int, total: int) -> None:
 
 
 # ------------------------------------------------------------------------------------ aggregate
+def _too_few(metric: str) -> str:
+    """Why a FID/KID value could not be computed (too few images for the set it compares)."""
+    if metric in ("fid_c", "kid_c"):
+        return "not computed: no compound has 2 or more images on both sides"
+    return "not computed: fewer than 2 images on a side"
+
+
 def _estimates(values: dict[str, np.ndarray], names: tuple[str, ...], seed: int) -> dict:
     return {m: bootstrap_mean(values[m], seed=seed).as_dict() for m in names}
 
@@ -143,28 +152,58 @@ def aggregate(
     }
     fid_doc: dict[str, Any] | None = None
     if use_inc and n:
-        from cellbench.metrics.fid import SET_BOOTSTRAP, fid_kid_summary, split_half_floor
+        from cellbench.metrics.fid import (
+            SET_BOOTSTRAP,
+            fid_kid_summary,
+            split_half_floor,
+            split_half_indices,
+        )
 
         progress("FID/KID", 0, 2)
         evaluated = real_side(protocol, task_ids, compounds, fid_real)
         real_feats, real_cpds = ref_inc[evaluated], ref_compounds[evaluated]
-        summary = fid_kid_summary(
-            arrays.inception, compounds, real_feats, real_cpds, seed=seed, n_boot=SET_BOOTSTRAP
-        )
+        # FID and KID need 2 or more images on each side: with fewer they are absent, not an error
+        summary = floor = None
+        if n >= 2 and len(real_feats) >= 2:
+            summary = fid_kid_summary(
+                arrays.inception, compounds, real_feats, real_cpds, seed=seed, n_boot=SET_BOOTSTRAP
+            )
         gen_counts = {c: int((compounds == c).sum()) for c in np.unique(compounds)}
-        floor = split_half_floor(real_feats, real_cpds, seed, gen_counts=gen_counts, kid_seed=seed)
+        if min(map(len, split_half_indices(real_cpds, seed, gen_counts=gen_counts))) >= 2:
+            floor = split_half_floor(
+                real_feats, real_cpds, seed, gen_counts=gen_counts, kid_seed=seed
+            )
         progress("FID/KID", 2, 2)
         for s in distance_metrics():  # fid_kid_summary's fields (checked by register_metric)
+            value = float(getattr(summary, s.name)) if summary is not None else float("nan")
             metrics[s.name] = {
-                "value": round(float(getattr(summary, s.name)), 6),
+                "value": round(value, 6) if np.isfinite(value) else None,
                 "n_gen": n,
                 "n_real": int(evaluated.sum()),
-                **(summary.intervals[s.name].as_dict() if s.name in summary.intervals else {}),
+                **(
+                    summary.intervals[s.name].as_dict()
+                    if summary is not None and s.name in summary.intervals
+                    else {}
+                ),
             }
-            reference["metrics"][s.name] = {"value": round(float(getattr(floor, s.name)), 6)}
-        if "fid_c" in metrics:
+            if not np.isfinite(value):
+                metrics[s.name]["absent"] = _too_few(s.name)
+                metrics[s.name].pop("ci", None)
+            ref_value = float(getattr(floor, s.name)) if floor is not None else float("nan")
+            reference["metrics"][s.name] = {
+                "value": round(ref_value, 6) if np.isfinite(ref_value) else None
+            }
+            if not np.isfinite(ref_value):
+                reference["metrics"][s.name]["absent"] = _too_few(s.name) + " (split half)"
+        if "fid_c" in metrics and summary is not None:
             metrics["fid_c"]["small_n"] = small_n_record(summary.compounds)
-        fid_doc = {"model": summary.to_dict(), "split_half_floor": floor.to_dict()}
+        fid_doc = jsonable(
+            {
+                "model": summary.to_dict() if summary is not None else None,
+                "split_half_floor": floor.to_dict() if floor is not None else None,
+            },
+            digits=None,
+        )
         reference["fid_note"] = "split half: each compound's real crops, one half against the other"
 
     set_detail: dict[str, Any] | None = None
@@ -206,6 +245,15 @@ def aggregate(
             "pixel_sha256": arrays.pixel_sha256,
         }
     )
+    # a value that came out NaN (too few images for that metric: a k-NN with k or fewer images,
+    # a bootstrap of 3) is written as absent with the reason; NaN elsewhere (an interval, a
+    # detail) as null: JSON has no NaN
+    for table in (metrics, reference["metrics"]):
+        for est in table.values():
+            value = est.get("value")
+            if isinstance(value, float) and not np.isfinite(value):
+                est["value"] = None
+                est.setdefault("absent", TOO_FEW)
     doc = {
         "metrics": metrics,
         **overall_record(metrics, moa_computed=probs is not None or (use_inc and not n)),
@@ -218,7 +266,7 @@ def aggregate(
         "metric_groups_note": GROUP_NOTE,
         "overall_weights": OVERALL_WEIGHTS,
     }
-    return doc, per_image
+    return jsonable(doc, digits=None), per_image
 
 
 def held_out_inputs(
