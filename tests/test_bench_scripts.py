@@ -87,10 +87,12 @@ def test_inception_roofline_counts_the_network_and_the_machine() -> None:
 
 
 def test_inception_precision_helpers() -> None:
+    from cellbench.features.inception import tf32_allowed
+
     bench = _load_bench("inception_precision", "perf")
     before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     for allow in (True, False):
-        with bench.tf32(allow):
+        with tf32_allowed(allow):
             assert torch.backends.cudnn.allow_tf32 is allow
             assert torch.backends.cuda.matmul.allow_tf32 is allow
         assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before

@@ -23,27 +23,15 @@ Usage: python bench/perf/inception_precision.py [--device cuda] [--n 4096] [--ba
 from __future__ import annotations
 
 import argparse
-import contextlib
 import platform
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
 #: the issue's bound on a lower precision's distance from float32
 BOUND = 1e-3
-
-
-@contextlib.contextmanager
-def tf32(allow: bool) -> Iterator[None]:
-    """TF32 allowed (or not) for cuDNN convolutions and CUDA matrix products, restored after."""
-    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = allow
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
 
 
 def timed_pass(
@@ -90,7 +78,7 @@ def main() -> None:
     ap.add_argument("--data-dir", help="folder holding bbbc021-sim (default: simulated crops)")
     args = ap.parse_args()
 
-    from cellbench.features.inception import InceptionFeatures, load_inception
+    from cellbench.features.inception import InceptionFeatures, load_inception, tf32_allowed
     from cellbench.metrics.fid import GaussianStats, fid_from_stats
 
     device = torch.device(args.device)
@@ -120,17 +108,17 @@ def main() -> None:
         return raw16(x.to(torch.bfloat16))
 
     rows = []
-    with tf32(False):
+    with tf32_allowed(False):
         ref, speed = timed_pass(fast, inputs, device)
     rows.append(("float32 (the scorer's)", ref, speed))
-    with tf32(True):
+    with tf32_allowed(True):
         rows.append(
             (
                 "tf32" + ("" if cuda else " (no effect on the CPU)"),
                 *timed_pass(fast, inputs, device),
             )
         )
-    with tf32(False):
+    with tf32_allowed(False):
         rows.append(("bf16 (weights and inputs)", *timed_pass(bf16, inputs, device)))
     check = ext(crops[: min(n, 2 * batch)])  # the public path: the same float32 features
     same = float(np.abs(check - ref[: len(check)]).max())

@@ -91,6 +91,7 @@ __all__ = [
     "load_inception",
     "optimize_inception",
     "resize_matrix",
+    "tf32_allowed",
     "verify_inception_weights",
 ]
 
@@ -441,23 +442,26 @@ def _num_threads(n: int | None) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def float32_only() -> Iterator[None]:
-    """Full float32 arithmetic on CUDA while the network runs, restored afterwards.
+def tf32_allowed(allow: bool) -> Iterator[None]:
+    """TF32 allowed (or not) for cuDNN convolutions and CUDA matrix products while inside,
+    the caller's settings restored afterwards. No effect on the CPU."""
+    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = allow
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def float32_only() -> contextlib.AbstractContextManager[None]:
+    """Full float32 arithmetic on CUDA while the network runs: ``tf32_allowed(False)``.
 
     PyTorch lets cuDNN convolutions use TF32 (a 10-bit mantissa) by default on Ampere and later
     GPUs (``torch.backends.cudnn.allow_tf32`` is True). The features are defined in float32, and
     a lower precision is allowed only where it is measured to stay within 1e-3 of them
-    (``bench/perf/inception_precision.py``, docs/benchmarks.md), so TF32 is switched off for
-    convolutions and matrix products here. No effect on the CPU.
+    (``bench/perf/inception_precision.py``, docs/benchmarks.md), so TF32 is switched off here.
     """
-    conv, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32 = conv
-        torch.backends.cuda.matmul.allow_tf32 = matmul
+    return tf32_allowed(False)
 
 
 def _default_threads() -> int | None:

@@ -176,8 +176,9 @@ def aggregate(
         progress("FID/KID", 2, 2)
         for s in distance_metrics():  # fid_kid_summary's fields (checked by register_metric)
             value = float(getattr(summary, s.name)) if summary is not None else float("nan")
+            ref_value = float(getattr(floor, s.name)) if floor is not None else float("nan")
             metrics[s.name] = {
-                "value": round(value, 6) if np.isfinite(value) else None,
+                "value": round(value, 6),
                 "n_gen": n,
                 "n_real": int(evaluated.sum()),
                 **(
@@ -186,24 +187,18 @@ def aggregate(
                     else {}
                 ),
             }
+            reference["metrics"][s.name] = {"value": round(ref_value, 6)}
+            # a NaN value becomes null below; these reasons say which images were too few
             if not np.isfinite(value):
                 metrics[s.name]["absent"] = _too_few(s.name)
-                metrics[s.name].pop("ci", None)
-            ref_value = float(getattr(floor, s.name)) if floor is not None else float("nan")
-            reference["metrics"][s.name] = {
-                "value": round(ref_value, 6) if np.isfinite(ref_value) else None
-            }
             if not np.isfinite(ref_value):
                 reference["metrics"][s.name]["absent"] = _too_few(s.name) + " (split half)"
         if "fid_c" in metrics and summary is not None:
             metrics["fid_c"]["small_n"] = small_n_record(summary.compounds)
-        fid_doc = jsonable(
-            {
-                "model": summary.to_dict() if summary is not None else None,
-                "split_half_floor": floor.to_dict() if floor is not None else None,
-            },
-            digits=None,
-        )
+        fid_doc = {
+            "model": summary.to_dict() if summary is not None else None,
+            "split_half_floor": floor.to_dict() if floor is not None else None,
+        }
         reference["fid_note"] = "split half: each compound's real crops, one half against the other"
 
     set_detail: dict[str, Any] | None = None
