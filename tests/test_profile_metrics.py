@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from scipy.spatial.distance import cdist
@@ -177,3 +179,17 @@ def test_batch_effect_shared_with_the_controls_is_not_a_shift() -> None:
     )
     assert flat.value > 0.4 and flat.p_value < 0.05
     assert abs(per_batch.value) < 0.15 and per_batch.p_value > 0.05
+
+
+def test_no_feature_varying_over_the_controls_gives_no_profile_value() -> None:
+    """Controls that are each alone in their batch centre to zero: no column is kept, and both
+    metrics are NaN over no compound (the evaluation reports them absent), without warnings."""
+    rng = np.random.default_rng(9)
+    control, cb = rng.normal(0, 1, (2, F)), np.array(["p1", "p2"])
+    x, cpds, xb = rng.normal(0, 1, (6, F)), np.repeat(["a", "b"], 3), np.repeat(["p1", "p2"], 3)
+    kw = {"gen_batches": xb, "real_batches": xb, "control_batches": cb, "n_permutations": 5}
+    with np.errstate(all="raise"), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for fn in (shift_correlation, profile_energy_distance):
+            res = fn(x, cpds, x, cpds, control, **kw)
+            assert np.isnan(res.value) and res.n_compounds == 0 and res.n_features == 0

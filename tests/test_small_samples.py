@@ -200,3 +200,17 @@ def test_eval_table_prints_n_per_compound_and_the_fid_c_warning() -> None:
     doc["metrics"]["fid_c"]["small_n"]["warning"] = None
     assert not any(n.startswith("warning") for n in _results_notes(doc))
     assert compound_counts_note({"per_compound": {}}) is None
+
+
+def test_a_resample_of_one_image_repeated_has_no_kid_replicate_and_no_interval() -> None:
+    """With 3 images some resamples are one image three times: no generated pair to average,
+    so that replicate is NaN (no division by zero) and KID_o gets no interval; FID_o keeps its."""
+    rng = np.random.default_rng(6)
+    g, r = _features(rng, 3, 8), _features(rng, 20, 8)
+    counts = np.array([[3, 0, 0], [1, 1, 1], [0, 2, 1]])
+    with np.errstate(all="raise"):
+        dev = kid_bootstrap_deviations(g, r, counts)
+        _, iv = overall_with_intervals(g, r, seed=0, n_boot=200)
+    assert np.isnan(dev[0]) and np.isfinite(dev[1:]).all()
+    assert dev[1] == pytest.approx(0.0, abs=1e-12)  # the sample itself
+    assert set(iv) == {"fid_o"} and iv["fid_o"].low <= iv["fid_o"].high

@@ -416,7 +416,8 @@ def kid_bootstrap_deviations(
     generated-generated mean (they would add each image's self-similarity, a bias of the
     resampling, not of the data): ``(c^T K c - sum c_i^2 K_ii) / (n^2 - sum c_i^2)``. The kernel
     is KID's ``(x.y / d + 1)^3``, computed ``block`` rows at a time (memory ``block x n``).
-    KID_o (subsets of 100) estimates the same complete statistic without bias.
+    KID_o (subsets of 100) estimates the same complete statistic without bias. A resample made
+    of one image repeated (likely only below about 6 images) has no pair to average: NaN.
     """
     x = _as_features(gen, "gen")
     y = _as_features(real, "real")
@@ -446,7 +447,9 @@ def kid_bootstrap_deviations(
         row_real[bi] = poly_kernel(x[bi], y).mean(1)
     quad = np.einsum("bi,ib->b", c, kc)
     sq = (c * c).sum(1)
-    reps = (quad - (c * c) @ diag) / (n * n - sq) - 2.0 * (c @ row_real) / n
+    pairs = n * n - sq  # 0 for a resample of one image repeated: no pair, the replicate is NaN
+    gen_gen = np.divide(quad - (c * c) @ diag, pairs, out=np.full(len(c), np.nan), where=pairs > 0)
+    reps = gen_gen - 2.0 * (c @ row_real) / n
     full = (row_gen.sum() - diag.sum()) / (n * (n - 1)) - 2.0 * row_real.mean()
     return reps - full
 
@@ -494,7 +497,8 @@ def overall_with_intervals(
     itself: an exact replicate would cost one 2048-d eigen decomposition each), KID_o's exact
     (:func:`kid_bootstrap_deviations`). Each interval is the reported value plus the 2.5% and
     97.5% quantiles of replicate minus full-sample statistic
-    (:func:`cellbench.metrics.bootstrap.shifted_percentile_interval`).
+    (:func:`cellbench.metrics.bootstrap.shifted_percentile_interval`). KID_o has no interval
+    when a resample is one image repeated (below about 6 generated images).
     """
     from cellbench.metrics.bootstrap import bootstrap_counts, shifted_percentile_interval
 
@@ -506,12 +510,15 @@ def overall_with_intervals(
     counts = bootstrap_counts(len(g), seed=seed, n_boot=n_boot)
     fid_dev = (counts - 1.0) @ influence / len(g)
     kid_dev = kid_bootstrap_deviations(g, r, counts)
-    fid_ci = shifted_percentile_interval(fid, fid_dev)
-    kid_ci = shifted_percentile_interval(kid, kid_dev)
-    return FidKid(fid, kid, kid_std, len(g), len(r), m), {
-        "fid_o": SetInterval(*fid_ci, n_boot, FID_INTERVAL_METHOD),
-        "kid_o": SetInterval(*kid_ci, n_boot, KID_INTERVAL_METHOD),
+    intervals = {
+        "fid_o": SetInterval(
+            *shifted_percentile_interval(fid, fid_dev), n_boot, FID_INTERVAL_METHOD
+        )
     }
+    if np.isfinite(kid_dev).all():  # else too few images for every resample to have a pair
+        kid_ci = shifted_percentile_interval(kid, kid_dev)
+        intervals["kid_o"] = SetInterval(*kid_ci, n_boot, KID_INTERVAL_METHOD)
+    return FidKid(fid, kid, kid_std, len(g), len(r), m), intervals
 
 
 # ------------------------------------------------------------------------------------------------

@@ -192,7 +192,7 @@ def shift_correlation(
     compounds = sorted(set(gen_compounds) & set(real_compounds))
     zg = dmso_normalise(gen, control, batches=gen_batches, control_batches=control_batches)
     zr = dmso_normalise(real, control, batches=real_batches, control_batches=control_batches)
-    if not compounds:
+    if not compounds or not zg.shape[1]:  # no feature varies over the controls: no profile
         return _score(float("nan"), np.zeros(0), {}, zg.shape[1])
     index = {c: k for k, c in enumerate(compounds)}
     g_in = np.isin(gen_compounds, compounds)
@@ -262,6 +262,8 @@ def profile_energy_distance(
         for c in sorted(set(gen_compounds) & set(real_compounds))
         if (gen_compounds == c).sum() >= 2 and (real_compounds == c).sum() >= 2
     ]
+    if not zg.shape[1]:  # no feature varies over the controls: no profile
+        compounds = []
     rng = np.random.default_rng(seed)
     per: dict[str, float] = {}
     null = np.zeros(n_permutations)

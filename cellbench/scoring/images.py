@@ -157,7 +157,7 @@ def reference_arrays(
     from cellbench.ui import format_size, info
 
     info(
-        f"cached the reference features of {len(keys)} real crops: {path} "
+        f"cached the reference features of {len(keys)} real crop{'s' * (len(keys) != 1)}: {path} "
         f"({format_size(path.stat().st_size)}; `cellbench cache info|clear`)"
     )
     return seg, inc, prof
