@@ -20,7 +20,12 @@ import pandas as pd
 from cellbench.data.bbbc021 import BBBC021Dataset, open_dataset
 from cellbench.errors import CellbenchError, ProtocolError
 from cellbench.io import read_json, sha256_file
-from cellbench.protocol import build_protocol, protocol_sha256, read_protocol
+from cellbench.protocol import (
+    build_protocol,
+    check_against_dataset,
+    protocol_sha256,
+    read_protocol,
+)
 from cellbench.protocol_registry import (
     DEFAULT_PROTOCOL,
     PROTOCOLS,
@@ -91,14 +96,7 @@ def load_protocol_for(
             fix=f"pass --protocol-name {protocol_path}",
         )
     table = read_protocol(protocol_path)
-    known = set(ds.index["SAMPLE_KEY"])
-    unknown = [k for k in table["target_key"] if k not in known]
-    if unknown:
-        raise ProtocolError(
-            f"{len(unknown)} target_key(s) are not in dataset {ds.name} (first: {unknown[0]!r})",
-            path=protocol_path,
-            fix=f"make the protocol from this dataset: cellbench protocol --dataset {ds.name}",
-        )
+    check_against_dataset(table, ds, protocol_path)
     spec = identify_protocol(ds, table, seed)
     return table, protocol_info(table, spec, seed=seed, built=False, file=str(protocol_path))
 

@@ -83,7 +83,7 @@ def generate_cmd(
     from cellbench.data.bbbc021 import open_dataset
     from cellbench.errors import CellbenchError
     from cellbench.generators import get_generator_class, write_generated
-    from cellbench.protocol import read_protocol
+    from cellbench.protocol import check_against_dataset, read_protocol
     from cellbench.ui import info, progress
 
     if n_per_task < 1 or batch_size < 1 or best_of < 1:
@@ -97,7 +97,9 @@ def generate_cmd(
     table = read_protocol(protocol)
     if sample_steps is not None and sample_steps < 1:
         raise CellbenchError("--sample-steps must be at least 1")
-    gen = get_generator_class(model).load(ds, checkpoint, device=device)
+    gen_class = get_generator_class(model)
+    check_against_dataset(table, ds, protocol)
+    gen = gen_class.load(ds, checkpoint, device=device)
     if sample_steps is not None:
         if not isinstance(getattr(gen, "sample_steps", None), int):
             raise CellbenchError(
