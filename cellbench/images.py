@@ -10,7 +10,9 @@ Three folder layouts are accepted, tried in this order:
    ``SAMPLE_KEY`` (CellFlux), or ``<control key>_to_<compound>`` (PhenDiff).
 
 A file goes to the task its name names and to no other: a name that fits no task of its folder, or
-several tasks, is a problem with its file (files are never dealt out by order). A symbolic link
+several tasks, is a problem with its file (files are never dealt out by order). A task's images are
+all named without an index or all with one: a second file that mixes the two (``t.npy`` beside
+``t_0.npy``) is a problem, not a second image of the task. A symbolic link
 that leaves the image folder (task-named files, compound folders, manifest rows and the manifest
 itself), a link loop and a dangling link are each a problem; links inside the folder are read.
 
@@ -507,6 +509,18 @@ class _Matched:
                 first = self.slots[task, k].relative_to(self.root)
                 self.problems.append(
                     ImageProblem(str(p), f"duplicate of {first} (same task and index)", task)
+                )
+                continue
+            if task in self.files and ((task, None) in self.slots) != (k is None):
+                first = self.files[task][0]
+                self.problems.append(
+                    ImageProblem(
+                        str(p),
+                        f"task {task} already has {first.relative_to(self.root)}: one image is"
+                        " named without an index and one with _<k>; name a task's images all"
+                        " <task_id> (one image) or all <task_id>_<k> (several)",
+                        task,
+                    )
                 )
                 continue
             self.slots[task, k] = p

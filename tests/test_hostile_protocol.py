@@ -15,8 +15,9 @@ import pandas as pd
 import pytest
 
 from cellbench.data.bbbc021 import BBBC021Dataset
-from cellbench.errors import ProtocolError
+from cellbench.errors import ImageError, ProtocolError
 from cellbench.evaluation import load_protocol_for
+from cellbench.images import discover_images, load_images
 from cellbench.protocol import (
     PROTOCOL_COLUMNS,
     build_protocol,
@@ -214,3 +215,50 @@ def test_cli_eval_and_generate_blame_the_protocol(
     res = run_cli("generate", "identity", *common, "--out", str(tmp_path / "gen"))
     _one_line_error(res, "ctl.csv", "control_key 'Week9_nope_X'", REMAKE)
     assert not (tmp_path / "gen").exists()
+
+
+# ---------------------------------------------------------------------- plain + numbered names
+def _crop(i: int) -> np.ndarray:
+    return np.random.default_rng(i).integers(0, 255, size=(96, 96, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("plain", ["task", "target"])
+def test_plain_and_numbered_image_of_one_task_is_a_problem(
+    table: pd.DataFrame, tmp_path: Path, plain: str
+) -> None:
+    tasks = list(table["task_id"])
+    for i, t in enumerate(tasks):
+        np.save(tmp_path / f"{t}.npy", _crop(i))
+    if plain == "target":
+        (tmp_path / f"{tasks[0]}.npy").rename(tmp_path / f"{table['target_key'][0]}.npy")
+    np.save(tmp_path / f"{tasks[0]}_0.npy", _crop(99))
+    found = discover_images(tmp_path, table)
+    assert len(found.files[tasks[0]]) == 1  # scored once, not twice
+    (problem,) = found.problems
+    assert problem.task_id == tasks[0] and f"task {tasks[0]} already has" in problem.problem
+    loaded = load_images(found)
+    assert loaded.task_ids.count(tasks[0]) == 1
+    with pytest.raises(ImageError, match="1 problem"):
+        load_images(found, strict=True)
+
+
+def test_numbered_images_alone_are_fine(table: pd.DataFrame, tmp_path: Path) -> None:
+    t = table["task_id"][0]
+    for k in range(3):
+        np.save(tmp_path / f"{t}_{k}.npy", _crop(k))
+    found = discover_images(tmp_path, table)
+    assert found.problems == [] and len(found.files[t]) == 3
+
+
+def test_cli_images_check_strict_fails_on_plain_and_numbered(
+    table: pd.DataFrame, tmp_path: Path
+) -> None:
+    proto = tmp_path / "p.csv"
+    write_protocol(table, proto)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    t = table["task_id"][0]
+    np.save(folder / f"{t}.npy", _crop(0))
+    np.save(folder / f"{t}_0.npy", _crop(1))
+    res = run_cli("images", "check", str(folder), "--protocol", str(proto), "--strict")
+    _one_line_error(res, f"{t}_0.npy", f"task {t} already has {t}.npy")
