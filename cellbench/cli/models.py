@@ -83,6 +83,7 @@ def generate_cmd(
     from cellbench.data.bbbc021 import open_dataset
     from cellbench.errors import CellbenchError
     from cellbench.generators import get_generator_class, write_generated
+    from cellbench.io import check_out_folder
     from cellbench.protocol import read_protocol
     from cellbench.ui import info, progress
 
@@ -92,6 +93,7 @@ def generate_cmd(
         raise CellbenchError("--best-of keeps one image per task; drop --n-per-task")
     if best_of > 1 and resume:
         raise CellbenchError("--resume is for plain generation", fix="drop --resume or --best-of")
+    check_out_folder(out)
     set_torch_threads(threads)
     ds = open_dataset(dataset, data_dir, create_sim=True)
     table = read_protocol(protocol)

@@ -62,9 +62,11 @@ def validate_metrics(
 ) -> None:
     """Damage real crops with controlled defects at several severities, score them like `eval`,
     and write a report: sensitivity matrix, monotonicity per defect, segmentation accuracy."""
+    from cellbench.io import check_out_folder
     from cellbench.ui import info, phase_progress
     from cellbench.validation.report import parse_severities, run_validation
 
+    check_out_folder(out)
     sev = parse_severities(severities)
     names = None if defects is None else [d.strip() for d in defects.split(",") if d.strip()]
     update, stop = phase_progress()

@@ -31,7 +31,7 @@ from cellbench._version import __version__
 from cellbench.data.content import protocol_crop_digests
 from cellbench.data.layout import MOAS
 from cellbench.errors import CellbenchError
-from cellbench.io import atomic_path, is_within, sha256_bytes, sha256_file
+from cellbench.io import atomic_path, check_out_file, is_within, sha256_bytes, sha256_file
 from cellbench.metrics.bootstrap import bootstrap_mean, grouped_bootstrap
 from cellbench.metrics.registry import (
     GROUP_NOTE,
@@ -616,14 +616,7 @@ def check_out_path(out: str | Path, *, images: str | Path | None = None) -> None
     """
     paths = result_paths(out)
     for path in paths:
-        if path.is_dir():
-            raise CellbenchError(
-                f"--out names an existing folder ({path})",
-                path=out,
-                fix="name the result file, e.g. --out results/results.json",
-            )
-    if paths[0].parent.exists() and not paths[0].parent.is_dir():
-        raise CellbenchError("--out is inside a file, not a folder", path=out, fix="fix --out")
+        check_out_file(path, fix="name the result file, e.g. --out results/results.json")
     if images is not None and Path(images).is_dir():
         inside = [p for p in paths if is_within(p, images)]
         if inside:

@@ -1,0 +1,132 @@
+"""Hostile command-line options: bad paths, devices and numbers give one line and exit 2.
+
+The commands run in this process through :func:`cellbench.cli.main.main` (the console-script entry
+point, with its one-line error printing), so each check costs milliseconds, not a Python start-up.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from cellbench.cli.app import _state
+from cellbench.cli.main import main
+
+
+@pytest.fixture
+def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
+    """``cli(*args, env={...})`` -> (exit code, stdout + stderr) of ``cellbench ARGS``."""
+    monkeypatch.setenv("CELLBENCH_PROGRESS", "0")
+    monkeypatch.setenv("COLUMNS", "300")
+    monkeypatch.setitem(_state, "debug", False)
+
+    def run(*args: str | Path, env: dict[str, str] | None = None) -> tuple[int, str]:
+        for k, v in (env or {}).items():
+            monkeypatch.setenv(k, v)
+        monkeypatch.setattr(sys, "argv", ["cellbench", *map(str, args)])
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        got = capsys.readouterr()
+        return code, got.out + got.err
+
+    return run
+
+
+def assert_one_line_error(code: int, text: str, *needles: str) -> None:
+    """Exit 2, one ``error:`` line without a traceback, holding every needle."""
+    assert code == 2, text
+    assert "Traceback" not in text, text
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), text
+    for n in needles:
+        assert n in lines[0], text
+
+
+@pytest.fixture
+def afile(tmp_path: Path) -> Path:
+    path = tmp_path / "p.csv"
+    path.write_text("task_id\n")
+    return path
+
+
+@pytest.fixture
+def adir(tmp_path: Path) -> Path:
+    path = tmp_path / "existing_dir"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def imgs(tmp_path: Path) -> Path:
+    import numpy as np
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    np.save(folder / "t0.npy", np.zeros((96, 96, 3), np.uint8))
+    return folder
+
+
+# ---------------------------------------------------------------------------- paths (C1/C2/C4/C11)
+def test_out_paths_checked_up_front(cli, tmp_path: Path, afile: Path, adir: Path, imgs: Path):
+    data = ("--data-dir", tmp_path / "nodata")
+    cases = [
+        (("protocol", *data, "--out", adir), "names an existing folder"),
+        (("protocol", *data, "--out", afile / "x.csv"), "inside a file"),
+        (("protocol", *data, "--out", afile / "a" / "x.csv"), "inside a file"),
+        (("submission", "pack", imgs, "--out", adir), "names an existing folder"),
+        (("submission", "grid", imgs, "--protocol", afile, "--out", afile / "s.png"), "inside"),
+        (("generate", "identity", "--protocol", afile, *data, "--out", afile), "not a folder"),
+        (("validate-metrics", "--out", afile, *data, "--no-fid"), "not a folder"),
+        (("train", "cellflux", "--out", afile, *data, "--steps", "1"), "not a folder"),
+        (("rl", "cellflux", "--checkpoint", adir, "--out", afile, "--steps", "1"), "not a folder"),
+        (("segment", imgs, "--out", afile), "not a folder"),
+    ]
+    for args, needle in cases:
+        assert_one_line_error(*cli(*args), needle)
+    assert not (tmp_path / "nodata").exists()  # refused before any dataset was made
+
+
+def test_data_dir_and_cache_dir_must_be_folders(cli, afile: Path, imgs: Path, tmp_path: Path):
+    out = tmp_path / "out" / "x.json"
+    code, text = cli(
+        "eval", imgs, "--protocol", afile, "--data-dir", afile, "--no-fid", "--out", out
+    )
+    assert_one_line_error(code, text, "--data-dir names a file")
+    assert not out.exists()
+    for cmd in (("cache", "info"), ("cache", "clear")):
+        code, text = cli(*cmd, env={"CELLBENCH_CACHE_DIR": str(afile)})
+        assert_one_line_error(code, text, "$CELLBENCH_CACHE_DIR names a file")
+    assert afile.read_text() == "task_id\n"
+
+
+def test_segment_missing_input(cli, tmp_path: Path):
+    assert_one_line_error(*cli("segment", tmp_path / "nope", "--out", tmp_path / "x"), "no such")
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        FileNotFoundError(2, "No such file or directory", "/x/a"),
+        IsADirectoryError(21, "Is a directory", "/x/b"),
+        NotADirectoryError(20, "Not a directory", "/x/c"),
+        FileExistsError(17, "File exists", "/x/d"),
+        PermissionError(13, "Permission denied", "/x/e"),
+    ],
+)
+def test_os_error_safety_net(cli, monkeypatch: pytest.MonkeyPatch, exc: OSError):
+    """An OS path error no command checked is one line and exit 2; --debug shows the traceback."""
+    import cellbench.cache
+
+    def boom():
+        raise exc
+
+    monkeypatch.setattr(cellbench.cache, "cache_info", boom)
+    code, text = cli("cache", "info")
+    assert_one_line_error(code, text, f"{exc.filename}: {exc.strerror} (fix: check the path)")
+    with pytest.raises(type(exc)):
+        cli("--debug", "cache", "info")
