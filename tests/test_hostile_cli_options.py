@@ -130,3 +130,66 @@ def test_os_error_safety_net(cli, monkeypatch: pytest.MonkeyPatch, exc: OSError)
     assert_one_line_error(code, text, f"{exc.filename}: {exc.strerror} (fix: check the path)")
     with pytest.raises(type(exc)):
         cli("--debug", "cache", "info")
+
+
+# ---------------------------------------------------------------------------------- --device (C3)
+@pytest.fixture
+def no_cuda(monkeypatch: pytest.MonkeyPatch):
+    """A machine without CUDA (also on one that has it)."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+
+
+def test_bad_device_refused_before_any_work(cli, tmp_path: Path, afile: Path, imgs: Path, no_cuda):
+    data = ("--data-dir", tmp_path / "nodata")
+    out = tmp_path / "out"
+    ev = ("eval", imgs, "--protocol", afile, *data, "--out", out / "r.json")
+    cases = [
+        ((*ev, "--device", "bogus"), "--device 'bogus' is not a device"),
+        ((*ev, "--no-fid", "--device", "bogus"), "--device 'bogus' is not a device"),
+        ((*ev, "--no-fid", "--device", "cuda"), "--device cuda: torch sees no CUDA device"),
+        ((*ev, "--device", "meta"), "is not a device"),
+        (("validate-metrics", "--out", out, *data, "--device", "bogus"), "is not a device"),
+        (("train", "cellflux", "--out", out, *data, "--device", "bogus"), "is not a device"),
+        (("generate", "identity", "--protocol", afile, *data, "--out", out, "--device", "x"), "x"),
+        (("eval", "merge", afile, "--out", out / "m.json", "--device", "cuda:0"), "no CUDA"),
+        (("classifier", "eval", *data, "--device", "bogus"), "is not a device"),
+    ]
+    for args, needle in cases:
+        assert_one_line_error(*cli(*args), needle)
+    code, text = cli(
+        "generate", "identity", "--protocol", afile, *data, "--out", out,
+        env={"CELLBENCH_DEVICE": "bogus"},
+    )  # fmt: skip
+    assert_one_line_error(code, text, "$CELLBENCH_DEVICE 'bogus' is not a device")
+    assert not out.exists() and not (tmp_path / "nodata").exists()
+
+
+def test_resolve_device(monkeypatch: pytest.MonkeyPatch, no_cuda):
+    import torch
+
+    from cellbench.devices import resolve_device
+    from cellbench.errors import CellbenchError
+
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") == "cpu"
+    monkeypatch.setenv("CELLBENCH_DEVICE", "auto")
+    assert resolve_device(None) == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("cuda:0") == "cuda:0"
+    with pytest.raises(CellbenchError, match="torch sees 1 CUDA device"):
+        resolve_device("cuda:3")
+
+
+def test_generators_share_the_device_check(no_cuda):
+    """The trained generators' device choice is the same check (one line, not a torch error)."""
+    cellbench_baselines = pytest.importorskip("cellbench_baselines.common")
+    from cellbench.errors import CellbenchError
+
+    with pytest.raises(CellbenchError, match="is not a device"):
+        cellbench_baselines.resolve_device("bogus")
+    with pytest.raises(CellbenchError, match="torch sees no CUDA device"):
+        cellbench_baselines.resolve_device("cuda")

@@ -9,6 +9,7 @@ import typer
 
 from cellbench.cli.app import app, ls_app
 from cellbench.cli.options import DataDirOpt, JsonOpt, ThreadsOpt, set_torch_threads
+from cellbench.devices import check_device_option
 
 
 @ls_app.command("models")
@@ -58,7 +59,8 @@ def generate_cmd(
         str | None,
         typer.Option(
             help="Torch device of a trained generator: cpu, cuda or cuda:N (default: "
-            "$CELLBENCH_DEVICE, else cpu)."
+            "$CELLBENCH_DEVICE, else cpu).",
+            callback=check_device_option,
         ),
     ] = None,
     threads: ThreadsOpt = None,

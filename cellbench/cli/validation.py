@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from cellbench.cli.app import app
-from cellbench.cli.options import DataDirOpt, JsonOpt
+from cellbench.cli.options import DataDirOpt, DeviceOpt, JsonOpt
 
 
 @app.command("validate-metrics")
@@ -57,7 +57,7 @@ def validate_metrics(
         bool, typer.Option("--no-fid", help="Skip Inception: no FID/KID and no moa reward.")
     ] = False,
     backend: Annotated[str, typer.Option(help="Segmentation backend.")] = "classical",
-    device: Annotated[str, typer.Option(help="Torch device for the feature network.")] = "cpu",
+    device: DeviceOpt = "cpu",
     as_json: JsonOpt = False,
 ) -> None:
     """Damage real crops with controlled defects at several severities, score them like `eval`,
