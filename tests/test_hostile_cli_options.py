@@ -193,3 +193,48 @@ def test_generators_share_the_device_check(no_cuda):
         cellbench_baselines.resolve_device("bogus")
     with pytest.raises(CellbenchError, match="torch sees no CUDA device"):
         cellbench_baselines.resolve_device("cuda")
+
+
+# ------------------------------------------------------------------------- numbers (C7a/C8/C12)
+def test_inspect_sample_at_least_one(cli, mini_root: Path):
+    for n in ("0", "-5"):
+        assert_one_line_error(*cli("data", "inspect", mini_root, "--sample", n), "--sample must")
+
+
+def test_compare_n_boot_bounded(cli, afile: Path):
+    from cellbench.compare import MAX_N_BOOT
+
+    for n in ("1000000000", str(MAX_N_BOOT + 1), "0"):
+        code, text = cli("compare", afile, afile, "--n-boot", n)
+        assert_one_line_error(code, text, f"--n-boot must be between 1 and {MAX_N_BOOT}")
+    assert "100000" in cli("compare", "--help")[1]
+
+
+def test_fetch_timeout_above_zero(cli, tmp_path: Path):
+    args = ("artifacts", "fetch", "--url", "http://127.0.0.1:9/x.tar.gz", "--sha256", "a" * 64)
+    for t in ("-1", "0", "nan", "inf"):
+        code, text = cli(*args, "--data-dir", tmp_path / "nodata", "--timeout", t)
+        assert_one_line_error(code, text, "--timeout must be a number of seconds above 0")
+    assert not (tmp_path / "nodata").exists()
+
+
+# ----------------------------------------------------------------------- leaderboard (C13/D9)
+def test_source_date_epoch_out_of_range(cli, tmp_path: Path):
+    (tmp_path / "subs").mkdir()
+    code, text = cli(
+        "leaderboard", "build", "--out", tmp_path / "site", "--submissions", tmp_path / "subs",
+        env={"SOURCE_DATE_EPOCH": "99999999999999"},
+    )  # fmt: skip
+    assert_one_line_error(code, text, "$SOURCE_DATE_EPOCH 99999999999999")
+    assert not (tmp_path / "site").exists()
+    code, text = cli(
+        "leaderboard", "build", "--out", tmp_path / "site", "--submissions", tmp_path / "subs",
+        env={"SOURCE_DATE_EPOCH": "0"},
+    )  # fmt: skip
+    assert code == 0 and "1970-01-01 00:00 UTC" in (tmp_path / "site" / "index.html").read_text()
+
+
+def test_rescore_of_an_empty_folder_says_so(cli, tmp_path: Path):
+    (tmp_path / "subs").mkdir()
+    code, text = cli("leaderboard", "rescore", "--submissions", tmp_path / "subs")
+    assert code == 0 and "0 entries" in text and "nothing to re-score" in text, text

@@ -157,8 +157,11 @@ def fetch(
     from cellbench.artifacts.archive import fetch as fetch_set
     from cellbench.artifacts.build import default_out
     from cellbench.data.bbbc021 import open_dataset
+    from cellbench.errors import CellbenchError
     from cellbench.ui import info, progress
 
+    if not 0 < timeout < float("inf"):
+        raise CellbenchError(f"--timeout must be a number of seconds above 0 (got {timeout})")
     ds = open_dataset(dataset, data_dir)
     with progress("downloading artifacts", None) as update:
         record = fetch_set(
