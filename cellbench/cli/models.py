@@ -89,6 +89,8 @@ def generate_cmd(
     from cellbench.protocol import read_protocol
     from cellbench.ui import info, progress
 
+    if checkpoint is not None and not get_generator_class(model).takes_checkpoint:
+        raise CellbenchError(f"model {model!r} has no weights to load", fix="drop --checkpoint")
     if n_per_task < 1 or batch_size < 1 or best_of < 1:
         raise CellbenchError("--n-per-task, --batch-size and --best-of must be at least 1")
     if best_of > 1 and n_per_task > 1:
