@@ -85,6 +85,9 @@ def test_out_paths_checked_up_front(cli, tmp_path: Path, afile: Path, adir: Path
         (("train", "cellflux", "--out", afile, *data, "--steps", "1"), "not a folder"),
         (("rl", "cellflux", "--checkpoint", adir, "--out", afile, "--steps", "1"), "not a folder"),
         (("segment", imgs, "--out", afile), "not a folder"),
+        (("artifacts", "build", *data, "--out", afile), "not a folder"),
+        (("reference", "build", *data, "--out", afile / "x"), "inside a file"),
+        (("artifacts", "pack", *data, "--folder", imgs, "--out", adir), "existing folder"),
     ]
     for args, needle in cases:
         assert_one_line_error(*cli(*args), needle)
