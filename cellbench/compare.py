@@ -32,6 +32,9 @@ from cellbench.metrics.rewards import overall_components
 from cellbench.results.builder import check_per_image_digest, result_paths
 from cellbench.results.document import RESULT_SCHEMA
 
+#: the most bootstrap resamples ``compare`` draws (one array of n_boot x tasks: memory bound)
+MAX_N_BOOT = 100_000
+
 #: the per-image metrics compared task by task, in the order they are reported
 
 
@@ -209,8 +212,11 @@ def compare_results(
             statistics), or the two share no task.
     """
     n_boot = N_BOOTSTRAP if n_boot is None else n_boot
-    if n_boot < 1:
-        raise CellbenchError(f"--n-boot must be at least 1 (got {n_boot})")
+    if not 1 <= n_boot <= MAX_N_BOOT:
+        raise CellbenchError(
+            f"--n-boot must be between 1 and {MAX_N_BOOT} (got {n_boot})",
+            fix=f"use the default ({N_BOOTSTRAP}) or fewer resamples",
+        )
     a_path, b_path = Path(a_path), Path(b_path)
     doc_a, doc_b = load_result(a_path), load_result(b_path)
     check_comparable(doc_a, doc_b, b_path)

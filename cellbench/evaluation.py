@@ -143,10 +143,12 @@ def evaluate(
     """
     started = time.perf_counter()
     if out is not None:  # before any scoring: a bad --out must not cost a run
-        check_out_path(out, images=images)
+        check_out_path(out, images=images, inputs=[protocol])
     shard_t = parse_shard(shard) if isinstance(shard, str) or shard is None else shard
     with step("reading the dataset index and the protocol"):
         ds = open_dataset(dataset, data_dir, create_sim=True)
+        if out is not None:
+            check_out_path(out, images=images, inputs=[protocol], dataset=ds.root)
         table, proto_info = load_protocol_for(ds, protocol, protocol_name, seed)
     with step("loading the segmenter, reference statistics and classifier"):
         scorer = Scorer(
@@ -201,7 +203,7 @@ def merge_shards(
     """Combine ``--shard K/N`` results into the result of the unsharded run."""
     started = time.perf_counter()
     if out is not None:
-        check_out_path(out)
+        check_out_path(out, inputs=[q for p in shard_results for q in result_paths(p)])
     docs, parts = [], []
     for p in shard_results:
         jp, _, npz = result_paths(p)
@@ -252,6 +254,8 @@ def merge_shards(
             fix="pass every shard of the run once",
         )
     ds = open_dataset(first["dataset"]["name"], data_dir)
+    if out is not None:
+        check_out_path(out, dataset=ds.root)
     if ds.index_sha256 != first["dataset"]["index_sha256"]:
         raise CellbenchError("dataset index changed since the shards ran", path=ds.index_path)
     proto_info = first["protocol"]

@@ -52,6 +52,8 @@ class Generator(abc.ABC):
     post_trainer: ClassVar[str | None] = None
     #: named training configurations (empty: not trainable)
     presets: ClassVar[Mapping[str, dict]] = {}
+    #: whether :meth:`load` reads weights from a checkpoint (False: ``--checkpoint`` is refused)
+    takes_checkpoint: ClassVar[bool] = True
 
     #: the checkpoint folder :meth:`load` read the weights from (None: no weights)
     checkpoint_path: Path | None = None

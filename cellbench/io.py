@@ -90,6 +90,50 @@ def is_within(path: str | Path, folder: str | Path) -> bool:
     return True
 
 
+def _first_existing(path: Path) -> Path | None:
+    """``path`` or its nearest ancestor that exists (None: none does, e.g. a relative path)."""
+    for p in (path, *path.parents):
+        if p.exists() or p.is_symlink():
+            return p
+    return None
+
+
+def check_out_file(out: str | Path, *, option: str = "--out", fix: str | None = None) -> None:
+    """Refuse an output file that is an existing folder, or that lies under a file.
+
+    Args:
+        out: the file a command is about to write.
+        option: the command-line option that named it (for the message).
+        fix: what the user should do (default: name a file in a folder).
+    """
+    out = Path(out)
+    if out.is_dir():
+        raise CellbenchError(
+            f"{option} names an existing folder", path=out, fix=fix or "name a file, not a folder"
+        )
+    _check_parents(out, option)
+
+
+def check_out_folder(out: str | Path, *, option: str = "--out") -> None:
+    """Refuse an output folder that exists as a file, or that lies under a file."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise CellbenchError(
+            f"{option} names a file, not a folder", path=out, fix=f"name a folder for {option}"
+        )
+    _check_parents(out, option)
+
+
+def _check_parents(out: Path, option: str) -> None:
+    found = _first_existing(out.parent.absolute())
+    if found is not None and not found.is_dir():
+        raise CellbenchError(
+            f"{option} is inside a file, not a folder ({found})",
+            path=out,
+            fix=f"name a path in a folder for {option}",
+        )
+
+
 #: the deepest nesting of arrays and objects :func:`loads_json` accepts (result documents, metadata,
 #: manifests and configs nest fewer than 10 levels)
 MAX_JSON_DEPTH = 64

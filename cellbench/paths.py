@@ -14,18 +14,29 @@ from pathlib import Path
 
 import platformdirs
 
+from cellbench.errors import CellbenchError
+
 DATA_ENV = "CELLBENCH_DATA_DIR"
 CACHE_ENV = "CELLBENCH_CACHE_DIR"
 WEIGHTS_ENV = "CELLBENCH_WEIGHTS_DIR"
 
 
+def _folder(path: Path, source: str) -> Path:
+    """``path``, refused if it exists as something other than a folder (``source`` named it)."""
+    if path.exists() and not path.is_dir():
+        raise CellbenchError(
+            f"{source} names a file, not a folder", path=path, fix=f"point {source} at a folder"
+        )
+    return path
+
+
 def data_dir(explicit: str | Path | None = None) -> Path:
     """The folder that holds datasets (one sub-folder per dataset name)."""
     if explicit:
-        return Path(explicit).expanduser()
+        return _folder(Path(explicit).expanduser(), "--data-dir")
     env = os.environ.get(DATA_ENV)
     if env:
-        return Path(env).expanduser()
+        return _folder(Path(env).expanduser(), f"${DATA_ENV}")
     return Path(platformdirs.user_data_dir("cellbench", appauthor=False))
 
 
@@ -33,7 +44,7 @@ def cache_dir() -> Path:
     """The folder for content-keyed caches."""
     env = os.environ.get(CACHE_ENV)
     if env:
-        return Path(env).expanduser()
+        return _folder(Path(env).expanduser(), f"${CACHE_ENV}")
     return Path(platformdirs.user_cache_dir("cellbench", appauthor=False))
 
 

@@ -23,6 +23,7 @@ class Identity(Generator):
     version = "1"
     role = "anchor"
     summary = "anchor: returns the control image unchanged (the floor a model must beat)"
+    takes_checkpoint = False
 
     @classmethod
     def load(
@@ -45,6 +46,7 @@ class RealShuffle(Generator):
         "anchor: a random real treated crop of the same compound and dose from the training "
         "split (upper-bound-like reference, not a model)"
     )
+    takes_checkpoint = False
 
     def __init__(self, dataset: BBBC021Dataset):
         self.dataset = dataset

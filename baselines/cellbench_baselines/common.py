@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import torch
 
+from cellbench import devices
 from cellbench.data.bbbc021 import BBBC021Dataset
-from cellbench.errors import CellbenchError
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``device``, else ``$CELLBENCH_DEVICE``, else CPU; asking for CUDA without one is an error."""
-    name = str(device) if device is not None else os.environ.get("CELLBENCH_DEVICE", "cpu")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise CellbenchError(
-            f"device {name!r} was asked for but torch sees no CUDA device", fix="use cpu"
-        )
-    return dev
+    """``device``, else ``$CELLBENCH_DEVICE``, else CPU (:func:`cellbench.devices.resolve_device`:
+    an unknown device, or CUDA without one, is an error)."""
+    return torch.device(devices.resolve_device(None if device is None else str(device)))
 
 
 def fingerprint_batch(dataset: BBBC021Dataset, compounds: list[str]) -> torch.Tensor:

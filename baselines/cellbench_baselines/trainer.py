@@ -62,6 +62,7 @@ from cellbench_baselines.checkpoint import (
     run_record,
     write_checkpoint,
 )
+from cellbench_baselines.common import resolve_device
 from cellbench_baselines.config import (
     RESUMABLE_KEYS,
     TRAINER_BOUNDS,
@@ -230,15 +231,10 @@ class Trainer:
         self.extra_meta = dict(extra_meta or {})
         self.init_from = init_from
         self.world, self.rank = _dist_setup()
-        device = torch.device(device)
+        device = resolve_device(device)
         if self.world > 1 and device.type == "cuda":
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise CellbenchError(
-                "--device cuda was asked for but torch sees no CUDA device",
-                fix="use --device cpu",
-            )
         self.device = device
         self.model.to(device)
         if device.type == "cuda" and self.cfg["mixed_precision"] == "bf16":

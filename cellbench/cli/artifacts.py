@@ -51,8 +51,11 @@ def run_build(
     """Open the dataset and build ``parts`` of its set with progress bars; print what was written."""
     from cellbench.artifacts.build import build_artifacts
     from cellbench.data.bbbc021 import open_dataset
+    from cellbench.io import check_out_folder
     from cellbench.ui import info, phase_progress
 
+    if out is not None:
+        check_out_folder(out)
     ds = open_dataset(dataset, data_dir, create_sim=True)
     update, stop = phase_progress()
     try:
@@ -129,8 +132,10 @@ def pack(
     """Pack a built set into a deterministic archive; print its sha256 and its registry entry."""
     from cellbench.artifacts.archive import pack as pack_set
     from cellbench.artifacts.registry import registry_entry
+    from cellbench.io import check_out_file
     from cellbench.ui import info
 
+    check_out_file(out, fix="name the archive file, e.g. --out artifacts.tar.gz")
     if folder is None:
         from cellbench.artifacts.build import default_out
         from cellbench.data.bbbc021 import open_dataset
@@ -157,8 +162,11 @@ def fetch(
     from cellbench.artifacts.archive import fetch as fetch_set
     from cellbench.artifacts.build import default_out
     from cellbench.data.bbbc021 import open_dataset
+    from cellbench.errors import CellbenchError
     from cellbench.ui import info, progress
 
+    if not 0 < timeout < float("inf"):
+        raise CellbenchError(f"--timeout must be a number of seconds above 0 (got {timeout})")
     ds = open_dataset(dataset, data_dir)
     with progress("downloading artifacts", None) as update:
         record = fetch_set(

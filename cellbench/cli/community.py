@@ -221,6 +221,8 @@ def leaderboard_rescore(
         )
 
     reps = rescore_all(submissions, data_dir=data_dir, on_entry=show)
+    if not reps:  # like `leaderboard build` of an empty folder: exit 0, and say so
+        typer.echo(f"0 entries in {submissions}: nothing to re-score")
     if any(r.status == "failed" for r in reps):
         raise typer.Exit(1)
 

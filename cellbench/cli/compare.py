@@ -23,7 +23,8 @@ def compare_cmd(
     n_boot: Annotated[
         int | None,
         typer.Option(
-            help="Bootstrap resamples of the shared tasks (default: as many as `cellbench eval`)."
+            help="Bootstrap resamples of the shared tasks, 1 to 100000 (default: as many as "
+            "`cellbench eval`)."
         ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,

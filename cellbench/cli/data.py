@@ -272,6 +272,7 @@ def protocol_cmd(
 ) -> None:
     """Write an evaluation protocol: one task per target crop, each with a same-batch control."""
     from cellbench.data.bbbc021 import open_dataset
+    from cellbench.io import check_out_file
     from cellbench.protocol import build_protocol, write_protocol
     from cellbench.protocol_registry import DEFAULT_PROTOCOL, build_named_protocol
     from cellbench.ui import info
@@ -281,6 +282,7 @@ def protocol_cmd(
             "--name and --split are two ways to choose the tasks; give one",
             fix="--name cellflux-iid for the default protocol (`cellbench ls protocols`)",
         )
+    check_out_file(out, fix="name the protocol CSV, e.g. --out protocol.csv")
     ds = open_dataset(dataset, data_dir, create_sim=True)
     if split is not None:
         table, label = build_protocol(ds, split=split, seed=seed), f"custom (split {split})"

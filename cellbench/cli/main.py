@@ -25,6 +25,34 @@ from cellbench.errors import CellbenchError
 
 __all__ = ["app", "main"]
 
+#: OS errors about a path that the CLI prints as one line (exit 2) when no command checked it
+PATH_ERRORS = (
+    FileNotFoundError,
+    IsADirectoryError,
+    NotADirectoryError,
+    FileExistsError,
+    PermissionError,
+)
+
+
+def os_error_line(exc: OSError) -> str:
+    """``<filename>: <strerror> (fix: check the path)``: an OS error about a path, in one line."""
+    where = exc.filename if exc.filename is not None else ""
+    if exc.filename2 is not None:
+        where = f"{where} -> {exc.filename2}"
+    what = exc.strerror or str(exc)
+    return f"{where}: {what} (fix: check the path)" if where else f"{what} (fix: check the path)"
+
+
+def _print_error(text: str) -> None:
+    from rich.markup import escape
+
+    from cellbench.ui import err_console
+
+    err_console.print(
+        f"[bold red]error:[/bold red] {escape(text)}", highlight=False, soft_wrap=True
+    )
+
 
 def main() -> None:
     """Console-script entry point: one-line errors, no traceback unless --debug."""
@@ -39,14 +67,14 @@ def main() -> None:
     except CellbenchError as exc:
         if _state["debug"]:
             raise
-        from rich.markup import escape
-
-        from cellbench.ui import err_console
-
-        err_console.print(
-            f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True
-        )
+        _print_error(str(exc))
         sys.exit(exc.exit_code)
+    except PATH_ERRORS as exc:
+        # a bad path no command checked up front: one line, not the OS's traceback
+        if _state["debug"]:
+            raise
+        _print_error(os_error_line(exc))
+        sys.exit(CellbenchError.exit_code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

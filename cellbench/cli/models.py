@@ -9,6 +9,7 @@ import typer
 
 from cellbench.cli.app import app, ls_app
 from cellbench.cli.options import DataDirOpt, JsonOpt, ThreadsOpt, set_torch_threads
+from cellbench.devices import check_device_option
 
 
 @ls_app.command("models")
@@ -58,7 +59,8 @@ def generate_cmd(
         str | None,
         typer.Option(
             help="Torch device of a trained generator: cpu, cuda or cuda:N (default: "
-            "$CELLBENCH_DEVICE, else cpu)."
+            "$CELLBENCH_DEVICE, else cpu).",
+            callback=check_device_option,
         ),
     ] = None,
     threads: ThreadsOpt = None,
@@ -83,21 +85,25 @@ def generate_cmd(
     from cellbench.data.bbbc021 import open_dataset
     from cellbench.errors import CellbenchError
     from cellbench.generators import get_generator_class, write_generated
+    from cellbench.io import check_out_folder
     from cellbench.protocol import check_against_dataset, read_protocol
     from cellbench.ui import info, progress
 
+    gen_class = get_generator_class(model)
+    if checkpoint is not None and not gen_class.takes_checkpoint:
+        raise CellbenchError(f"model {model!r} has no weights to load", fix="drop --checkpoint")
     if n_per_task < 1 or batch_size < 1 or best_of < 1:
         raise CellbenchError("--n-per-task, --batch-size and --best-of must be at least 1")
     if best_of > 1 and n_per_task > 1:
         raise CellbenchError("--best-of keeps one image per task; drop --n-per-task")
     if best_of > 1 and resume:
         raise CellbenchError("--resume is for plain generation", fix="drop --resume or --best-of")
+    check_out_folder(out)
     set_torch_threads(threads)
     ds = open_dataset(dataset, data_dir, create_sim=True)
     table = read_protocol(protocol)
     if sample_steps is not None and sample_steps < 1:
         raise CellbenchError("--sample-steps must be at least 1")
-    gen_class = get_generator_class(model)
     check_against_dataset(table, ds, protocol)
     gen = gen_class.load(ds, checkpoint, device=device)
     if sample_steps is not None:

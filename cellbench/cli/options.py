@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from cellbench.devices import check_device_option
+
 DataDirOpt = Annotated[
     Path | None,
     typer.Option(
@@ -21,7 +23,9 @@ RunOutOpt = Annotated[
 ]
 StepsOpt = Annotated[int | None, typer.Option(help="Total optimiser steps (overrides the config).")]
 SeedOverrideOpt = Annotated[int | None, typer.Option(help="Seed (overrides the config).")]
-TorchDeviceOpt = Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")]
+TorchDeviceOpt = Annotated[
+    str, typer.Option(help="cpu, cuda or cuda:N.", callback=check_device_option)
+]
 ThreadsOpt = Annotated[
     int | None,
     typer.Option(
@@ -48,4 +52,9 @@ DatasetOpt = Annotated[str, typer.Option(help="Dataset name (see `cellbench ls d
 BackendOpt = Annotated[
     str, typer.Option(help="Segmentation backend (see `cellbench ls segmenters`).")
 ]
-DeviceOpt = Annotated[str, typer.Option(help="Torch device for the feature network (cpu or cuda).")]
+DeviceOpt = Annotated[
+    str,
+    typer.Option(
+        help="Torch device for the feature network (cpu or cuda).", callback=check_device_option
+    ),
+]

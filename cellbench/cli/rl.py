@@ -72,10 +72,12 @@ def rl_cmd(
     from cellbench.data.bbbc021 import open_dataset
     from cellbench.errors import CellbenchError
     from cellbench.generators import get_generator_class
+    from cellbench.io import check_out_folder
     from cellbench.ui import info
 
     if steps is not None and steps < 1:
         raise CellbenchError("--steps must be at least 1")
+    check_out_folder(out)
     if reward_workers is None:
         import os
 

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from cellbench.cli.app import app
-from cellbench.cli.options import DataDirOpt, JsonOpt
+from cellbench.cli.options import DataDirOpt, DeviceOpt, JsonOpt
 
 
 @app.command("validate-metrics")
@@ -57,14 +57,16 @@ def validate_metrics(
         bool, typer.Option("--no-fid", help="Skip Inception: no FID/KID and no moa reward.")
     ] = False,
     backend: Annotated[str, typer.Option(help="Segmentation backend.")] = "classical",
-    device: Annotated[str, typer.Option(help="Torch device for the feature network.")] = "cpu",
+    device: DeviceOpt = "cpu",
     as_json: JsonOpt = False,
 ) -> None:
     """Damage real crops with controlled defects at several severities, score them like `eval`,
     and write a report: sensitivity matrix, monotonicity per defect, segmentation accuracy."""
+    from cellbench.io import check_out_folder
     from cellbench.ui import info, phase_progress
     from cellbench.validation.report import parse_severities, run_validation
 
+    check_out_folder(out)
     sev = parse_severities(severities)
     names = None if defects is None else [d.strip() for d in defects.split(",") if d.strip()]
     update, stop = phase_progress()

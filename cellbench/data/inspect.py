@@ -14,6 +14,7 @@ import numpy as np
 from skimage.filters import threshold_otsu
 
 from cellbench.data.bbbc021 import BBBC021Dataset
+from cellbench.errors import CellbenchError
 
 
 def foreground_fractions(crops: np.ndarray) -> np.ndarray:
@@ -44,6 +45,8 @@ def inspect_dataset(
     on_progress: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Counts per split / MoA / compound / batch, channel statistics and the DNA-channel check."""
+    if sample < 1:
+        raise CellbenchError(f"--sample must be at least 1 (got {sample})")
     idx = ds.index
     counts = {
         "n_crops": len(idx),

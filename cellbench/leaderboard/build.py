@@ -791,11 +791,15 @@ def build_stamp(stamp: str | None = None) -> str:
     if stamp is not None:
         return stamp
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
-    when = (
-        dt.datetime.fromtimestamp(int(epoch), dt.timezone.utc)
-        if epoch and epoch.isdigit()
-        else dt.datetime.now(dt.timezone.utc)
-    )
+    when = dt.datetime.now(dt.timezone.utc)
+    if epoch and epoch.isdigit():
+        try:
+            when = dt.datetime.fromtimestamp(int(epoch), dt.timezone.utc)
+        except (OverflowError, OSError, ValueError):
+            raise CellbenchError(
+                f"$SOURCE_DATE_EPOCH {epoch} is not a time this machine can show",
+                fix="set it to seconds since 1970 (e.g. `git log -1 --format=%ct`) or unset it",
+            ) from None
     return f"{when.strftime('%Y-%m-%d %H:%M UTC')}, cellbench {__version__}"
 
 
@@ -896,6 +900,7 @@ def build_leaderboard(
     from cellbench.submission.verify import read_reports
 
     submissions, out = Path(submissions), Path(out)
+    stamp = build_stamp(stamp)  # a bad $SOURCE_DATE_EPOCH is refused before any work
     subs = load_submissions(submissions)
     _refuse_unrescored(subs)
     tables = group_tables(subs, read_reports(list(verified)) if verified else {})
@@ -936,7 +941,7 @@ def build_leaderboard(
             plots={t.anchor_id: trade_off_plot(t) for t in current},
             reference_cells={t.anchor_id: reference_cells(t.reference_doc) for t in tables},
             reported=reported_tables(),
-            stamp=build_stamp(stamp),
+            stamp=stamp,
             n_entries=len(subs),
         )
         atomic_write_text(tmp / "index.html", index)

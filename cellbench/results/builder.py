@@ -20,7 +20,7 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +31,7 @@ from cellbench._version import __version__
 from cellbench.data.content import protocol_crop_digests
 from cellbench.data.layout import MOAS
 from cellbench.errors import CellbenchError
-from cellbench.io import atomic_path, is_within, sha256_bytes, sha256_file
+from cellbench.io import atomic_path, check_out_file, is_within, sha256_bytes, sha256_file
 from cellbench.metrics.bootstrap import bootstrap_mean, grouped_bootstrap
 from cellbench.metrics.registry import (
     GROUP_NOTE,
@@ -607,23 +607,47 @@ def per_image_digest(per_image: pd.DataFrame) -> str | None:
     return None if table is None else sha256_bytes(table)
 
 
-def check_out_path(out: str | Path, *, images: str | Path | None = None) -> None:
+def _same_file(a: Path, b: Path) -> bool:
+    """True if ``a`` and ``b`` are one file (links resolved; hard links too where both exist)."""
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
+    except (OSError, RuntimeError):  # RuntimeError: a link loop
+        return False
+
+
+def check_out_path(
+    out: str | Path,
+    *,
+    images: str | Path | None = None,
+    inputs: Iterable[str | Path | None] = (),
+    dataset: str | Path | None = None,
+) -> None:
     """Refuse, before any scoring, an ``--out`` the result files cannot be written to.
 
     The result JSON, its per-image CSV and a shard's arrays (:func:`result_paths`) may not be an
-    existing folder, their folder may not be a file, and with ``images`` none may lie inside the
-    image folder being scored (they would be read as stray files of it next time).
+    existing folder, their folder may not be a file, none may be one of the ``inputs`` files (the
+    protocol, a shard result: it would be replaced), and none may lie inside the ``images`` folder
+    being scored (they would be read as stray files of it next time) or the ``dataset`` folder.
     """
     paths = result_paths(out)
     for path in paths:
-        if path.is_dir():
+        check_out_file(path, fix="name the result file, e.g. --out results/results.json")
+    for src in inputs:
+        hit = None if src is None else next((p for p in paths if _same_file(p, Path(src))), None)
+        if hit is not None:
             raise CellbenchError(
-                f"--out names an existing folder ({path})",
+                f"--out would overwrite {hit.name}, an input of this command ({src})",
                 path=out,
-                fix="name the result file, e.g. --out results/results.json",
+                fix="write the result to another file",
             )
-    if paths[0].parent.exists() and not paths[0].parent.is_dir():
-        raise CellbenchError("--out is inside a file, not a folder", path=out, fix="fix --out")
+    if dataset is not None and Path(dataset).is_dir():
+        inside = [p for p in paths if is_within(p, dataset)]
+        if inside:
+            raise CellbenchError(
+                f"--out writes {inside[0].name} inside the dataset folder ({dataset})",
+                path=out,
+                fix="write the result outside the dataset folder",
+            )
     if images is not None and Path(images).is_dir():
         inside = [p for p in paths if is_within(p, images)]
         if inside:

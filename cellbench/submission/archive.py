@@ -103,11 +103,12 @@ def pack_images(folder: str | Path, dest: str | Path) -> str:
     Every file is kept byte for byte under its relative path; links, special files and files an
     archive may not hold (:func:`member_problem`) are refused with one line.
     """
-    from cellbench.io import atomic_path, sha256_file
+    from cellbench.io import atomic_path, check_out_file, sha256_file
 
     folder = Path(folder)
     if not folder.is_dir():
         raise CellbenchError("is not a folder of images", path=folder)
+    check_out_file(dest, fix="name the archive file, e.g. --out images.tar.xz")
     names: list[str] = []
     for root, dirs, files in os.walk(folder):
         for d in list(dirs):

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from cellbench.errors import CellbenchError
-from cellbench.io import atomic_path
+from cellbench.io import atomic_path, check_out_file
 
 GAP = 2  # pixels between crops
 CROP = 96  # a crop's side in pixels
@@ -29,8 +29,7 @@ def sample_grid(
 
     if per_moa < 1:
         raise CellbenchError("--per-moa must be at least 1")
-    if Path(out).is_dir():
-        raise CellbenchError("--out is a folder", path=out, fix="name the PNG file to write")
+    check_out_file(out, fix="name the PNG file to write")
     table = read_protocol(protocol)
     found = discover_images(images, table)
     by_task = dict(zip(table["task_id"], table["moa"], strict=True))

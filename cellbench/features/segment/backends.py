@@ -315,13 +315,10 @@ class CellposeBackend(SegmentationBackend):
 
         import torch
 
+        from cellbench.devices import resolve_device
         from cellbench.io import sha256_file
 
-        dev = torch.device(device)
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise CellbenchError(
-                f"--device {device}: torch sees no CUDA device", fix="use --device cpu"
-            )
+        dev = torch.device(resolve_device(device))
         self.device = str(dev)
         self._version = f"cellpose-{version('cellpose')}"
         self._weights = {w: sha256_file(folder / w) for w in CELLPOSE_WEIGHTS}

@@ -11,7 +11,7 @@ import pandas as pd
 
 from cellbench.errors import ImageError
 from cellbench.images import IMAGE_SUFFIXES, decode_image
-from cellbench.io import atomic_path, atomic_write_bytes
+from cellbench.io import atomic_path, atomic_write_bytes, check_out_folder
 
 
 def read_any_image(path: Path) -> np.ndarray:
@@ -53,7 +53,14 @@ def segment_folder(
     from cellbench.features.segment.backends import get_backend
     from cellbench.features.segment.classical import features_from_masks
 
+    if dna_channel not in (0, 1, 2):
+        raise ImageError(
+            f"--dna-channel {dna_channel} is not a channel of a 3-channel image",
+            fix="pass 0, 1 or 2 (default 2)",
+        )
     src = Path(input)
+    if not src.exists():
+        raise ImageError("no such image or folder", path=src, fix="pass a folder of images")
     files = (
         [src]
         if src.is_file()
@@ -62,8 +69,7 @@ def segment_folder(
     if not files:
         raise ImageError("no PNG/TIFF/NPY images found", path=src, fix="pass a folder of images")
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ImageError("--out is a file, not a folder", path=out, fix="name a folder")
+    check_out_folder(out)
     if src.is_dir() and out.resolve() == src.resolve():
         raise ImageError(
             "--out is the input folder: the label images would be read as input next time",
