@@ -1,0 +1,44 @@
+"""Hostile or damaged inputs met by resumed generation, segment, archives, the leaderboard's
+downloads, validate-metrics and the sample grid: one line and exit 2, never a partial output."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from cellbench.generation import read_generation_record
+from tests.conftest import run_cli
+
+
+def _one_line_error(proc, *fragments: str) -> None:
+    """A refused command: exit 2, one line on stderr holding every fragment, no traceback."""
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+# ------------------------------------------------------------------------- generate --resume
+def test_resume_regenerates_a_truncated_image(mini_root: Path, tmp_path: Path) -> None:
+    proto = tmp_path / "p.csv"
+    args = ("--dataset", "bbbc021", "--data-dir", str(mini_root))
+    assert run_cli("protocol", *args, "--out", str(proto)).returncode == 0
+    out = tmp_path / "imgs"
+    gen = ("generate", "identity", "--protocol", str(proto), *args, "--out", str(out))
+    assert run_cli(*gen).returncode == 0
+    first = {p.name: np.load(p) for p in out.glob("*.npy")}
+    torn, wrong = sorted(first)[:2]
+    (out / torn).write_bytes((out / torn).read_bytes()[:200])  # a half-written file
+    np.save(out / wrong, np.zeros((4, 4), np.float32))  # readable, of another shape and type
+    record = json.loads((out / "generation.json").read_text())
+    (out / "generation.json").write_text(json.dumps({**record, "complete": False}))
+    again = run_cli(*gen, "--resume")
+    assert again.returncode == 0, again.stderr
+    assert "regenerated 2 unreadable or incomplete image(s)" in again.stderr
+    assert read_generation_record(out)["complete"] is True
+    assert all(np.array_equal(np.load(out / n), a) for n, a in first.items())
+    check = run_cli("images", "check", str(out), "--protocol", str(proto), "--strict")
+    assert check.returncode == 0, check.stdout + check.stderr
