@@ -4,9 +4,11 @@ downloads, validate-metrics and the sample grid: one line and exit 2, never a pa
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from cellbench.generation import read_generation_record
 from tests.conftest import run_cli
@@ -42,3 +44,23 @@ def test_resume_regenerates_a_truncated_image(mini_root: Path, tmp_path: Path) -
     assert all(np.array_equal(np.load(out / n), a) for n, a in first.items())
     check = run_cli("images", "check", str(out), "--protocol", str(proto), "--strict")
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+# ------------------------------------------------------------------------ segment input listing
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs os.mkfifo")
+def test_segment_and_pack_refuse_a_fifo_without_blocking(tmp_path: Path) -> None:
+    from cellbench.errors import CellbenchError
+    from cellbench.submission.archive import pack_images
+
+    src = tmp_path / "imgs"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    np.save(src / "a.npy", rng.integers(0, 255, (96, 96, 3), dtype=np.uint8))
+    os.mkfifo(src / "b.npy")  # opening it for reading would wait for a writer forever
+    res = run_cli("segment", str(src), "--out", str(tmp_path / "seg"))
+    _one_line_error(res, str(src / "b.npy"), "is a FIFO (named pipe), not a regular file")
+    assert not (tmp_path / "seg").exists()
+    single = run_cli("segment", str(src / "b.npy"), "--out", str(tmp_path / "seg"))
+    _one_line_error(single, "is a FIFO (named pipe)")
+    with pytest.raises(CellbenchError, match=r"is a FIFO \(named pipe\), not a regular file"):
+        pack_images(src, tmp_path / "x.tar.xz")

@@ -26,7 +26,6 @@ import lzma
 import os
 import re
 import shutil
-import stat
 import tarfile
 import tempfile
 from collections.abc import Iterator
@@ -103,7 +102,7 @@ def pack_images(folder: str | Path, dest: str | Path) -> str:
     Every file is kept byte for byte under its relative path; links, special files and files an
     archive may not hold (:func:`member_problem`) are refused with one line.
     """
-    from cellbench.io import atomic_path, sha256_file
+    from cellbench.io import atomic_path, not_regular_file, sha256_file
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -120,11 +119,10 @@ def pack_images(folder: str | Path, dest: str | Path) -> str:
         for f in files:
             path = Path(root) / f
             rel = path.relative_to(folder).as_posix()
-            st = os.lstat(path)
-            if not stat.S_ISREG(st.st_mode):
+            why = not_regular_file(path, follow_links=False)
+            if why is not None:
                 raise CellbenchError(
-                    "is not a regular file (a link or a special file); an image archive holds "
-                    "regular files only",
+                    f"{why}; an image archive holds regular files only",
                     path=path,
                     fix="copy the files into the image folder",
                 )
