@@ -64,3 +64,28 @@ def test_segment_and_pack_refuse_a_fifo_without_blocking(tmp_path: Path) -> None
     _one_line_error(single, "is a FIFO (named pipe)")
     with pytest.raises(CellbenchError, match=r"is a FIFO \(named pipe\), not a regular file"):
         pack_images(src, tmp_path / "x.tar.xz")
+
+
+# --------------------------------------------------------------------- leaderboard CSV downloads
+def test_leaderboard_csv_neutralises_formulas(tmp_path: Path) -> None:
+    import csv
+
+    from cellbench.leaderboard import build_leaderboard
+    from cellbench.leaderboard.build import _csv_cell
+    from tests.test_submission import make_submission, metadata
+
+    formula = '=HYPERLINK("http://evil.example/","x")'
+    make_submission(
+        tmp_path / "subs", "2026-01-16_evil", meta=metadata(model={"name": formula, "version": "1"})
+    )
+    build_leaderboard(tmp_path / "subs", tmp_path / "site", stamp="x")
+    (path,) = (tmp_path / "site" / "downloads").glob("*.csv")
+    rows = list(csv.DictReader(path.open(newline="")))
+    assert [r["model"] for r in rows] == ["real reference", "'" + formula]
+    numbers = [v for r in rows for k, v in r.items() if k.endswith("_ci_low") and v]
+    assert numbers and not any(v.startswith("'") for v in numbers)  # numbers are left alone
+    (doc,) = (tmp_path / "site" / "downloads").glob("*.json")
+    assert json.loads(doc.read_text())["rows"][1]["model"] == formula  # JSON keeps the exact text
+    for text in ("+1", "-2+3", "@SUM(A1)", "\tx", "\rx"):
+        assert _csv_cell(text) == "'" + text
+    assert [_csv_cell(v) for v in (-1.5, 0, "a-b", None)] == ["-1.5", "0", "a-b", ""]
