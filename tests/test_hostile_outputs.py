@@ -89,3 +89,25 @@ def test_leaderboard_csv_neutralises_formulas(tmp_path: Path) -> None:
     for text in ("+1", "-2+3", "@SUM(A1)", "\tx", "\rx"):
         assert _csv_cell(text) == "'" + text
     assert [_csv_cell(v) for v in (-1.5, 0, "a-b", None)] == ["-1.5", "0", "a-b", ""]
+
+
+# ---------------------------------------------------------------------------- image archives
+def test_unreadable_image_archive_is_one_line(tmp_path: Path) -> None:
+    from cellbench.io import sha256_file
+    from cellbench.submission.validate import validate_submission
+    from tests.test_submission import edit_json, make_submission
+
+    sub = make_submission(tmp_path / "subs", "2026-01-16_toy")
+    archive = sub / "images.tar.xz"
+    archive.write_bytes(b"garbage")
+    edit_json(
+        sub / "metadata.json",
+        lambda d: d["images"].update(sha256=sha256_file(archive), bytes=len(b"garbage")),
+    )
+    (problem,) = [str(p) for p in validate_submission(sub)]
+    assert "\n" not in problem and str(archive) in problem, problem
+    assert "not a tar archive, plain or compressed with gzip, bzip2 or xz" in problem
+    assert "(fix: " in problem and "cellbench submission pack" in problem
+    res = run_cli("submission", "validate", str(sub))
+    lines = [ln for ln in (res.stdout + res.stderr).splitlines() if ln.strip()]
+    assert res.returncode == 1 and not any(ln.startswith("- method") for ln in lines), lines

@@ -165,7 +165,7 @@ def extract_archive(
     device is refused from its header. Returns the member names. Raises :class:`DownloadError`
     (one line) on anything else; what was written is removed again.
     """
-    from cellbench.extract import ExtractLimits, SafeTar
+    from cellbench.extract import ExtractLimits, SafeTar, tar_error_text
 
     archive, target = Path(archive), Path(target)
 
@@ -182,7 +182,7 @@ def extract_archive(
         raise
     except (tarfile.TarError, EOFError, OSError, lzma.LZMAError, ValueError) as exc:
         raise DownloadError(
-            f"unreadable image archive ({type(exc).__name__}: {exc})", path=archive, fix=UNSAFE_FIX
+            f"unreadable image archive ({tar_error_text(exc)})", path=archive, fix=UNSAFE_FIX
         ) from None
     if not files:
         raise DownloadError("the archive holds no file", path=archive, fix=UNSAFE_FIX)
