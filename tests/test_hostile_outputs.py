@@ -111,3 +111,42 @@ def test_unreadable_image_archive_is_one_line(tmp_path: Path) -> None:
     res = run_cli("submission", "validate", str(sub))
     lines = [ln for ln in (res.stdout + res.stderr).splitlines() if ln.strip()]
     assert res.returncode == 1 and not any(ln.startswith("- method") for ln in lines), lines
+
+
+# ----------------------------------------------------------------------------- validate-metrics
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["--no-fid", "--defects", "blur"], ["defect(s) blur are measured only", "--no-fid"]),
+        (["--no-fid", "--defects", "blur,nucleus_grow,moa_swap"], ["defect(s) blur, moa_swap "]),
+        (["--defects", ","], ["--defects names no defect"]),
+        (["--n-images", "4"], ["--n-images 4 is too small", "at least 8"]),
+        (["--real-n-images", "0", "--real-crops", "."], ["--real-n-images 0 is too small"]),
+        (["--dataset", "bbbc021-nope"], ["bbbc021-nope"]),
+    ],
+)
+def test_validate_metrics_refuses_before_making_its_folder(
+    tmp_path: Path, args: list[str], fragments: list[str]
+) -> None:
+    out = tmp_path / "vm"
+    res = run_cli(
+        "validate-metrics", "--out", str(out), "--data-dir", str(tmp_path), *args, cwd=tmp_path
+    )
+    _one_line_error(res, *fragments)
+    assert not out.exists()
+
+
+def test_which_defects_need_inception() -> None:
+    from cellbench.validation.defects import DEFECTS
+    from cellbench.validation.report import needs_inception
+
+    blind = {d for d in DEFECTS if needs_inception(d)}
+    assert {
+        "blur",
+        "noise",
+        "moa_swap",
+        "mode_collapse",
+        "compound_swap",
+        "training_copies",
+    } <= blind
+    assert not blind & {"nucleus_grow", "cell_remove", "phenotype_erase"}
