@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,7 @@ def test_resume_regenerates_a_truncated_image(mini_root: Path, tmp_path: Path) -
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs os.mkfifo")
 def test_segment_and_pack_refuse_a_fifo_without_blocking(tmp_path: Path) -> None:
     from cellbench.errors import CellbenchError
+    from cellbench.features.segment.io import segment_folder
     from cellbench.submission.archive import pack_images
 
     src = tmp_path / "imgs"
@@ -60,8 +62,8 @@ def test_segment_and_pack_refuse_a_fifo_without_blocking(tmp_path: Path) -> None
     res = run_cli("segment", str(src), "--out", str(tmp_path / "seg"))
     _one_line_error(res, str(src / "b.npy"), "is a FIFO (named pipe), not a regular file")
     assert not (tmp_path / "seg").exists()
-    single = run_cli("segment", str(src / "b.npy"), "--out", str(tmp_path / "seg"))
-    _one_line_error(single, "is a FIFO (named pipe)")
+    with pytest.raises(CellbenchError, match=r"is a FIFO \(named pipe\)"):
+        segment_folder(src / "b.npy", tmp_path / "seg")
     with pytest.raises(CellbenchError, match=r"is a FIFO \(named pipe\), not a regular file"):
         pack_images(src, tmp_path / "x.tar.xz")
 
@@ -114,25 +116,35 @@ def test_unreadable_image_archive_is_one_line(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- validate-metrics
+def test_validate_metrics_cli_refusal_is_one_line_and_leaves_no_folder(tmp_path: Path) -> None:
+    out = tmp_path / "vm"
+    res = run_cli(
+        "validate-metrics", "--out", str(out), "--data-dir", str(tmp_path), "--no-fid",
+        "--defects", "blur,nucleus_grow,moa_swap",
+    )  # fmt: skip
+    _one_line_error(res, "defect(s) blur, moa_swap are measured only", "--no-fid")
+    assert not out.exists()
+
+
 @pytest.mark.parametrize(
-    ("args", "fragments"),
+    ("kw", "message"),
     [
-        (["--no-fid", "--defects", "blur"], ["defect(s) blur are measured only", "--no-fid"]),
-        (["--no-fid", "--defects", "blur,nucleus_grow,moa_swap"], ["defect(s) blur, moa_swap "]),
-        (["--defects", ","], ["--defects names no defect"]),
-        (["--n-images", "4"], ["--n-images 4 is too small", "at least 8"]),
-        (["--real-n-images", "0", "--real-crops", "."], ["--real-n-images 0 is too small"]),
-        (["--dataset", "bbbc021-nope"], ["bbbc021-nope"]),
+        ({"fid": False, "defects": ["blur"]}, "defect(s) blur are measured only"),
+        ({"defects": []}, "--defects names no defect"),
+        ({"n_images": 4}, "--n-images 4 is too small"),
+        ({"real_n_images": 0, "real_crops": "."}, "--real-n-images 0 is too small"),
+        ({"dataset": "bbbc021-nope"}, "bbbc021-nope"),
     ],
 )
 def test_validate_metrics_refuses_before_making_its_folder(
-    tmp_path: Path, args: list[str], fragments: list[str]
+    tmp_path: Path, kw: dict, message: str
 ) -> None:
+    from cellbench.errors import CellbenchError
+    from cellbench.validation.report import run_validation
+
     out = tmp_path / "vm"
-    res = run_cli(
-        "validate-metrics", "--out", str(out), "--data-dir", str(tmp_path), *args, cwd=tmp_path
-    )
-    _one_line_error(res, *fragments)
+    with pytest.raises(CellbenchError, match=re.escape(message)):
+        run_validation(out, data_dir=tmp_path, **kw)
     assert not out.exists()
 
 
