@@ -162,3 +162,27 @@ def test_which_defects_need_inception() -> None:
         "training_copies",
     } <= blind
     assert not blind & {"nucleus_grow", "cell_remove", "phenotype_erase"}
+
+
+# ----------------------------------------------------------------------------------- sample grid
+def test_sample_grid_writes_the_format_its_name_says(mini_ds, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from cellbench.errors import CellbenchError
+    from cellbench.protocol import build_protocol, write_protocol
+    from cellbench.submission.grid import sample_grid
+
+    table = build_protocol(mini_ds, split="test", seed=0).head(4)
+    write_protocol(table, tmp_path / "p.csv")
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for task in table["task_id"]:
+        np.save(images / f"{task}.npy", rng.integers(0, 256, (96, 96, 3), dtype=np.uint8))
+    for name, fmt in (("g.png", "PNG"), ("g.JPG", "JPEG"), ("g.jpeg", "JPEG")):
+        with Image.open(sample_grid(images, tmp_path / "p.csv", tmp_path / name)) as im:
+            assert im.format == fmt, name
+    for name in ("g.txt", "g.gif", "g"):
+        with pytest.raises(CellbenchError, match=r"--out must end in \.png, \.jpg, \.jpeg"):
+            sample_grid(images, tmp_path / "p.csv", tmp_path / name)
+        assert not (tmp_path / name).exists()
