@@ -172,6 +172,17 @@ def inflate_member(
     return written, crc, inflater.eof
 
 
+def tar_error_text(exc: BaseException) -> str:
+    """A tar reading error as one line of text.
+
+    ``tarfile.open(mode="r:*")`` answers a file that no method reads with one line per method it
+    tried (``- method gz: ...``); that becomes what it means: not a tar archive.
+    """
+    if isinstance(exc, tarfile.ReadError) and "\n" in str(exc):
+        return "not a tar archive, plain or compressed with gzip, bzip2 or xz"
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def unsafe_name_reason(name: str) -> str | None:
     """Why an archive member path may not be written below a target folder (None if it may)."""
     norm = name.replace("\\", "/")

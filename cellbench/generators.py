@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from cellbench.data.bbbc021 import BBBC021Dataset
-from cellbench.errors import CellbenchError
+from cellbench.errors import CellbenchError, ImageError
 from cellbench.io import atomic_path
 from cellbench.registry import Registry
 
@@ -189,14 +189,17 @@ def write_generated(
     batch_size: int = 64,
     skip_existing: bool = False,
     on_progress: Callable[[int, int], None] | None = None,
+    on_bad: Callable[[Path, str], None] | None = None,
 ) -> int:
     """Generate images for every task and write ``<task_id>.npy`` (``<task_id>_<k>.npy`` for N > 1).
 
     Each file is written atomically; the seed of batch b and candidate k is derived from
     (``seed``, k, b), so the output does not depend on anything but the inputs. With
-    ``skip_existing`` a batch whose files all exist is not generated again: an interrupted run
-    resumed with the same inputs ends with the files an uninterrupted one writes. Returns the
-    number of images present when it finishes (written now or kept).
+    ``skip_existing`` a batch whose files all exist and read back as generated crops
+    (:func:`existing_image_problem`) is not generated again; an existing file that does not (a
+    half-written or damaged one) is generated again and passed to ``on_bad`` with its problem. An
+    interrupted run resumed with the same inputs ends with the files an uninterrupted one writes.
+    Returns the number of images present when it finishes (written now or kept).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -205,7 +208,13 @@ def write_generated(
         for b, start in enumerate(range(0, n, batch_size)):
             rows = protocol.iloc[start : start + batch_size]
             names = [f"{t}.npy" if n_per_task == 1 else f"{t}_{k}.npy" for t in rows["task_id"]]
-            if skip_existing and all((out / name).is_file() for name in names):
+            problems = (
+                [existing_image_problem(out / name) for name in names] if skip_existing else []
+            )
+            for name, problem in zip(names, problems, strict=False):
+                if problem is not None and (out / name).exists() and on_bad is not None:
+                    on_bad(out / name, problem)
+            if skip_existing and not any(problems):
                 written += len(rows)
                 if on_progress is not None:
                     on_progress(written, n * n_per_task)
@@ -230,3 +239,20 @@ def write_generated(
             if on_progress is not None:
                 on_progress(written, n * n_per_task)
     return written
+
+
+def existing_image_problem(path: Path) -> str | None:
+    """Why the file at ``path`` is not a usable generated crop (missing, half-written, of another
+    shape or type), or None; read by :func:`cellbench.images.decode_image`, header first."""
+    from cellbench.data.layout import CROP_SHAPE
+    from cellbench.images import decode_image
+
+    if not path.is_file():
+        return "missing"
+    try:
+        arr = decode_image(path, expect_crop=True)
+    except ImageError as exc:
+        return exc.message
+    if arr.dtype != np.uint8 or arr.shape != CROP_SHAPE:
+        return f"holds {arr.shape} {arr.dtype}, expected {CROP_SHAPE} uint8"
+    return None

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -132,6 +133,31 @@ def _check_parents(out: Path, option: str) -> None:
             path=out,
             fix=f"name a path in a folder for {option}",
         )
+
+
+def not_regular_file(path: str | Path, *, follow_links: bool = True) -> str | None:
+    """Why ``path`` is not a regular file, or None if it is one.
+
+    A FIFO, socket or device is refused before it is opened (reading a FIFO waits for a writer
+    forever); with ``follow_links`` False a symbolic link is refused too. The answer reads like
+    ``is a FIFO (named pipe), not a regular file``.
+    """
+    try:
+        mode = (os.stat if follow_links else os.lstat)(path).st_mode
+    except FileNotFoundError:
+        return "does not exist"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    if stat.S_ISREG(mode):
+        return None
+    kinds = (
+        (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISSOCK, "a socket"),
+    )
+    kind = next((name for test, name in kinds if test(mode)), "a device or special file")
+    return f"is {kind}, not a regular file"
 
 
 #: the deepest nesting of arrays and objects :func:`loads_json` accepts (result documents, metadata,

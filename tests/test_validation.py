@@ -374,7 +374,7 @@ def _tiny_run(sim_world, out: Path, defects: list[str], **kw) -> dict:
 
 def test_validate_metrics_writes_the_report(sim_world, tmp_path: Path) -> None:
     out = tmp_path / "report"
-    doc = _tiny_run(sim_world, out, ["nucleus_grow", "blur"], n_images=16)
+    doc = _tiny_run(sim_world, out, ["nucleus_grow", "nucleus_shrink"], n_images=16)
     for name in ("report.md", "validation.json", "sensitivity.csv", "defects_sim.png"):
         assert (out / name).is_file(), name
     assert (out / "severity_curves.png").is_file() or (out / "severity_curves.svg").is_file()
@@ -401,11 +401,11 @@ def test_validate_metrics_with_real_crops_skips_the_defects_that_need_donors(
     # real example grid with a defect that needs donors, losing the whole run
     root = shared_data_or_skip("bbbc021_real", "singh_crops_68x68")
     out = tmp_path / "report"
-    defects = ["nucleus_grow", "moa_swap", "phenotype_erase"]
+    defects = ["nucleus_grow", "phenotype_erase"]  # (moa_swap needs Inception, off here)
     doc = _tiny_run(sim_world, out, defects, n_images=8, real_crops=root, real_n_images=6)
     assert doc["real"]["n_images"] == 6  # --real-n-images was ignored (n_images was used)
     assert set(doc["real"]["defects"]) == {"nucleus_grow"}
-    assert set(doc["sim"]["defects"]) == {"nucleus_grow", "moa_swap", "phenotype_erase"}
+    assert set(doc["sim"]["defects"]) == {"nucleus_grow", "phenotype_erase"}
     for name in ("report.md", "validation.json", "defects_real.png"):
         assert (out / name).is_file(), name
 

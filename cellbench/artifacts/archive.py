@@ -30,7 +30,7 @@ from pathlib import Path
 
 from cellbench.artifacts.manifest import CLASSIFIER_FILES, MANIFEST_NAME, read_manifest
 from cellbench.errors import CellbenchError, DownloadError
-from cellbench.extract import ExtractLimits, SafeTar
+from cellbench.extract import ExtractLimits, SafeTar, tar_error_text
 
 #: the largest archive ``fetch`` accepts (a set is a few MB)
 MAX_ARCHIVE_BYTES = 256 << 20
@@ -149,7 +149,7 @@ def extract_set(archive: Path, target: Path, *, max_member: int | None = None) -
             tar.extract(target)
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         raise DownloadError(
-            f"unreadable artifact archive ({exc})", path=archive, fix=UNSAFE_FIX
+            f"unreadable artifact archive ({tar_error_text(exc)})", path=archive, fix=UNSAFE_FIX
         ) from None
     if MANIFEST_NAME not in seen:
         raise DownloadError(f"the archive has no {MANIFEST_NAME}", path=archive, fix=UNSAFE_FIX)

@@ -147,7 +147,9 @@ def submission_pack(
 def submission_grid(
     images: Annotated[Path, typer.Argument(help="Folder of generated images.")],
     protocol: Annotated[Path, typer.Option(help="Protocol CSV the images answer.")],
-    out: Annotated[Path, typer.Option("--out", help="PNG to write (e.g. samples.png).")],
+    out: Annotated[
+        Path, typer.Option("--out", help="PNG (or JPEG: .jpg) to write (e.g. samples.png).")
+    ],
     per_moa: Annotated[int, typer.Option(help="Crops per MoA column.")] = 3,
 ) -> None:
     """Write a sample grid PNG: the first answered tasks of each MoA, one column per MoA."""

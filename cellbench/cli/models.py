@@ -149,6 +149,7 @@ def generate_cmd(
         check_resumable(out, record)
     out.mkdir(parents=True, exist_ok=True)
     write_generation_record(out, record)  # before the images: --resume compares against it
+    redone: list[Path] = []
     with progress(f"generating ({model})", len(table) * n_per_task) as update:
         n = write_generated(
             gen,
@@ -160,6 +161,12 @@ def generate_cmd(
             batch_size=batch_size,
             skip_existing=resume,
             on_progress=update,
+            on_bad=lambda path, problem: redone.append(path),
         )
     write_generation_record(out, {**record, "complete": True})
+    if redone:
+        info(
+            f"regenerated {len(redone)} unreadable or incomplete image(s) the earlier run left "
+            f"(first: {redone[0].name})"
+        )
     info(f"[green]wrote[/green] {n} images and generation.json to {out}")

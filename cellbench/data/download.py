@@ -47,7 +47,7 @@ from cellbench.data.remote_zip import (
     download_whole,
 )
 from cellbench.errors import DataError, DownloadError
-from cellbench.extract import ExtractLimits, SafeTar, unsafe_name_reason
+from cellbench.extract import ExtractLimits, SafeTar, tar_error_text, unsafe_name_reason
 from cellbench.io import atomic_path, temp_dir
 
 IMPA_ZENODO_URL = "https://zenodo.org/records/8307629/files/IMPA_reproducibility.zip"
@@ -315,7 +315,7 @@ def _extract_tar(tar_path: Path, target: Path) -> None:
     except (tarfile.TarError, EOFError, zlib.error) as exc:
         tar_path.unlink(missing_ok=True)
         raise DownloadError(
-            f"the BBBC021 tar is unreadable ({exc}); it was deleted",
+            f"the BBBC021 tar is unreadable ({tar_error_text(exc)}); it was deleted",
             path=tar_path,
             fix=REDOWNLOAD_FIX,
         ) from None

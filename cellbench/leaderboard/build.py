@@ -564,13 +564,19 @@ def download_stem(table: Table) -> str:
     return table.anchor_id
 
 
+#: the first characters that make a spreadsheet read a cell as a formula (OWASP, CSV injection)
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
 def _csv_cell(value: Any) -> str:
-    """A number as its JSON text (the same digits as ``results.json``), empty when missing."""
+    """A number as its JSON text (the same digits as ``results.json``), empty when missing; text
+    that a spreadsheet would run as a formula gets a leading ``'`` (OWASP's advice)."""
     if value is None:
         return ""
     if isinstance(value, int | float) and not isinstance(value, bool):
         return json.dumps(value)
-    return str(value)
+    text = str(value)
+    return "'" + text if text.startswith(_FORMULA_START) else text
 
 
 def write_downloads(table: Table, folder: Path) -> dict[str, str]:

@@ -26,7 +26,6 @@ import lzma
 import os
 import re
 import shutil
-import stat
 import tarfile
 import tempfile
 from collections.abc import Iterator
@@ -103,7 +102,7 @@ def pack_images(folder: str | Path, dest: str | Path) -> str:
     Every file is kept byte for byte under its relative path; links, special files and files an
     archive may not hold (:func:`member_problem`) are refused with one line.
     """
-    from cellbench.io import atomic_path, check_out_file, sha256_file
+    from cellbench.io import atomic_path, check_out_file, not_regular_file, sha256_file
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -121,11 +120,10 @@ def pack_images(folder: str | Path, dest: str | Path) -> str:
         for f in files:
             path = Path(root) / f
             rel = path.relative_to(folder).as_posix()
-            st = os.lstat(path)
-            if not stat.S_ISREG(st.st_mode):
+            why = not_regular_file(path, follow_links=False)
+            if why is not None:
                 raise CellbenchError(
-                    "is not a regular file (a link or a special file); an image archive holds "
-                    "regular files only",
+                    f"{why}; an image archive holds regular files only",
                     path=path,
                     fix="copy the files into the image folder",
                 )
@@ -168,7 +166,7 @@ def extract_archive(
     device is refused from its header. Returns the member names. Raises :class:`DownloadError`
     (one line) on anything else; what was written is removed again.
     """
-    from cellbench.extract import ExtractLimits, SafeTar
+    from cellbench.extract import ExtractLimits, SafeTar, tar_error_text
 
     archive, target = Path(archive), Path(target)
 
@@ -185,7 +183,7 @@ def extract_archive(
         raise
     except (tarfile.TarError, EOFError, OSError, lzma.LZMAError, ValueError) as exc:
         raise DownloadError(
-            f"unreadable image archive ({type(exc).__name__}: {exc})", path=archive, fix=UNSAFE_FIX
+            f"unreadable image archive ({tar_error_text(exc)})", path=archive, fix=UNSAFE_FIX
         ) from None
     if not files:
         raise DownloadError("the archive holds no file", path=archive, fix=UNSAFE_FIX)

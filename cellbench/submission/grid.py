@@ -11,12 +11,16 @@ from cellbench.io import atomic_path, check_out_file
 
 GAP = 2  # pixels between crops
 CROP = 96  # a crop's side in pixels
+#: the image formats a submission's sample grid may have (metadata.schema.json /sample_grid), by
+#: file name suffix
+GRID_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
 
 
 def sample_grid(
     images: str | Path, protocol: str | Path, out: str | Path, *, per_moa: int = 3
 ) -> Path:
-    """Write a PNG of the first ``per_moa`` answered tasks of each MoA (protocol order).
+    """Write an image of the first ``per_moa`` answered tasks of each MoA (protocol order), as
+    PNG or JPEG by the suffix of ``out`` (:data:`GRID_FORMATS`; any other suffix is refused).
 
     Columns are the MoAs in alphabetical order, rows the tasks; crops are shown as 8-bit RGB with
     the stains as R, G, B, as the metrics see them. Returns ``out``.
@@ -29,7 +33,15 @@ def sample_grid(
 
     if per_moa < 1:
         raise CellbenchError("--per-moa must be at least 1")
-    check_out_file(out, fix="name the PNG file to write")
+    check_out_file(out, fix="name the image file to write (.png, or .jpg)")
+    fmt = GRID_FORMATS.get(Path(out).suffix.lower())
+    if fmt is None:
+        raise CellbenchError(
+            f"--out must end in {', '.join(GRID_FORMATS)} (the sample grid formats a submission "
+            "accepts)",
+            path=out,
+            fix="name a .png file (lossless), or .jpg",
+        )
     table = read_protocol(protocol)
     found = discover_images(images, table)
     by_task = dict(zip(table["task_id"], table["moa"], strict=True))
@@ -53,7 +65,7 @@ def sample_grid(
         for i, path in enumerate(columns[moa])
     }
     out = Path(out)
-    write_png(tile_crops(cells, per_moa, len(moas)), out)
+    write_png(tile_crops(cells, per_moa, len(moas)), out, fmt=fmt)
     return out
 
 
@@ -73,9 +85,10 @@ def tile_crops(
     return canvas
 
 
-def write_png(canvas: np.ndarray, out: Path) -> None:
-    """Write ``canvas`` as an optimised PNG, atomically (same pixels, same bytes)."""
+def write_png(canvas: np.ndarray, out: Path, *, fmt: str = "PNG") -> None:
+    """Write ``canvas`` as an optimised PNG (or ``fmt`` "JPEG", quality 95), atomically (same
+    pixels, same bytes)."""
     from PIL import Image
 
-    with atomic_path(out, suffix=".png") as tmp:
-        Image.fromarray(canvas).save(tmp, format="PNG", optimize=True)
+    with atomic_path(out, suffix=out.suffix) as tmp:
+        Image.fromarray(canvas).save(tmp, format=fmt, optimize=True, quality=95)

@@ -886,7 +886,7 @@ def _check_images(r: _Reader, files: set[str], *, required: bool) -> None:
         try:
             members = set(extract_archive(path, Path(tmp)))
         except CellbenchError as exc:
-            r.add(path, exc.message, "images")
+            r.add(path, exc.message + (f" (fix: {exc.fix})" if exc.fix else ""), "images")
             return
         listed = {row.get("path", "") for row in sub.rows}
         extra = sorted(m for m in members - listed if m not in SIDE_FILES)

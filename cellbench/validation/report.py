@@ -50,6 +50,27 @@ HELD_OUT_SET: tuple[str, ...] = tuple(s.name for s in registry.set_fn_metrics())
 LOWER_IS_BETTER = registry.lower_is_better()  # the metric registry says which way is worse
 
 
+#: the fewest test targets the sim suite damages (its set-level metrics compare sets of images)
+MIN_SIM_IMAGES = 8
+#: the fewest real crops the real suite damages (a bootstrap interval needs two values)
+MIN_REAL_IMAGES = 2
+
+
+def needs_inception(defect: str) -> bool:
+    """True when every target of ``defect`` is computed from Inception features or the MoA
+    classifier on them, so a run without Inception (``--no-fid``) has nothing to measure it by."""
+    return all(
+        any(word in registry.spec(t).needs for word in ("Inception", "classifier"))
+        for t in DEFECTS[defect].targets
+    )
+
+
+def check_image_count(n: int, option: str, minimum: int) -> None:
+    """Refuse ``option`` ``n`` below ``minimum``."""
+    if n < minimum:
+        raise CellbenchError(f"{option} {n} is too small", fix=f"use at least {minimum}")
+
+
 def _noop(phase: str, done: int, total: int) -> None:
     return None
 
@@ -182,8 +203,7 @@ class SimSuite:
         self.seed = seed
         self.progress = progress
         full = build_protocol(self.ds, "test", seed)
-        if n_images < 8:
-            raise CellbenchError(f"--n-images {n_images} is too small", fix="use at least 8")
+        check_image_count(n_images, "--n-images", MIN_SIM_IMAGES)
         rng = np.random.default_rng(seed)
         pick = np.sort(rng.choice(len(full), size=min(n_images, len(full)), replace=False))
         self.protocol = full.iloc[pick].reset_index(drop=True)
@@ -363,6 +383,7 @@ class RealSuite:
         from cellbench.features.segment.backends import get_backend
 
         self.root = Path(root)
+        check_image_count(n_images, "--real-n-images", MIN_REAL_IMAGES)
         crops, moas, _ = load_real_crops(root)
         self.backend = get_backend(backend)
         self.seed = seed
@@ -518,12 +539,16 @@ def run_validation(
     """Run the validation and write ``out``/report.md, validation.json, CSVs and figures.
 
     Every file is written atomically and ``report.md`` last, so a folder without it is a run that
-    did not finish.
+    did not finish. ``out`` is made only when the results are in: a refused or failed run leaves
+    no folder. Without ``fid`` a defect named in ``defects`` that only Inception features can
+    measure (:func:`needs_inception`) is refused.
     """
     from cellbench.validation import figures
 
     started = time.perf_counter()
     severities = parse_severities(severities)
+    if defects is not None and not defects:
+        raise CellbenchError("--defects names no defect", fix="name defects, or drop --defects")
     names = list(DEFECTS) if defects is None else list(defects)
     unknown = [d for d in names if d not in DEFECTS]
     if unknown:
@@ -531,14 +556,21 @@ def run_validation(
 
         err = suggest(unknown[0], list(DEFECTS), "defect")
         raise err
+    blind = [d for d in defects or () if not fid and needs_inception(d)]
+    if blind:
+        raise CellbenchError(
+            f"defect(s) {', '.join(blind)} are measured only by metrics that need the Inception "
+            "network, which --no-fid skips",
+            fix="drop --no-fid, or leave those defects out of --defects",
+        )
+    check_image_count(n_images, "--n-images", MIN_SIM_IMAGES)
+    if real_crops is not None:
+        check_image_count(real_n_images, "--real-n-images", MIN_REAL_IMAGES)
     for path, what in ((real_crops, "--real-crops"), (seg_truth, "--seg-truth")):
         if path is not None and not Path(path).is_dir():
             raise CellbenchError(
                 f"{what} folder not found", path=path, fix="pass an existing folder"
             )
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-
     sim = SimSuite(
         dataset,
         data_dir,
@@ -576,6 +608,8 @@ def run_validation(
         progress("segmentation F1", 1, 1)
     doc["wall_time_s"] = round(time.perf_counter() - started, 1)
 
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)  # only now: a run that stopped leaves no folder
     files = figures.write_figures(out, doc, examples, real)
     doc["figures"] = files
     _write_tables(out, doc)

@@ -11,7 +11,7 @@ import pandas as pd
 
 from cellbench.errors import ImageError
 from cellbench.images import IMAGE_SUFFIXES, decode_image
-from cellbench.io import atomic_path, atomic_write_bytes, check_out_folder
+from cellbench.io import atomic_path, atomic_write_bytes, check_out_folder, not_regular_file
 
 
 def read_any_image(path: Path) -> np.ndarray:
@@ -62,10 +62,14 @@ def segment_folder(
     if not src.exists():
         raise ImageError("no such image or folder", path=src, fix="pass a folder of images")
     files = (
-        [src]
-        if src.is_file()
-        else sorted(p for p in src.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        sorted(p for p in src.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if src.is_dir()
+        else [src]
     )
+    for path in files:  # a FIFO or device would block the reader: refuse it before any work
+        why = not_regular_file(path)
+        if why is not None:
+            raise ImageError(why, path=path, fix="pass regular image files only")
     if not files:
         raise ImageError("no PNG/TIFF/NPY images found", path=src, fix="pass a folder of images")
     out = Path(out)
