@@ -606,6 +606,12 @@ def _from_manifest(
     return files, problems
 
 
+def check_n_per_task(n_per_task: int | None) -> None:
+    """Refuse an expected number of images per task below 1 (None: any number)."""
+    if n_per_task is not None and n_per_task < 1:
+        raise ImageError(f"--n-per-task must be at least 1 (got {n_per_task})")
+
+
 def load_images(
     image_set: ImageSet,
     *,
@@ -621,8 +627,7 @@ def load_images(
         n_per_task: if given, a task with a different number of images is a problem.
         on_progress: called as ``on_progress(done, total)``.
     """
-    if n_per_task is not None and n_per_task < 1:
-        raise ImageError(f"--n-per-task must be at least 1 (got {n_per_task})")
+    check_n_per_task(n_per_task)
     problems = list(image_set.problems)
     task_ids: list[str] = []
     paths: list[Path] = []

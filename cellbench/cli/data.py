@@ -313,10 +313,11 @@ def images_check(
 ) -> None:
     """Match images to tasks and check every file; the summary always prints, then exit 1 if any
     file has a problem or any task has no image."""
-    from cellbench.images import discover_images, load_images
+    from cellbench.images import check_n_per_task, discover_images, load_images
     from cellbench.protocol import read_protocol
     from cellbench.ui import progress
 
+    check_n_per_task(n_per_task)  # options before files
     table = read_protocol(protocol)
     found = discover_images(images, table)
     with progress("checking images", found.n_files) as update:
