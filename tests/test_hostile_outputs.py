@@ -93,6 +93,20 @@ def test_leaderboard_csv_neutralises_formulas(tmp_path: Path) -> None:
     assert [_csv_cell(v) for v in (-1.5, 0, "a-b", None)] == ["-1.5", "0", "a-b", ""]
 
 
+def test_leaderboard_site_is_not_built_inside_the_submissions(tmp_path: Path) -> None:
+    """A site inside the submissions folder would read as a bad entry at the next build."""
+    from cellbench.errors import CellbenchError
+    from cellbench.leaderboard import build_leaderboard
+    from tests.test_submission import make_submission
+
+    make_submission(tmp_path / "subs", "2026-01-16_toy")
+    for out in (tmp_path / "subs" / "site", tmp_path / "subs"):
+        with pytest.raises(CellbenchError, match="inside the submissions folder"):
+            build_leaderboard(tmp_path / "subs", out, stamp="x")
+    assert sorted(p.name for p in (tmp_path / "subs").iterdir()) == ["2026-01-16_toy"]
+    build_leaderboard(tmp_path / "subs", tmp_path / "site", stamp="x")  # elsewhere: built
+
+
 # ---------------------------------------------------------------------------- image archives
 def test_unreadable_image_archive_is_one_line(tmp_path: Path) -> None:
     from cellbench.io import sha256_file

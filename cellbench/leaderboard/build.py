@@ -38,7 +38,7 @@ from typing import Any
 
 from cellbench._version import __version__
 from cellbench.errors import CellbenchError
-from cellbench.io import atomic_write_text
+from cellbench.io import atomic_write_text, is_within
 from cellbench.metrics.registry import GROUP_NOTE
 from cellbench.metrics.rewards import SUITE_VERSION
 from cellbench.protocol_registry import CUSTOM, PROTOCOLS, protocol_spec_of
@@ -907,6 +907,10 @@ def build_leaderboard(
 
     submissions, out = Path(submissions), Path(out)
     stamp = build_stamp(stamp)  # a bad $SOURCE_DATE_EPOCH is refused before any work
+    if is_within(out, submissions):  # the site would read as an entry at the next build
+        raise CellbenchError(
+            "--out is inside the submissions folder", path=out, fix="build the site elsewhere"
+        )
     subs = load_submissions(submissions)
     _refuse_unrescored(subs)
     tables = group_tables(subs, read_reports(list(verified)) if verified else {})
