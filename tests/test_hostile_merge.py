@@ -186,3 +186,37 @@ def test_merge_finds_a_relative_protocol_from_another_folder(
     shutil.copy(tmp_path / "p6.csv", other / "p6.csv")
     with pytest.raises(CellbenchError, match="protocol"):
         merge_shards([other / "sh/s1.json", other / "sh/s2.json"], data_dir=data)
+
+
+@pytest.fixture(scope="module")
+def merged(shards) -> Path:
+    """The whole-run result of the two shards (``merged.json`` and its per-image CSV)."""
+    out = shards["root"] / "merged.json"
+    merge_shards(
+        [shards["root"] / "sh/s1.json", shards["root"] / "sh/s2.json"],
+        data_dir=shards["data"],
+        out=out,
+    )
+    return out
+
+
+@pytest.mark.parametrize("cell", ["inf", "NaN", "-1e999"])
+def test_compare_refuses_a_per_image_csv_with_non_finite_values(
+    merged: Path, tmp_path: Path, cell: str
+) -> None:
+    """With the CSV's digest removed from the document, its values are still checked."""
+    doc = json.loads(merged.read_text())
+    doc["per_image_sha256"] = None
+    (tmp_path / "b.json").write_text(json.dumps(doc))
+    lines = merged.with_name("merged.per_image.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    row = lines[1].split(",")
+    row[header.index("overall")] = cell
+    lines[1] = ",".join(row)
+    csv_path = tmp_path / "b.per_image.csv"
+    csv_path.write_text("\n".join(lines) + "\n")
+    proc = run_cli("compare", str(merged), str(tmp_path / "b.json"), "--n-boot", "10")
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert str(csv_path) in proc.stderr and "not a finite number" in proc.stderr
