@@ -220,3 +220,97 @@ def test_compare_refuses_a_per_image_csv_with_non_finite_values(
     assert "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert str(csv_path) in proc.stderr and "not a finite number" in proc.stderr
+
+
+def _regress_copy(tmp_path: Path) -> Path:
+    from cellbench.regress import default_folder
+
+    dest = tmp_path / "regress"
+    shutil.copytree(default_folder(), dest)
+    return dest
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("[]", "not a cellbench.regress/1 file"),
+        ('{"schema": "cellbench.regress/1"}', "missing required field"),
+        ("drop means", "'means'"),
+        ("per_image string", "/per_image: must be object"),
+        ("mean value string", "/means/moa/value"),
+        ("ci of one", "/means/moa/ci"),
+        ("fid_kid list", "/fid_kid"),
+        ("NaN", "not a finite number"),
+    ],
+)
+def test_regress_refuses_a_damaged_expected_file(tmp_path: Path, text: str, match: str) -> None:
+    """Checked before any scoring, with one line naming the file and how to re-make it."""
+    from cellbench.regress import run_regress
+
+    folder = _regress_copy(tmp_path)
+    path = folder / "expected.json"
+    doc = json.loads(path.read_text())
+    edits = {
+        "drop means": lambda: doc.pop("means"),
+        "per_image string": lambda: doc.update(per_image="x"),
+        "mean value string": lambda: doc["means"]["moa"].update(value="0.3"),
+        "ci of one": lambda: doc["means"]["moa"].update(ci=[0.1]),
+        "fid_kid list": lambda: doc.update(fid_kid=[1.0]),
+        "NaN": lambda: doc["fid_kid"].update(fid_o=float("nan")),
+    }
+    if text in edits:
+        edits[text]()
+        text = json.dumps(doc)
+    path.write_text(text)
+    with pytest.raises(CellbenchError, match=match) as info:
+        run_regress(folder)
+    assert info.value.path == str(path)
+    assert "cellbench regress --update" in (info.value.fix or "")
+
+
+def _csv_lines(n: int) -> Callable[[Path], None]:
+    def edit(path: Path) -> None:
+        path.write_text("".join(path.read_text().splitlines(keepends=True)[:n]))
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("edit", "blamed", "match"),
+    [
+        (lambda p: p.write_text("x,y\n"), "images.csv", "no label, source, compound, moa"),
+        (_csv_lines(1), "images.csv", "lists no image"),
+        (
+            lambda p: p.write_text(p.read_text().replace("Actin disruptors", "Nope", 1)),
+            "images.csv",
+            "line 2: moa 'Nope'",
+        ),
+        (_csv_lines(3), "images.npy", "holds 30 images but images.csv lists 2"),
+    ],
+)
+def test_regress_blames_the_image_table(tmp_path: Path, edit, blamed: str, match: str) -> None:
+    from cellbench.regress import load_set
+
+    folder = _regress_copy(tmp_path)
+    edit(folder / "images.csv")
+    with pytest.raises(CellbenchError, match=match) as info:
+        load_set(folder)
+    assert info.value.path == str(folder / blamed)
+
+
+def test_regress_cli_prints_one_line_for_a_damaged_set(tmp_path: Path) -> None:
+    folder = _regress_copy(tmp_path)
+    (folder / "expected.json").write_text("[]")
+    proc = run_cli("regress", "--folder", str(folder))
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert str(folder / "expected.json") in proc.stderr
+    (folder / "expected.json").write_text(
+        (_regress_copy(tmp_path / "b") / "expected.json").read_text()
+    )
+    (folder / "images.csv").write_text("x,y\n")
+    proc = run_cli("regress", "--folder", str(folder))
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert str(folder / "images.csv") in proc.stderr
