@@ -226,11 +226,24 @@ def evaluate(
     return doc
 
 
-def _read_shard(path: str | Path) -> tuple[dict, ImageArrays]:
-    """A ``--shard K/N`` result document and its arrays, both checked before any use.
+def _shard_problem(found: list[tuple[str, str]], path: Path) -> CellbenchError:
+    """The one-line error of a shard document's schema violations ``found``."""
+    ptr, msg = found[0]
+    more = f" and {len(found) - 1} more problem(s)" if len(found) > 1 else ""
+    return CellbenchError(
+        f"not a valid shard result ({ptr}: {msg}{more})",
+        path=path,
+        fix="re-run that shard with `cellbench eval --shard K/N`",
+    )
 
-    The document must match the result schema, be a shard part and record the sha256 of its
-    arrays file, which must match; the arrays are checked by :meth:`ImageArrays.load`.
+
+def _read_shard(path: str | Path) -> tuple[dict, ImageArrays, list[tuple[str, str]]]:
+    """A ``--shard K/N`` result document, its arrays and its other schema violations.
+
+    The document's ``partial`` block must match the result schema and record the sha256 of
+    the arrays file, which must match; the arrays are checked by :meth:`ImageArrays.load`. The
+    rest of the document's violations of the result schema are returned, for the caller to
+    refuse (:func:`_shard_problem`) once the set of shards is known to be complete.
     """
     from cellbench.results.schema import result_problems
 
@@ -240,10 +253,8 @@ def _read_shard(path: str | Path) -> tuple[dict, ImageArrays]:
     if not isinstance(doc, dict):
         raise CellbenchError("unreadable shard result (not a JSON object)", path=jp, fix=fix)
     found = result_problems(doc)
-    if found:
-        ptr, msg = found[0]
-        more = f" and {len(found) - 1} more problem(s)" if len(found) > 1 else ""
-        raise CellbenchError(f"not a valid shard result ({ptr}: {msg}{more})", path=jp, fix=fix)
+    if any(ptr.startswith("/partial") for ptr, _ in found):
+        raise _shard_problem([f for f in found if f[0].startswith("/partial")], jp)
     if not doc.get("partial"):
         raise CellbenchError(
             "not a --shard result", path=jp, fix="pass the files written with --shard K/N"
@@ -264,7 +275,7 @@ def _read_shard(path: str | Path) -> tuple[dict, ImageArrays]:
             path=npz,
             fix="re-run this shard",
         )
-    return doc, ImageArrays.load(npz)
+    return doc, ImageArrays.load(npz), found
 
 
 def _shard_of(doc: dict, path: Path) -> tuple[int, int]:
@@ -317,12 +328,26 @@ def merge_shards(
     started = time.perf_counter()
     if out is not None:
         check_out_path(out)
-    docs, parts = [], []
+    docs, parts, problems = [], [], []
     for p in shard_results:
-        doc, arrays = _read_shard(p)
+        doc, arrays, found = _read_shard(p)
         docs.append(doc)
         parts.append(arrays)
+        problems.append(found)
     first = docs[0]
+    shards_in_order = [
+        _shard_of(d, result_paths(p)[0]) for d, p in zip(docs, shard_results, strict=True)
+    ]
+    shards = sorted(shards_in_order)
+    n = shards[0][1]
+    if shards != [(k, n) for k in range(1, n + 1)]:
+        raise CellbenchError(
+            f"shards {['/'.join(map(str, s)) for s in shards]} do not cover 1/{n}..{n}/{n} exactly once",
+            fix="pass every shard of the run once",
+        )
+    for found, p in zip(problems, shard_results, strict=True):
+        if found:
+            raise _shard_problem(found, result_paths(p)[0])
     same = (
         "dataset",
         "protocol",
@@ -344,16 +369,6 @@ def merge_shards(
                     path=p,
                     fix="merge shards of one run",
                 )
-    shards_in_order = [
-        _shard_of(d, result_paths(p)[0]) for d, p in zip(docs, shard_results, strict=True)
-    ]
-    shards = sorted(shards_in_order)
-    n = shards[0][1]
-    if shards != [(k, n) for k in range(1, n + 1)]:
-        raise CellbenchError(
-            f"shards {['/'.join(map(str, s)) for s in shards]} do not cover 1/{n}..{n}/{n} exactly once",
-            fix="pass every shard of the run once",
-        )
     ds = open_dataset(first["dataset"]["name"], data_dir)
     if ds.index_sha256 != first["dataset"]["index_sha256"]:
         raise CellbenchError("dataset index changed since the shards ran", path=ds.index_path)

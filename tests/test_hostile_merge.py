@@ -314,3 +314,18 @@ def test_regress_cli_prints_one_line_for_a_damaged_set(tmp_path: Path) -> None:
     assert proc.returncode == 2, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert str(folder / "images.csv") in proc.stderr
+
+
+def test_checked_merge_still_equals_the_unsharded_result(shards, merged: Path) -> None:
+    """The checks change no number: the merge equals the unsharded run of the same tasks."""
+    root = shards["root"]
+    here = Path.cwd()
+    os.chdir(root)
+    try:
+        whole = evaluate("img", data_dir="data", protocol="p6.csv", fid=False, out="whole.json")
+    finally:
+        os.chdir(here)
+    doc = json.loads(merged.read_text())
+    for key in ("metrics", "per_moa", "per_compound", "protocol", "images", "per_image_sha256"):
+        assert doc[key] == whole[key], key
+    assert doc["complete"] is True
