@@ -111,6 +111,7 @@ def rebuild_protocol(ds: BBBC021Dataset, info: dict, base: Path | None = None) -
     (the folder of the shard results) or the nearest folder above it that has it; its sha256
     is checked either way.
     """
+    source: Path | None = None  # the protocol file read, if any
     if info.get("built") and not isinstance(info.get("seed"), int):
         raise ProtocolError(
             "the protocol block of a built protocol has no seed", fix="re-run the shards"
@@ -132,7 +133,7 @@ def rebuild_protocol(ds: BBBC021Dataset, info: dict, base: Path | None = None) -
             raise ProtocolError(
                 "the protocol block names no protocol file", fix="re-run the shards"
             )
-        file = Path(info["file"])
+        file = source = Path(info["file"])
         if not file.exists() and base is not None:
             found = [d / file for d in (base, *base.resolve().parents) if (d / file).is_file()]
             if not found:
@@ -143,16 +144,14 @@ def rebuild_protocol(ds: BBBC021Dataset, info: dict, base: Path | None = None) -
                     fix="run the merge from the folder the shards ran in, "
                     "or put the protocol file beside the shard results",
                 )
-            file = found[0]
+            file = source = found[0]
         table = read_protocol(file)
-        if protocol_sha256(table) != info["sha256"]:
-            raise ProtocolError(
-                "protocol changed since the shards ran (sha256 differs)",
-                path=file,
-                fix="re-run the shards",
-            )
     if protocol_sha256(table) != info["sha256"]:
-        raise ProtocolError("protocol changed since the shards ran", fix="re-run the shards")
+        raise ProtocolError(
+            "protocol changed since the shards ran (sha256 differs)",
+            path=source,
+            fix="re-run the shards",
+        )
     return table
 
 
