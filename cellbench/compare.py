@@ -123,7 +123,8 @@ def read_task_values(csv_path: str | Path, metrics: Iterable[str] | None = None)
     """Per task, per metric, the mean over the task's images in a per-image CSV of ``eval``.
 
     Empty cells (a metric not computed, e.g. ``moa`` in a result scored with ``--no-fid``) are
-    skipped, so a task has only the metrics that were scored.
+    skipped, so a task has only the metrics that were scored; any other cell must be a finite
+    number (``nan`` and ``inf`` are refused, naming the line).
     """
     csv_path = Path(csv_path)
     metrics = paired_metrics() if metrics is None else tuple(metrics)
@@ -144,13 +145,16 @@ def read_task_values(csv_path: str | Path, metrics: Iterable[str] | None = None)
                     if cell == "":
                         continue
                     try:
-                        per[m].append(float(cell))
+                        value = float(cell)
                     except ValueError:
+                        value = math.nan
+                    if not math.isfinite(value):  # eval writes a value not computed as empty
                         raise CellbenchError(
-                            f"line {line}: {m} is {cell!r}, not a number",
+                            f"line {line}: {m} is {cell!r}, not a finite number",
                             path=csv_path,
                             fix="score again with `cellbench eval ... --out FILE.json`",
-                        ) from None
+                        )
+                    per[m].append(value)
     except FileNotFoundError:
         raise CellbenchError(
             "no per-image CSV beside the result file",

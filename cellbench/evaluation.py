@@ -101,8 +101,19 @@ def load_protocol_for(
     return table, protocol_info(table, spec, seed=seed, built=False, file=str(protocol_path))
 
 
-def rebuild_protocol(ds: BBBC021Dataset, info: dict) -> pd.DataFrame:
-    """The protocol table a result's ``protocol`` block describes, rebuilt (or read) and checked."""
+def rebuild_protocol(ds: BBBC021Dataset, info: dict, base: Path | None = None) -> pd.DataFrame:
+    """The protocol table a result's ``protocol`` block describes, rebuilt (or read) and checked.
+
+    A protocol file stored as a relative path (as given at eval time, relative to the folder
+    eval ran in) is read from the current folder or, where it is not there, relative to ``base``
+    (the folder of the shard results) or the nearest folder above it that has it; its sha256
+    is checked either way.
+    """
+    source: Path | None = None  # the protocol file read, if any
+    if info.get("built") and not isinstance(info.get("seed"), int):
+        raise ProtocolError(
+            "the protocol block of a built protocol has no seed", fix="re-run the shards"
+        )
     if info.get("built") and info.get("name") in PROTOCOLS:
         if get_protocol(info["name"]).version != info.get("version"):
             raise ProtocolError(
@@ -112,11 +123,33 @@ def rebuild_protocol(ds: BBBC021Dataset, info: dict) -> pd.DataFrame:
             )
         table = build_named_protocol(ds, info["name"], int(info["seed"]))
     elif info.get("built"):  # a result of a cellbench without named protocols
+        if not isinstance(info.get("split"), str):
+            raise ProtocolError("the protocol block names no split", fix="re-run the shards")
         table = build_protocol(ds, split=info["split"], seed=info["seed"])
     else:
-        table = read_protocol(info["file"])
+        if not isinstance(info.get("file"), str):
+            raise ProtocolError(
+                "the protocol block names no protocol file", fix="re-run the shards"
+            )
+        file = source = Path(info["file"])
+        if not file.exists() and base is not None:
+            found = [d / file for d in (base, *base.resolve().parents) if (d / file).is_file()]
+            if not found:
+                raise ProtocolError(
+                    "protocol file not found (relative paths are tried in the current folder, "
+                    "the shard results' folder and the folders above it)",
+                    path=file,
+                    fix="run the merge from the folder the shards ran in, "
+                    "or put the protocol file beside the shard results",
+                )
+            file = source = found[0]
+        table = read_protocol(file)
     if protocol_sha256(table) != info["sha256"]:
-        raise ProtocolError("protocol changed since the shards ran", fix="re-run the shards")
+        raise ProtocolError(
+            "protocol changed since the shards ran (sha256 differs)",
+            path=source,
+            fix="re-run the shards",
+        )
     return table
 
 
@@ -192,6 +225,96 @@ def evaluate(
     return doc
 
 
+def _shard_problem(found: list[tuple[str, str]], path: Path) -> CellbenchError:
+    """The one-line error of a shard document's schema violations ``found``."""
+    ptr, msg = found[0]
+    more = f" and {len(found) - 1} more problem(s)" if len(found) > 1 else ""
+    return CellbenchError(
+        f"not a valid shard result ({ptr}: {msg}{more})",
+        path=path,
+        fix="re-run that shard with `cellbench eval --shard K/N`",
+    )
+
+
+def _read_shard(path: str | Path) -> tuple[dict, ImageArrays, list[tuple[str, str]]]:
+    """A ``--shard K/N`` result document, its arrays and its other schema violations.
+
+    The document's ``partial`` block must match the result schema and record the sha256 of
+    the arrays file, which must match; the arrays are checked by :meth:`ImageArrays.load`. The
+    rest of the document's violations of the result schema are returned, for the caller to
+    refuse (:func:`_shard_problem`) once the set of shards is known to be complete.
+    """
+    from cellbench.results.schema import result_problems
+
+    jp, _, npz = result_paths(path)
+    fix = "re-run that shard with `cellbench eval --shard K/N`"
+    doc = read_json(jp, "shard result", fix)
+    if not isinstance(doc, dict):
+        raise CellbenchError("unreadable shard result (not a JSON object)", path=jp, fix=fix)
+    found = result_problems(doc)
+    if any(ptr.startswith("/partial") for ptr, _ in found):
+        raise _shard_problem([f for f in found if f[0].startswith("/partial")], jp)
+    if not doc.get("partial"):
+        raise CellbenchError(
+            "not a --shard result", path=jp, fix="pass the files written with --shard K/N"
+        )
+    want = doc["partial"].get("arrays_sha256")
+    if want is None:
+        raise CellbenchError(
+            "shard result records no arrays_sha256, so its arrays cannot be checked",
+            path=jp,
+            fix=fix,
+        )
+    if not Path(npz).is_file():
+        raise CellbenchError("shard arrays file not found", path=npz, fix=fix)
+    if sha256_file(npz) != want:
+        raise CellbenchError(
+            "shard arrays are not the ones the shard result records (arrays_sha256 "
+            "differs): written by another run, or an interrupted write",
+            path=npz,
+            fix="re-run this shard",
+        )
+    return doc, ImageArrays.load(npz), found
+
+
+def _shard_of(doc: dict, path: Path) -> tuple[int, int]:
+    """(K, N) of a shard document's ``partial.shard``, refused with the file named."""
+    try:
+        shard = parse_shard(doc["partial"]["shard"])
+    except CellbenchError as exc:
+        raise CellbenchError(
+            f"shard result has an invalid partial.shard ({exc.message})",
+            path=path,
+            fix="re-run that shard with `cellbench eval --shard K/N`",
+        ) from None
+    assert shard is not None
+    return shard
+
+
+def _check_part(
+    arrays: ImageArrays, path: Path, scorer: Scorer, tasks: pd.DataFrame, doc: dict
+) -> None:
+    """Refuse shard arrays that do not fit the scorer or hold tasks of another shard."""
+    arrays.check_widths(path, seg=len(scorer.feature_names), profile=len(scorer.profile_names))
+    if (arrays.inception is not None) != bool(doc["fid_computed"]):
+        raise CellbenchError(
+            "shard arrays do not match the shard result (Inception features "
+            f"{'present' if arrays.inception is not None else 'absent'}, fid_computed "
+            f"{doc['fid_computed']})",
+            path=path,
+            fix="re-run that shard",
+        )
+    mine = set(tasks["task_id"])
+    strangers = [t for t in arrays.task_ids if t not in mine]
+    if strangers:
+        raise CellbenchError(
+            f"shard arrays hold {len(strangers)} task id(s) that are not tasks of this shard of "
+            f"the protocol (first: {strangers[0]!r})",
+            path=path,
+            fix="re-run that shard",
+        )
+
+
 def merge_shards(
     shard_results: list[str | Path],
     *,
@@ -204,27 +327,26 @@ def merge_shards(
     started = time.perf_counter()
     if out is not None:
         check_out_path(out, inputs=[q for p in shard_results for q in result_paths(p)])
-    docs, parts = [], []
+    docs, parts, problems = [], [], []
     for p in shard_results:
-        jp, _, npz = result_paths(p)
-        doc = read_json(jp, "shard result", "re-run that shard")
-        if not isinstance(doc, dict):
-            raise CellbenchError("unreadable shard result (not a JSON object)", path=jp)
-        if not doc.get("partial"):
-            raise CellbenchError(
-                "not a --shard result", path=jp, fix="pass the files written with --shard K/N"
-            )
-        want = doc["partial"].get("arrays_sha256")
-        if want is not None and Path(npz).is_file() and sha256_file(npz) != want:
-            raise CellbenchError(
-                "shard arrays are not the ones the shard result records (arrays_sha256 "
-                "differs): written by another run, or an interrupted write",
-                path=npz,
-                fix="re-run this shard",
-            )
+        doc, arrays, found = _read_shard(p)
         docs.append(doc)
-        parts.append(ImageArrays.load(npz))
+        parts.append(arrays)
+        problems.append(found)
     first = docs[0]
+    shards_in_order = [
+        _shard_of(d, result_paths(p)[0]) for d, p in zip(docs, shard_results, strict=True)
+    ]
+    shards = sorted(shards_in_order)
+    n = shards[0][1]
+    if shards != [(k, n) for k in range(1, n + 1)]:
+        raise CellbenchError(
+            f"shards {['/'.join(map(str, s)) for s in shards]} do not cover 1/{n}..{n}/{n} exactly once",
+            fix="pass every shard of the run once",
+        )
+    for found, p in zip(problems, shard_results, strict=True):
+        if found:
+            raise _shard_problem(found, result_paths(p)[0])
     same = (
         "dataset",
         "protocol",
@@ -246,20 +368,19 @@ def merge_shards(
                     path=p,
                     fix="merge shards of one run",
                 )
-    shards = sorted(tuple(int(x) for x in d["partial"]["shard"].split("/")) for d in docs)
-    n = shards[0][1]
-    if shards != [(k, n) for k in range(1, n + 1)]:
-        raise CellbenchError(
-            f"shards {['/'.join(map(str, s)) for s in shards]} do not cover 1/{n}..{n}/{n} exactly once",
-            fix="pass every shard of the run once",
-        )
     ds = open_dataset(first["dataset"]["name"], data_dir)
     if out is not None:
         check_out_path(out, dataset=ds.root)
     if ds.index_sha256 != first["dataset"]["index_sha256"]:
         raise CellbenchError("dataset index changed since the shards ran", path=ds.index_path)
     proto_info = first["protocol"]
-    table = rebuild_protocol(ds, proto_info)
+    first_json = result_paths(shard_results[0])[0]
+    try:
+        table = rebuild_protocol(ds, proto_info, base=first_json.parent)
+    except ProtocolError as exc:
+        if exc.path is not None:
+            raise
+        raise ProtocolError(exc.message, path=first_json, fix=exc.fix) from None
     seg_name = first["segmenter"]["name"]
     scorer = Scorer(
         Artifacts.for_dataset(ds),
@@ -267,9 +388,11 @@ def merge_shards(
         device=device,
         use_inception=first["fid_computed"],
     )
+    for (k, n_), a, p in zip(shards_in_order, parts, shard_results, strict=True):
+        _check_part(a, result_paths(p)[2], scorer, shard_tasks(table, (k, n_)), first)
     order = {t: i for i, t in enumerate(table["task_id"])}
     arrays = concat_arrays(parts, order)
-    img_info = {"layout": docs[0]["images"]["layout"], "folder": docs[0]["images"]["folder"]}
+    img_info = {k: first["images"][k] for k in ("layout", "folder") if k in first["images"]}
     doc, per_image = build_document(
         scorer,
         ds,

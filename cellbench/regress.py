@@ -86,38 +86,75 @@ def default_folder() -> Path:
 
 
 # ------------------------------------------------------------------------------ the image set
+#: the columns of the image tables (``images.csv``, ``real.csv``) that :func:`score_set` reads
+TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "images.csv": ("label", "source", "compound", "moa"),
+    "real.csv": ("source", "compound", "moa"),
+}
+_SET_FIX = "restore it from git (or re-make the set with cellbench.regress.make_set)"
+
+
 def _read_table(path: Path) -> list[dict[str, str]]:
+    """The rows of an image table, with its columns (:data:`TABLE_COLUMNS`) and known MoAs."""
+    from cellbench.data.layout import MOAS
+
     try:
         with open(path, newline="", encoding="utf-8") as fh:
-            return list(csv.DictReader(fh))
+            reader = csv.DictReader(fh)
+            rows = list(reader)
+            columns = reader.fieldnames or []
     except OSError as exc:
         raise CellbenchError(f"cannot read ({exc.strerror})", path=path) from None
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise CellbenchError(f"unreadable image table ({exc})", path=path, fix=_SET_FIX) from None
+    missing = [c for c in TABLE_COLUMNS[path.name] if c not in columns]
+    if missing:
+        raise CellbenchError(
+            f"image table has no {', '.join(missing)} column(s) (columns: {', '.join(columns)})",
+            path=path,
+            fix=_SET_FIX,
+        )
+    if not rows:
+        raise CellbenchError("image table lists no image", path=path, fix=_SET_FIX)
+    for line, row in enumerate(rows, start=2):
+        if row["moa"] not in MOAS:
+            raise CellbenchError(
+                f"line {line}: moa {row['moa']!r} is not a known MoA", path=path, fix=_SET_FIX
+            )
+    return rows
 
 
-def _load_array(path: Path, n: int) -> np.ndarray:
+def _load_array(path: Path, table: Path, n: int) -> np.ndarray:
     try:
         arr = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError) as exc:
         raise CellbenchError(
             f"unreadable image array ({exc})", path=path, fix="restore it from git"
         ) from None
-    if arr.dtype != np.uint8 or arr.shape != (n, 96, 96, 3):
+    if not isinstance(arr, np.ndarray) or arr.dtype != np.uint8 or arr.shape[1:] != (96, 96, 3):
         raise CellbenchError(
-            f"expected uint8 ({n}, 96, 96, 3), got {arr.dtype} {arr.shape}",
+            f"expected a uint8 (N, 96, 96, 3) array, got {getattr(arr, 'dtype', type(arr))} "
+            f"{getattr(arr, 'shape', '')}",
             path=path,
-            fix="restore it from git (its table lists one row per image)",
+            fix="restore it from git",
+        )
+    if len(arr) != n:
+        raise CellbenchError(
+            f"holds {len(arr)} images but {table.name} lists {n}: one of the two was changed",
+            path=path,
+            fix=f"restore {path.name} and {table.name} from git",
         )
     return arr
 
 
 def load_set(folder: Path) -> dict[str, Any]:
-    """The committed arrays and their tables."""
+    """The committed arrays and their tables (each checked; errors name the file at fault)."""
     images_t = _read_table(folder / "images.csv")
     real_t = _read_table(folder / "real.csv")
     return {
-        "images": _load_array(folder / "images.npy", len(images_t)),
+        "images": _load_array(folder / "images.npy", folder / "images.csv", len(images_t)),
         "images_table": images_t,
-        "real": _load_array(folder / "real.npy", len(real_t)),
+        "real": _load_array(folder / "real.npy", folder / "real.csv", len(real_t)),
         "real_table": real_t,
     }
 
@@ -317,12 +354,69 @@ def compare(expected: dict, got: dict) -> tuple[int, list[Moved]]:
     return n, moved
 
 
+_NUMBER = {"type": ["number", "null"]}
+#: what :func:`run_regress` and :func:`compare` read of ``expected.json`` (:func:`score_set`)
+EXPECTED_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["schema", "metric_suite_version", "identity", "per_image", "means", "fid_kid"],
+    "properties": {
+        "schema": {"const": SCHEMA},
+        "metric_suite_version": {"type": "string"},
+        "identity": {"type": "object"},
+        "labels": {"type": "array", "items": {"type": "string"}},
+        "per_image": {
+            "type": "object",
+            "additionalProperties": {"type": "array", "items": _NUMBER},
+        },
+        "means": {
+            "type": "object",
+            "additionalProperties": {
+                "type": "object",
+                "properties": {
+                    "value": _NUMBER,
+                    "ci": {
+                        "type": ["array", "null"],
+                        "items": _NUMBER,
+                        "minItems": 2,
+                        "maxItems": 2,
+                    },
+                },
+            },
+        },
+        "fid_kid": {"type": "object", "additionalProperties": _NUMBER},
+        "held_out": {"type": "object", "additionalProperties": _NUMBER},
+    },
+}
+
+
+def read_expected(path: Path) -> dict[str, Any]:
+    """The expected scores in ``path``, checked against :data:`EXPECTED_SCHEMA`."""
+    from cellbench.io import read_json
+    from cellbench.submission.schema import Validator
+
+    fix = "restore it from git, or re-make it with `cellbench regress --update`"
+    if not path.is_file():
+        raise CellbenchError(
+            "no expected scores", path=path, fix="run `cellbench regress --update`"
+        )
+    doc = read_json(path, "expected scores", fix)
+    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
+        raise CellbenchError(f"not a {SCHEMA} file", path=path, fix=fix)
+    found = Validator(EXPECTED_SCHEMA).problems(doc)
+    if found:
+        ptr, msg = found[0]
+        more = f" and {len(found) - 1} more problem(s)" if len(found) > 1 else ""
+        raise CellbenchError(f"damaged expected scores ({ptr}: {msg}{more})", path=path, fix=fix)
+    return doc
+
+
 def run_regress(folder: str | Path, *, update: bool = False) -> RegressReport:
     """Score the set in ``folder``; compare with (or, with ``update``, rewrite) ``expected.json``."""
     folder = Path(folder)
     started = time.perf_counter()
-    got = score_set(folder)
     expected_path = folder / "expected.json"
+    expected = None if update else read_expected(expected_path)  # before the scoring: it is quick
+    got = score_set(folder)
     report = RegressReport(ok=True, folder=folder)
     if update:
         atomic_write_text(expected_path, json.dumps(got, indent=1, allow_nan=False) + "\n")
@@ -335,20 +429,7 @@ def run_regress(folder: str | Path, *, update: bool = False) -> RegressReport:
         )
         report.seconds = time.perf_counter() - started
         return report
-    if not expected_path.is_file():
-        raise CellbenchError(
-            "no expected scores", path=expected_path, fix="run `cellbench regress --update`"
-        )
-    try:
-        expected = json.loads(expected_path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise CellbenchError(
-            f"unreadable expected scores ({exc})", path=expected_path, fix="restore it from git"
-        ) from None
-    if expected.get("schema") != SCHEMA:
-        raise CellbenchError(
-            f"not a {SCHEMA} file", path=expected_path, fix="run `cellbench regress --update`"
-        )
+    assert expected is not None
     new = sorted(set(got["held_out"]) - set(expected.get("held_out", {})))
     if new:
         report.notes.append(
@@ -443,8 +524,8 @@ def make_set(data_dir: str | Path, folder: str | Path, *, per_moa: int = 2) -> N
         with atomic_path(folder / name, suffix=".npy") as tmp, open(tmp, "wb") as fh:
             np.save(fh, arr.astype(np.uint8), allow_pickle=False)
     for name, rows, cols in (
-        ("images.csv", rows_img, ["label", "source", "compound", "moa"]),
-        ("real.csv", rows_real, ["source", "compound", "moa"]),
+        ("images.csv", rows_img, list(TABLE_COLUMNS["images.csv"])),
+        ("real.csv", rows_real, list(TABLE_COLUMNS["real.csv"])),
     ):
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
