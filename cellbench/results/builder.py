@@ -640,22 +640,15 @@ def check_out_path(
                 path=out,
                 fix="write the result to another file",
             )
-    if dataset is not None and Path(dataset).is_dir():
-        inside = [p for p in paths if is_within(p, dataset)]
-        if inside:
-            raise CellbenchError(
-                f"--out writes {inside[0].name} inside the dataset folder ({dataset})",
-                path=out,
-                fix="write the result outside the dataset folder",
-            )
-    if images is not None and Path(images).is_dir():
-        inside = [p for p in paths if is_within(p, images)]
-        if inside:
-            raise CellbenchError(
-                f"--out writes {inside[0].name} inside the image folder being scored ({images})",
-                path=out,
-                fix="write the result outside the image folder",
-            )
+    for folder, what in ((dataset, "dataset folder"), (images, "image folder being scored")):
+        if folder is not None and Path(folder).is_dir():
+            inside = [p for p in paths if is_within(p, folder)]
+            if inside:
+                raise CellbenchError(
+                    f"--out writes {inside[0].name} inside the {what} ({folder})",
+                    path=out,
+                    fix=f"write the result outside the {what.split(' being')[0]}",
+                )
 
 
 def check_per_image_digest(doc: dict, csv_path: str | Path) -> None:
