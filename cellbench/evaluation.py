@@ -180,8 +180,8 @@ def evaluate(
     shard_t = parse_shard(shard) if isinstance(shard, str) or shard is None else shard
     with step("reading the dataset index and the protocol"):
         ds = open_dataset(dataset, data_dir, create_sim=True)
-        if out is not None:
-            check_out_path(out, images=images, inputs=[protocol], dataset=ds.root)
+        if out is not None:  # the rest of --out was checked above
+            check_out_path(out, dataset=ds.root)
         table, proto_info = load_protocol_for(ds, protocol, protocol_name, seed)
     with step("loading the segmenter, reference statistics and classifier"):
         scorer = Scorer(
@@ -227,10 +227,10 @@ def evaluate(
 
 def _shard_problem(found: list[tuple[str, str]], path: Path) -> CellbenchError:
     """The one-line error of a shard document's schema violations ``found``."""
-    ptr, msg = found[0]
-    more = f" and {len(found) - 1} more problem(s)" if len(found) > 1 else ""
+    from cellbench.submission.schema import first_problem
+
     return CellbenchError(
-        f"not a valid shard result ({ptr}: {msg}{more})",
+        f"not a valid shard result ({first_problem(found)})",
         path=path,
         fix="re-run that shard with `cellbench eval --shard K/N`",
     )

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import platformdirs
 
-from cellbench.errors import CellbenchError
+from cellbench.io import check_out_folder
 
 DATA_ENV = "CELLBENCH_DATA_DIR"
 CACHE_ENV = "CELLBENCH_CACHE_DIR"
@@ -22,11 +22,9 @@ WEIGHTS_ENV = "CELLBENCH_WEIGHTS_DIR"
 
 
 def _folder(path: Path, source: str) -> Path:
-    """``path``, refused if it exists as something other than a folder (``source`` named it)."""
-    if path.exists() and not path.is_dir():
-        raise CellbenchError(
-            f"{source} names a file, not a folder", path=path, fix=f"point {source} at a folder"
-        )
+    """``path``, refused if it is or lies under something other than a folder (``source`` named
+    it): :func:`cellbench.io.check_out_folder`."""
+    check_out_folder(path, option=source)
     return path
 
 

@@ -392,7 +392,7 @@ EXPECTED_SCHEMA: dict[str, Any] = {
 def read_expected(path: Path) -> dict[str, Any]:
     """The expected scores in ``path``, checked against :data:`EXPECTED_SCHEMA`."""
     from cellbench.io import read_json
-    from cellbench.submission.schema import Validator
+    from cellbench.submission.schema import Validator, first_problem
 
     fix = "restore it from git, or re-make it with `cellbench regress --update`"
     if not path.is_file():
@@ -404,9 +404,9 @@ def read_expected(path: Path) -> dict[str, Any]:
         raise CellbenchError(f"not a {SCHEMA} file", path=path, fix=fix)
     found = Validator(EXPECTED_SCHEMA).problems(doc)
     if found:
-        ptr, msg = found[0]
-        more = f" and {len(found) - 1} more problem(s)" if len(found) > 1 else ""
-        raise CellbenchError(f"damaged expected scores ({ptr}: {msg}{more})", path=path, fix=fix)
+        raise CellbenchError(
+            f"damaged expected scores ({first_problem(found)})", path=path, fix=fix
+        )
     return doc
 
 

@@ -103,7 +103,7 @@ def entry_grid(
     crop; an empty list is never returned.
     """
     from cellbench.images import discover_images, read_folder_image
-    from cellbench.submission.grid import tile_crops, write_png
+    from cellbench.submission.grid import tile_crops, write_image
 
     if per_moa < 1:
         raise CellbenchError("per_moa must be at least 1")
@@ -139,7 +139,7 @@ def entry_grid(
             name += "-"
         used.add(name)
         file = f"{name}.png"
-        write_png(tile_crops(cells, len(rows), len(COLUMNS)), out_dir / file)
+        write_image(tile_crops(cells, len(rows), len(COLUMNS)), out_dir / file)
         tasks = tuple(
             GridTask(str(r["task_id"]), str(r["compound"]), _dose(r["dose"])) for r, _ in rows
         )

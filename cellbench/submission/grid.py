@@ -65,7 +65,7 @@ def sample_grid(
         for i, path in enumerate(columns[moa])
     }
     out = Path(out)
-    write_png(tile_crops(cells, per_moa, len(moas)), out, fmt=fmt)
+    write_image(tile_crops(cells, per_moa, len(moas)), out, fmt=fmt)
     return out
 
 
@@ -85,7 +85,7 @@ def tile_crops(
     return canvas
 
 
-def write_png(canvas: np.ndarray, out: Path, *, fmt: str = "PNG") -> None:
+def write_image(canvas: np.ndarray, out: Path, *, fmt: str = "PNG") -> None:
     """Write ``canvas`` as an optimised PNG (or ``fmt`` "JPEG", quality 95), atomically (same
     pixels, same bytes)."""
     from PIL import Image

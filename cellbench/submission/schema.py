@@ -203,6 +203,13 @@ class Validator:
                 self._visit(extra, item, child, out)
 
 
+def first_problem(found: list[tuple[str, str]]) -> str:
+    """``pointer: message`` of the first of ``found`` (non-empty), plus how many more there are."""
+    ptr, msg = found[0]
+    more = f" and {len(found) - 1} more problem(s)" if len(found) > 1 else ""
+    return f"{ptr}: {msg}{more}"
+
+
 @cache
 def load_schema(name: str) -> dict:
     """A schema shipped in ``cellbench/resources/schemas/`` (``NAME.schema.json``)."""
